@@ -1,0 +1,414 @@
+"""The HTTP API (FastAPI) over a Farm. valve-infra's paths and JSON shapes are kept where they exist.
+
+Errors are always ``{"error": "..."}`` with a 4xx status for bad input. DUT registration is open;
+every operator action needs ``Authorization: Bearer <token>`` or the local unix socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+import logging
+from typing import TYPE_CHECKING, Any, AsyncIterator, Literal, Optional
+
+import psutil
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..drivers.pdu import driver_names
+from .errors import BadRequest, FarmError
+from .events import EVENT_TYPES
+from .registration import MachineUpdate, Registration, normalise_mac
+
+if TYPE_CHECKING:
+    from .farm import Farm
+
+log = logging.getLogger(__name__)
+KEEPALIVE = 15.0
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+class PduCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    driver: Optional[str] = None
+    pdu_model: Optional[str] = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    reserved_ports: list[str | int] = Field(default_factory=list, max_length=2048)
+
+
+class OutletCommand(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["on", "off", "reboot", "ON", "OFF", "REBOOT"]
+
+
+class ConsoleInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(max_length=65536)
+
+
+ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}}
+
+
+def describe_validation(errors: list[dict[str, Any]]) -> str:
+    parts: list[str] = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        field = ".".join(loc)
+        kind = err.get("type", "")
+        if kind == "extra_forbidden":
+            parts.append(f"The field {loc[-1] if loc else '?'} cannot be set/modified")
+        elif kind == "json_invalid":
+            parts.append(f"malformed JSON: {err.get('ctx', {}).get('error', 'cannot parse the body')}")
+        elif kind == "missing":
+            parts.append(f"missing field {field}" if field else "missing request body")
+        elif kind in ("model_attributes_type", "dict_type") and not loc:
+            parts.append("the body must be a JSON object")
+        else:
+            msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+            parts.append(f"{field}: {msg}" if field else msg)
+    return "; ".join(dict.fromkeys(parts)) or "invalid request"
+
+
+class BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with 413, whether or not Content-Length is sent.
+
+    It also reads an API body sent without a JSON content type (``curl -d``) as JSON.
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers", [])
+        for name, value in headers:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(send)
+                return
+        if scope["method"] in ("POST", "PUT", "PATCH") and scope["path"].startswith("/api/"):
+            ctype = next((v for n, v in headers if n == b"content-type"), b"")
+            if not ctype or ctype.startswith(b"application/x-www-form-urlencoded"):
+                scope = dict(scope)
+                scope["headers"] = [(n, v) for n, v in headers if n != b"content-type"] + [
+                    (b"content-type", b"application/json")
+                ]
+        seen = 0
+        started = False
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps({"error": f"request body too large (limit {self.limit} bytes)"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(farm: "Farm") -> Any:
+    app = FastAPI(
+        title="valve-console",
+        version=__version__,
+        description="Backend of a bare-metal CI gateway: machines, PDUs, consoles and events.",
+    )
+
+    # ------------------------------------------------------------------ errors
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": describe_validation(list(exc.errors()))}, status_code=400)
+
+    @app.exception_handler(FarmError)
+    async def _farm_error(_: Request, exc: FarmError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("API handler failed")
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    def operator(request: Request) -> None:
+        from .auth import token_matches
+
+        if request.scope.get("valve_trusted"):
+            return
+        if not token_matches(farm.token, request.headers.get("authorization")):
+            raise StarletteHTTPException(
+                401, "operator token required: send 'Authorization: Bearer <token>' (the token is in <data>/token)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def mac_of(mac: str) -> str:
+        try:
+            return normalise_mac(mac)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+
+    machines = lambda: farm.machines  # noqa: E731 - services exist once the farm started
+    power = lambda: farm.power  # noqa: E731
+    consoles = lambda: farm.consoles  # noqa: E731
+
+    # ------------------------------------------------------------------ machines
+    @app.post("/api/v1/machine/", responses=ERRORS, tags=["machines"], summary="Register a DUT (open)")
+    async def register(reg: Registration) -> dict[str, Any]:
+        return await machines().register(reg)
+
+    app.add_api_route("/api/v1/machine/", register, methods=["PUT"], responses=ERRORS, tags=["machines"],
+                      summary="Register a DUT (open; same as POST)")
+    app.add_api_route("/api/v1/machine", register, methods=["POST", "PUT"], include_in_schema=False)
+
+    @app.get("/api/v1/machines", tags=["machines"])
+    async def list_machines() -> dict[str, Any]:
+        return {"machines": machines().list_json()}
+
+    @app.get("/api/v1/machine/{mac}/", responses=ERRORS, tags=["machines"])
+    async def get_machine(mac: str) -> dict[str, Any]:
+        return machines().to_json(machines().get(mac))
+
+    app.add_api_route("/api/v1/machine/{mac}", get_machine, methods=["GET"], include_in_schema=False)
+
+    @app.patch("/api/v1/machine/{mac}/", responses=ERRORS, tags=["machines"], dependencies=[Depends(operator)])
+    async def patch_machine(mac: str, patch: MachineUpdate) -> dict[str, Any]:
+        return await machines().update(mac, patch)
+
+    app.add_api_route("/api/v1/machine/{mac}", patch_machine, methods=["PATCH"], include_in_schema=False,
+                      dependencies=[Depends(operator)])
+
+    @app.post("/api/v1/machine/{mac}/retire", responses=ERRORS, tags=["machines"], dependencies=[Depends(operator)],
+              response_class=PlainTextResponse)
+    async def retire(mac: str) -> str:
+        return await machines().set_retired(mac, True) + "\n"
+
+    @app.post("/api/v1/machine/{mac}/activate", responses=ERRORS, tags=["machines"],
+              dependencies=[Depends(operator)], response_class=PlainTextResponse)
+    async def activate(mac: str) -> str:
+        return await machines().set_retired(mac, False) + "\n"
+
+    # ------------------------------------------------------------------ PDUs
+    @app.post("/api/v1/pdu/", status_code=201, responses=ERRORS, tags=["pdus"], dependencies=[Depends(operator)])
+    async def create_pdu(body: PduCreate) -> dict[str, Any]:
+        driver = body.driver or body.pdu_model
+        if not driver:
+            raise BadRequest(f"missing field driver (one of: {', '.join(driver_names())})")
+        if body.driver and body.pdu_model and body.driver != body.pdu_model:
+            raise BadRequest("driver and pdu_model disagree: give one of them")
+        return await power().add_pdu(body.name, driver, body.config, [str(p) for p in body.reserved_ports])
+
+    app.add_api_route("/api/v1/pdu", create_pdu, methods=["POST"], status_code=201, include_in_schema=False,
+                      dependencies=[Depends(operator)])
+
+    @app.get("/api/v1/pdus", tags=["pdus"])
+    async def list_pdus() -> dict[str, Any]:
+        return {"pdus": power().pdus_json()}
+
+    @app.get("/api/v1/pdu/drivers", tags=["pdus"])
+    async def list_drivers() -> dict[str, Any]:
+        return {"drivers": driver_names()}
+
+    @app.get("/api/v1/pdu/{name}", responses=ERRORS, tags=["pdus"])
+    async def get_pdu(name: str) -> dict[str, Any]:
+        return power().pdu_json(name)
+
+    @app.delete("/api/v1/pdu/{name}", responses=ERRORS, tags=["pdus"], dependencies=[Depends(operator)])
+    async def delete_pdu(name: str) -> dict[str, Any]:
+        await power().remove_pdu(name)
+        return {"removed": name}
+
+    @app.get("/api/v1/pdu/{name}/port/{port_id}", responses=ERRORS, tags=["pdus"])
+    async def get_port(name: str, port_id: str) -> dict[str, Any]:
+        pdu = power().pdu_json(name)
+        if port_id not in pdu["ports"]:
+            raise FarmError(f"PDU {name} has no outlet {port_id!r}", 404)
+        return {"pdu": name, "port_id": port_id, **pdu["ports"][port_id]}
+
+    @app.post("/api/v1/pdu/{name}/port/{port_id}/state", responses=ERRORS, tags=["pdus"],
+              dependencies=[Depends(operator)])
+    async def set_port(name: str, port_id: str, cmd: OutletCommand) -> dict[str, Any]:
+        state = await power().set_outlet(name, port_id, cmd.state, source="api")
+        return {"pdu": name, "port_id": port_id, "state": state.value}
+
+    # ------------------------------------------------------------------ consoles
+    @app.get("/api/v1/consoles", tags=["consoles"])
+    async def list_consoles() -> dict[str, Any]:
+        return {"consoles": consoles().list_json()}
+
+    @app.get("/api/v1/console/{mac}/log", responses=ERRORS, tags=["consoles"], response_class=PlainTextResponse)
+    async def console_log(mac: str, raw: bool = False) -> Response:
+        data = consoles().console(mac_of(mac), create=False).contents()
+        if raw:
+            return Response(data, media_type="application/octet-stream")
+        return PlainTextResponse(data.decode("utf-8", "replace"))
+
+    @app.get("/api/v1/console/{mac}/stream", responses=ERRORS, tags=["consoles"])
+    async def console_stream(mac: str, replay: bool = False) -> StreamingResponse:
+        key = mac_of(mac)
+        hub = consoles()
+        existing = hub.consoles.get(key)
+        queue = hub.subscribe(key)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+        async def gen() -> AsyncIterator[bytes]:
+            try:
+                yield b"retry: 2000\n\n"
+                if replay and existing is not None:
+                    yield _sse("console", {"mac": key, "text": decoder.decode(existing.contents())})
+                while not farm.stopping.is_set():
+                    try:
+                        chunk = await asyncio.wait_for(queue.get(), KEEPALIVE)
+                    except asyncio.TimeoutError:
+                        yield b": keepalive\n\n"
+                        continue
+                    if chunk is None:
+                        break
+                    while not queue.empty() and len(chunk) < 65536:
+                        more = queue.get_nowait()
+                        if more is None:
+                            break
+                        chunk += more
+                    yield _sse("console", {"mac": key, "text": decoder.decode(chunk)})
+            finally:
+                hub.unsubscribe(key, queue)
+
+        return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/api/v1/console/{mac}/input", responses=ERRORS, tags=["consoles"], dependencies=[Depends(operator)])
+    async def console_input(mac: str, body: ConsoleInput) -> dict[str, Any]:
+        return {"written": consoles().write(mac_of(mac), body.data.encode("utf-8", "surrogateescape"))}
+
+    # ------------------------------------------------------------------ events, health, gateway
+    @app.get("/api/v1/events", tags=["events"], responses={400: {"model": ErrorBody}})
+    async def events(types: Optional[str] = Query(default=None, description="comma-separated event types")):
+        wanted = None
+        if types:
+            wanted = {t.strip() for t in types.split(",") if t.strip()}
+            unknown = wanted - set(EVENT_TYPES)
+            if unknown:
+                raise BadRequest(f"unknown event types: {', '.join(sorted(unknown))} (known: {', '.join(EVENT_TYPES)})")
+            wanted.add("dropped")
+        sub = farm.bus.subscribe(wanted, maxlen=5000)
+
+        async def gen() -> AsyncIterator[bytes]:
+            try:
+                yield b"retry: 2000\n\n"
+                while not sub.closed:
+                    batch = await sub.get_batch(timeout=KEEPALIVE)
+                    if not batch:
+                        yield b": keepalive\n\n"
+                        continue
+                    yield b"".join(_sse(ev.type, ev.to_json(), ev.seq) for ev in batch)
+            finally:
+                sub.close()
+
+        return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/v1/health", tags=["health"])
+    async def health() -> dict[str, Any]:
+        return farm.health()
+
+    @app.get("/api/v1/log", tags=["health"])
+    async def backend_log(lines: int = Query(default=500, ge=1, le=2000)) -> dict[str, Any]:
+        return {"entries": farm.recent_log[-lines:]}
+
+    @app.get("/api/v1/gateway", tags=["health"])
+    async def gateway() -> dict[str, Any]:
+        return {"interfaces": await asyncio.to_thread(network_interfaces)}
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
+    async def metrics() -> str:
+        return prometheus(farm)
+
+    return BodyLimit(app, farm.settings.max_body_bytes) if farm.settings.max_body_bytes else app
+
+
+def _sse(event: str, data: dict[str, Any], seq: int | None = None) -> bytes:
+    head = f"id: {seq}\n" if seq is not None and seq >= 0 else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def network_interfaces() -> list[dict[str, Any]]:
+    import socket
+
+    stats = psutil.net_if_stats()
+    result = []
+    for name, addrs in sorted(psutil.net_if_addrs().items()):
+        st = stats.get(name)
+        result.append(
+            {
+                "name": name,
+                "state": "up" if st and st.isup else "down",
+                "speed": st.speed if st else None,
+                "mac": next((a.address for a in addrs if a.family == psutil.AF_LINK), None),
+                "addresses": [a.address for a in addrs if a.family in (socket.AF_INET, socket.AF_INET6)],
+            }
+        )
+    return result
+
+
+def prometheus(farm: "Farm") -> str:
+    lines = ["# TYPE valve_console_machines gauge"]
+    counts: dict[str, int] = {}
+    for m in farm.machines.machines.values():
+        state = farm.machines.state_of(m)
+        counts[state] = counts.get(state, 0) + 1
+    for state, n in sorted(counts.items()):
+        lines.append(f'valve_console_machines{{state="{state}"}} {n}')
+    lines.append("# TYPE valve_console_outlets gauge")
+    for name, rt in sorted(farm.power.pdus.items()):
+        per: dict[str, int] = {}
+        for info in rt.outlets.values():
+            per[info.state.value] = per.get(info.state.value, 0) + 1
+        for state, n in sorted(per.items()):
+            lines.append(f'valve_console_outlets{{pdu="{name}",state="{state}"}} {n}')
+        lines.append(f'valve_console_pdu_reachable{{pdu="{name}"}} {1 if rt.reachable else 0}')
+    lines.append("# TYPE valve_console_console_bytes_total counter")
+    for mac, console in sorted(farm.consoles.consoles.items()):
+        lines.append(f'valve_console_console_bytes_total{{mac="{mac}"}} {console.total}')
+    lines.append("# TYPE valve_console_events_published_total counter")
+    lines.append(f"valve_console_events_published_total {farm.bus.published}")
+    lines.append(f"valve_console_event_subscribers {farm.bus.subscriber_count}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,277 @@
+"""Farm: owns the services, starts them in dependency order and stops them in reverse.
+
+Order: storage → event bus → registry (MaRS) → power → consoles (netconsole) → API.
+Every listening socket is bound before anything starts, so a port in use is reported at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from .. import __version__
+from ..config import Settings, parse_hostport
+from .auth import load_or_create_token
+from .consoles import ConsoleHub
+from .events import EventBus
+from .power import PowerService
+from .registration import MachineService
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class FarmStartError(Exception):
+    """The farm cannot start; the message is one line for the operator."""
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal capture: this program owns SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[override]
+        yield
+
+
+class TrustedApp:
+    """ASGI wrapper for the unix socket: its peers passed the socket's 0600 file mode."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        scope["valve_trusted"] = True
+        await self.app(scope, receive, send)
+
+
+class BusLogHandler(logging.Handler):
+    """Publishes the backend's own log records as ``log`` events and keeps the recent ones."""
+
+    def __init__(self, bus: EventBus, loop: asyncio.AbstractEventLoop, keep: int = 2000) -> None:
+        super().__init__(logging.INFO)
+        self.bus = bus
+        self.loop = loop
+        self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            entry = {
+                "ts": record.created,
+                "level": record.levelname,
+                "priority": {"CRITICAL": 2, "ERROR": 3, "WARNING": 4, "INFO": 6, "DEBUG": 7}.get(record.levelname, 6),
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+        except Exception:  # noqa: BLE001 - a bad log call must not break the caller
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self._publish(entry)
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._publish, entry)
+
+    def _publish(self, entry: dict[str, Any]) -> None:
+        self.recent.append(entry)
+        self.bus.publish("log", entry)
+
+
+def _bind_tcp(address: str, what: str) -> socket.socket:
+    try:
+        host, port = parse_hostport(address)
+    except ValueError as exc:
+        raise FarmStartError(f"{what}: {exc}") from None
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host, port), family=family, backlog=128)
+    except OSError as exc:
+        raise FarmStartError(f"cannot listen for the {what} on {address}: {exc.strerror or exc}") from None
+
+
+class Farm:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bus = EventBus()
+        self.store: Store | None = None
+        self.machines: MachineService | None = None
+        self.power: PowerService | None = None
+        self.consoles: ConsoleHub | None = None
+        self.token = ""
+        self.started_at = time.time()
+        self.api_address: tuple[str, int] | None = None
+        self.netconsole_address: tuple[str, int] | None = None
+        self._servers: list[tuple[EmbeddedServer, asyncio.Task]] = []
+        self._sockets: list[socket.socket] = []
+        self._log_handler: BusLogHandler | None = None
+        self._health: dict[str, tuple[str, str | None]] = {}
+        self.stopping = asyncio.Event()
+
+    # ---------------------------------------------------------------- health
+    def _set_health(self, service: str, state: str, reason: str | None = None) -> None:
+        if self._health.get(service) != (state, reason):
+            self._health[service] = (state, reason)
+            self.bus.publish("health", {"service": service, "state": state, "reason": reason})
+
+    def _sync_health(self) -> None:
+        for name, svc in (("power", self.power), ("consoles", self.consoles), ("registration", self.machines)):
+            if svc is not None:
+                self._set_health(name, svc.state, svc.reason)
+
+    def health(self) -> dict[str, Any]:
+        self._sync_health()
+        services = {name: {"state": s, "reason": r} for name, (s, r) in self._health.items()}
+        states = {s for s, _ in self._health.values()}
+        overall = "ok" if states <= {"ok"} else ("failed" if "failed" in states else "degraded")
+        return {
+            "status": overall,
+            "farm_name": self.settings.farm_name,
+            "version": __version__,
+            "api": f"http://{self.api_address[0]}:{self.api_address[1]}" if self.api_address else None,
+            "netconsole": f"{self.netconsole_address[0]}:{self.netconsole_address[1]}" if self.netconsole_address else None,
+            "uptime": time.time() - self.started_at,
+            "services": services,
+        }
+
+    @property
+    def recent_log(self) -> list[dict[str, Any]]:
+        return list(self._log_handler.recent) if self._log_handler else []
+
+    # ---------------------------------------------------------------- lifecycle
+    def _prepare_data_dir(self) -> None:
+        data = self.settings.data_dir
+        try:
+            data.mkdir(parents=True, exist_ok=True)
+            probe = data / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise FarmStartError(f"the data directory {data} is not writable: {exc.strerror or exc}") from None
+
+    def _bind_unix(self) -> socket.socket:
+        path = self.settings.socket_path
+        if len(str(path)) > 100:
+            raise FarmStartError(f"the data directory path is too long for a unix socket: {path}")
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(128)
+        return sock
+
+    async def start(self) -> None:
+        self._prepare_data_dir()
+        loop = asyncio.get_running_loop()
+        self._log_handler = BusLogHandler(self.bus, loop)
+        logging.getLogger().addHandler(self._log_handler)
+        for name in ("storage", "registration", "power", "consoles", "api"):
+            self._set_health(name, "starting")
+        api_sock = _bind_tcp(self.settings.listen, "API")
+        self._sockets.append(api_sock)
+        try:
+            nc_sock = _bind_tcp(self.settings.netconsole, "netconsole")
+        except FarmStartError:
+            api_sock.close()
+            raise
+        self._sockets.append(nc_sock)
+        unix_sock = self._bind_unix()
+        self._sockets.append(unix_sock)
+        self.api_address = api_sock.getsockname()[:2]
+        self.netconsole_address = nc_sock.getsockname()[:2]
+
+        try:
+            self.token = load_or_create_token(self.settings.token_path)
+        except (OSError, ValueError) as exc:
+            raise FarmStartError(f"operator token: {exc}") from None
+        db_url = self.settings.database_url or f"sqlite:///{self.settings.db_path}"
+        self.store = Store(db_url)
+        try:
+            await self.store.open()
+        except Exception as exc:  # noqa: BLE001 - reported as one line
+            raise FarmStartError(f"cannot open the database {db_url}: {exc}") from None
+        self._set_health("storage", "ok")
+
+        self.machines = MachineService(self.store, self.bus, self.settings.farm_name)
+        await self.machines.start()
+        self.power = PowerService(
+            self.store,
+            self.bus,
+            default_off_delay=self.settings.default_pdu_off_delay,
+            poll_interval=self.settings.outlet_poll_interval,
+            timeout=self.settings.pdu_timeout,
+            off_delay_for=self.machines.off_delay,
+        )
+        self.power.on_health_change = self._sync_health
+        self.machines.power = self.power
+        await self.power.start()
+        self.consoles = ConsoleHub(
+            self.bus,
+            self.settings.data_dir / "consoles",
+            self.settings.console_ring_bytes,
+            self.settings.console_log_max_bytes,
+            self.settings.console_log_backups,
+        )
+        await self.consoles.start(nc_sock)
+        self._sync_health()
+
+        from .api import create_app
+
+        app = create_app(self)
+        for sock, asgi in ((api_sock, app), (unix_sock, TrustedApp(app))):
+            config = uvicorn.Config(
+                asgi, log_config=None, lifespan="off", access_log=False, timeout_graceful_shutdown=2
+            )
+            server = EmbeddedServer(config)
+            task = asyncio.create_task(server.serve(sockets=[sock]), name="api-server")
+            self._servers.append((server, task))
+        while not all(server.started for server, _ in self._servers):
+            for _, task in self._servers:
+                if task.done():
+                    raise FarmStartError(f"the API server failed to start: {task.exception()}")
+            await asyncio.sleep(0.01)
+        self._set_health("api", "ok")
+        log.info(
+            "farm %s up: API http://%s:%d, netconsole %s:%d, data %s",
+            self.settings.farm_name,
+            *self.api_address,
+            *self.netconsole_address,
+            self.settings.data_dir,
+        )
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        self.bus.publish("health", {"service": "api", "state": "stopping", "reason": None})
+        self.bus.close_all()  # ends every event stream, so the API can drain its connections
+        for server, _ in self._servers:
+            server.should_exit = True
+        await asyncio.gather(*(task for _, task in self._servers), return_exceptions=True)
+        self._servers.clear()
+        if self.consoles is not None:
+            await self.consoles.stop()
+        if self.power is not None:
+            await self.power.stop()
+        if self.store is not None:
+            await self.store.close()
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
+        with contextlib.suppress(FileNotFoundError):
+            Path(self.settings.socket_path).unlink()
+        if self._log_handler is not None:
+            logging.getLogger().removeHandler(self._log_handler)
+        log.info("farm stopped")

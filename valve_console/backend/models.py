@@ -1,0 +1,58 @@
+"""SQLModel tables. Every schema change ships with a migration in ``store.MIGRATIONS``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def now() -> float:
+    return time.time()
+
+
+class Pdu(SQLModel, table=True):
+    name: str = Field(primary_key=True)
+    driver: str
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reserved_ports: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: float = Field(default_factory=now)
+
+
+class Machine(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("pdu", "pdu_port_id", name="uq_machine_outlet"),)
+
+    mac_address: str = Field(primary_key=True)
+    base_name: str
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    manual_tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    ip_address: str
+    local_tty_device: Optional[str] = None
+    pdu: Optional[str] = Field(default=None, foreign_key="pdu.name")
+    pdu_port_id: Optional[str] = None
+    pdu_off_delay: Optional[float] = None  # None: the farm's default
+    ready_for_service: bool = False
+    is_retired: bool = False
+    comment: str = ""
+    first_seen: float = Field(default_factory=now)
+    last_seen: float = Field(default_factory=now)
+
+
+class OutletLog(SQLModel, table=True):
+    """Every outlet change the farm made or saw: the history, and the last OFF for min-off time."""
+
+    __table_args__ = (Index("ix_outletlog_port", "pdu", "port_id", "at"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    pdu: str
+    port_id: str
+    state: str
+    at: float = Field(default_factory=now)
+    source: str = "farm"  # farm (a command), poll (seen by polling), api
+
+
+class SchemaVersion(SQLModel, table=True):
+    id: int = Field(default=1, primary_key=True)
+    version: int

@@ -1,0 +1,301 @@
+"""MaRS: the machine registry. DUTs register themselves; operators configure them.
+
+Machines are kept in memory (read from the database at start) and every change is written
+through to the database in one transaction before it is published as a ``machine`` event.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from sqlmodel import Session, select
+
+from .errors import BadRequest, Conflict, NotFound
+from .events import EventBus
+from .models import Machine
+from .store import Store
+
+if TYPE_CHECKING:
+    from .power import PowerService
+
+log = logging.getLogger(__name__)
+
+_MAC = re.compile(r"^[0-9a-f]{2}([-:]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+_TTY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
+_BASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def normalise_mac(value: str) -> str:
+    """``AA-BB-CC-DD-EE-FF``, ``aabbccddeeff`` or ``aa:bb:...`` → ``aa:bb:cc:dd:ee:ff``."""
+    text = str(value).strip().lower()
+    if not _MAC.match(text):
+        raise ValueError(f"{value!r} is not a MAC address (expected aa:bb:cc:dd:ee:ff)")
+    digits = re.sub(r"[^0-9a-f]", "", text)
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def _check_tags(tags: list[str]) -> list[str]:
+    if len(tags) > 256:
+        raise ValueError("at most 256 tags")
+    for tag in tags:
+        if not tag or len(tag) > 256 or any(ord(c) < 32 for c in tag):
+            raise ValueError(f"invalid tag {tag[:40]!r}: 1-256 printable characters")
+    return list(dict.fromkeys(tags))
+
+
+class Registration(BaseModel):
+    """What a DUT sends: valve-infra's five fields, and nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_name: Optional[str] = None
+    tags: Optional[list[str]] = None
+    mac_address: str
+    ip_address: Optional[str] = None
+    local_tty_device: Optional[str] = None
+
+    @field_validator("mac_address")
+    @classmethod
+    def _mac(cls, v: str) -> str:
+        return normalise_mac(v)
+
+    @field_validator("ip_address")
+    @classmethod
+    def _ip(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        try:
+            return str(ipaddress.IPv4Address(v.strip()))
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IPv4 address") from None
+
+    @field_validator("base_name")
+    @classmethod
+    def _base_name(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not _BASE_NAME.match(v):
+            raise ValueError(f"{v[:40]!r} is not a base name (1-64 letters, digits, '.', '_' or '-')")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        return None if v is None else _check_tags(v)
+
+    @field_validator("local_tty_device")
+    @classmethod
+    def _tty(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            v = v.removeprefix("/dev/")
+            if not _TTY.match(v):
+                raise ValueError(f"{v[:40]!r} is not a tty device name (e.g. ttyUSB0)")
+        return v
+
+
+class MachineUpdate(BaseModel):
+    """What an operator may change on a machine (PATCH)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pdu: Optional[str] = None
+    pdu_port_id: Optional[Union[str, int]] = None
+    local_tty_device: Optional[str] = None
+    ready_for_service: Optional[StrictBool] = None
+    manual_tags: Optional[list[str]] = None
+    pdu_off_delay: Optional[float] = Field(default=None, ge=0, le=3600)
+    comment: Optional[str] = Field(default=None, max_length=4096)
+    is_retired: Optional[StrictBool] = None
+
+    @field_validator("pdu_port_id")
+    @classmethod
+    def _port(cls, v: Optional[Union[str, int]]) -> Optional[str]:
+        if v is None:
+            return None
+        if isinstance(v, bool):
+            raise ValueError("a port id is a string or an integer")
+        text = str(v).strip()
+        if not text or len(text) > 32 or any(ord(c) < 33 for c in text):
+            raise ValueError(f"{str(v)[:40]!r} is not a port id")
+        return text
+
+    @field_validator("manual_tags")
+    @classmethod
+    def _tags(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        return None if v is None else _check_tags(v)
+
+    @field_validator("local_tty_device")
+    @classmethod
+    def _tty(cls, v: Optional[str]) -> Optional[str]:
+        return Registration._tty(v)
+
+
+class MachineService:
+    def __init__(self, store: Store, bus: EventBus, farm_name: str, power: "PowerService | None" = None) -> None:
+        self.store = store
+        self.bus = bus
+        self.farm_name = farm_name
+        self.power = power
+        self.machines: dict[str, Machine] = {}
+        self.state = "starting"
+        self.reason: str | None = None
+
+    async def start(self) -> None:
+        rows = await self.store.run(lambda s: list(s.exec(select(Machine)).all()))
+        self.machines = {m.mac_address: m for m in rows}
+        self.state = "ok"
+
+    # ---------------------------------------------------------------- derived values
+    def full_name(self, machine: Machine) -> str:
+        earlier = sum(
+            1
+            for m in self.machines.values()
+            if m.base_name == machine.base_name
+            and (m.first_seen, m.mac_address) < (machine.first_seen, machine.mac_address)
+        )
+        return f"{self.farm_name}-{machine.base_name}-{earlier + 1}"
+
+    def state_of(self, m: Machine) -> str:
+        if m.is_retired:
+            return "RETIRED"
+        if not m.pdu or m.pdu_port_id is None:
+            return "WAIT_FOR_CONFIG"
+        return "IDLE" if m.ready_for_service else "NOT_READY"
+
+    def off_delay(self, pdu: str, port_id: str) -> float | None:
+        for m in self.machines.values():
+            if m.pdu == pdu and m.pdu_port_id == port_id:
+                return m.pdu_off_delay
+        return None
+
+    def machine_on(self, pdu: str, port_id: str) -> Machine | None:
+        return next((m for m in self.machines.values() if m.pdu == pdu and m.pdu_port_id == port_id), None)
+
+    def to_json(self, m: Machine) -> dict[str, Any]:
+        delay = m.pdu_off_delay
+        if delay is None and self.power is not None:
+            delay = self.power.default_off_delay
+        return {
+            "mac_address": m.mac_address,
+            "base_name": m.base_name,
+            "full_name": self.full_name(m),
+            "tags": list(dict.fromkeys([*m.tags, *m.manual_tags])),
+            "registered_tags": list(m.tags),
+            "manual_tags": list(m.manual_tags),
+            "ip_address": m.ip_address,
+            "local_tty_device": m.local_tty_device,
+            "pdu": {"name": m.pdu, "port_id": m.pdu_port_id},
+            "has_pdu_assigned": bool(m.pdu and m.pdu_port_id is not None),
+            "pdu_off_delay": delay,
+            "ready_for_service": m.ready_for_service,
+            "is_retired": m.is_retired,
+            "available": m.ready_for_service and not m.is_retired,
+            "comment": m.comment,
+            "state": self.state_of(m),
+            "training": None,
+            "first_seen": m.first_seen,
+            "last_seen": m.last_seen,
+        }
+
+    def get(self, mac: str) -> Machine:
+        try:
+            key = normalise_mac(mac)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        machine = self.machines.get(key)
+        if machine is None:
+            raise NotFound(f"Unknown machine ID '{key}'")
+        return machine
+
+    def list_json(self) -> dict[str, Any]:
+        return {mac: self.to_json(m) for mac, m in sorted(self.machines.items())}
+
+    # ---------------------------------------------------------------- writes
+    async def _save(self, machine: Machine, action: str) -> dict[str, Any]:
+        snapshot = machine.model_copy()
+
+        def write(session: Session) -> None:
+            session.merge(snapshot)
+
+        await self.store.run(write)
+        self.machines[machine.mac_address] = machine
+        data = self.to_json(machine)
+        self.bus.publish("machine", {"action": action, "mac": machine.mac_address, "machine": data})
+        return data
+
+    async def register(self, reg: Registration) -> dict[str, Any]:
+        existing = self.machines.get(reg.mac_address)
+        fields = reg.model_dump(exclude_unset=True)
+        if existing is None:
+            missing = [k for k in ("base_name", "ip_address") if fields.get(k) is None]
+            if missing:
+                raise BadRequest(f"a new machine needs {' and '.join(missing)}")
+            machine = Machine(
+                mac_address=reg.mac_address,
+                base_name=fields["base_name"],
+                tags=fields.get("tags") or [],
+                ip_address=fields["ip_address"],
+                local_tty_device=fields.get("local_tty_device"),
+            )
+            action = "added"
+            log.info("new machine %s registered (%s, %s)", reg.mac_address, machine.base_name, machine.ip_address)
+        else:
+            machine = existing.model_copy()
+            for key, value in fields.items():
+                if key != "mac_address" and value is not None:
+                    setattr(machine, key, value)
+            machine.last_seen = time.time()
+            action = "updated"
+            log.info("machine %s registered again", reg.mac_address)
+        return await self._save(machine, action)
+
+    async def update(self, mac: str, patch: MachineUpdate) -> dict[str, Any]:
+        machine = self.get(mac).model_copy()
+        fields = patch.model_dump(exclude_unset=True)
+        if "pdu" in fields:
+            machine.pdu = fields["pdu"]
+            if fields["pdu"] is None:
+                machine.pdu_port_id = None
+        if "pdu_port_id" in fields:
+            machine.pdu_port_id = fields["pdu_port_id"]
+        if machine.pdu is not None:
+            self._check_outlet(machine)
+        elif machine.pdu_port_id is not None:
+            raise BadRequest("pdu_port_id needs a pdu: set both")
+        for key in ("local_tty_device", "ready_for_service", "manual_tags", "pdu_off_delay", "comment", "is_retired"):
+            if key in fields:
+                value = fields[key]
+                if value is None and key in ("ready_for_service", "manual_tags", "comment", "is_retired"):
+                    raise BadRequest(f"{key} cannot be null")
+                setattr(machine, key, value)
+        return await self._save(machine, "updated")
+
+    def _check_outlet(self, machine: Machine) -> None:
+        pdu, port = machine.pdu, machine.pdu_port_id
+        if self.power is None or pdu not in self.power.pdus:
+            raise BadRequest(f"unknown PDU {pdu!r}")
+        if port is None:
+            return
+        ids = self.power.outlet_ids(pdu)
+        if ids is not None and port not in ids:
+            span = f"{ids[0]}..{ids[-1]}" if ids else "none"
+            raise BadRequest(f"port {port!r} is out of range for PDU {pdu} (outlets {span})")
+        if self.power.is_reserved(pdu, port):
+            raise BadRequest(f"outlet {port} of PDU {pdu} is reserved")
+        other = self.machine_on(pdu, port)
+        if other is not None and other.mac_address != machine.mac_address:
+            raise BadRequest(
+                f"outlet {port} of PDU {pdu} is already used by {self.full_name(other)} ({other.mac_address})"
+            )
+
+    async def set_retired(self, mac: str, retired: bool) -> str:
+        machine = self.get(mac).model_copy()
+        if machine.is_retired == retired:
+            raise BadRequest(f"machine {machine.mac_address} is already {'retired' if retired else 'active'}")
+        machine.is_retired = retired
+        await self._save(machine, "updated")
+        verb = "Retired" if retired else "Activated"
+        return f"{verb} machine {machine.ip_address} in PDU/port_id: {machine.pdu} / {machine.pdu_port_id}"

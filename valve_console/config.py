@@ -1,0 +1,67 @@
+"""Settings: every one can also be given as the environment variable ``VALVE_CONSOLE_<NAME>``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    if Path("/mnt/permanent").is_dir() and os.access("/mnt/permanent", os.W_OK):
+        return Path("/mnt/permanent/valve-console")
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "valve-console"
+
+
+def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` → (host, port); raises ValueError in words."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{value!r} is not HOST:PORT")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{value!r} is not HOST:PORT")
+    host = host or default_host
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"{value!r}: the port {port!r} is not a number") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"{value!r}: the port must be between 0 and 65535")
+    return host, number
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VALVE_CONSOLE_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    listen: str = "127.0.0.1:8000"
+    netconsole: str = "0.0.0.0:8100"
+    farm_name: str = "valve"
+    database_url: str | None = None  # any SQLAlchemy URL; default: SQLite in data_dir
+    default_pdu_off_delay: float = 5.0  # seconds an outlet stays off before it may go on again
+    outlet_poll_interval: float = 10.0  # seconds between outlet state polls of a reachable PDU
+    pdu_timeout: float = 3.0  # seconds for one PDU command
+    console_ring_bytes: int = 4 * 1024 * 1024
+    console_log_max_bytes: int = 16 * 1024 * 1024
+    console_log_backups: int = 3
+    max_body_bytes: int = 1024 * 1024
+    log_level: str = "INFO"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "valve-console.db"
+
+    @property
+    def token_path(self) -> Path:
+        return self.data_dir / "token"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.data_dir / "api.sock"

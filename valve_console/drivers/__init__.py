@@ -1,0 +1,1 @@
+"""Hardware drivers: PDUs and serial devices. Headless: never imports Textual."""
