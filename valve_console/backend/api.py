@@ -354,6 +354,12 @@ def create_app(farm: "Farm") -> Any:
     async def backend_log(lines: int = Query(default=500, ge=1, le=2000)) -> dict[str, Any]:
         return {"entries": farm.recent_log[-lines:]}
 
+    @app.get("/api/v1/journal", tags=["health"])
+    async def system_journal(lines: int = Query(default=500, ge=1, le=2000)) -> dict[str, Any]:
+        recent = list(farm.journal.recent) if farm.journal else []
+        return {"entries": recent[-lines:], "state": farm.journal.state if farm.journal else "starting",
+                "reason": farm.journal.reason if farm.journal else None}
+
     @app.get("/api/v1/gateway", tags=["health"])
     async def gateway() -> dict[str, Any]:
         return {"interfaces": await asyncio.to_thread(network_interfaces)}

@@ -23,11 +23,15 @@ from ..config import Settings, parse_hostport
 from .auth import load_or_create_token
 from .consoles import ConsoleHub
 from .events import EventBus
+from .journal import JournalFollower
 from .power import PowerService
 from .registration import MachineService
 from .store import Store
 
 log = logging.getLogger(__name__)
+
+
+OPTIONAL_SERVICES = {"journal"}
 
 
 class FarmStartError(Exception):
@@ -107,6 +111,7 @@ class Farm:
         self.machines: MachineService | None = None
         self.power: PowerService | None = None
         self.consoles: ConsoleHub | None = None
+        self.journal: JournalFollower | None = None
         self.token = ""
         self.started_at = time.time()
         self.api_address: tuple[str, int] | None = None
@@ -116,6 +121,7 @@ class Farm:
         self._log_handler: BusLogHandler | None = None
         self._health: dict[str, tuple[str, str | None]] = {}
         self.stopping = asyncio.Event()
+        self.journal_command: list[str] | None = None  # tests may follow something else
 
     # ---------------------------------------------------------------- health
     def _set_health(self, service: str, state: str, reason: str | None = None) -> None:
@@ -124,14 +130,20 @@ class Farm:
             self.bus.publish("health", {"service": service, "state": state, "reason": reason})
 
     def _sync_health(self) -> None:
-        for name, svc in (("power", self.power), ("consoles", self.consoles), ("registration", self.machines)):
+        for name, svc in (
+            ("power", self.power),
+            ("consoles", self.consoles),
+            ("registration", self.machines),
+            ("journal", self.journal),
+        ):
             if svc is not None:
                 self._set_health(name, svc.state, svc.reason)
 
     def health(self) -> dict[str, Any]:
         self._sync_health()
         services = {name: {"state": s, "reason": r} for name, (s, r) in self._health.items()}
-        states = {s for s, _ in self._health.values()}
+        # The system journal is informational: a gateway without one still runs its farm.
+        states = {s for name, (s, _) in self._health.items() if name not in OPTIONAL_SERVICES}
         overall = "ok" if states <= {"ok"} else ("failed" if "failed" in states else "degraded")
         return {
             "status": overall,
@@ -227,6 +239,9 @@ class Farm:
             self.settings.console_log_backups,
         )
         await self.consoles.start(nc_sock)
+        self.journal = JournalFollower(self.bus, command=self.journal_command)
+        self.journal.on_health_change = self._sync_health
+        await self.journal.start()
         self._sync_health()
 
         from .api import create_app
@@ -261,6 +276,8 @@ class Farm:
             server.should_exit = True
         await asyncio.gather(*(task for _, task in self._servers), return_exceptions=True)
         self._servers.clear()
+        if self.journal is not None:
+            await self.journal.stop()
         if self.consoles is not None:
             await self.consoles.stop()
         if self.power is not None:

@@ -215,10 +215,15 @@ class MachineService:
 
     # ---------------------------------------------------------------- writes
     async def _save(self, machine: Machine, action: str) -> dict[str, Any]:
-        snapshot = machine.model_copy()
+        values = {name: getattr(machine, name) for name in Machine.model_fields}
 
         def write(session: Session) -> None:
-            session.merge(snapshot)
+            row = session.get(Machine, machine.mac_address)
+            if row is None:
+                session.add(Machine(**values))
+            else:
+                for name, value in values.items():
+                    setattr(row, name, value)
 
         await self.store.run(write)
         self.machines[machine.mac_address] = machine

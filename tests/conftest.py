@@ -1,0 +1,77 @@
+"""Shared fixtures: a real Farm (backend + API on loopback ports) and a Vivian farm around it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from valve_console.backend.farm import Farm  # noqa: E402
+from valve_console.client import FarmClient  # noqa: E402
+from valve_console.config import Settings  # noqa: E402
+
+
+def make_settings(data_dir: Path, **overrides) -> Settings:
+    values = dict(
+        data_dir=data_dir,
+        listen="127.0.0.1:0",
+        netconsole="127.0.0.1:0",
+        farm_name="test",
+        default_pdu_off_delay=0.2,
+        outlet_poll_interval=0.5,
+        pdu_timeout=2.0,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+async def farm(tmp_path: Path) -> AsyncIterator[Farm]:
+    """A running Farm with its API on a free loopback port and no PDUs."""
+    f = Farm(make_settings(tmp_path / "data"))
+    await f.start()
+    try:
+        yield f
+    finally:
+        await f.stop()
+
+
+def api_url(farm: Farm) -> str:
+    return "http://{}:{}".format(*farm.api_address)
+
+
+def netconsole_address(farm: Farm) -> str:
+    return "{}:{}".format(*farm.netconsole_address)
+
+
+@pytest.fixture
+async def client(farm: Farm) -> AsyncIterator[FarmClient]:
+    """A FarmClient over TCP with the operator token."""
+    c = FarmClient(api_url(farm), token=farm.token)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture
+async def vivian(farm: Farm, tmp_path: Path):
+    """The farm plus a real vPDU (16 outlets, all OFF) registered as PDU ``vpdu1``."""
+    from vivian.vpdu import VirtualPDU
+
+    vpdu = VirtualPDU(
+        num_ports=16, api=api_url(farm), console=netconsole_address(farm), log_dir=tmp_path / "vivian"
+    )
+    port = await vpdu.start("127.0.0.1", 0)
+    try:
+        await farm.power.add_pdu("vpdu1", "vpdu", {"hostname": f"127.0.0.1:{port}"})
+        vpdu.port = port
+        yield vpdu
+    finally:
+        await vpdu.stop()

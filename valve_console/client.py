@@ -1,0 +1,183 @@
+"""FarmClient: the typed async door to a farm's HTTP API, and its event stream.
+
+The TUI uses nothing else, so it works the same in the all-in-one program (over the unix
+socket), with ``--attach URL``, over ssh and in the browser. Errors come back as
+``FarmClientError`` carrying the API's ``{"error": ...}`` message and status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+class FarmClientError(Exception):
+    """An API call failed. ``status`` is the HTTP code, or None when the backend was unreachable."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class FarmClient:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        token: str | None = None,
+        socket_path: str | Path | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        if url is None and socket_path is None:
+            raise ValueError("give the API url or the unix socket path")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        transport = httpx.AsyncHTTPTransport(uds=str(socket_path)) if socket_path else None
+        self.base_url = (url or "http://valve-console").rstrip("/")
+        self.describe = url or f"unix:{socket_path}"
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, transport=transport, timeout=timeout
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "FarmClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ plumbing
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise FarmClientError(f"backend unreachable at {self.describe}: {exc or type(exc).__name__}") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("error") or response.text
+            except (ValueError, AttributeError):
+                message = response.text or response.reason_phrase
+            raise FarmClientError(message, response.status_code)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    # ------------------------------------------------------------------ reads
+    async def health(self) -> dict[str, Any]:
+        return await self.request("GET", "/api/v1/health")
+
+    async def gateway(self) -> dict[str, Any]:
+        return await self.request("GET", "/api/v1/gateway")
+
+    async def machines(self) -> dict[str, dict[str, Any]]:
+        return (await self.request("GET", "/api/v1/machines"))["machines"]
+
+    async def machine(self, mac: str) -> dict[str, Any]:
+        return await self.request("GET", f"/api/v1/machine/{mac}/")
+
+    async def pdus(self) -> dict[str, dict[str, Any]]:
+        return (await self.request("GET", "/api/v1/pdus"))["pdus"]
+
+    async def drivers(self) -> list[str]:
+        return (await self.request("GET", "/api/v1/pdu/drivers"))["drivers"]
+
+    async def consoles(self) -> dict[str, dict[str, Any]]:
+        return (await self.request("GET", "/api/v1/consoles"))["consoles"]
+
+    async def console_log(self, mac: str) -> str:
+        return await self.request("GET", f"/api/v1/console/{mac}/log")
+
+    async def backend_log(self, lines: int = 500) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/api/v1/log", params={"lines": lines}))["entries"]
+
+    # ------------------------------------------------------------------ actions
+    async def update_machine(self, mac: str, **fields: Any) -> dict[str, Any]:
+        return await self.request("PATCH", f"/api/v1/machine/{mac}/", json=fields)
+
+    async def retire(self, mac: str) -> str:
+        return await self.request("POST", f"/api/v1/machine/{mac}/retire")
+
+    async def activate(self, mac: str) -> str:
+        return await self.request("POST", f"/api/v1/machine/{mac}/activate")
+
+    async def set_outlet(self, pdu: str, port_id: str, state: str) -> str:
+        """Switch an outlet (``on``, ``off``, ``reboot``); returns the state read back."""
+        return (await self.request("POST", f"/api/v1/pdu/{pdu}/port/{port_id}/state", json={"state": state}))["state"]
+
+    async def add_pdu(self, name: str, driver: str, config: dict[str, Any], reserved_ports: list[str] | None = None):
+        body = {"name": name, "driver": driver, "config": config, "reserved_ports": reserved_ports or []}
+        return await self.request("POST", "/api/v1/pdu/", json=body)
+
+    async def remove_pdu(self, name: str) -> dict[str, Any]:
+        return await self.request("DELETE", f"/api/v1/pdu/{name}")
+
+    async def console_input(self, mac: str, data: str) -> int:
+        return (await self.request("POST", f"/api/v1/console/{mac}/input", json={"data": data}))["written"]
+
+    # ------------------------------------------------------------------ events
+    async def events(self, types: list[str] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Yield events (``{"type", "seq", "ts", "data"}``) until the stream ends or fails.
+
+        Raises FarmClientError when the backend cannot be reached; the caller reconnects.
+        """
+        params = {"types": ",".join(types)} if types else None
+        try:
+            async with self._http.stream("GET", "/api/v1/events", params=params, timeout=None) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise FarmClientError(response.text, response.status_code)
+                async for event in _parse_sse(response.aiter_lines()):
+                    yield event
+        except httpx.HTTPError as exc:
+            raise FarmClientError(f"event stream from {self.describe} lost: {exc or type(exc).__name__}") from None
+
+    async def console_stream(self, mac: str, replay: bool = False) -> AsyncIterator[str]:
+        params = {"replay": "true"} if replay else None
+        try:
+            async with self._http.stream(
+                "GET", f"/api/v1/console/{mac}/stream", params=params, timeout=None
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise FarmClientError(response.text, response.status_code)
+                async for event in _parse_sse(response.aiter_lines()):
+                    yield event.get("text", "")
+        except httpx.HTTPError as exc:
+            raise FarmClientError(f"console stream lost: {exc or type(exc).__name__}") from None
+
+
+async def _parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    data: list[str] = []
+    async for line in lines:
+        if line == "":
+            if data:
+                try:
+                    yield json.loads("\n".join(data))
+                except ValueError:
+                    log.warning("unparsable event: %.80s", data)
+                data = []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+
+
+async def wait_until_up(client: FarmClient, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await client.health()
+        except FarmClientError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)

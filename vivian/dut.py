@@ -1,0 +1,383 @@
+"""A simulated DUT (device under test), started by the vPDU when its outlet is switched ON.
+
+It plays what a real DUT shows the gateway:
+
+1. it connects by TCP to the gateway's netconsole (its "serial port", ttyS1) and prints firmware and
+   kernel boot lines there, announcing ``SALAD.machine_id=<mac>``;
+2. it registers like valve-infra's ``machine_registration``: a ``SALAD.ping``/``SALAD.pong`` check of
+   the console, then ``POST <api>/api/v1/machine/`` (PATCH ``.../<mac>/`` on HTTP 400);
+3. it then serves a tiny shell on the console (``echo``, ``uname -a``) and, with ``--chatty N``, keeps
+   printing kernel-log lines at about N bytes per second.
+
+SIGTERM (power off) ends it at once with exit code 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import codecs
+import json
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+PROMPT = "/ # "
+PONG = "SALAD.pong"
+KERNEL = "6.1.0-vivian"
+UNAME = f"Linux vivian-dut {KERNEL} #1 SMP PREEMPT_DYNAMIC Thu Jan  1 00:00:00 UTC 2024 x86_64 GNU/Linux"
+CONNECT_PATIENCE = 10.0
+PONG_WAIT = 2.0
+REGISTER_PATIENCE = 10.0
+GREEN_OK = "[  \x1b[0;32mOK\x1b[0m  ]"
+
+
+def _err(message: str) -> None:
+    """Log a line on stderr (the vPDU sends it to the DUT's log file)."""
+    print(f"dut: {message}", file=sys.stderr, flush=True)
+
+
+class Console:
+    """The DUT's serial console: a TCP connection to the gateway's netconsole.
+
+    Output uses "\\r\\n" line ends. Without a connection, output goes to stderr instead; once a
+    connection is lost, output is dropped (like a serial cable pulled out).
+    """
+
+    def __init__(self) -> None:
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.ever_connected = False
+        self.pong = asyncio.Event()
+        self.shell_active = False
+        self._line = ""
+        self._held = ""  # echo held back while the input may still become "SALAD.pong"
+        self._last_cr = False
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._reader_task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.writer is not None and not self.writer.is_closing()
+
+    async def connect(self, address: str, patience: float = CONNECT_PATIENCE) -> bool:
+        """Connect to ``HOST:PORT``, retrying for up to ``patience`` seconds."""
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self.reader, self.writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, int(port)), 2.0)
+                break
+            except (OSError, TimeoutError, ValueError) as exc:
+                if time.monotonic() >= deadline:
+                    _err(f"console {address} unreachable ({exc}); printing to stderr")
+                    return False
+                await asyncio.sleep(0.2)
+        self.ever_connected = True
+        self._reader_task = asyncio.create_task(self._read_loop())
+        return True
+
+    def write_raw(self, data: bytes) -> None:
+        if self.connected:
+            assert self.writer is not None
+            try:
+                self.writer.write(data)
+            except (OSError, RuntimeError):
+                self._lost()
+        elif not self.ever_connected:
+            sys.stderr.write(data.decode("utf-8", "replace"))
+            sys.stderr.flush()
+
+    def write(self, text: str) -> None:
+        """Write text, turning every line end into "\\r\\n"."""
+        self.write_raw(text.replace("\r\n", "\n").replace("\n", "\r\n").encode())
+
+    async def drain(self) -> None:
+        if self.connected:
+            assert self.writer is not None
+            try:
+                await self.writer.drain()
+            except (OSError, RuntimeError):
+                self._lost()
+
+    async def print(self, line: str) -> None:
+        """Print one line and wait until it is sent."""
+        self.write(line + "\n")
+        await self.drain()
+
+    def _lost(self) -> None:
+        if self.writer is not None:
+            _err("console connection lost; output is dropped from now on")
+            self.writer.close()
+            self.writer = None
+
+    async def _read_loop(self) -> None:
+        assert self.reader is not None
+        while True:
+            try:
+                data = await self.reader.read(4096)
+            except (OSError, RuntimeError):
+                data = b""
+            if not data:
+                self._lost()
+                return
+            for ch in self._decoder.decode(data):
+                self._feed(ch)
+
+    def start_shell(self) -> None:
+        """Show the prompt and start answering input lines."""
+        self.shell_active = True
+        self._line = self._held = ""
+        self.write(PROMPT)
+
+    def _feed(self, ch: str) -> None:
+        """Take one input character: echo it (in the shell) and act on complete lines."""
+        if ch in "\r\n":
+            if ch == "\n" and self._last_cr:
+                self._last_cr = False
+                return
+            self._last_cr = ch == "\r"
+            line, held = self._line, self._held
+            self._line = self._held = ""
+            self._on_line(line, held)
+            return
+        self._last_cr = False
+        if ch in "\x7f\b":
+            if self._line:
+                self._line = self._line[:-1]
+                if self._held:
+                    self._held = self._held[:-1]
+                elif self.shell_active:
+                    self.write("\b \b")
+            return
+        if ch == "\x03":
+            if self.shell_active:
+                self.write("^C\n" + PROMPT)
+            self._line = self._held = ""
+            return
+        if ch < " " and ch != "\t":
+            return
+        self._line += ch
+        if not self.shell_active:
+            return
+        if self._held == self._line[:-1] and PONG.startswith(self._line):
+            self._held = self._line
+        else:
+            self.write(self._held + ch)
+            self._held = ""
+
+    def _on_line(self, line: str, held: str) -> None:
+        if line.strip() == PONG:
+            self.pong.set()
+            return
+        if not self.shell_active:
+            return
+        self.write(held + "\n")
+        answer = shell_answer(line.strip())
+        if answer is not None:
+            self.write(answer + "\n")
+        self.write(PROMPT)
+
+
+def shell_answer(command: str) -> str | None:
+    """What the tiny shell prints for one command line (None: nothing)."""
+    if not command or command == "SALAD.ping":
+        return None
+    words = command.split(None, 1)
+    if words[0] == "echo":
+        return words[1] if len(words) > 1 else ""
+    if words[0] == "uname":
+        return UNAME if command == "uname -a" else "Linux"
+    return f"sh: {words[0]}: not found"
+
+
+def default_ip(mac: str) -> str:
+    """``10.42.0.<10 + last MAC byte>`` (carrying into the third byte past 255)."""
+    high, low = divmod(10 + int(mac.split(":")[-1], 16), 256)
+    return f"10.42.{high}.{low}"
+
+
+def firmware_lines(mac: str, ip: str) -> list[str]:
+    return [
+        "SeaBIOS (version 1.16.3-debian-1.16.3-2)",
+        "iPXE (https://ipxe.org) 00:03.0 CA00 PCI2.10 PnP PMM+7EFCB0A0+7EF0B0A0 CA00",
+        "Booting from ROM...",
+        "iPXE initialising devices...ok",
+        "iPXE 1.21.1 -- Open Source Network Boot Firmware -- https://ipxe.org",
+        "Features: DNS HTTP HTTPS iSCSI TFTP VLAN ELF MBOOT PXE bzImage Menu PXEXT",
+        f"net0: {mac} using virtio-net on 0000:00:03.0 (Ethernet) [open]",
+        f"Configuring (net0 {mac})...... ok",
+        f"net0: {ip}/255.255.255.0 gw 10.42.0.1",
+        f"SALAD.machine_id={mac}",
+        f"http://10.42.0.1/boot/{mac}/boot.ipxe... ok",
+        "http://10.42.0.1/files/kernel... ok",
+        "http://10.42.0.1/files/initramfs.cpio.xz... ok",
+    ]
+
+
+def kernel_lines(mac: str, ip: str) -> list[str]:
+    log = [
+        (0.0, (f"Linux version {KERNEL} (vivian@builder) (gcc (Debian 12.2.0-14) 12.2.0, "
+               f"GNU ld (GNU Binutils for Debian) 2.40) #1 SMP PREEMPT_DYNAMIC")),
+        (0.0, ("Command line: b2c.container=\"-ti docker://registry.freedesktop.org/mupuf/valve-infra/"
+               "machine_registration:latest register\" b2c.ntp_peer=10.42.0.1 b2c.cache_device=none "
+               f"console=ttyS1,115200 SALAD.machine_id={mac}")),
+        (0.0, "DMI: QEMU Standard PC (Q35 + ICH9, 2009), BIOS 1.16.3-debian-1.16.3-2 04/01/2014"),
+        (0.004113, "Memory: 1982332K/2096632K available (16384K kernel code)"),
+        (0.151022, "smpboot: CPU0: Vivian Virtual CPU @ 2.00GHz (family: 0x6, model: 0x55)"),
+        (0.402871, "PCI: Using configuration type 1 for base access"),
+        (0.611345, "Serial: 8250/16550 driver, 4 ports, IRQ sharing enabled"),
+        (0.612009, "00:05: ttyS1 at I/O 0x2f8 (irq = 3, base_baud = 115200) is a 16550A"),
+        (0.734551, "virtio_net virtio0 eth0: renamed from enp0s3"),
+        (0.901230, "[drm] pci: virtio-vga detected at 0000:00:01.0"),
+        (0.955871, "[drm] Initialized virtio_gpu 0.1.0 0 for 0000:00:01.0 on minor 0"),
+        (1.104532, "Freeing unused kernel image (initmem) memory: 2048K"),
+        (1.201877, "Run /init as init process"),
+    ]
+    lines = [f"[{t:12.6f}] {text}" for t, text in log]
+    lines += [
+        f"{GREEN_OK} Started Journal Service.",
+        f"{GREEN_OK} Reached target Network.",
+        f"+ b2c: eth0 is up, address {ip}",
+        "+ b2c: running machine_registration register",
+    ]
+    return lines
+
+
+async def boot(console: Console, mac: str, ip: str, delay: float) -> None:
+    """Print the firmware and kernel boot log, one line every ``delay`` seconds."""
+    for line in firmware_lines(mac, ip) + kernel_lines(mac, ip):
+        await console.print(line)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def _http(method: str, url: str, body: dict[str, object], timeout: float = 5.0) -> int:
+    """Send JSON and return the HTTP status (also for 4xx/5xx). Proxies are never used."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def post_registration(api: str, body: dict[str, object], patience: float = REGISTER_PATIENCE) -> bool:
+    """POST the machine to ``<api>/api/v1/machine/`` (PATCH on 400); retry connection errors."""
+    url = api.rstrip("/") + "/api/v1/machine/"
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            status = _http("POST", url, body)
+            if status == 400:
+                _err("POST answered 400; trying PATCH")
+                status = _http("PATCH", f"{url}{body['mac_address']}/", body)
+            _err(f"registration answered HTTP {status}")
+            return 200 <= status < 300
+        except (urllib.error.URLError, OSError) as exc:
+            if time.monotonic() >= deadline:
+                _err(f"registration failed: {exc}")
+                return False
+            time.sleep(0.25)
+
+
+async def register(console: Console, mac: str, ip: str, api: str, base_name: str = "virtio") -> bool:
+    """Find the console by ping/pong, then register with the gateway's API."""
+    if console.connected:
+        console.pong.clear()
+        await console.print("\nSALAD.ping")
+        try:
+            await asyncio.wait_for(console.pong.wait(), PONG_WAIT)
+            await console.print(f"SALAD.machine_id={mac}")
+        except TimeoutError:
+            await console.print("The configured console is not connected to SALAD")
+    else:
+        _err("no console: ttyS1 is not connected to SALAD")
+    body: dict[str, object] = {
+        "base_name": base_name,
+        "tags": ["virtio:pciid:0x1af4:0x1050", "virtio:family:VIRTIO"],
+        "mac_address": mac,
+        "ip_address": ip,
+        "local_tty_device": "ttyS1",
+    }
+    ok = await asyncio.to_thread(post_registration, api, body)
+    await console.print("MaRS: Registration complete" if ok else "MaRS: Registration failed")
+    return ok
+
+
+async def chatty(console: Console, rate: int) -> None:
+    """Print kernel-log-like lines at about ``rate`` bytes per second, in 20 chunks a second."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    sent = 0
+    pending = b""
+    n = 0
+    while True:
+        await asyncio.sleep(0.05)
+        now = loop.time()
+        due = int((now - start) * rate) - sent
+        if due > rate:  # fell behind by more than a second (slow reader): do not burst
+            start, sent, due = now - 0.05, 0, int(rate * 0.05)
+        while len(pending) < due:
+            n += 1
+            pending += (f"[{now:12.6f}] vivian: periodic status {n}: eth0 rx {n * 1514} "
+                        f"tx {n * 66} irq {n * 3}\r\n").encode()
+        chunk, pending = pending[:due], pending[due:]
+        sent += due
+        if chunk:
+            console.write_raw(chunk)
+            await console.drain()
+
+
+async def run(args: argparse.Namespace) -> None:
+    """Boot, register, then serve the shell until killed."""
+    ip = args.ip or default_ip(args.mac)
+    console = Console()
+    await console.connect(args.console)
+    await boot(console, args.mac, ip, args.boot_delay)
+    if not args.no_register:
+        await register(console, args.mac, ip, args.api, args.base_name)
+    console.start_shell()
+    await console.drain()
+    if args.chatty:
+        await chatty(console, args.chatty)
+    await asyncio.Event().wait()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="A simulated DUT for Vivian.")
+    p.add_argument("--mac", required=True, help="the DUT's MAC address (its machine id)")
+    p.add_argument("--api", required=True, help="gateway API base URL, e.g. http://10.42.0.1")
+    p.add_argument("--console", required=True, help="gateway netconsole HOST:PORT")
+    p.add_argument("--ip", help="IP address to report (default 10.42.0.<10 + last MAC byte>)")
+    p.add_argument("--base-name", default="virtio", help="GPU base name to register (default virtio)")
+    p.add_argument("--chatty", type=int, default=0, metavar="BYTES_PER_SEC",
+                   help="after registration, print log lines at this rate")
+    p.add_argument("--boot-delay", type=float, default=0.05, metavar="SECONDS",
+                   help="pause between boot lines (default 0.05)")
+    p.add_argument("--no-register", action="store_true", help="skip the machine registration")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    args = _parser().parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: os._exit(0))
+    try:
+        asyncio.run(run(args))
+    except (KeyboardInterrupt, BrokenPipeError, ConnectionError):
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
