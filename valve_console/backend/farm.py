@@ -191,6 +191,9 @@ class Farm:
         loop = asyncio.get_running_loop()
         self._log_handler = BusLogHandler(self.bus, loop)
         logging.getLogger().addHandler(self._log_handler)
+        ours = logging.getLogger("valve_console")
+        if ours.getEffectiveLevel() > logging.INFO:  # the operator's log view wants INFO and up
+            ours.setLevel(logging.INFO)
         for name in ("storage", "registration", "power", "consoles", "api"):
             self._set_health(name, "starting")
         api_sock = _bind_tcp(self.settings.listen, "API")

@@ -86,7 +86,7 @@ class JournalFollower:
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
             )
         except OSError as exc:
             self._set("degraded", f"no system journal: {exc}")
@@ -112,10 +112,18 @@ class JournalFollower:
         self._set("degraded", f"no system journal: {reason}")
         log.info("journal follower ended: %s", reason)
 
+    def _signal(self, sig: int) -> None:
+        import os
+
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, sig)
+
     async def stop(self) -> None:
+        import signal
+
         if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.terminate()
+            self._signal(signal.SIGTERM)
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, 2)
@@ -123,7 +131,6 @@ class JournalFollower:
                 self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
+        if self._proc is not None:
+            self._signal(signal.SIGKILL)
             await self._proc.wait()
