@@ -121,6 +121,7 @@ class Farm:
         self._log_handler: BusLogHandler | None = None
         self._health: dict[str, tuple[str, str | None]] = {}
         self.stopping = asyncio.Event()
+        self._unix_bound = False
         self.journal_command: list[str] | None = None  # tests may follow something else
 
     # ---------------------------------------------------------------- health
@@ -204,8 +205,12 @@ class Farm:
             api_sock.close()
             raise
         self._sockets.append(nc_sock)
-        unix_sock = self._bind_unix()
+        try:
+            unix_sock = self._bind_unix()
+        except OSError as exc:
+            raise FarmStartError(f"cannot create the API socket {self.settings.socket_path}: {exc.strerror or exc}") from None
         self._sockets.append(unix_sock)
+        self._unix_bound = True
         self.api_address = api_sock.getsockname()[:2]
         self.netconsole_address = nc_sock.getsockname()[:2]
 
@@ -290,8 +295,9 @@ class Farm:
         for sock in self._sockets:
             sock.close()
         self._sockets.clear()
-        with contextlib.suppress(FileNotFoundError):
-            Path(self.settings.socket_path).unlink()
+        if self._unix_bound:
+            with contextlib.suppress(OSError):
+                Path(self.settings.socket_path).unlink()
         if self._log_handler is not None:
             logging.getLogger().removeHandler(self._log_handler)
         log.info("farm stopped")

@@ -229,9 +229,13 @@ class PowerService:
         if info.state == state:
             return
         previous, info.state, info.changed_at = info.state, state, time.time()
-        if state == PortState.OFF:
-            self._last_off[(rt.name, port_id)] = info.changed_at
-        if previous != PortState.UNKNOWN or source != "poll" or state == PortState.OFF:
+        key = (rt.name, port_id)
+        if previous == PortState.UNKNOWN and state == PortState.OFF and key in self._last_off:
+            # First sight after a start of an outlet we saw go off before: it has been off since then.
+            info.changed_at = self._last_off[key]
+        else:
+            if state == PortState.OFF:
+                self._last_off[key] = info.changed_at
             entry = OutletLog(pdu=rt.name, port_id=port_id, state=state.value, at=info.changed_at, source=source)
             await self.store.run(lambda s: s.add(entry))
         self.bus.publish("outlet", self.outlet_json(rt, info))

@@ -1,0 +1,252 @@
+"""DUT screen: the machines in a DataTable keyed by MAC, updated cell by cell from events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Input, Static
+
+from ..widgets.state_badge import machine_state, yes_no
+from .base import FarmScreen
+from .model import Changes, FarmModel
+
+COLUMNS = (
+    ("Name", "name"),
+    ("MAC", "mac"),
+    ("IP", "ip"),
+    ("State", "state"),
+    ("Training", "training"),
+    ("PDU/port", "pdu"),
+    ("TTY", "tty"),
+    ("Ready", "ready"),
+    ("Retired", "retired"),
+)
+COLUMN_KEYS = tuple(key for _, key in COLUMNS)
+
+
+def training_text(training: Any) -> str:
+    if not training:
+        return "-"
+    if isinstance(training, dict):
+        for done, total in (("n", "N"), ("loop", "loops"), ("current", "total"), ("done", "count")):
+            if done in training and total in training:
+                return f"{training[done]}/{training[total]}"
+        return str(training.get("status") or "?")
+    return str(training)
+
+
+def machine_cells(machine: dict[str, Any]) -> tuple[Any, ...]:
+    pdu = machine.get("pdu") or {}
+    outlet = f"{pdu.get('name')}/{pdu.get('port_id')}" if pdu.get("name") else "-"
+    if pdu.get("name") and pdu.get("port_id") is None:
+        outlet = f"{pdu.get('name')}/?"
+    return (
+        str(machine.get("full_name") or machine.get("base_name") or "?"),
+        str(machine.get("mac_address") or ""),
+        str(machine.get("ip_address") or "-"),
+        machine_state(machine.get("state")),
+        training_text(machine.get("training")),
+        outlet,
+        str(machine.get("local_tty_device") or "-"),
+        yes_no(machine.get("ready_for_service")),
+        yes_no(machine.get("is_retired"), yes_style="bold yellow"),
+    )
+
+
+def plain(value: Any) -> str:
+    return value.plain if isinstance(value, Text) else str(value)
+
+
+class DutTable(DataTable[Any]):
+    BINDINGS = [Binding("enter", "select_cursor", "Console", show=True)]
+
+
+class DutsScreen(FarmScreen):
+    MODE = "duts"
+
+    BINDINGS = [
+        Binding("e", "edit", "Edit"),
+        Binding("R", "retire", "Retire/activate"),
+        Binding("c", "power_cycle", "Power cycle"),
+        Binding("s", "sort", "Sort"),
+        Binding("slash", "filter", "Filter"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, tuple[Any, ...]] = {}
+        self.filter = ""
+        self.sort_index = 0
+        self.sort_reverse = False
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("", id="dut-status", classes="status-line")
+        yield DutTable(id="dut-table", cursor_type="row", zebra_stripes=True)
+        yield Input(placeholder="filter: text in any column (enter: keep, esc: clear)", id="dut-filter")
+
+    def on_mount(self) -> None:
+        table = self.table
+        for label, key in COLUMNS:
+            table.add_column(label, key=key)
+        self.query_one("#dut-filter", Input).display = False
+        super().on_mount()
+        self._update_status()
+
+    @property
+    def table(self) -> DutTable:
+        return self.query_one("#dut-table", DutTable)
+
+    # ---------------------------------------------------------------- sync
+    def farm_reset(self, model: FarmModel) -> None:
+        table = self.table
+        for mac in [m for m in self.rows if m not in model.machines]:
+            del self.rows[mac]
+            if mac in table.rows:
+                table.remove_row(mac)
+        self._apply(model.machines)
+
+    def farm_changes(self, changes: Changes, model: FarmModel) -> None:
+        if changes.machines:
+            self._apply({mac: model.machines[mac] for mac in changes.machines if mac in model.machines})
+
+    def _apply(self, machines: dict[str, dict[str, Any]]) -> None:
+        table = self.table
+        cursor = self.cursor_mac()
+        resort = False
+        for mac, machine in machines.items():
+            cells = machine_cells(machine)
+            old = self.rows.get(mac)
+            self.rows[mac] = cells
+            visible = mac in table.rows
+            wanted = self.matches(cells)
+            if visible and not wanted:
+                table.remove_row(mac)
+            elif wanted and not visible:
+                table.add_row(*cells, key=mac)
+                resort = True
+            elif visible and old is not None:
+                for index, (before, after) in enumerate(zip(old, cells)):
+                    if plain(before) != plain(after) or (
+                        isinstance(after, Text) and isinstance(before, Text) and before.style != after.style
+                    ):
+                        table.update_cell(mac, COLUMN_KEYS[index], after)
+                        if index == self.sort_index:
+                            resort = True
+        if resort:
+            self._sort(cursor)
+        self._update_status()
+
+    def matches(self, cells: tuple[Any, ...]) -> bool:
+        if not self.filter:
+            return True
+        needle = self.filter.lower()
+        return any(needle in plain(cell).lower() for cell in cells)
+
+    def _sort(self, keep: str | None = None) -> None:
+        table = self.table
+        if keep is None:
+            keep = self.cursor_mac()
+        table.sort(COLUMN_KEYS[self.sort_index], key=lambda value: plain(value).lower(), reverse=self.sort_reverse)
+        if keep is not None and keep in table.rows:
+            table.move_cursor(row=table.get_row_index(keep), animate=False)
+
+    def cursor_mac(self) -> str | None:
+        table = self.table
+        if table.row_count == 0:
+            return None
+        try:
+            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:  # noqa: BLE001 - cursor outside the rows
+            return None
+
+    def select_mac(self, mac: str) -> None:
+        table = self.table
+        if mac in table.rows:
+            table.move_cursor(row=table.get_row_index(mac), animate=False)
+
+    def _update_status(self) -> None:
+        shown = self.table.row_count
+        total = len(self.rows)
+        text = Text()
+        text.append(f"{total} machine{'s' if total != 1 else ''}")
+        arrow = "v" if self.sort_reverse else "^"
+        text.append(f"  sorted by {COLUMNS[self.sort_index][0]} {arrow}")
+        if self.filter:
+            text.append(f"  filter '{self.filter}': {shown} shown", style="bold yellow")
+        if not total:
+            text.append("  (power a DUT on from the PDU screen, 3, or wait for one to register)", style="dim")
+        self.query_one("#dut-status", Static).update(text)
+
+    # ---------------------------------------------------------------- filter
+    def action_filter(self) -> None:
+        box = self.query_one("#dut-filter", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Changed, "#dut-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.set_filter(event.value)
+
+    @on(Input.Submitted, "#dut-filter")
+    def _filter_done(self) -> None:
+        self.table.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#dut-filter", Input)
+        if box.display or self.filter:
+            box.value = ""
+            box.display = False
+            self.set_filter("")
+            self.table.focus()
+
+    def set_filter(self, text: str) -> None:
+        self.filter = text.strip()
+        table = self.table
+        cursor = self.cursor_mac()
+        added = False
+        for mac, cells in self.rows.items():
+            wanted = self.matches(cells)
+            visible = mac in table.rows
+            if visible and not wanted:
+                table.remove_row(mac)
+            elif wanted and not visible:
+                table.add_row(*cells, key=mac)
+                added = True
+        if added:
+            self._sort(cursor)
+        self._update_status()
+
+    # ---------------------------------------------------------------- actions
+    def action_sort(self) -> None:
+        self.sort_index = (self.sort_index + 1) % len(COLUMNS)
+        self._sort()
+        self._update_status()
+
+    def _selected(self) -> str | None:
+        mac = self.cursor_mac()
+        if mac is None:
+            self.console_app.report("no machine selected", "warning")
+        return mac
+
+    def action_edit(self) -> None:
+        if (mac := self._selected()) is not None:
+            self.console_app.edit_machine(mac)
+
+    def action_retire(self) -> None:
+        if (mac := self._selected()) is not None:
+            self.console_app.toggle_retired(mac)
+
+    def action_power_cycle(self) -> None:
+        if (mac := self._selected()) is not None:
+            self.console_app.power_cycle(mac)
+
+    @on(DataTable.RowSelected, "#dut-table")
+    def _open_console(self, event: DataTable.RowSelected) -> None:
+        mac = event.row_key.value
+        if mac:
+            self.console_app.open_console(mac)

@@ -1,0 +1,128 @@
+"""Overview: the health of each backend service, the gateway's network interfaces, farm counts."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Static
+
+from ..widgets.state_badge import service_badge
+from .base import FarmScreen
+from .model import Changes, FarmModel
+
+
+def format_uptime(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days}d {hours}h {minutes:02d}m"
+    return f"{hours}h {minutes:02d}m"
+
+
+class OverviewScreen(FarmScreen):
+    MODE = "overview"
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="overview-top"):
+            with Vertical(id="farm-box", classes="box"):
+                yield Static("", id="farm-info")
+            with Vertical(id="counts-box", classes="box"):
+                yield Static("", id="farm-counts")
+        with Vertical(id="services-box", classes="box"):
+            yield Static("", id="services")
+        with Vertical(id="interfaces-box", classes="box"):
+            yield Static("", id="interfaces")
+
+    def on_mount(self) -> None:
+        self.query_one("#farm-box").border_title = "Farm"
+        self.query_one("#counts-box").border_title = "Counts"
+        self.query_one("#services-box").border_title = "Backend services"
+        self.query_one("#interfaces-box").border_title = "Gateway network interfaces"
+        super().on_mount()
+        if not self.model.loaded:
+            self.query_one("#farm-info", Static).update("connecting to the backend…")
+        self.set_interval(30, self._tick_uptime)
+
+    def _tick_uptime(self) -> None:
+        if self.model.loaded:
+            self._show_farm(self.model)
+
+    # ---------------------------------------------------------------- sync
+    def farm_reset(self, model: FarmModel) -> None:
+        self._show_farm(model)
+        self._show_services(model)
+        self._show_interfaces(model)
+        self._show_counts(model)
+
+    def farm_changes(self, changes: Changes, model: FarmModel) -> None:
+        if changes.health:
+            self._show_services(model)
+        if changes.machines or changes.outlets or changes.pdus or changes.console_info:
+            self._show_counts(model)
+
+    def _show_farm(self, model: FarmModel) -> None:
+        health = model.health
+        uptime = float(health.get("uptime") or 0) + (time.monotonic() - model.fetched_at)
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("farm", str(health.get("farm_name") or "?"))
+        table.add_row("API", str(health.get("api") or "-"))
+        table.add_row("netconsole", str(health.get("netconsole") or "-"))
+        table.add_row("version", str(health.get("version") or "?"))
+        table.add_row("uptime", format_uptime(uptime))
+        table.add_row("backend", self.console_app.client.describe)
+        self.query_one("#farm-info", Static).update(table)
+
+    def _show_services(self, model: FarmModel) -> None:
+        services: dict[str, Any] = model.health.get("services") or {}
+        table = Table.grid(padding=(0, 2))
+        table.add_column()
+        table.add_column(style="bold")
+        table.add_column()
+        for name, info in services.items():
+            info = info or {}
+            reason = info.get("reason") or ""
+            table.add_row(service_badge(info.get("state")), name, Text(str(reason), style="dim" if not reason else ""))
+        if not services:
+            table.add_row("", "no service reported", "")
+        self.query_one("#services", Static).update(table)
+
+    def _show_interfaces(self, model: FarmModel) -> None:
+        table = Table(box=None, padding=(0, 2), show_edge=False, header_style="bold")
+        for column in ("name", "state", "MAC", "addresses"):
+            table.add_column(column)
+        for iface in model.gateway:
+            state = str(iface.get("state") or "?")
+            badge = Text(f"[{state.upper():^4}]", style="bold green" if state == "up" else "red")
+            table.add_row(str(iface.get("name")), badge, str(iface.get("mac") or "-"),
+                          ", ".join(iface.get("addresses") or []) or "-")
+        if not model.gateway:
+            table.add_row("-", "", "", "no interface reported")
+        self.query_one("#interfaces", Static).update(table)
+
+    def _show_counts(self, model: FarmModel) -> None:
+        counts = model.counts()
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column(justify="right")
+        table.add_column()
+        duts = counts["duts"]
+        table.add_row("DUTs", str(counts["machines"]),
+                      "  ".join(f"{state} {n}" for state, n in sorted(duts.items())) or "none yet")
+        outlets = counts["outlets"]
+        detail = f"[ON ] {outlets['ON']}  [off] {outlets['OFF']}"
+        if outlets["other"]:
+            detail += f"  [ ? ] {outlets['other']}"
+        table.add_row("outlets", str(sum(outlets.values())), detail)
+        table.add_row("PDUs", str(counts["pdus"]), "")
+        table.add_row("consoles", str(counts["consoles"]), f"{counts['consoles_connected']} connected")
+        table.add_row("jobs", str(counts["jobs"]), "running")
+        self.query_one("#farm-counts", Static).update(table)

@@ -1,0 +1,197 @@
+"""PDU screen: one outlet grid per PDU; switch the selected outlet, add and remove PDUs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.widgets import Static
+
+from ..widgets.outlet_grid import OutletGrid
+from .base import FarmScreen
+from .model import Changes, FarmModel, outlet_of
+
+
+class PduSection(Vertical):
+    """Title line (name, driver, reachability, error) and the outlet grid of one PDU."""
+
+    DEFAULT_CSS = """
+    PduSection { height: auto; border: solid $primary; padding: 0 0; margin: 0 0 1 0; }
+    PduSection:focus-within { border: double $accent; }
+    PduSection .pdu-info { height: auto; padding: 0 1; }
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(classes="pdu-section")
+        self.pdu_name = name
+        self.grid = OutletGrid(name)
+        self.info = Static("", classes="pdu-info")
+
+    def compose(self) -> ComposeResult:
+        yield self.info
+        yield self.grid
+
+    def sync(self, pdu: dict[str, Any], model: FarmModel) -> None:
+        self.update_info(pdu)
+        self.grid.sync(pdu, model)
+
+    def update_info(self, pdu: dict[str, Any]) -> None:
+        state = str(pdu.get("state") or "unknown")
+        self.border_title = f" {self.pdu_name} "
+        info = Text()
+        info.append(f"driver {pdu.get('driver') or pdu.get('pdu_model') or '?'}  ")
+        config = pdu.get("config") or {}
+        if "hostname" in config:
+            info.append(f"at {config['hostname']}  ")
+        style = {"reachable": "bold green", "unreachable": "bold red"}.get(state, "yellow")
+        info.append(f"[{state}]", style=style)
+        ports = pdu.get("ports") or {}
+        on = sum(1 for p in ports.values() if str(p.get("state")).upper() == "ON")
+        info.append(f"  {len(ports)} outlets, {on} on")
+        if pdu.get("error"):
+            info.append(f"  error: {pdu['error']}", style="red")
+        self.info.update(info)
+
+
+class PdusScreen(FarmScreen):
+    MODE = "pdus"
+
+    BINDINGS = [
+        Binding("o", "power('on')", "On"),
+        Binding("f", "power('off')", "Off"),
+        Binding("r", "power('reboot')", "Reboot"),
+        Binding("a", "add_pdu", "Add PDU"),
+        Binding("x,delete", "remove_pdu", "Remove PDU"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: dict[str, PduSection] = {}
+        self._current: str | None = None
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("", id="pdu-status", classes="status-line")
+        with VerticalScroll(id="pdu-list"):
+            yield Static("No PDU yet: press [b]a[/b] to add one.", id="no-pdus")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.watch(self.app, "last_status", self._show_status)
+
+    def _show_status(self, status: Any) -> None:
+        if status:
+            message, severity = status
+            style = {"error": "bold red", "warning": "yellow"}.get(severity, "green")
+            self.query_one("#pdu-status", Static).update(Text(message, style=style))
+
+    # ---------------------------------------------------------------- sync
+    def farm_reset(self, model: FarmModel) -> None:
+        for name in [n for n in self.sections if n not in model.pdus]:
+            self._remove_section(name)
+        for name, pdu in sorted(model.pdus.items()):
+            self._sync_pdu(name, pdu, model)
+        self._update_empty()
+
+    def farm_changes(self, changes: Changes, model: FarmModel) -> None:
+        for name in changes.pdus:
+            if name in model.pdus:
+                self._sync_pdu(name, model.pdus[name], model)
+            else:
+                self._remove_section(name)
+        dirty: set[tuple[str, str]] = set(changes.outlets)
+        for mac in changes.machines:
+            old = changes.old_outlets.get(mac, (None, None))
+            new = outlet_of(model.machines.get(mac))
+            if old != new:
+                for pdu, port in (old, new):
+                    if pdu is not None and port is not None:
+                        dirty.add((pdu, port))
+            elif new[0] is not None and new[1] is not None:
+                dirty.add((new[0], new[1]))  # its name may have changed
+        touched: set[str] = set()
+        for pdu, port in dirty:
+            section = self.sections.get(pdu)
+            if section is not None and pdu not in changes.pdus:
+                section.grid.refresh_port(port, model)
+                touched.add(pdu)
+        for pdu in touched:
+            if pdu in model.pdus:
+                self.sections[pdu].update_info(model.pdus[pdu])
+        if changes.pdus:
+            self._update_empty()
+
+    def _sync_pdu(self, name: str, pdu: dict[str, Any], model: FarmModel) -> None:
+        section = self.sections.get(name)
+        if section is None:
+            section = self.sections[name] = PduSection(name)
+            later = sorted(n for n in self.sections if n > name)
+            container = self.query_one("#pdu-list", VerticalScroll)
+            if later:
+                container.mount(section, before=self.sections[later[0]])
+            else:
+                container.mount(section)
+        section.sync(pdu, model)
+
+    def _remove_section(self, name: str) -> None:
+        section = self.sections.pop(name, None)
+        if section is not None:
+            section.remove()
+        if self._current == name:
+            self._current = None
+
+    def _update_empty(self) -> None:
+        self.query_one("#no-pdus").display = not self.sections
+
+    # ---------------------------------------------------------------- selection
+    def on_descendant_focus(self, event: Any) -> None:
+        widget = event.widget if hasattr(event, "widget") else None
+        if isinstance(widget, OutletGrid):
+            self._current = widget.pdu
+
+    def current_section(self) -> PduSection | None:
+        focused = self.focused
+        if isinstance(focused, OutletGrid):
+            return self.sections.get(focused.pdu)
+        if self._current in self.sections:
+            return self.sections[self._current]
+        return next(iter(sorted(self.sections.items())), (None, None))[1]
+
+    def selected_outlet(self) -> tuple[str, str] | None:
+        section = self.current_section()
+        if section is None:
+            return None
+        port = section.grid.selected_port
+        return None if port is None else (section.pdu_name, port)
+
+    def select_outlet(self, pdu: str, port: str) -> bool:
+        section = self.sections.get(pdu)
+        if section is None:
+            return False
+        coordinate = section.grid.coordinate_of(port)
+        if coordinate is None:
+            return False
+        section.grid.cursor_coordinate = coordinate
+        section.grid.focus()
+        self._current = pdu
+        return True
+
+    # ---------------------------------------------------------------- actions
+    def action_power(self, state: str) -> None:
+        selected = self.selected_outlet()
+        if selected is None:
+            self.console_app.report("no outlet selected: add a PDU first (a)", "warning")
+            return
+        self.console_app.power_outlet(*selected, state)
+
+    def action_add_pdu(self) -> None:
+        self.console_app.add_pdu()
+
+    def action_remove_pdu(self) -> None:
+        section = self.current_section()
+        if section is None:
+            self.console_app.report("no PDU to remove", "warning")
+            return
+        self.console_app.remove_pdu(section.pdu_name)

@@ -1,0 +1,61 @@
+"""The top bar (farm, screens) and the lost-backend banner shown on every screen."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+SCREENS = (
+    ("1", "overview", "Overview"),
+    ("2", "journal", "Journal"),
+    ("3", "pdus", "PDUs"),
+    ("4", "duts", "DUTs"),
+    ("5", "consoles", "Consoles"),
+    ("6", "machine", "Machine"),
+)
+
+
+class TopBar(Static):
+    """``valve-console  farm NAME   1 Overview  2 Journal ...`` with the current screen reversed."""
+
+    DEFAULT_CSS = """
+    TopBar { dock: top; height: 1; background: $panel; color: $foreground; }
+    """
+
+    def __init__(self, current: str) -> None:
+        super().__init__()
+        self.current = current
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "farm_name", self._refresh_bar)
+
+    def _refresh_bar(self, _value: object = None) -> None:
+        farm = getattr(self.app, "farm_name", "") or "?"
+        text = Text()
+        text.append(" valve-console ", style="bold")
+        text.append(f" farm {farm} ", style="")
+        text.append("  ")
+        for key, mode, title in SCREENS:
+            label = f" {key} {title} "
+            if mode == self.current:
+                text.append(label, style="bold reverse")
+            else:
+                text.append(label)
+        self.update(text)
+
+
+class Banner(Static):
+    """Shown only while the backend is lost: what failed, where, and that we are reconnecting."""
+
+    DEFAULT_CSS = """
+    Banner { dock: top; height: auto; display: none; background: $error; color: $text; text-style: bold;
+             padding: 0 1; }
+    Banner.-shown { display: block; }
+    """
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "backend_problem", self._show)
+
+    def _show(self, problem: str) -> None:
+        self.set_class(bool(problem), "-shown")
+        self.update(problem or "")
