@@ -110,12 +110,12 @@ class MachineUpdate(BaseModel):
     comment: Optional[str] = Field(default=None, max_length=4096)
     is_retired: Optional[StrictBool] = None
 
-    @field_validator("pdu_port_id")
+    @field_validator("pdu_port_id", mode="before")
     @classmethod
-    def _port(cls, v: Optional[Union[str, int]]) -> Optional[str]:
+    def _port(cls, v: Any) -> Optional[str]:
         if v is None:
             return None
-        if isinstance(v, bool):
+        if isinstance(v, bool) or not isinstance(v, (str, int)):
             raise ValueError("a port id is a string or an integer")
         text = str(v).strip()
         if not text or len(text) > 32 or any(ord(c) < 33 for c in text):

@@ -96,6 +96,7 @@ class DutsScreen(FarmScreen):
         self.query_one("#dut-filter", Input).display = False
         super().on_mount()
         self._update_status()
+        table.focus()
 
     @property
     def table(self) -> DutTable:

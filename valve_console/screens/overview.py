@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
-from ..widgets.state_badge import service_badge
+from ..widgets.state_badge import outlet_badge, service_badge
 from .base import FarmScreen
 from .model import Changes, FarmModel
 
@@ -105,7 +105,7 @@ class OverviewScreen(FarmScreen):
             table.add_row(str(iface.get("name")), badge, str(iface.get("mac") or "-"),
                           ", ".join(iface.get("addresses") or []) or "-")
         if not model.gateway:
-            table.add_row("-", "", "", "no interface reported")
+            table.add_row("-", "", "", Text("no interface reported"))
         self.query_one("#interfaces", Static).update(table)
 
     def _show_counts(self, model: FarmModel) -> None:
@@ -118,9 +118,15 @@ class OverviewScreen(FarmScreen):
         table.add_row("DUTs", str(counts["machines"]),
                       "  ".join(f"{state} {n}" for state, n in sorted(duts.items())) or "none yet")
         outlets = counts["outlets"]
-        detail = f"[ON ] {outlets['ON']}  [off] {outlets['OFF']}"
+        detail = Text()
+        detail.append_text(outlet_badge("ON"))
+        detail.append(f" {outlets['ON']}  ")
+        detail.append_text(outlet_badge("OFF"))
+        detail.append(f" {outlets['OFF']}")
         if outlets["other"]:
-            detail += f"  [ ? ] {outlets['other']}"
+            detail.append("  ")
+            detail.append_text(outlet_badge(None))
+            detail.append(f" {outlets['other']}")
         table.add_row("outlets", str(sum(outlets.values())), detail)
         table.add_row("PDUs", str(counts["pdus"]), "")
         table.add_row("consoles", str(counts["consoles"]), f"{counts['consoles_connected']} connected")

@@ -74,7 +74,7 @@ class PdusScreen(FarmScreen):
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="pdu-status", classes="status-line")
-        with VerticalScroll(id="pdu-list"):
+        with VerticalScroll(id="pdu-list", can_focus=False):
             yield Static("No PDU yet: press [b]a[/b] to add one.", id="no-pdus")
 
     def on_mount(self) -> None:
@@ -94,6 +94,16 @@ class PdusScreen(FarmScreen):
         for name, pdu in sorted(model.pdus.items()):
             self._sync_pdu(name, pdu, model)
         self._update_empty()
+        self._focus_grid()
+
+    def on_screen_resume(self) -> None:
+        self._focus_grid()
+
+    def _focus_grid(self) -> None:
+        if not isinstance(self.focused, OutletGrid) and self.sections:
+            section = self.current_section()
+            if section is not None:
+                self.call_after_refresh(section.grid.focus)
 
     def farm_changes(self, changes: Changes, model: FarmModel) -> None:
         for name in changes.pdus:
@@ -122,6 +132,7 @@ class PdusScreen(FarmScreen):
                 self.sections[pdu].update_info(model.pdus[pdu])
         if changes.pdus:
             self._update_empty()
+            self._focus_grid()
 
     def _sync_pdu(self, name: str, pdu: dict[str, Any], model: FarmModel) -> None:
         section = self.sections.get(name)

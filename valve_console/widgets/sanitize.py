@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["LineAssembler", "sanitize", "strip_sgr", "MAX_SGR_PARAMS", "MAX_SGR_LENGTH"]
+__all__ = ["MAX_SGR_LENGTH", "MAX_SGR_PARAMS", "LineAssembler", "sanitize", "strip_sgr"]
 
 MAX_SGR_PARAMS = 32
 """An SGR with more parameters than this is dropped."""

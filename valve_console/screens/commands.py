@@ -1,0 +1,61 @@
+"""Command palette (ctrl+p or ``:``, k9s style): the farm's actions by name.
+
+"power on vpdu1/3 (vivian-virtio-1)", "open console <machine>", "edit <machine>",
+"retire <machine>" / "activate <machine>", "go to <screen>". Power commands still ask for
+confirmation: they go through the same app actions as the keys.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Callable, Iterator, cast
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+from ..widgets.banner import SCREENS
+from .model import port_sort_key
+
+if TYPE_CHECKING:
+    from ..app import ConsoleApp
+
+
+class FarmCommands(Provider):
+    @property
+    def console_app(self) -> "ConsoleApp":
+        return cast("ConsoleApp", self.app)
+
+    def commands(self) -> Iterator[tuple[str, Callable[[], None], str]]:
+        app = self.console_app
+        model = app.model
+        for _key, mode, title in SCREENS:
+            yield f"go to {title.lower()}", partial(app.go, mode), f"switch to the {title} screen"
+        for name in sorted(model.pdus):
+            ports = sorted((model.pdus[name].get("ports") or {}), key=port_sort_key)
+            for port in ports:
+                machine = model.machine_on(name, port)
+                suffix = f" ({machine.get('full_name')})" if machine else ""
+                for verb in ("on", "off", "reboot"):
+                    yield (f"power {verb} {name}/{port}{suffix}", partial(app.power_outlet, name, port, verb),
+                           f"switch outlet {port} of {name} {verb} (asks first)")
+        for mac in sorted(model.machines, key=model.machine_name):
+            machine = model.machines[mac]
+            name = model.machine_name(mac)
+            yield f"open console {name}", partial(app.open_console, mac), f"the console of {mac}"
+            yield f"edit {name}", partial(app.edit_machine, mac), f"the machine form of {mac}"
+            verb = "activate" if machine.get("is_retired") else "retire"
+            yield f"{verb} {name}", partial(app.toggle_retired, mac), f"{verb} {mac} (asks first)"
+            if machine.get("pdu", {}).get("name"):
+                yield f"power cycle {name}", partial(app.power_cycle, mac), "reboot its outlet (asks first)"
+        yield "add pdu", app.add_pdu, "add a PDU (driver, name, config)"
+
+    async def discover(self) -> Hits:
+        for text, callback, help_text in self.commands():
+            if text.startswith(("go to", "open console", "edit ")):
+                yield DiscoveryHit(text, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for text, callback, help_text in self.commands():
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(score, matcher.highlight(text), callback, text=text, help=help_text)

@@ -1,0 +1,247 @@
+"""Consoles: one tab per machine (and per console seen), each a ConsoleView fed by ``console`` events.
+
+A tab starts with the console's ring buffer (``client.console_log``); events that arrive while it
+is being fetched are held and appended without the part the log already holds. What the operator
+types in a ConsoleView's type mode arrives as ``ConsoleView.Input`` and is sent, in order, with
+``client.console_input``; errors (e.g. 409: not connected) are shown.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import Static, TabbedContent, TabPane
+
+from ..client import FarmClientError
+from ..widgets.console_view import ConsoleView
+from ..widgets.state_badge import connection_badge
+from .base import FarmScreen
+from .model import Changes, FarmModel
+
+MAX_OVERLAP = 1024 * 1024
+
+
+def pane_id(mac: str) -> str:
+    return "con-" + re.sub(r"[^0-9a-zA-Z]", "", mac)
+
+
+def without_overlap(log: str, extra: str) -> str:
+    """``extra`` minus its beginning that ``log`` already ends with (the fetch/stream overlap)."""
+    if not log or not extra:
+        return extra
+    probe = extra[: min(len(extra), 64)]
+    start = max(0, len(log) - min(len(extra), MAX_OVERLAP))
+    while True:
+        pos = log.find(probe, start)
+        if pos < 0:
+            return extra
+        tail = log[pos:]
+        if extra.startswith(tail):
+            return extra[len(tail):]
+        start = pos + 1
+
+
+class ConsolesScreen(FarmScreen):
+    MODE = "consoles"
+
+    BINDINGS = [
+        Binding("left_square_bracket", "prev_tab", "Prev tab"),
+        Binding("right_square_bracket", "next_tab", "Next tab"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.views: dict[str, ConsoleView] = {}
+        self.order: list[str] = []
+        self._loading: dict[str, list[str]] = {}
+        self._input: dict[str, str] = {}
+        self._sending: set[str] = set()
+        self._target: str | None = None
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("", id="console-info", classes="status-line")
+        yield Static("No console yet: machines and console streams get a tab here as they appear.",
+                     id="no-consoles")
+        yield TabbedContent(id="console-tabs")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self._update_empty()
+
+    @property
+    def tabs(self) -> TabbedContent:
+        return self.query_one("#console-tabs", TabbedContent)
+
+    # ---------------------------------------------------------------- sync
+    def farm_reset(self, model: FarmModel) -> None:
+        for mac in sorted(set(model.machines) | set(model.consoles), key=lambda m: model.machine_name(m)):
+            self._ensure_tab(mac, model)
+        self._update_titles(model, list(self.views))
+        self._update_info()
+        target = self.console_app.console_target
+        if target is not None:
+            self.console_app.console_target = None
+            self.show_console(target)
+
+    def farm_changes(self, changes: Changes, model: FarmModel) -> None:
+        for mac in list(changes.machines) + list(changes.console_info) + list(changes.console_text):
+            self._ensure_tab(mac, model)
+        if changes.machines:
+            self._update_titles(model, list(changes.machines))
+        for mac, chunks in changes.console_text.items():
+            text = "".join(chunks)
+            if mac in self._loading:
+                self._loading[mac].append(text)
+            elif mac in self.views:
+                self.views[mac].write(text)
+        if changes.machines or changes.console_info:
+            self._update_info()
+
+    def _ensure_tab(self, mac: str, model: FarmModel) -> None:
+        if mac in self.views:
+            return
+        view = ConsoleView(mac, max_lines=20000)
+        self.views[mac] = view
+        self.order.append(mac)
+        self._loading[mac] = []
+        pane = TabPane(model.machine_name(mac), view, id=pane_id(mac))
+        self.run_worker(self._open_tab(mac, pane), group=f"console-open-{mac}", exit_on_error=False)
+        self._update_empty()
+
+    async def _open_tab(self, mac: str, pane: TabPane) -> None:
+        try:
+            await self.tabs.add_pane(pane)
+            if self._target == mac:
+                self._activate(mac)
+            try:
+                log = await self.console_app.client.console_log(mac)
+            except FarmClientError as exc:
+                log = "" if exc.status == 404 else f"[cannot read the console log: {exc}]\n"
+            if not isinstance(log, str):
+                log = str(log)
+            held = "".join(self._loading.get(mac, []))
+            view = self.views.get(mac)
+            if view is not None:
+                if log:
+                    view.write(log)
+                rest = without_overlap(log, held)
+                if rest:
+                    view.write(rest)
+        finally:
+            self._loading.pop(mac, None)
+
+    def _update_titles(self, model: FarmModel, macs: list[str]) -> None:
+        for mac in macs:
+            if mac not in self.views:
+                continue
+            try:
+                tab = self.tabs.get_tab(pane_id(mac))
+            except Exception:  # noqa: BLE001 - the pane is still being added
+                continue
+            name = model.machine_name(mac)
+            if str(tab.label) != name:
+                tab.label = name
+
+    def _update_empty(self) -> None:
+        self.query_one("#no-consoles").display = not self.views
+
+    def current_mac(self) -> str | None:
+        active = self.tabs.active
+        for mac in self.views:
+            if pane_id(mac) == active:
+                return mac
+        return None
+
+    def _update_info(self) -> None:
+        mac = self.current_mac()
+        info = self.query_one("#console-info", Static)
+        if mac is None:
+            info.update("")
+            return
+        machine = self.model.machines.get(mac) or {}
+        console = self.model.consoles.get(mac)
+        text = Text()
+        text.append(f" {self.model.machine_name(mac)} ", style="bold")
+        text.append(f" {mac}")
+        if machine.get("ip_address"):
+            text.append(f"  {machine['ip_address']}")
+        if machine.get("state"):
+            text.append(f"  {machine['state']}")
+        text.append("  console ")
+        text.append_text(connection_badge(None if console is None else console.get("connected")))
+        if console and console.get("source"):
+            text.append(f" via {console['source']}", style="dim")
+        info.update(text)
+
+    @on(TabbedContent.TabActivated, "#console-tabs")
+    def _tab_changed(self) -> None:
+        self._update_info()
+        mac = self.current_mac()
+        if mac is not None and (self.focused is None or isinstance(self.focused, ConsoleView)):
+            self.views[mac].focus()
+
+    def on_screen_resume(self) -> None:
+        self.call_after_refresh(self._focus_view)
+
+    def _focus_view(self) -> None:
+        mac = self.current_mac()
+        if mac is not None and self.focused is None:
+            self.views[mac].focus()
+
+    # ---------------------------------------------------------------- navigation
+    def show_console(self, mac: str) -> None:
+        """Make ``mac``'s tab the active one (creating it if needed) and focus its view."""
+        self._target = mac
+        self._ensure_tab(mac, self.model)
+        self._activate(mac)
+
+    def _activate(self, mac: str) -> None:
+        try:
+            self.tabs.get_pane(pane_id(mac))
+        except Exception:  # noqa: BLE001 - not mounted yet: _open_tab activates it
+            return
+        self.tabs.active = pane_id(mac)
+        self.views[mac].focus()
+        self._target = None
+        self._update_info()
+
+    def _cycle(self, step: int) -> None:
+        if not self.order:
+            return
+        current = self.current_mac()
+        index = self.order.index(current) if current in self.order else 0
+        self._activate(self.order[(index + step) % len(self.order)])
+
+    def action_prev_tab(self) -> None:
+        self._cycle(-1)
+
+    def action_next_tab(self) -> None:
+        self._cycle(1)
+
+    # ---------------------------------------------------------------- typing
+    @on(ConsoleView.Input)
+    def _typed(self, event: Any) -> None:
+        event.stop()
+        mac, data = event.mac, event.data
+        self._input[mac] = self._input.get(mac, "") + data
+        if mac not in self._sending:
+            self._sending.add(mac)
+            self.run_worker(self._send(mac), group=f"console-input-{mac}", exit_on_error=False)
+
+    async def _send(self, mac: str) -> None:
+        try:
+            while self._input.get(mac):
+                data = self._input.pop(mac)
+                try:
+                    await self.console_app.client.console_input(mac, data)
+                except FarmClientError as exc:
+                    self._input.pop(mac, None)
+                    self.console_app.report(f"typing into {self.model.machine_name(mac)} failed: {exc}", "error")
+                    return
+        finally:
+            self._sending.discard(mac)
