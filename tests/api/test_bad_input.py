@@ -15,8 +15,9 @@ REG = {"base_name": "virtio", "tags": ["t"], "mac_address": "52:54:00:11:22:03",
 
 @pytest.fixture
 async def http(farm):
-    async with httpx.AsyncClient(base_url=api_url(farm), headers={"Authorization": f"Bearer {farm.token}"},
-                                 timeout=30) as c:
+    async with httpx.AsyncClient(
+        base_url=api_url(farm), headers={"Authorization": f"Bearer {farm.token}"}, timeout=30
+    ) as c:
         assert (await c.post("/api/v1/machine/", json=REG)).status_code == 200
         assert (await c.post("/api/v1/pdu/", json={"name": "d1", "driver": "dummy"})).status_code == 201
         yield c
@@ -38,8 +39,12 @@ async def snapshot(http):
         ("POST", "/api/v1/machine/", b"\x00\xff\xfe\x89PNG garbage \x1b[2J", "malformed JSON"),
         ("PUT", "/api/v1/machine/", b'{"mac_address": "52:54:00:11:22:03", "evil": true}', "The field evil"),
         ("PATCH", "/api/v1/machine/52:54:00:11:22:03/", b'{"pdu": "d1", "pdu_port_id": true}', "pdu_port_id"),
-        ("PATCH", "/api/v1/machine/52:54:00:11:22:03/", b'{"mac_address": "00:00:00:00:00:01"}',
-         "The field mac_address cannot be set/modified"),
+        (
+            "PATCH",
+            "/api/v1/machine/52:54:00:11:22:03/",
+            b'{"mac_address": "00:00:00:00:00:01"}',
+            "The field mac_address cannot be set/modified",
+        ),
         ("POST", "/api/v1/pdu/", b'{"name": "p2", "driver": "dummy", "config": "no"}', "config"),
         ("POST", "/api/v1/pdu/d1/port/0/state", b'{"state": 1}', "state"),
         ("POST", "/api/v1/pdu/d1/port/0/state", b"", "missing request body"),

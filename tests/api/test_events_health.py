@@ -24,7 +24,9 @@ async def test_event_stream_carries_typed_events(farm, client: FarmClient):
     await asyncio.sleep(0.2)
     await client.add_pdu("d1", "dummy", {"ports": 2})
     async with httpx.AsyncClient(base_url=api_url(farm)) as anon:
-        await anon.post("/api/v1/machine/", json={"base_name": "b", "mac_address": "02:00:00:00:00:01", "ip_address": "10.0.0.1"})
+        await anon.post(
+            "/api/v1/machine/", json={"base_name": "b", "mac_address": "02:00:00:00:00:01", "ip_address": "10.0.0.1"}
+        )
     await asyncio.wait_for(task, 5)
     types = [e["type"] for e in received]
     assert "pdu" in types and types[-1] == "machine"
@@ -67,8 +69,15 @@ async def test_backend_log_and_gateway(client: FarmClient):
 async def test_openapi_is_published(farm):
     async with httpx.AsyncClient(base_url=api_url(farm)) as c:
         spec = (await c.get("/openapi.json")).json()
-    for path in ("/api/v1/machine/", "/api/v1/machines", "/api/v1/pdu/", "/api/v1/pdus",
-                 "/api/v1/pdu/{name}/port/{port_id}/state", "/api/v1/events", "/api/v1/health"):
+    for path in (
+        "/api/v1/machine/",
+        "/api/v1/machines",
+        "/api/v1/pdu/",
+        "/api/v1/pdus",
+        "/api/v1/pdu/{name}/port/{port_id}/state",
+        "/api/v1/events",
+        "/api/v1/health",
+    ):
         assert path in spec["paths"], path
 
 
@@ -82,10 +91,19 @@ async def test_journal_follower_parses_journalctl_json(farm, tmp_path):
     from valve_console.backend.journal import JournalFollower
 
     lines = [
-        {"__REALTIME_TIMESTAMP": "1700000000000000", "PRIORITY": "3", "_SYSTEMD_UNIT": "dnsmasq.service",
-         "MESSAGE": "DHCP failed", "_HOSTNAME": "gw"},
-        {"__REALTIME_TIMESTAMP": "1700000001000000", "PRIORITY": "6", "SYSLOG_IDENTIFIER": "kernel",
-         "MESSAGE": [104, 105]},
+        {
+            "__REALTIME_TIMESTAMP": "1700000000000000",
+            "PRIORITY": "3",
+            "_SYSTEMD_UNIT": "dnsmasq.service",
+            "MESSAGE": "DHCP failed",
+            "_HOSTNAME": "gw",
+        },
+        {
+            "__REALTIME_TIMESTAMP": "1700000001000000",
+            "PRIORITY": "6",
+            "SYSLOG_IDENTIFIER": "kernel",
+            "MESSAGE": [104, 105],
+        },
     ]
     script = tmp_path / "fake-journalctl.sh"
     script.write_text("#!/bin/sh\n" + "".join(f"echo '{json.dumps(x)}'\n" for x in lines) + "sleep 30\n")
@@ -101,6 +119,12 @@ async def test_journal_follower_parses_journalctl_json(farm, tmp_path):
     state_while_following = follower.state
     await follower.stop()
     sub.close()
-    assert got[0].data == {"ts": 1700000000.0, "priority": 3, "unit": "dnsmasq.service", "message": "DHCP failed", "hostname": "gw"}
+    assert got[0].data == {
+        "ts": 1700000000.0,
+        "priority": 3,
+        "unit": "dnsmasq.service",
+        "message": "DHCP failed",
+        "hostname": "gw",
+    }
     assert got[1].data["message"] == "hi" and got[1].data["unit"] == "kernel"
     assert state_while_following == "ok"

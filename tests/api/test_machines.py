@@ -106,8 +106,18 @@ async def test_patch_validates_operator_fields(http):
     await refused({"manual_tags": [""]}, "invalid tag")
 
     # Port ids are strings in the API; integers are accepted.
-    r = await http.patch(url, json={"pdu": "d1", "pdu_port_id": 2, "ready_for_service": True, "manual_tags": ["big"],
-                                    "pdu_off_delay": 12.5, "comment": "rack 3", "local_tty_device": "/dev/ttyUSB0"})
+    r = await http.patch(
+        url,
+        json={
+            "pdu": "d1",
+            "pdu_port_id": 2,
+            "ready_for_service": True,
+            "manual_tags": ["big"],
+            "pdu_off_delay": 12.5,
+            "comment": "rack 3",
+            "local_tty_device": "/dev/ttyUSB0",
+        },
+    )
     assert r.status_code == 200, r.text
     m = r.json()
     assert m["pdu"] == {"name": "d1", "port_id": "2"}

@@ -53,7 +53,9 @@ async def test_outlet_changes_are_published(farm, http, vivian):
     await http.post("/api/v1/pdu/vpdu1/port/2/state", json={"state": "on"})
     events: list[Event] = []
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not any(e.data.get("port_id") == "2" and e.data["state"] == "ON" for e in events):
+    while time.monotonic() < deadline and not any(
+        e.data.get("port_id") == "2" and e.data["state"] == "ON" for e in events
+    ):
         events += await sub.get_batch(timeout=0.5)
     sub.close()
     assert any(e.data["pdu"] == "vpdu1" and e.data["port_id"] == "2" and e.data["state"] == "ON" for e in events)
@@ -104,7 +106,9 @@ async def test_pdu_create_rules(http):
 
 async def test_pdu_delete_refuses_while_a_machine_uses_it(http):
     await http.post("/api/v1/pdu/", json={"name": "d1", "driver": "dummy", "config": {"ports": 4}})
-    await http.post("/api/v1/machine/", json={"base_name": "b", "mac_address": "02:00:00:00:00:01", "ip_address": "10.0.0.1"})
+    await http.post(
+        "/api/v1/machine/", json={"base_name": "b", "mac_address": "02:00:00:00:00:01", "ip_address": "10.0.0.1"}
+    )
     await http.patch("/api/v1/machine/02:00:00:00:00:01/", json={"pdu": "d1", "pdu_port_id": "1"})
     r = await http.delete("/api/v1/pdu/d1")
     assert r.status_code == 409 and "02:00:00:00:00:01" in r.json()["error"]
@@ -122,7 +126,10 @@ async def test_unreachable_pdu_is_marked_and_the_farm_keeps_working(farm, http):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    r = await http.post("/api/v1/pdu/", json={"name": "gone", "driver": "vpdu", "config": {"hostname": f"127.0.0.1:{port}", "timeout": 0.5}})
+    r = await http.post(
+        "/api/v1/pdu/",
+        json={"name": "gone", "driver": "vpdu", "config": {"hostname": f"127.0.0.1:{port}", "timeout": 0.5}},
+    )
     assert r.status_code == 201
     for _ in range(60):
         pdu = (await http.get("/api/v1/pdu/gone")).json()
@@ -155,8 +162,9 @@ async def test_operator_endpoints_need_the_token(farm):
             r = await anon.request(method, path, json=body)
             assert r.status_code == 401, (method, path)
             assert "token" in r.json()["error"]
-        r = await anon.request("POST", "/api/v1/pdu/", json={"name": "x", "driver": "dummy"},
-                               headers={"Authorization": "Bearer wrong"})
+        r = await anon.request(
+            "POST", "/api/v1/pdu/", json={"name": "x", "driver": "dummy"}, headers={"Authorization": "Bearer wrong"}
+        )
         assert r.status_code == 401
     assert (farm.settings.token_path.stat().st_mode & 0o777) == 0o600
 

@@ -21,21 +21,34 @@ def test_no_server_errors_over_the_openapi(tmp_path):
     try:
         with backend.http() as http:
             http.post("/api/v1/pdu/", json={"name": "d1", "driver": "dummy", "config": {"ports": 4}})
-            http.post("/api/v1/machine/", json={"base_name": "b", "mac_address": "02:00:00:00:00:01",
-                                                "ip_address": "10.0.0.1"})
+            http.post(
+                "/api/v1/machine/",
+                json={"base_name": "b", "mac_address": "02:00:00:00:00:01", "ip_address": "10.0.0.1"},
+            )
         proc = subprocess.run(
             [
-                str(ST) if ST.exists() else "st", "run", f"{backend.url}/openapi.json",
-                "--checks", "not_a_server_error",
-                "--max-examples", "200",
-                "--seed", "20261125",
-                "--phases", "examples,coverage,fuzzing",
-                "--exclude-path-regex", r"/(events|stream)$",  # endless SSE streams
-                "--request-timeout", "20",
-                "-H", f"Authorization: Bearer {backend.token}",
+                str(ST) if ST.exists() else "st",
+                "run",
+                f"{backend.url}/openapi.json",
+                "--checks",
+                "not_a_server_error",
+                "--max-examples",
+                "200",
+                "--seed",
+                "20261125",
+                "--phases",
+                "examples,coverage,fuzzing",
+                "--exclude-path-regex",
+                r"/(events|stream)$",  # endless SSE streams
+                "--request-timeout",
+                "20",
+                "-H",
+                f"Authorization: Bearer {backend.token}",
                 "--no-color",
             ],
-            capture_output=True, text=True, timeout=900,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, output[-6000:]

@@ -31,11 +31,22 @@ class Backend:
         self.netconsole_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [
-            *VALVE, "--backend-only", "--data-dir", str(data_dir),
-            "--listen", f"127.0.0.1:{self.port}", "--netconsole", f"127.0.0.1:{self.netconsole_port}", *extra,
+            *VALVE,
+            "--backend-only",
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--netconsole",
+            f"127.0.0.1:{self.netconsole_port}",
+            *extra,
         ]
-        self.env = {**os.environ, "VALVE_CONSOLE_DEFAULT_PDU_OFF_DELAY": "0.2",
-                    "VALVE_CONSOLE_OUTLET_POLL_INTERVAL": "0.5", **(env or {})}
+        self.env = {
+            **os.environ,
+            "VALVE_CONSOLE_DEFAULT_PDU_OFF_DELAY": "0.2",
+            "VALVE_CONSOLE_OUTLET_POLL_INTERVAL": "0.5",
+            **(env or {}),
+        }
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 15.0) -> "Backend":

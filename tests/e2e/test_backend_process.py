@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import socket
 import sqlite3
@@ -13,7 +11,6 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from tests.e2e.helpers import ROOT, VALVE, Backend, free_port
 
@@ -45,9 +42,20 @@ def test_port_in_use_is_one_line_and_exit_2(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         proc = subprocess.run(
-            [*VALVE, "--backend-only", "--data-dir", str(tmp_path / "d"), "--listen", f"127.0.0.1:{port}",
-             "--netconsole", f"127.0.0.1:{free_port()}"],
-            cwd=ROOT, capture_output=True, text=True, timeout=30,
+            [
+                *VALVE,
+                "--backend-only",
+                "--data-dir",
+                str(tmp_path / "d"),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--netconsole",
+                f"127.0.0.1:{free_port()}",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("valve-console:")]
@@ -59,9 +67,20 @@ def test_unwritable_data_dir_is_one_line_and_exit_2(tmp_path):
     target = tmp_path / "file-not-dir"
     target.write_text("x")
     proc = subprocess.run(
-        [*VALVE, "--backend-only", "--data-dir", str(target / "sub"), "--listen", f"127.0.0.1:{free_port()}",
-         "--netconsole", f"127.0.0.1:{free_port()}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        [
+            *VALVE,
+            "--backend-only",
+            "--data-dir",
+            str(target / "sub"),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--netconsole",
+            f"127.0.0.1:{free_port()}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("valve-console:")]
@@ -78,7 +97,7 @@ async def stop_when_up(stop):
     assert 'textual' not in sys.modules
     return
 cli._run_until_signal = stop_when_up
-code = cli.main(["--backend-only", "--data-dir", {str(tmp_path / 'd')!r}, "--listen", "127.0.0.1:0",
+code = cli.main(["--backend-only", "--data-dir", {str(tmp_path / "d")!r}, "--listen", "127.0.0.1:0",
                  "--netconsole", "127.0.0.1:0"])
 import valve_console.backend.api, valve_console.backend.power, valve_console.backend.consoles
 import valve_console.drivers.pdu.vpdu, valve_console.drivers.pdu.dummy, valve_console.client
@@ -94,10 +113,16 @@ def test_restart_keeps_machines_pdus_and_outlet_history(tmp_path):
     data = tmp_path / "data"
     backend = Backend(data).start()
     with backend.http() as http:
-        assert http.post("/api/v1/pdu/", json={"name": "d1", "driver": "dummy", "config": {"ports": 4}}).status_code == 201
-        http.post("/api/v1/machine/", json={"base_name": "b", "mac_address": "02:00:00:00:00:01", "ip_address": "10.0.0.1"})
-        http.patch("/api/v1/machine/02:00:00:00:00:01/", json={"pdu": "d1", "pdu_port_id": "3", "pdu_off_delay": 3.0,
-                                                               "comment": "keep me"})
+        assert (
+            http.post("/api/v1/pdu/", json={"name": "d1", "driver": "dummy", "config": {"ports": 4}}).status_code == 201
+        )
+        http.post(
+            "/api/v1/machine/", json={"base_name": "b", "mac_address": "02:00:00:00:00:01", "ip_address": "10.0.0.1"}
+        )
+        http.patch(
+            "/api/v1/machine/02:00:00:00:00:01/",
+            json={"pdu": "d1", "pdu_port_id": "3", "pdu_off_delay": 3.0, "comment": "keep me"},
+        )
         assert http.post("/api/v1/pdu/d1/port/3/state", json={"state": "off"}).json()["state"] == "OFF"
     off_at = time.time()
     assert backend.stop() == 0
@@ -131,8 +156,10 @@ def test_kill_9_during_a_burst_of_writes_loses_nothing_acknowledged(tmp_path):
             while not stop.is_set():
                 mac = f"02:00:00:00:{i // 256:02x}:{i % 256:02x}"
                 try:
-                    r = http.post("/api/v1/machine/", json={"base_name": "burst", "mac_address": mac,
-                                                            "ip_address": f"10.1.{i // 256}.{i % 256}"})
+                    r = http.post(
+                        "/api/v1/machine/",
+                        json={"base_name": "burst", "mac_address": mac, "ip_address": f"10.1.{i // 256}.{i % 256}"},
+                    )
                 except httpx.HTTPError:
                     return
                 if r.status_code == 200:

@@ -33,15 +33,32 @@ def farm_processes(tmp_path):
     backend = Backend(tmp_path / "data").start()
     vport = free_port()
     vpdu = subprocess.Popen(
-        [sys.executable, "vivian/vpdu.py", "--port", str(vport), "--num-ports", "16", "--api", backend.url,
-         "--console", f"127.0.0.1:{backend.netconsole_port}", "--log-dir", str(tmp_path / "vivian")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "vivian/vpdu.py",
+            "--port",
+            str(vport),
+            "--num-ports",
+            "16",
+            "--api",
+            backend.url,
+            "--console",
+            f"127.0.0.1:{backend.netconsole_port}",
+            "--log-dir",
+            str(tmp_path / "vivian"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert "vPDU listening" in vpdu.stdout.readline()
     try:
         with backend.http() as http:
-            r = http.post("/api/v1/pdu/", json={"name": "vpdu1", "pdu_model": "vpdu",
-                                                "config": {"hostname": f"127.0.0.1:{vport}"}})
+            r = http.post(
+                "/api/v1/pdu/",
+                json={"name": "vpdu1", "pdu_model": "vpdu", "config": {"hostname": f"127.0.0.1:{vport}"}},
+            )
             assert r.status_code == 201, r.text
         yield backend, vport
     finally:
@@ -51,8 +68,13 @@ def farm_processes(tmp_path):
 
 
 def client(vport, *args):
-    return subprocess.run([sys.executable, "vivian/client.py", "--port", str(vport), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "vivian/client.py", "--port", str(vport), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_seed_walkthrough_on_the_api(farm_processes):
@@ -63,8 +85,13 @@ def test_seed_walkthrough_on_the_api(farm_processes):
         # 2. vPDU status: all ports OFF (both from the vPDU itself and as the gateway sees them).
         status = client(vport, "--status")
         assert status.returncode == 0 and status.stdout.count(": OFF") == 16
-        pdus = poll(lambda: (p := http.get("/api/v1/pdus").json()["pdus"]) and
-                    all(o["state"] == "OFF" for o in p["vpdu1"]["ports"].values()) and p)
+        pdus = poll(
+            lambda: (
+                (p := http.get("/api/v1/pdus").json()["pdus"])
+                and all(o["state"] == "OFF" for o in p["vpdu1"]["ports"].values())
+                and p
+            )
+        )
         # 3. One virtual PDU is registered, with 16 outlets.
         assert list(pdus) == ["vpdu1"] and len(pdus["vpdu1"]["ports"]) == 16
         # 4. No DUTs yet.
@@ -91,8 +118,9 @@ def test_seed_walkthrough_on_the_api(farm_processes):
         assert m["state"] == "IDLE"
 
         # The machine's console log holds its boot log.
-        log = poll(lambda: (t := http.get(f"/api/v1/console/{MAC}/log").text) and
-                   "MaRS: Registration complete" in t and t)
+        log = poll(
+            lambda: (t := http.get(f"/api/v1/console/{MAC}/log").text) and "MaRS: Registration complete" in t and t
+        )
         assert "Linux version" in log and f"SALAD.machine_id={MAC}" in log
         consoles = http.get("/api/v1/consoles").json()["consoles"]
         assert consoles[MAC]["connected"] is True

@@ -178,7 +178,8 @@ def create_app(farm: "Farm") -> Any:
             return
         if not token_matches(farm.token, request.headers.get("authorization")):
             raise StarletteHTTPException(
-                401, "operator token required: send 'Authorization: Bearer <token>' (the token is in <data>/token)",
+                401,
+                "operator token required: send 'Authorization: Bearer <token>' (the token is in <data>/token)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
@@ -197,8 +198,14 @@ def create_app(farm: "Farm") -> Any:
     async def register(reg: Registration) -> dict[str, Any]:
         return await machines().register(reg)
 
-    app.add_api_route("/api/v1/machine/", register, methods=["PUT"], responses=ERRORS, tags=["machines"],
-                      summary="Register a DUT (open; same as POST)")
+    app.add_api_route(
+        "/api/v1/machine/",
+        register,
+        methods=["PUT"],
+        responses=ERRORS,
+        tags=["machines"],
+        summary="Register a DUT (open; same as POST)",
+    )
     app.add_api_route("/api/v1/machine", register, methods=["POST", "PUT"], include_in_schema=False)
 
     @app.get("/api/v1/machines", tags=["machines"])
@@ -215,16 +222,31 @@ def create_app(farm: "Farm") -> Any:
     async def patch_machine(mac: str, patch: MachineUpdate) -> dict[str, Any]:
         return await machines().update(mac, patch)
 
-    app.add_api_route("/api/v1/machine/{mac}", patch_machine, methods=["PATCH"], include_in_schema=False,
-                      dependencies=[Depends(operator)])
+    app.add_api_route(
+        "/api/v1/machine/{mac}",
+        patch_machine,
+        methods=["PATCH"],
+        include_in_schema=False,
+        dependencies=[Depends(operator)],
+    )
 
-    @app.post("/api/v1/machine/{mac}/retire", responses=ERRORS, tags=["machines"], dependencies=[Depends(operator)],
-              response_class=PlainTextResponse)
+    @app.post(
+        "/api/v1/machine/{mac}/retire",
+        responses=ERRORS,
+        tags=["machines"],
+        dependencies=[Depends(operator)],
+        response_class=PlainTextResponse,
+    )
     async def retire(mac: str) -> str:
         return await machines().set_retired(mac, True) + "\n"
 
-    @app.post("/api/v1/machine/{mac}/activate", responses=ERRORS, tags=["machines"],
-              dependencies=[Depends(operator)], response_class=PlainTextResponse)
+    @app.post(
+        "/api/v1/machine/{mac}/activate",
+        responses=ERRORS,
+        tags=["machines"],
+        dependencies=[Depends(operator)],
+        response_class=PlainTextResponse,
+    )
     async def activate(mac: str) -> str:
         return await machines().set_retired(mac, False) + "\n"
 
@@ -238,8 +260,14 @@ def create_app(farm: "Farm") -> Any:
             raise BadRequest("driver and pdu_model disagree: give one of them")
         return await power().add_pdu(body.name, driver, body.config, [str(p) for p in body.reserved_ports])
 
-    app.add_api_route("/api/v1/pdu", create_pdu, methods=["POST"], status_code=201, include_in_schema=False,
-                      dependencies=[Depends(operator)])
+    app.add_api_route(
+        "/api/v1/pdu",
+        create_pdu,
+        methods=["POST"],
+        status_code=201,
+        include_in_schema=False,
+        dependencies=[Depends(operator)],
+    )
 
     @app.get("/api/v1/pdus", tags=["pdus"])
     async def list_pdus() -> dict[str, Any]:
@@ -265,8 +293,9 @@ def create_app(farm: "Farm") -> Any:
             raise FarmError(f"PDU {name} has no outlet {port_id!r}", 404)
         return {"pdu": name, "port_id": port_id, **pdu["ports"][port_id]}
 
-    @app.post("/api/v1/pdu/{name}/port/{port_id}/state", responses=ERRORS, tags=["pdus"],
-              dependencies=[Depends(operator)])
+    @app.post(
+        "/api/v1/pdu/{name}/port/{port_id}/state", responses=ERRORS, tags=["pdus"], dependencies=[Depends(operator)]
+    )
     async def set_port(name: str, port_id: str, cmd: OutletCommand) -> dict[str, Any]:
         state = await power().set_outlet(name, port_id, cmd.state, source="api")
         return {"pdu": name, "port_id": port_id, "state": state.value}
@@ -356,8 +385,11 @@ def create_app(farm: "Farm") -> Any:
     @app.get("/api/v1/journal", tags=["health"])
     async def system_journal(lines: int = Query(default=500, ge=1, le=2000)) -> dict[str, Any]:
         recent = list(farm.journal.recent) if farm.journal else []
-        return {"entries": recent[-lines:], "state": farm.journal.state if farm.journal else "starting",
-                "reason": farm.journal.reason if farm.journal else None}
+        return {
+            "entries": recent[-lines:],
+            "state": farm.journal.state if farm.journal else "starting",
+            "reason": farm.journal.reason if farm.journal else None,
+        }
 
     @app.get("/api/v1/gateway", tags=["health"])
     async def gateway() -> dict[str, Any]:

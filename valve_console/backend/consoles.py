@@ -89,6 +89,7 @@ class Console:
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.pending_event = bytearray()
         self.last_activity: float | None = None
+        self.on_pending: Callable[[], None] = lambda: None
 
     def feed(self, data: bytes) -> None:
         now = time.time()
@@ -115,6 +116,8 @@ class Console:
                     pass
             queue.put_nowait(data)
         if len(self.pending_event) < EVENT_MAX_TEXT:
+            if not self.pending_event:
+                self.on_pending()
             self.pending_event += data[: EVENT_MAX_TEXT - len(self.pending_event)]
 
     def contents(self) -> bytes:
@@ -154,7 +157,7 @@ class ConsoleHub:
         self.consoles: dict[str, Console] = {}
         self.streams: set[Stream] = set()
         self._server: asyncio.base_events.Server | None = None
-        self._flusher: asyncio.Task | None = None
+        self._flush_handle: asyncio.TimerHandle | None = None
         self._conn_tasks: set[asyncio.Task] = set()
         self.state = "starting"
         self.reason: str | None = None
@@ -165,7 +168,6 @@ class ConsoleHub:
         if sock is not None:
             self._server = await asyncio.start_server(self._on_connection, sock=sock)
             self.address = sock.getsockname()[:2]
-        self._flusher = asyncio.create_task(self._flush_events(), name="console-events")
         self.state = "ok"
 
     async def stop(self) -> None:
@@ -176,9 +178,9 @@ class ConsoleHub:
         await asyncio.gather(*self._conn_tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         for console in self.consoles.values():
             for queue in console.subscribers:
                 queue.put_nowait(None)
@@ -192,6 +194,7 @@ class ConsoleHub:
                 raise NotFound(f"no console for machine {mac}")
             logfile = RotatingLog(self.log_dir / f"{mac}.log", self.log_max_bytes, self.log_backups)
             console = self.consoles[mac] = Console(mac, self.ring_bytes, logfile)
+            console.on_pending = self._schedule_flush
         return console
 
     def subscribe(self, mac: str) -> asyncio.Queue[bytes | None]:
@@ -302,12 +305,16 @@ class ConsoleHub:
             log.info("%s disconnected", stream.name)
             self._conn_tasks.discard(task)
 
-    async def _flush_events(self) -> None:
-        while True:
-            await asyncio.sleep(1 / EVENT_HZ)
-            for console in self.consoles.values():
-                if console.pending_event:
-                    text = console.decoder.decode(bytes(console.pending_event))
-                    console.pending_event.clear()
-                    if text:
-                        self.bus.publish("console", {"mac": console.mac, "text": text})
+    def _schedule_flush(self) -> None:
+        """Console output becomes ``console`` events at most EVENT_HZ times a second, only when there is some."""
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(1 / EVENT_HZ, self._flush_events)
+
+    def _flush_events(self) -> None:
+        self._flush_handle = None
+        for console in self.consoles.values():
+            if console.pending_event:
+                text = console.decoder.decode(bytes(console.pending_event))
+                console.pending_event.clear()
+                if text:
+                    self.bus.publish("console", {"mac": console.mac, "text": text})

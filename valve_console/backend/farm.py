@@ -96,10 +96,17 @@ def _bind_tcp(address: str, what: str) -> socket.socket:
         host, port = parse_hostport(address)
     except ValueError as exc:
         raise FarmStartError(f"{what}: {exc}") from None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose proto
+    # says TCP, and without it every keep-alive answer waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return socket.create_server((host, port), family=family, backlog=128)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        return sock
     except OSError as exc:
+        sock.close()
         raise FarmStartError(f"cannot listen for the {what} on {address}: {exc.strerror or exc}") from None
 
 
@@ -151,7 +158,9 @@ class Farm:
             "farm_name": self.settings.farm_name,
             "version": __version__,
             "api": f"http://{self.api_address[0]}:{self.api_address[1]}" if self.api_address else None,
-            "netconsole": f"{self.netconsole_address[0]}:{self.netconsole_address[1]}" if self.netconsole_address else None,
+            "netconsole": f"{self.netconsole_address[0]}:{self.netconsole_address[1]}"
+            if self.netconsole_address
+            else None,
             "uptime": time.time() - self.started_at,
             "services": services,
         }
@@ -208,7 +217,9 @@ class Farm:
         try:
             unix_sock = self._bind_unix()
         except OSError as exc:
-            raise FarmStartError(f"cannot create the API socket {self.settings.socket_path}: {exc.strerror or exc}") from None
+            raise FarmStartError(
+                f"cannot create the API socket {self.settings.socket_path}: {exc.strerror or exc}"
+            ) from None
         self._sockets.append(unix_sock)
         self._unix_bound = True
         self.api_address = api_sock.getsockname()[:2]

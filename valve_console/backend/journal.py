@@ -40,7 +40,13 @@ def parse_entry(line: bytes) -> dict[str, Any] | None:
     except (TypeError, ValueError):
         priority = 6
     unit = raw.get("_SYSTEMD_UNIT") or raw.get("SYSLOG_IDENTIFIER") or raw.get("_COMM") or ""
-    return {"ts": ts, "priority": priority, "unit": str(unit), "message": str(message), "hostname": raw.get("_HOSTNAME", "")}
+    return {
+        "ts": ts,
+        "priority": priority,
+        "unit": str(unit),
+        "message": str(message),
+        "hostname": raw.get("_HOSTNAME", ""),
+    }
 
 
 def journal_files_exist() -> bool:
@@ -85,8 +91,11 @@ class JournalFollower:
     async def _follow(self, command: list[str]) -> None:
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+                *command,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
             )
         except OSError as exc:
             self._set("degraded", f"no system journal: {exc}")

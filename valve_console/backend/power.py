@@ -294,9 +294,7 @@ class PowerService:
                 await asyncio.sleep(0.2)
             await self._record(rt, port_id, got, source=source)
             if got != target:
-                raise PowerError(
-                    f"outlet {port_id} of PDU {rt.name} reads {got.value} after switching {target.value}"
-                )
+                raise PowerError(f"outlet {port_id} of PDU {rt.name} reads {got.value} after switching {target.value}")
             return got
 
         result = await self._submit(rt, op)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from sqlmodel import Session, select
 
-from .errors import BadRequest, Conflict, NotFound
+from .errors import BadRequest, NotFound
 from .events import EventBus
 from .models import Machine
 from .store import Store

@@ -38,9 +38,7 @@ class Store:
 
     def _open(self) -> None:
         is_sqlite = self.url.startswith("sqlite")
-        engine = create_engine(
-            self.url, connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {}
-        )
+        engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {})
         if is_sqlite:
 
             @event.listens_for(engine, "connect")
