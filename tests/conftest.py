@@ -65,9 +65,7 @@ async def vivian(farm: Farm, tmp_path: Path):
     """The farm plus a real vPDU (16 outlets, all OFF) registered as PDU ``vpdu1``."""
     from vivian.vpdu import VirtualPDU
 
-    vpdu = VirtualPDU(
-        num_ports=16, api=api_url(farm), console=netconsole_address(farm), log_dir=tmp_path / "vivian"
-    )
+    vpdu = VirtualPDU(num_ports=16, api=api_url(farm), console=netconsole_address(farm), log_dir=tmp_path / "vivian")
     port = await vpdu.start("127.0.0.1", 0)
     try:
         await farm.power.add_pdu("vpdu1", "vpdu", {"hostname": f"127.0.0.1:{port}"})

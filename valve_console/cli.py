@@ -1,9 +1,9 @@
 """Command line: parses arguments and picks the mode. Nothing else lives here.
 
-    valve-console                      backend + API + TUI in one loop (the TUI uses the unix socket)
-    valve-console --backend-only       backend + API, headless (never imports Textual)
-    valve-console --attach URL         the TUI alone, as a client of a running backend
-    valve-console demo                 a Vivian virtual farm (vPDU + simulated DUTs) with the console
+valve-console                      backend + API + TUI in one loop (the TUI uses the unix socket)
+valve-console --backend-only       backend + API, headless (never imports Textual)
+valve-console --attach URL         the TUI alone, as a client of a running backend
+valve-console demo                 a Vivian virtual farm (vPDU + simulated DUTs) with the console
 """
 
 from __future__ import annotations

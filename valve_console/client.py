@@ -41,9 +41,7 @@ class FarmClient:
         transport = httpx.AsyncHTTPTransport(uds=str(socket_path)) if socket_path else None
         self.base_url = (url or "http://valve-console").rstrip("/")
         self.describe = url or f"unix:{socket_path}"
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, transport=transport, timeout=timeout
-        )
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, transport=transport, timeout=timeout)
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -71,8 +71,7 @@ class Console:
         deadline = time.monotonic() + patience
         while True:
             try:
-                self.reader, self.writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, int(port)), 2.0)
+                self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2.0)
                 break
             except (OSError, TimeoutError, ValueError) as exc:
                 if time.monotonic() >= deadline:
@@ -223,11 +222,21 @@ def firmware_lines(mac: str, ip: str) -> list[str]:
 
 def kernel_lines(mac: str, ip: str) -> list[str]:
     log = [
-        (0.0, (f"Linux version {KERNEL} (vivian@builder) (gcc (Debian 12.2.0-14) 12.2.0, "
-               f"GNU ld (GNU Binutils for Debian) 2.40) #1 SMP PREEMPT_DYNAMIC")),
-        (0.0, ("Command line: b2c.container=\"-ti docker://registry.freedesktop.org/mupuf/valve-infra/"
-               "machine_registration:latest register\" b2c.ntp_peer=10.42.0.1 b2c.cache_device=none "
-               f"console=ttyS1,115200 SALAD.machine_id={mac}")),
+        (
+            0.0,
+            (
+                f"Linux version {KERNEL} (vivian@builder) (gcc (Debian 12.2.0-14) 12.2.0, "
+                f"GNU ld (GNU Binutils for Debian) 2.40) #1 SMP PREEMPT_DYNAMIC"
+            ),
+        ),
+        (
+            0.0,
+            (
+                'Command line: b2c.container="-ti docker://registry.freedesktop.org/mupuf/valve-infra/'
+                'machine_registration:latest register" b2c.ntp_peer=10.42.0.1 b2c.cache_device=none '
+                f"console=ttyS1,115200 SALAD.machine_id={mac}"
+            ),
+        ),
         (0.0, "DMI: QEMU Standard PC (Q35 + ICH9, 2009), BIOS 1.16.3-debian-1.16.3-2 04/01/2014"),
         (0.004113, "Memory: 1982332K/2096632K available (16384K kernel code)"),
         (0.151022, "smpboot: CPU0: Vivian Virtual CPU @ 2.00GHz (family: 0x6, model: 0x55)"),
@@ -261,8 +270,9 @@ async def boot(console: Console, mac: str, ip: str, delay: float) -> None:
 def _http(method: str, url: str, body: dict[str, object], timeout: float = 5.0) -> int:
     """Send JSON and return the HTTP status (also for 4xx/5xx). Proxies are never used."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method=method,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with opener.open(request, timeout=timeout) as response:
             return int(response.status)
@@ -328,8 +338,9 @@ async def chatty(console: Console, rate: int) -> None:
             start, sent, due = now - 0.05, 0, int(rate * 0.05)
         while len(pending) < due:
             n += 1
-            pending += (f"[{now:12.6f}] vivian: periodic status {n}: eth0 rx {n * 1514} "
-                        f"tx {n * 66} irq {n * 3}\r\n").encode()
+            pending += (
+                f"[{now:12.6f}] vivian: periodic status {n}: eth0 rx {n * 1514} tx {n * 66} irq {n * 3}\r\n"
+            ).encode()
         chunk, pending = pending[:due], pending[due:]
         sent += due
         if chunk:
@@ -359,10 +370,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--console", required=True, help="gateway netconsole HOST:PORT")
     p.add_argument("--ip", help="IP address to report (default 10.42.0.<10 + last MAC byte>)")
     p.add_argument("--base-name", default="virtio", help="GPU base name to register (default virtio)")
-    p.add_argument("--chatty", type=int, default=0, metavar="BYTES_PER_SEC",
-                   help="after registration, print log lines at this rate")
-    p.add_argument("--boot-delay", type=float, default=0.05, metavar="SECONDS",
-                   help="pause between boot lines (default 0.05)")
+    p.add_argument(
+        "--chatty",
+        type=int,
+        default=0,
+        metavar="BYTES_PER_SEC",
+        help="after registration, print log lines at this rate",
+    )
+    p.add_argument(
+        "--boot-delay", type=float, default=0.05, metavar="SECONDS", help="pause between boot lines (default 0.05)"
+    )
     p.add_argument("--no-register", action="store_true", help="skip the machine registration")
     return p
 

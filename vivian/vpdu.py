@@ -146,8 +146,17 @@ class VirtualPDU:
 
     async def _power_on(self, index: int) -> None:
         mac = outlet_mac(index)
-        cmd = [sys.executable, str(DUT_SCRIPT), "--mac", mac, "--api", self.api,
-               "--console", self.console, *self.dut_args]
+        cmd = [
+            sys.executable,
+            str(DUT_SCRIPT),
+            "--mac",
+            mac,
+            "--api",
+            self.api,
+            "--console",
+            self.console,
+            *self.dut_args,
+        ]
         log_path: Path | None = None
         out = asyncio.subprocess.DEVNULL
         if self.log_dir is not None:
@@ -173,8 +182,13 @@ class VirtualPDU:
         """Note in the log a DUT that exits while its outlet is still ON (power stays on)."""
         rc = await dut.process.wait()
         if self._duts.get(dut.outlet) is dut and self._on[dut.outlet]:
-            log.warning("outlet %d: DUT %s (pid %d) exited by itself with code %s; the outlet stays ON",
-                        dut.outlet, dut.mac, dut.pid, rc)
+            log.warning(
+                "outlet %d: DUT %s (pid %d) exited by itself with code %s; the outlet stays ON",
+                dut.outlet,
+                dut.mac,
+                dut.pid,
+                rc,
+            )
 
     async def _power_off(self, index: int) -> None:
         dut = self._duts.pop(index, None)
@@ -255,8 +269,7 @@ class VirtualPDU:
         if cmd == CMD_COUNT:
             return min(self.num_ports, 255), shutdown
         if index >= self.num_ports:
-            log.warning("bad word 0x%08x from %s: outlet %d out of range 0..%d",
-                        word, peer, index, self.num_ports - 1)
+            log.warning("bad word 0x%08x from %s: outlet %d out of range 0..%d", word, peer, index, self.num_ports - 1)
             return REPLY_ERROR, False
         if cmd == CMD_STATUS:
             return (REPLY_ON if self._on[index] else REPLY_OFF), shutdown
@@ -300,18 +313,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--console", default="127.0.0.1:8100", help="gateway netconsole HOST:PORT for the DUTs")
     p.add_argument("--dut", choices=("sim", "qemu"), default="sim", help="kind of DUT behind each outlet")
     p.add_argument("--log-dir", help="write each DUT's stdout/stderr to a file in this directory")
-    p.add_argument("--allow-remote-shutdown", action="store_true",
-                   help="honour the protocol's shutdown flag (bit 13)")
-    p.add_argument("--dut-arg", action="append", default=[], metavar="ARG",
-                   help="extra argument passed to every DUT (repeatable), e.g. --dut-arg=--chatty=11520")
+    p.add_argument("--allow-remote-shutdown", action="store_true", help="honour the protocol's shutdown flag (bit 13)")
+    p.add_argument(
+        "--dut-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument passed to every DUT (repeatable), e.g. --dut-arg=--chatty=11520",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level on stderr (default INFO)")
     return p
 
 
 async def _serve(args: argparse.Namespace) -> int:
     try:
-        pdu = VirtualPDU(args.num_ports, args.api, args.console, args.dut, args.dut_arg, args.log_dir,
-                         allow_remote_shutdown=args.allow_remote_shutdown)
+        pdu = VirtualPDU(
+            args.num_ports,
+            args.api,
+            args.console,
+            args.dut,
+            args.dut_arg,
+            args.log_dir,
+            allow_remote_shutdown=args.allow_remote_shutdown,
+        )
     except ValueError as exc:
         print(f"vpdu: {exc}", file=sys.stderr)
         return 2
@@ -338,8 +362,9 @@ async def _serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return asyncio.run(_serve(args))
 
 

@@ -65,7 +65,8 @@ def pid_alive(pid: int) -> bool:
 
 async def run_client(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(CLIENT), *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sys.executable, str(CLIENT), *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -73,8 +74,7 @@ async def run_client(*args: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 async def pdu() -> AsyncIterator[tuple[VirtualPDU, int]]:
-    vpdu = VirtualPDU(api=f"http://127.0.0.1:{free_port()}", console=f"127.0.0.1:{free_port()}",
-                      dut_args=QUIET_DUT)
+    vpdu = VirtualPDU(api=f"http://127.0.0.1:{free_port()}", console=f"127.0.0.1:{free_port()}", dut_args=QUIET_DUT)
     port = await vpdu.start("127.0.0.1", 0)
     try:
         yield vpdu, port
@@ -261,15 +261,16 @@ async def test_a_dut_that_exits_by_itself_leaves_the_outlet_on(caplog: pytest.Lo
 
 async def test_vpdu_command_line() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(VPDU), "--port", "0", "--num-ports", "3",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sys.executable, str(VPDU), "--port", "0", "--num-ports", "3", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()  # type: ignore[union-attr]
         assert line.startswith("vPDU listening on 127.0.0.1:") and line.endswith(" with 3 outlets\n")
         port = int(line.split(":")[1].split()[0])
         assert await ask(port, make_word(0)) == 3
         busy = await asyncio.create_subprocess_exec(
-            sys.executable, str(VPDU), "--port", str(port), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            sys.executable, str(VPDU), "--port", str(port), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         _, err = await asyncio.wait_for(busy.communicate(), 10)
         assert busy.returncode == 2
         assert "Address already in use" in err.decode()
@@ -314,8 +315,7 @@ async def test_client_reports_an_unreachable_vpdu() -> None:
 
 
 async def test_outlet_on_boots_a_dut_that_registers(netconsole: FakeNetconsole, api: FakeApi) -> None:
-    vpdu = VirtualPDU(api=api.url, console=f"127.0.0.1:{netconsole.port}",
-                      dut_args=("--boot-delay=0",))
+    vpdu = VirtualPDU(api=api.url, console=f"127.0.0.1:{netconsole.port}", dut_args=("--boot-delay=0",))
     await vpdu.start("127.0.0.1", 0)
     try:
         await vpdu.set_outlet(3, True)
@@ -364,15 +364,29 @@ async def test_dut_without_pong_still_registers_and_falls_back_to_patch() -> Non
     console_port = await console.start()
     with FakeApi(post_status=400) as api:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(DUT), "--mac", "52:54:00:11:22:0a", "--api", api.url,
-            "--console", f"127.0.0.1:{console_port}", "--boot-delay=0", "--ip", "10.0.0.7",
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            sys.executable,
+            str(DUT),
+            "--mac",
+            "52:54:00:11:22:0a",
+            "--api",
+            api.url,
+            "--console",
+            f"127.0.0.1:{console_port}",
+            "--boot-delay=0",
+            "--ip",
+            "10.0.0.7",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
             await eventually(lambda: "MaRS:" in console.text, what="the registration result")
             assert "The configured console is not connected to SALAD" in console.text
             assert "MaRS: Registration complete" in console.text
             assert [(m, p) for m, p, _ in api.requests] == [
-                ("POST", "/api/v1/machine/"), ("PATCH", "/api/v1/machine/52:54:00:11:22:0a/")]
+                ("POST", "/api/v1/machine/"),
+                ("PATCH", "/api/v1/machine/52:54:00:11:22:0a/"),
+            ]
             assert api.requests[1][2]["ip_address"] == "10.0.0.7"
             assert api.requests[1][2]["local_tty_device"] == "ttyS1"
             assert proc.returncode is None
@@ -388,9 +402,22 @@ async def test_chatty_dut_streams_at_about_the_requested_rate() -> None:
     console = FakeNetconsole()
     console_port = await console.start()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(DUT), "--mac", MAC3, "--api", "http://127.0.0.1:9", "--console",
-        f"127.0.0.1:{console_port}", "--boot-delay=0", "--no-register", "--chatty", "20000",
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        sys.executable,
+        str(DUT),
+        "--mac",
+        MAC3,
+        "--api",
+        "http://127.0.0.1:9",
+        "--console",
+        f"127.0.0.1:{console_port}",
+        "--boot-delay=0",
+        "--no-register",
+        "--chatty",
+        "20000",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         await eventually(lambda: "/ # " in console.text, what="the prompt")
         start = len(console.data)
@@ -444,23 +471,25 @@ async def test_driver_errors_are_quick_and_readable() -> None:
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     try:
-        mute = create_driver("vpdu", {"hostname": f"127.0.0.1:{server.sockets[0].getsockname()[1]}",
-                                      "timeout": 0.3})
+        mute = create_driver("vpdu", {"hostname": f"127.0.0.1:{server.sockets[0].getsockname()[1]}", "timeout": 0.3})
         with pytest.raises(DriverError, match="did not answer"):
             await mute.get("0")
     finally:
         server.close()
 
 
-@pytest.mark.parametrize("config", [
-    {"hostname": "localhost"},
-    {"hostname": "localhost:0"},
-    {"hostname": "localhost:70000"},
-    {"hostname": ":9191"},
-    {"hostname": "localhost:9191", "timeout": 0},
-    {"hostname": "localhost:9191", "timeout": 61},
-    {"hostname": "localhost:9191", "port": 3},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"hostname": "localhost"},
+        {"hostname": "localhost:0"},
+        {"hostname": "localhost:70000"},
+        {"hostname": ":9191"},
+        {"hostname": "localhost:9191", "timeout": 0},
+        {"hostname": "localhost:9191", "timeout": 61},
+        {"hostname": "localhost:9191", "port": 3},
+    ],
+)
 def test_driver_config_is_validated(config: dict[str, object]) -> None:
     with pytest.raises(DriverConfigError, match="invalid config for driver 'vpdu'"):
         create_driver("vpdu", config)

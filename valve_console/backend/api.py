@@ -46,6 +46,20 @@ class PduCreate(BaseModel):
     reserved_ports: list[str | int] = Field(default_factory=list, max_length=2048)
 
 
+class DiscoverRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pdu: str = Field(min_length=1, max_length=64)
+    port_id: str | int
+    timeout: Optional[float] = Field(default=None, ge=1, le=3600)
+
+
+class FindOutlets(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    timeout: Optional[float] = Field(default=None, ge=1, le=3600)
+
+
 class OutletCommand(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -207,6 +221,24 @@ def create_app(farm: "Farm") -> Any:
         summary="Register a DUT (open; same as POST)",
     )
     app.add_api_route("/api/v1/machine", register, methods=["POST", "PUT"], include_in_schema=False)
+
+    @app.post("/api/v1/machine/discover", responses=ERRORS, tags=["discovery"], dependencies=[Depends(operator)])
+    async def discover(body: DiscoverRequest) -> dict[str, Any]:
+        """Power a free outlet on; the next machine that registers without an outlet gets it."""
+        return await farm.discovery.start(body.pdu, body.port_id, body.timeout)
+
+    @app.get("/api/v1/machine/discover", tags=["discovery"])
+    async def discovery_status() -> dict[str, Any]:
+        return farm.discovery.status()
+
+    @app.delete("/api/v1/machine/discover", tags=["discovery"], dependencies=[Depends(operator)])
+    async def discovery_cancel() -> dict[str, Any]:
+        return await farm.discovery.cancel()
+
+    @app.post("/api/v1/pdu/{name}/discover", responses=ERRORS, tags=["discovery"], dependencies=[Depends(operator)])
+    async def find_outlets(name: str, body: Optional[FindOutlets] = None) -> dict[str, Any]:
+        """Discover every free outlet of a PDU, one after another."""
+        return await farm.discovery.find_outlets(name, body.timeout if body else None)
 
     @app.get("/api/v1/machines", tags=["machines"])
     async def list_machines() -> dict[str, Any]:

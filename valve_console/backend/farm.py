@@ -22,6 +22,7 @@ from .. import __version__
 from ..config import Settings, parse_hostport
 from .auth import load_or_create_token
 from .consoles import ConsoleHub
+from .discovery import DiscoveryService
 from .events import EventBus
 from .journal import JournalFollower
 from .power import PowerService
@@ -117,6 +118,7 @@ class Farm:
         self.store: Store | None = None
         self.machines: MachineService | None = None
         self.power: PowerService | None = None
+        self.discovery: DiscoveryService | None = None
         self.consoles: ConsoleHub | None = None
         self.journal: JournalFollower | None = None
         self.token = ""
@@ -250,6 +252,8 @@ class Farm:
         self.power.on_health_change = self._sync_health
         self.machines.power = self.power
         await self.power.start()
+        self.discovery = DiscoveryService(self.machines, self.power, self.bus)
+        self.machines.discovery = self.discovery
         self.consoles = ConsoleHub(
             self.bus,
             self.settings.data_dir / "consoles",
@@ -299,6 +303,8 @@ class Farm:
             await self.journal.stop()
         if self.consoles is not None:
             await self.consoles.stop()
+        if self.discovery is not None:
+            await self.discovery.stop()
         if self.power is not None:
             await self.power.stop()
         if self.store is not None:

@@ -61,6 +61,7 @@ class PduRuntime:
     tasks: list[asyncio.Task] = field(default_factory=list)
     port_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     failures: int = 0
+    locked_by: dict[str, str] = field(default_factory=dict)
     wake_poll: asyncio.Event = field(default_factory=asyncio.Event)
 
     def lock(self, port_id: str) -> asyncio.Lock:
@@ -257,10 +258,35 @@ class PowerService:
             span = f"{ids[0]}..{ids[-1]}" if ids else "none"
             raise NotFound(f"PDU {rt.name} has no outlet {port_id!r} (outlets: {span})")
 
-    async def set_outlet(self, pdu: str, port_id: str | int, state: PortState | str, source: str = "api") -> PortState:
-        """Switch an outlet and return the state read back from the PDU."""
+    # ---------------------------------------------------------------- locks
+    def lock(self, pdu: str, port_id: str, owner: str) -> None:
+        """Reserve an outlet for ``owner`` (a job): nobody else may switch it until unlock()."""
+        rt = self._runtime(pdu)
+        self._check_port(rt, port_id)
+        holder = rt.locked_by.get(port_id)
+        if holder is not None and holder != owner:
+            raise Conflict(f"outlet {port_id} of PDU {pdu} is locked by {holder}")
+        rt.locked_by[port_id] = owner
+        self.bus.publish("outlet", self.outlet_json(rt, rt.outlets.get(port_id) or OutletInfo(port_id, "")))
+
+    def unlock(self, pdu: str, port_id: str, owner: str) -> None:
+        rt = self.pdus.get(pdu)
+        if rt is not None and rt.locked_by.get(port_id) == owner:
+            del rt.locked_by[port_id]
+            self.bus.publish("outlet", self.outlet_json(rt, rt.outlets.get(port_id) or OutletInfo(port_id, "")))
+
+    async def set_outlet(
+        self, pdu: str, port_id: str | int, state: PortState | str, source: str = "api", owner: str | None = None
+    ) -> PortState:
+        """Switch an outlet and return the state read back from the PDU.
+
+        A locked outlet can only be switched by its lock's ``owner``.
+        """
         rt = self._runtime(pdu)
         port_id = str(port_id)
+        holder = rt.locked_by.get(port_id)
+        if holder is not None and holder != owner:
+            raise Conflict(f"outlet {port_id} of PDU {pdu} is locked by {holder}")
         target = state if isinstance(state, PortState) else PortState.parse(state)
         if target == PortState.UNKNOWN:
             raise BadRequest("an outlet can be switched on, off or rebooted, not to UNKNOWN")
@@ -300,6 +326,18 @@ class PowerService:
         result = await self._submit(rt, op)
         log.info("outlet %s/%s is %s (%s)", rt.name, port_id, result.value, source)
         return result
+
+    async def read_outlet(self, pdu: str, port_id: str) -> PortState:
+        """Read one outlet's state from the PDU now (through its queue) and record it."""
+        rt = self._runtime(pdu)
+        self._check_port(rt, port_id)
+
+        async def op() -> PortState:
+            state = await rt.driver.get(port_id)
+            await self._record(rt, port_id, state, source="poll")
+            return state
+
+        return await self._submit(rt, op)
 
     async def refresh(self, pdu: str) -> None:
         """Ask the PDU's poller to read every outlet now."""
@@ -371,6 +409,7 @@ class PowerService:
             "label": info.label,
             "state": info.state.value,
             "reserved": info.port_id in rt.reserved,
+            "locked_by": rt.locked_by.get(info.port_id),
             "min_off_time": self.min_off_time(rt.name, info.port_id),
             "changed_at": info.changed_at,
         }

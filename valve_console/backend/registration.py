@@ -21,6 +21,7 @@ from .models import Machine
 from .store import Store
 
 if TYPE_CHECKING:
+    from .discovery import DiscoveryService
     from .power import PowerService
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ class MachineService:
         self.farm_name = farm_name
         self.power = power
         self.machines: dict[str, Machine] = {}
+        self.discovery: "DiscoveryService | None" = None
         self.state = "starting"
         self.reason: str | None = None
 
@@ -255,6 +257,9 @@ class MachineService:
             machine.last_seen = time.time()
             action = "updated"
             log.info("machine %s registered again", reg.mac_address)
+        claimed = self.discovery.claim(reg.mac_address, existing) if self.discovery else None
+        if claimed is not None:
+            machine.pdu, machine.pdu_port_id = claimed
         return await self._save(machine, action)
 
     async def update(self, mac: str, patch: MachineUpdate) -> dict[str, Any]:

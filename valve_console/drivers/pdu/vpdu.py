@@ -75,11 +75,11 @@ class VirtualPDU:
     async def _send(self, word: int, what: str) -> int:
         """Send one command word on a new connection and return the reply byte."""
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._host, self._port), self._timeout)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(self._host, self._port), self._timeout)
         except TimeoutError:
-            raise DriverError(f"vPDU at {self.hostname} is unreachable: "
-                              f"no connection within {self._timeout:g} s") from None
+            raise DriverError(
+                f"vPDU at {self.hostname} is unreachable: no connection within {self._timeout:g} s"
+            ) from None
         except OSError as exc:
             raise DriverError(f"vPDU at {self.hostname} is unreachable: {_reason(exc)}") from None
         try:
@@ -87,14 +87,11 @@ class VirtualPDU:
             await asyncio.wait_for(writer.drain(), self._timeout)
             reply = await asyncio.wait_for(reader.readexactly(1), self._timeout)
         except asyncio.IncompleteReadError:
-            raise DriverError(f"vPDU at {self.hostname} closed the connection without answering "
-                              f"({what})") from None
+            raise DriverError(f"vPDU at {self.hostname} closed the connection without answering ({what})") from None
         except TimeoutError:
-            raise DriverError(f"vPDU at {self.hostname} did not answer within {self._timeout:g} s "
-                              f"({what})") from None
+            raise DriverError(f"vPDU at {self.hostname} did not answer within {self._timeout:g} s ({what})") from None
         except OSError as exc:
-            raise DriverError(f"vPDU at {self.hostname} dropped the connection ({what}): "
-                              f"{_reason(exc)}") from None
+            raise DriverError(f"vPDU at {self.hostname} dropped the connection ({what}): {_reason(exc)}") from None
         finally:
             writer.close()
             with contextlib.suppress(Exception):
@@ -107,8 +104,7 @@ class VirtualPDU:
             raise DriverError(f"vPDU has no outlet {port_id!r}: outlets are numbered 0..N-1")
         index = int(text)
         if self._count is not None and index >= self._count:
-            raise DriverError(f"vPDU at {self.hostname} has no outlet {index} "
-                              f"(outlets 0..{self._count - 1})")
+            raise DriverError(f"vPDU at {self.hostname} has no outlet {index} (outlets 0..{self._count - 1})")
         return index
 
     async def ports(self) -> list[Outlet]:
@@ -123,18 +119,19 @@ class VirtualPDU:
         reply = await self._send((index << 2) | CMD_STATUS, f"status of outlet {index}")
         if reply not in STATUS_REPLIES:
             if reply == 0:
-                raise DriverError(f"vPDU at {self.hostname} refused the status of outlet {index} "
-                                  f"(no such outlet?)")
-            raise DriverError(f"vPDU at {self.hostname} gave an unexpected answer 0x{reply:02x} "
-                              f"for the status of outlet {index}")
+                raise DriverError(f"vPDU at {self.hostname} refused the status of outlet {index} (no such outlet?)")
+            raise DriverError(
+                f"vPDU at {self.hostname} gave an unexpected answer 0x{reply:02x} for the status of outlet {index}"
+            )
         return STATUS_REPLIES[reply]
 
     async def _switch(self, index: int, on: bool) -> None:
         action = "ON" if on else "OFF"
         reply = await self._send((index << 2) | (CMD_ON if on else CMD_OFF), f"outlet {index} {action}")
         if reply != REPLY_OK:
-            raise DriverError(f"vPDU at {self.hostname} refused to switch outlet {index} {action} "
-                              f"(answer 0x{reply:02x})")
+            raise DriverError(
+                f"vPDU at {self.hostname} refused to switch outlet {index} {action} (answer 0x{reply:02x})"
+            )
 
     async def set(self, port_id: str, state: PortState) -> None:
         index = self._outlet(port_id)
