@@ -175,3 +175,34 @@ async def test_unix_socket_is_trusted(farm):
         r = await c.post("/api/v1/pdu/", json={"name": "viaunix", "driver": "dummy"})
         assert r.status_code == 201, r.text
     assert (farm.settings.socket_path.stat().st_mode & 0o777) == 0o600
+
+
+async def test_a_stored_pdu_whose_driver_cannot_load_stays_listed_as_unreachable(tmp_path):
+    from sqlmodel import Session
+
+    from tests.conftest import make_settings
+    from valve_console.backend.farm import Farm
+    from valve_console.backend.models import Pdu
+    from valve_console.backend.store import Store
+
+    data = tmp_path / "data"
+    data.mkdir()
+    store = Store.for_path(data / "valve-console.db")
+    await store.open()
+
+    def add(session: Session) -> None:
+        session.add(Pdu(name="old", driver="gone_driver", config={}))
+
+    await store.run(add)
+    await store.close()
+    farm = Farm(make_settings(data))
+    await farm.start()
+    try:
+        for _ in range(100):
+            pdu = farm.power.pdu_json("old")
+            if pdu["state"] == "unreachable":
+                break
+            await asyncio.sleep(0.02)
+        assert pdu["state"] == "unreachable" and "gone_driver" in pdu["error"]
+    finally:
+        await farm.stop()

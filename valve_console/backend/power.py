@@ -32,6 +32,27 @@ READBACK_SETTLE = 5.0  # seconds a PDU gets to report the state it was asked for
 MAX_BACKOFF = 60.0
 
 
+class BrokenDriver:
+    """Stands in for a stored PDU whose driver cannot be built (e.g. a driver removed by an upgrade)."""
+
+    name = "broken"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def ports(self) -> list[Outlet]:
+        raise DriverError(self.reason)
+
+    async def get(self, port_id: str) -> PortState:
+        raise DriverError(self.reason)
+
+    async def set(self, port_id: str, state: PortState) -> None:
+        raise DriverError(self.reason)
+
+    async def close(self) -> None:
+        return None
+
+
 class PowerError(FarmError):
     """A PDU did not do what it was asked (unreachable, refused, or read back the wrong state)."""
 
@@ -106,10 +127,11 @@ class PowerService:
         self._last_off = {(p, port): at for p, port, at in offs}
         for row in pdus:
             try:
-                driver = create_driver(row.driver, row.config)
+                driver: PDUDriver = create_driver(row.driver, row.config)
             except (DriverConfigError, DriverError) as exc:
+                # Keep it listed, unreachable with the reason, rather than hiding a stored PDU.
                 log.error("PDU %s cannot be loaded: %s", row.name, exc)
-                continue
+                driver = BrokenDriver(f"cannot load driver {row.driver!r}: {exc}")
             self._launch(PduRuntime(row.name, row.driver, row.config, set(row.reserved_ports), driver))
         self._update_health()
 
