@@ -384,11 +384,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _die_with_parent() -> None:
+    """Power goes when the PDU goes: ask Linux to SIGTERM us if the vPDU process dies, however it dies."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     args = _parser().parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: os._exit(0))
+    _die_with_parent()
     try:
         asyncio.run(run(args))
     except (KeyboardInterrupt, BrokenPipeError, ConnectionError):

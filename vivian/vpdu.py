@@ -14,6 +14,10 @@ shutdown). Switching an outlet ON starts a simulated DUT process (``vivian/dut.p
 it OFF kills that process, like cutting power.
 
 Run it: ``python vivian/vpdu.py --port 9191 --api http://127.0.0.1:8000 --console 127.0.0.1:8100``.
+
+With ``--snmp-port P`` the vPDU also answers SNMP on UDP port P as an APC MasterSwitch (driver
+``apc_masterswitch``; communities ``public`` read-only and ``private`` read-write): Debian's
+``snmpd`` runs with ``vivian/snmp_agent.py`` as its pass_persist helper. APC outlet N is vPDU outlet N-1.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import struct
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -284,6 +290,66 @@ class VirtualPDU:
         return REPLY_OK, shutdown
 
 
+SNMP_AGENT = Path(__file__).resolve().with_name("snmp_agent.py")
+APC_SUBTREE = ".1.3.6.1.4.1.318.1.1.4"
+SNMPD_START_TIMEOUT = 10.0
+
+
+class SnmpFace:
+    """Debian's snmpd on ``udp:host:port`` serving the APC MasterSwitch subtree through snmp_agent.py."""
+
+    def __init__(self, host: str, port: int, vpdu_port: int) -> None:
+        self.host, self.port, self.vpdu_port = host, port, vpdu_port
+        self.process: asyncio.subprocess.Process | None = None
+        self.dir: Path | None = None
+
+    async def start(self) -> None:
+        snmpd = shutil.which("snmpd") or next((p for p in ("/usr/sbin/snmpd",) if os.path.exists(p)), None)
+        if snmpd is None:
+            raise RuntimeError("snmpd is not installed (apt-get install snmpd)")
+        self.dir = Path(tempfile.mkdtemp(prefix="vpdu-snmp-"))
+        vpdu_host = "127.0.0.1" if self.host in ("0.0.0.0", "", "localhost") else self.host
+        if vpdu_host == "::":
+            vpdu_host = "::1"
+        conf = self.dir / "snmpd.conf"
+        conf.write_text(
+            "rocommunity public default\n"
+            "rwcommunity private default\n"
+            "dontLogTCPWrappersConnects yes\n"
+            f"pass_persist {APC_SUBTREE} {sys.executable} {SNMP_AGENT} --vpdu {vpdu_host}:{self.vpdu_port}\n"
+        )
+        log_path = self.dir / "snmpd.log"
+        log_path.touch()
+        address = f"udp6:[{self.host}]:{self.port}" if ":" in self.host else f"udp:{self.host}:{self.port}"
+        env = {**os.environ, "MIBS": "", "SNMP_PERSISTENT_DIR": str(self.dir / "persist")}
+        self.process = await asyncio.create_subprocess_exec(
+            snmpd, "-f", "-Lf", str(log_path), "-C", "-c", str(conf), "-p", str(self.dir / "snmpd.pid"), address,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            env=env, start_new_session=True,
+        )
+        deadline = time.monotonic() + SNMPD_START_TIMEOUT
+        while True:
+            text = log_path.read_text(errors="replace")
+            if "NET-SNMP version" in text:
+                return
+            if self.process.returncode is not None or "Error opening specified endpoint" in text:
+                await self.stop()
+                reason = text.strip().splitlines()[-1] if text.strip() else "snmpd exited"
+                raise RuntimeError(f"snmpd cannot serve {address}: {reason}")
+            if time.monotonic() > deadline:
+                await self.stop()
+                raise RuntimeError(f"snmpd did not start on {address} within {SNMPD_START_TIMEOUT:g} s")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self.process is not None:
+            process, self.process = self.process, None
+            await _kill_group(process)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+
 async def _kill_group(process: asyncio.subprocess.Process) -> None:
     """SIGTERM the process group, SIGKILL it after KILL_GRACE seconds, then reap the process."""
     if process.returncode is None:
@@ -321,6 +387,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="extra argument passed to every DUT (repeatable), e.g. --dut-arg=--chatty=11520",
     )
+    p.add_argument(
+        "--snmp-port",
+        type=int,
+        metavar="P",
+        help="also answer SNMP on UDP port P as an APC MasterSwitch (runs Debian's snmpd)",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level on stderr (default INFO)")
     return p
 
@@ -345,17 +417,32 @@ async def _serve(args: argparse.Namespace) -> int:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         print(f"vpdu: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
         return 2
+    snmp: SnmpFace | None = None
+    if args.snmp_port is not None:
+        snmp = SnmpFace(args.host, args.snmp_port, port)
+        try:
+            await snmp.start()
+        except RuntimeError as exc:
+            print(f"vpdu: {exc}", file=sys.stderr)
+            await pdu.stop()
+            return 2
     loop = asyncio.get_running_loop()
     quit_requested = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, quit_requested.set)
     print(f"vPDU listening on {args.host}:{port} with {args.num_ports} outlets", flush=True)
+    if snmp is not None:
+        print(f"vPDU answering SNMP (APC MasterSwitch) on udp {args.host}:{args.snmp_port}", flush=True)
     quit_task = asyncio.create_task(quit_requested.wait())
     stopped_task = asyncio.create_task(pdu.wait_stopped())
-    await asyncio.wait({quit_task, stopped_task}, return_when=asyncio.FIRST_COMPLETED)
-    await pdu.stop()
-    quit_task.cancel()
-    stopped_task.cancel()
+    try:
+        await asyncio.wait({quit_task, stopped_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if snmp is not None:
+            await snmp.stop()
+        await pdu.stop()
+        quit_task.cancel()
+        stopped_task.cancel()
     return 0
 
 

@@ -206,3 +206,12 @@ async def test_a_stored_pdu_whose_driver_cannot_load_stays_listed_as_unreachable
         assert pdu["state"] == "unreachable" and "gone_driver" in pdu["error"]
     finally:
         await farm.stop()
+
+
+async def test_pdu_secrets_are_not_shown(http):
+    r = await http.post("/api/v1/pdu/", json={"name": "apc", "driver": "apc_masterswitch",
+                                              "config": {"hostname": "127.0.0.1:1", "community": "s3cret",
+                                                         "timeout": 0.2, "retries": 0}})
+    assert r.status_code == 201, r.text
+    assert r.json()["config"]["community"] == "********"
+    assert "s3cret" not in (await http.get("/api/v1/pdus")).text

@@ -32,6 +32,14 @@ READBACK_SETTLE = 5.0  # seconds a PDU gets to report the state it was asked for
 MAX_BACKOFF = 60.0
 
 
+SECRET_KEYS = {"community", "read_community", "auth_key", "priv_key", "password", "token"}
+
+
+def masked(config: dict[str, Any]) -> dict[str, Any]:
+    """A PDU's config as the API shows it: community strings, keys and passwords hidden."""
+    return {k: ("********" if k in SECRET_KEYS and v else v) for k, v in config.items()}
+
+
 class BrokenDriver:
     """Stands in for a stored PDU whose driver cannot be built (e.g. a driver removed by an upgrade)."""
 
@@ -139,6 +147,9 @@ class PowerService:
         for rt in list(self.pdus.values()):
             await self._shutdown(rt)
         self.pdus.clear()
+        from ..drivers.pdu.snmp import close_engines
+
+        await close_engines()  # the loop's SNMP engine, even if a driver was never closed
 
     def _launch(self, rt: PduRuntime) -> None:
         self.pdus[rt.name] = rt
@@ -443,7 +454,7 @@ class PowerService:
             "name": rt.name,
             "driver": rt.driver_name,
             "pdu_model": rt.driver_name,
-            "config": rt.config,
+            "config": masked(rt.config),
             "reserved_ports": sorted(rt.reserved),
             "state": state,
             "error": rt.error,

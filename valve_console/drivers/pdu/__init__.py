@@ -10,11 +10,23 @@ DriverFactory = Callable[[dict[str, Any]], PDUDriver]
 
 
 def _drivers() -> dict[str, DriverFactory]:
-    from . import dummy, vpdu
+    from . import apc, cyberpower, dummy, eaton, raritan, servertech, shelly, snmp, tasmota, vpdu
 
     return {
         "dummy": dummy.DummyPDU.from_config,
         "vpdu": vpdu.VirtualPDU.from_config,
+        "apc_masterswitch": apc.ApcMasterSwitchPDU.from_config,
+        "apc_rpdu": apc.ApcRackPDU.from_config,
+        "apc_rpdu2": apc.ApcRackPDU2.from_config,
+        "cyberpower_pdu41004": cyberpower.CyberPower41004PDU.from_config,
+        "cyberpower_pdu15swhviec12atnet": cyberpower.CyberPowerRmcard205PDU.from_config,
+        "raritan_px2": raritan.RaritanPX2PDU.from_config,
+        "eaton_epdu": eaton.EatonEPDU.from_config,
+        "servertech_sentry3": servertech.Sentry3PDU.from_config,
+        "snmp": snmp.GenericSnmpPDU.from_config,
+        "tasmota": tasmota.TasmotaPDU.from_config,
+        "shelly_gen1": shelly.ShellyGen1PDU.from_config,
+        "shelly_gen2": shelly.ShellyGen2PDU.from_config,
     }
 
 

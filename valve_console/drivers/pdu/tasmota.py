@@ -1,0 +1,86 @@
+"""Tasmota smart plugs and relay boards: ``GET /cm?cmnd=Power<N> On|Off``; outlets "1".."N"."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from .base import DriverError, Outlet, PortState
+from .httpbase import REBOOT_OFF_SECONDS, HttpConfig, HttpPDU
+
+TRUE_WORDS = {"ON": PortState.ON, "1": PortState.ON, "TRUE": PortState.ON,
+              "OFF": PortState.OFF, "0": PortState.OFF, "FALSE": PortState.OFF}
+
+
+class TasmotaConfig(HttpConfig):
+    outlets: int = Field(default=1, ge=1, le=32, description="number of relays (Power1..PowerN)")
+
+
+class TasmotaPDU(HttpPDU):
+    name: ClassVar[str] = "tasmota"
+    model: ClassVar[str] = "Tasmota"
+    config_model = TasmotaConfig
+
+    async def command(self, cmnd: str, what: str) -> dict[str, Any]:
+        params = {"cmnd": cmnd}
+        if self.config.user is not None or self.config.password is not None:
+            # Tasmota takes its web credentials in the query string.
+            params.update(user=self.config.user or "admin", password=self.config.password or "")
+        body = await self.request_json("/cm", params, what)
+        if not isinstance(body, dict):
+            raise self.bad_answer(what, body)
+        if "WARNING" in body:
+            raise DriverError(f"Tasmota at {self.hostname} refused {what}: {body['WARNING']} (check user and password)")
+        if str(body.get("Command", "")).lower() == "unknown":
+            raise DriverError(f"Tasmota at {self.hostname} does not know {cmnd!r} ({what}): no such relay?")
+        return body
+
+    def _relay(self, port_id: str) -> int:
+        text = str(port_id).strip()
+        assert isinstance(self.config, TasmotaConfig)
+        count = self.config.outlets
+        if not text.isdigit() or not 1 <= int(text) <= count:
+            raise DriverError(f"Tasmota at {self.hostname} has no outlet {port_id!r} (outlets 1..{count})")
+        return int(text)
+
+    def _state(self, body: dict[str, Any], relay: int, what: str) -> PortState:
+        keys = [f"POWER{relay}"] + (["POWER"] if relay == 1 else [])
+        for key in keys:
+            for k, v in body.items():
+                if k.upper() == key:
+                    state = TRUE_WORDS.get(str(v).strip().upper())
+                    if state is None:
+                        raise self.bad_answer(what, body)
+                    return state
+        raise self.bad_answer(what, body)
+
+    async def ports(self) -> list[Outlet]:
+        assert isinstance(self.config, TasmotaConfig)
+        outlets = []
+        for relay in range(1, self.config.outlets + 1):
+            label = ""
+            if relay <= 8:  # FriendlyName1..8
+                body = await self.command(f"FriendlyName{relay}", f"name of relay {relay}")
+                label = str(next((v for k, v in body.items() if k.lower() == f"friendlyname{relay}"), ""))
+            outlets.append(Outlet(str(relay), label))
+        return outlets
+
+    async def get(self, port_id: str) -> PortState:
+        relay = self._relay(port_id)
+        what = f"state of relay {relay}"
+        return self._state(await self.command(f"Power{relay}", what), relay, what)
+
+    async def set(self, port_id: str, state: PortState) -> None:
+        relay = self._relay(port_id)
+        if state == PortState.REBOOT:
+            await self.set(port_id, PortState.OFF)
+            await asyncio.sleep(REBOOT_OFF_SECONDS)
+            await self.set(port_id, PortState.ON)
+            return
+        if state not in (PortState.ON, PortState.OFF):
+            raise DriverError(f"cannot set outlet {relay} to {state.value}: use ON, OFF or REBOOT")
+        word = "On" if state == PortState.ON else "Off"
+        what = f"relay {relay} {state.value}"
+        self._state(await self.command(f"Power{relay} {word}", what), relay, what)
