@@ -22,6 +22,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.reactive import reactive
 from textual.scrollbar import ScrollBarRender
+from textual.worker import Worker, WorkerState
 
 from .client import FarmClient, FarmClientError
 from .screens.base import FarmScreen
@@ -72,6 +73,7 @@ class ConsoleApp(App[int]):
         Binding("5", "go('consoles')", "Consoles", id="go-consoles"),
         Binding("6", "go('machine')", "Machine", id="go-machine"),
         Binding("q", "quit_console", "Quit", id="quit"),
+        Binding("ctrl+p", "command_palette", "Commands", show=False, priority=True, id="palette"),
         Binding("colon", "command_palette", "Commands", show=False, id="commands"),
     ]
 
@@ -119,6 +121,8 @@ class ConsoleApp(App[int]):
         self.run_worker(self._connection_loop(), name="events", group="events", exit_on_error=False)
 
     def on_unmount(self) -> None:
+        if self._refetch_task is not None and not self._refetch_task.done():
+            self._refetch_task.cancel()
         if self._saved_bars is not None:
             ScrollBarRender.VERTICAL_BARS, ScrollBarRender.HORIZONTAL_BARS = self._saved_bars
             self._saved_bars = None
@@ -156,7 +160,7 @@ class ConsoleApp(App[int]):
             finally:
                 if not stream.done():
                     stream.cancel()
-                    await asyncio.gather(stream, return_exceptions=True)
+                await asyncio.gather(stream, return_exceptions=True)  # its error is retrieved, never leaked
             self._set_lost(reason)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
@@ -201,7 +205,9 @@ class ConsoleApp(App[int]):
 
     def _set_lost(self, reason: str) -> None:
         self.connected = False
-        message = f"backend lost at {self.client.describe}: {self._short_reason(reason)} — reconnecting…"
+        # the Linux console's fonts (CP437) have no em dash or ellipsis
+        dash, dots = (" - ", "...") if self.linux_console else (" — ", "…")
+        message = f"backend lost at {self.client.describe}: {self._short_reason(reason)}{dash}reconnecting{dots}"
         if message != self.backend_problem:
             log.warning("%s", message)
         self.backend_problem = message
@@ -244,6 +250,14 @@ class ConsoleApp(App[int]):
         while len(self._log_keys) > RECENT_LOG * 2:
             self._log_keys.popitem(last=False)
         return True
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A worker that failed in an unexpected way is reported, never silent."""
+        if event.state == WorkerState.ERROR:
+            worker = event.worker
+            what = worker.description or worker.name or "a background task"
+            log.error("%s failed: %r", what, worker.error)
+            self.report(f"{what} failed: {worker.error}", "error")
 
     # ---------------------------------------------------------------- reporting
     def report(self, message: str, severity: str = "information") -> None:
@@ -330,7 +344,7 @@ class ConsoleApp(App[int]):
         self.run_worker(self._power(pdu, port, state), group=f"outlet-{pdu}-{port}", exit_on_error=False)
 
     async def _power(self, pdu: str, port: str, state: str) -> None:
-        self.last_status = (f"{pdu}/{port}: switching {state}…", "information")
+        self.last_status = (f"{pdu}/{port}: switching {state}...", "information")
         try:
             result = await self.client.set_outlet(pdu, port, state)
         except FarmClientError as exc:
@@ -393,18 +407,21 @@ def make_app(client: FarmClient, *, title: str | None = None, linux_console: boo
 
 
 async def _run(app: ConsoleApp) -> int:
+    """Run the app; SIGTERM (systemd) and SIGHUP (the terminal went away) end it cleanly, so the
+    caller's cleanup (stopping the farm, the demo's vPDU and its DUTs) always runs."""
     loop = asyncio.get_running_loop()
-    installed = False
-    try:
-        loop.add_signal_handler(signal.SIGTERM, app.exit)
-        installed = True
-    except (NotImplementedError, RuntimeError, ValueError):
-        pass
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            loop.add_signal_handler(sig, app.exit)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
     try:
         result = await app.run_async(mouse=not app.linux_console)
     finally:
-        if installed:
-            loop.remove_signal_handler(signal.SIGTERM)
+        for sig in installed:
+            loop.remove_signal_handler(sig)
         await app.client.close()
     return int(result or 0) if isinstance(result, int) else 0
 

@@ -83,7 +83,8 @@ async def _state(farm, pdu, port, state):
 
 
 async def test_outlet_is_switched_off_when_nothing_registers(farm, http):
-    await http.post("/api/v1/pdu/", json={"name": "d1", "driver": "dummy", "config": {"ports": 2, "initial_state": "OFF"}})
+    await http.post("/api/v1/pdu/", json={"name": "d1", "driver": "dummy",
+                                          "config": {"ports": 2, "initial_state": "OFF"}})
     await poll(lambda: _state(farm, "d1", "0", PortState.OFF))
     sub = farm.bus.subscribe(["discovery"])
     r = await http.post("/api/v1/machine/discover", json={"pdu": "d1", "port_id": "0", "timeout": 1})

@@ -6,13 +6,14 @@ changes (``farm_changes``) and every full refetch (``farm_reset``) under ``App.b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from textual.app import ComposeResult
+from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from ..widgets.banner import Banner, TopBar
+from ..widgets.banner import Banner, StatusLine, TopBar
 from .model import Changes, FarmModel
 
 if TYPE_CHECKING:
@@ -31,10 +32,13 @@ class FarmScreen(Screen[None]):
         return self.console_app.model
 
     def compose(self) -> ComposeResult:
-        yield TopBar(self.MODE)
-        yield Banner()
+        with Vertical(classes="frame-top"):
+            yield TopBar(self.MODE)
+            yield Banner()
+        with Vertical(classes="frame-bottom"):
+            yield StatusLine()
+            yield Footer()
         yield from self.compose_body()
-        yield Footer()
 
     def compose_body(self) -> ComposeResult:
         yield from ()
@@ -53,8 +57,3 @@ class FarmScreen(Screen[None]):
 
     def farm_changes(self, changes: Changes, model: FarmModel) -> None:
         """A batch of events was applied to ``model``."""
-
-    # ---------------------------------------------------------------- helpers
-    def run_action_worker(self, coro: Any, *, group: str, description: str = "") -> None:
-        """Run an API call as a worker that never takes the app down."""
-        self.run_worker(coro, group=group, exit_on_error=False, description=description)

@@ -23,7 +23,7 @@ from ..widgets.state_badge import connection_badge
 from .base import FarmScreen
 from .model import Changes, FarmModel
 
-MAX_OVERLAP = 1024 * 1024
+MAX_OVERLAP = 256 * 1024
 
 
 def pane_id(mac: str) -> str:
@@ -31,23 +31,26 @@ def pane_id(mac: str) -> str:
 
 
 def without_overlap(log: str, extra: str) -> str:
-    """``extra`` minus its beginning that ``log`` already ends with (the fetch/stream overlap)."""
+    """``extra`` minus its beginning that ``log`` already ends with (the fetch/stream overlap).
+
+    The longest suffix of ``log`` that is a prefix of ``extra`` is dropped (searched in the last
+    ``MAX_OVERLAP`` characters only).
+    """
     if not log or not extra:
         return extra
-    probe = extra[: min(len(extra), 64)]
-    start = max(0, len(log) - min(len(extra), MAX_OVERLAP))
-    while True:
-        pos = log.find(probe, start)
-        if pos < 0:
-            return extra
-        tail = log[pos:]
-        if extra.startswith(tail):
-            return extra[len(tail):]
-        start = pos + 1
+    start = max(0, len(log) - len(extra), len(log) - MAX_OVERLAP)
+    first = extra[0]
+    pos = log.find(first, start)
+    while pos >= 0:
+        if log.startswith(extra[: len(log) - pos], pos):
+            return extra[len(log) - pos :]
+        pos = log.find(first, pos + 1)
+    return extra
 
 
 class ConsolesScreen(FarmScreen):
     MODE = "consoles"
+    AUTO_FOCUS = "ConsoleView"  # the visible console, not the tab bar
 
     BINDINGS = [
         Binding("left_square_bracket", "prev_tab", "Prev tab"),
@@ -118,6 +121,8 @@ class ConsolesScreen(FarmScreen):
             await self.tabs.add_pane(pane)
             if self._target == mac:
                 self._activate(mac)
+            elif self.focused is None and self.current_mac() == mac:
+                self.views[mac].focus()
             try:
                 log = await self.console_app.client.console_log(mac)
             except FarmClientError as exc:

@@ -219,7 +219,7 @@ class AddPduScreen(ModalScreen[dict[str, Any] | None]):
     @work(exit_on_error=False, exclusive=True, group="add-pdu")
     async def submit(self, name: str, driver: str, config: dict[str, Any]) -> None:
         error = self.query_one("#add-pdu-error", Static)
-        error.update(f"adding {name}…")
+        error.update(f"adding {name}...")
         try:
             result = await self.console_app.client.add_pdu(name, driver, config)
         except FarmClientError as exc:

@@ -62,7 +62,7 @@ def plain(value: Any) -> str:
 
 
 class DutTable(DataTable[Any]):
-    BINDINGS = [Binding("enter", "select_cursor", "Console", show=True)]
+    BINDINGS = [Binding("enter", "select_cursor", "Console", show=True, key_display="enter")]
 
 
 class DutsScreen(FarmScreen):
@@ -70,8 +70,8 @@ class DutsScreen(FarmScreen):
 
     BINDINGS = [
         Binding("e", "edit", "Edit"),
-        Binding("R", "retire", "Retire/activate"),
-        Binding("c", "power_cycle", "Power cycle"),
+        Binding("R", "retire", "Retire"),
+        Binding("c", "power_cycle", "Cycle"),
         Binding("s", "sort", "Sort"),
         Binding("slash", "filter", "Filter"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
@@ -131,7 +131,7 @@ class DutsScreen(FarmScreen):
                 table.add_row(*cells, key=mac)
                 resort = True
             elif visible and old is not None:
-                for index, (before, after) in enumerate(zip(old, cells)):
+                for index, (before, after) in enumerate(zip(old, cells, strict=True)):
                     if plain(before) != plain(after) or (
                         isinstance(after, Text) and isinstance(before, Text) and before.style != after.style
                     ):

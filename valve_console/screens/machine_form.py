@@ -117,7 +117,7 @@ class MachineFormScreen(FarmScreen):
     def on_mount(self) -> None:
         super().on_mount()
         if not self.model.loaded:
-            self.query_one("#form-title", Static).update("connecting to the backend…")
+            self.query_one("#form-title", Static).update("connecting to the backend...")
 
     def on_screen_resume(self) -> None:
         self.call_after_refresh(self._load_target)
@@ -231,9 +231,21 @@ class MachineFormScreen(FarmScreen):
         self.query_one("#form-tags", Input).value = ", ".join(machine.get("manual_tags") or [])
         self.query_one("#form-delay", Input).value = format_delay(machine.get("pdu_off_delay"))
         self.query_one("#form-comment", Input).value = machine.get("comment") or ""
-        self.query_one("#form-ready", Checkbox).value = bool(machine.get("ready_for_service"))
-        self.query_one("#form-retired", Checkbox).value = bool(machine.get("is_retired"))
+        for box_id, key in (("#form-ready", "ready_for_service"), ("#form-retired", "is_retired")):
+            box = self.query_one(box_id, Checkbox)
+            box.value = bool(machine.get(key))
+            self._label_checkbox(box)
         self.query_one("#form-pdu", Select).focus()
+
+    @on(Checkbox.Changed)
+    def _checkbox_changed(self, event: Checkbox.Changed) -> None:
+        self._label_checkbox(event.checkbox)
+
+    def _label_checkbox(self, box: Checkbox) -> None:
+        """The state in words too: colour alone does not read on an 8-colour console."""
+        base = {"form-ready": "Ready for service", "form-retired": "Retired"}.get(box.id or "", "")
+        if base:
+            box.label = f"{base}: {'yes' if box.value else 'no'}"
 
     @on(Select.Changed, "#form-machine")
     def _machine_chosen(self, event: Select.Changed) -> None:
@@ -345,7 +357,7 @@ class MachineFormScreen(FarmScreen):
 
     @work(exit_on_error=False, exclusive=True, group="machine-form-save")
     async def save(self, mac: str, fields: dict[str, Any]) -> None:
-        self.query_one("#form-error", Static).update("saving…")
+        self.query_one("#form-error", Static).update("saving...")
         try:
             await self.console_app.client.update_machine(mac, **fields)
         except FarmClientError as exc:

@@ -47,7 +47,7 @@ class OverviewScreen(FarmScreen):
         self.query_one("#interfaces-box").border_title = "Gateway network interfaces"
         super().on_mount()
         if not self.model.loaded:
-            self.query_one("#farm-info", Static).update("connecting to the backend…")
+            self.query_one("#farm-info", Static).update("connecting to the backend...")
         self.set_interval(30, self._tick_uptime)
 
     def _tick_uptime(self) -> None:

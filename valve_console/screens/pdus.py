@@ -73,19 +73,8 @@ class PdusScreen(FarmScreen):
         self._current: str | None = None
 
     def compose_body(self) -> ComposeResult:
-        yield Static("", id="pdu-status", classes="status-line")
         with VerticalScroll(id="pdu-list", can_focus=False):
             yield Static("No PDU yet: press [b]a[/b] to add one.", id="no-pdus")
-
-    def on_mount(self) -> None:
-        super().on_mount()
-        self.watch(self.app, "last_status", self._show_status)
-
-    def _show_status(self, status: Any) -> None:
-        if status:
-            message, severity = status
-            style = {"error": "bold red", "warning": "yellow"}.get(severity, "green")
-            self.query_one("#pdu-status", Static).update(Text(message, style=style))
 
     # ---------------------------------------------------------------- sync
     def farm_reset(self, model: FarmModel) -> None:

@@ -19,7 +19,7 @@ class TopBar(Static):
     """``valve-console  farm NAME   1 Overview  2 Journal ...`` with the current screen reversed."""
 
     DEFAULT_CSS = """
-    TopBar { dock: top; height: 1; background: $panel; color: $foreground; }
+    TopBar { height: 1; background: $panel; color: $foreground; }
     """
 
     def __init__(self, current: str) -> None:
@@ -48,7 +48,7 @@ class Banner(Static):
     """Shown only while the backend is lost: what failed, where, and that we are reconnecting."""
 
     DEFAULT_CSS = """
-    Banner { dock: top; height: auto; display: none; background: $error; color: $text; text-style: bold;
+    Banner { height: auto; display: none; background: $error; color: $text; text-style: bold;
              padding: 0 1; }
     Banner.-shown { display: block; }
     """
@@ -59,3 +59,23 @@ class Banner(Static):
     def _show(self, problem: str) -> None:
         self.set_class(bool(problem), "-shown")
         self.update(problem or "")
+
+
+class StatusLine(Static):
+    """The outcome of the operator's last action (also shown as a toast), on every screen."""
+
+    DEFAULT_CSS = """
+    StatusLine { height: 1; padding: 0 1; background: $boost; }
+    """
+
+    STYLES = {"error": "bold red", "warning": "bold yellow"}
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "last_status", self._show)
+
+    def _show(self, status: tuple[str, str] | None) -> None:
+        if not status:
+            self.update("")
+            return
+        message, severity = status
+        self.update(Text(message, style=self.STYLES.get(severity, "green")))

@@ -43,7 +43,7 @@ class Entry:
     @classmethod
     def from_backend(cls, data: dict[str, Any]) -> "Entry":
         message = _clean(str(data.get("message", "")))
-        source = str(data.get("logger") or BACKEND_UNIT)
+        source = str(data.get("logger") or BACKEND_UNIT).removeprefix("valve_console.")
         return cls(next(_ids), _ts(data.get("ts")), _prio(data.get("priority"), 6), BACKEND_UNIT, source,
                    message, f"{source} {message}".lower())
 

@@ -1,0 +1,153 @@
+"""End to end: the real ``valve-console demo`` in tmux with TERM=linux, driven by keys only.
+
+Power outlet 3 on from the PDU screen, see the DUT register in the DUT table, read its boot log
+in its console tab, then give it vpdu1/3 and "ready for service" in the machine form.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROGRAM = Path(sys.executable).parent / "valve-console"
+MAC = "52:54:00:11:22:03"
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Tmux:
+    """A tmux server of our own (``-L``): nothing shared with other tmux users on the machine."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def run(self, *args: str) -> str:
+        result = subprocess.run(["tmux", "-L", self.name, *args], capture_output=True, text=True, timeout=10,
+                                check=False)
+        return result.stdout
+
+    def start(self, command: str) -> None:
+        subprocess.run(["tmux", "-L", self.name, "-f", "/dev/null", "new-session", "-d", "-s", self.name,
+                        "-x", "160", "-y", "50", "-e", "TERM=linux", command], check=True, timeout=10)
+
+    def keys(self, *keys: str, pause: float = 0.15) -> None:
+        for key in keys:
+            self.run("send-keys", "-t", self.name, key)
+            time.sleep(pause)
+
+    def type(self, text: str) -> None:
+        self.run("send-keys", "-t", self.name, "-l", text)
+        time.sleep(0.2)
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", self.name)
+
+    def wait(self, *texts: str, timeout: float = 20.0) -> str:
+        """Poll the pane until one of ``texts`` shows; fail with the pane's content otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            if any(text in screen for text in texts):
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"none of {texts} on screen after {timeout} s:\n{screen}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        socket_path = self.run("display", "-p", "#{socket_path}").strip()
+        self.run("kill-server")  # our private server only
+        if socket_path.endswith(self.name):
+            Path(socket_path).unlink(missing_ok=True)
+
+
+def stop_leftover_duts(tmp_path: Path) -> None:
+    """End simulated DUTs this test started (their log is under ``tmp_path``) if the demo did not."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if b"vivian/dut.py" not in (proc / "cmdline").read_bytes():
+                continue
+            if not os.readlink(proc / "fd" / "2").startswith(str(tmp_path)):
+                continue
+            os.kill(int(proc.name), signal.SIGTERM)
+        except OSError:
+            continue
+
+
+def test_demo_in_tmux_on_a_linux_console(tmp_path: Path) -> None:
+    assert PROGRAM.exists(), f"{PROGRAM} is missing: install the package in the venv"
+    tmux = Tmux(f"valve-e2e-{uuid.uuid4().hex[:8]}")
+    data = tmp_path / "data"
+    # Textual draws on stderr: leave it on the pane. The demo's own log goes to <data>/valve-console.log.
+    # COLUMNS/LINES (set in pytest's environment) would override the pane's real size.
+    command = (f"cd {ROOT} && env -u COLUMNS -u LINES TERM=linux {PROGRAM} demo --data-dir {data} "
+               f"--vpdu-port {free_port()}; echo VALVE-EXIT=$?; sleep 30")
+    tmux.start(command)
+    try:
+        tmux.wait("Backend services", timeout=30)
+        # PDU screen: 16 outlets off; select outlet 3 and switch it on (confirmed)
+        tmux.keys("3")
+        screen = tmux.wait("vpdu1")
+        deadline = time.monotonic() + 20
+        while screen.count("[off]") < 16 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            screen = tmux.screen()
+        assert screen.count("[off]") == 16, screen
+        tmux.keys("Right", "Right", "Right", "o")
+        tmux.wait("Switch outlet vpdu1/3")
+        tmux.keys("y")
+        tmux.wait("[ON ]")
+        # the DUT boots and registers: it appears in the DUT table
+        tmux.keys("4")
+        tmux.wait(MAC, timeout=30)
+        # its console, with the boot log
+        tmux.keys("Enter")
+        tmux.wait("SALAD.machine_id", "MaRS: Registration complete")
+        # the machine form: PDU vpdu1, port 3, ready for service; save
+        tmux.keys("4")
+        tmux.wait("sorted by")
+        tmux.keys("e")
+        tmux.wait("Off delay")
+        tmux.keys("Enter")
+        tmux.type("vpdu1")
+        tmux.keys("Enter", "Tab", "Enter")
+        tmux.type("3")
+        tmux.keys("Enter")
+        tmux.wait("(current)", "outlet 3")
+        tmux.keys("Tab", "Tab", "Tab", "Tab", "Tab", "Space")
+        tmux.keys("C-s")
+        screen = tmux.wait("vpdu1/3", timeout=20)
+        row = next(line for line in screen.splitlines() if MAC in line)
+        assert "vpdu1/3" in row and " yes " in row, screen
+        assert "NOT_READY" not in row
+        # ctrl+q quits; the demo then stops its vPDU, which powers the simulated DUTs off
+        tmux.keys("C-q")
+        tmux.wait("VALVE-EXIT=0", timeout=20)
+    finally:
+        tmux.keys("C-q")
+        try:
+            tmux.wait("VALVE-EXIT=", timeout=15)
+        except AssertionError:
+            pass
+        tmux.kill()
+        stop_leftover_duts(tmp_path)
+        log = data / "valve-console.log"
+        if log.exists():
+            print(log.read_text()[-3000:], file=sys.stderr)

@@ -1,0 +1,196 @@
+"""A FarmClient on fixed JSON (httpx.MockTransport) and a fixed event stream, for snapshot tests.
+
+Everything time-dependent is frozen: uptime, log timestamps (local wall-clock times built from a
+fixed local date, so they print the same in every time zone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from valve_console.client import FarmClient, FarmClientError
+
+
+def ts(hour: int, minute: int, second: int) -> float:
+    return datetime(2026, 3, 14, hour, minute, second).timestamp()
+
+
+def machine(mac: str, name: str, ip: str, state: str, pdu: str | None = None, port: str | None = None,
+            ready: bool = False, retired: bool = False, base: str = "virtio") -> dict[str, Any]:
+    return {
+        "mac_address": mac,
+        "base_name": base,
+        "full_name": name,
+        "tags": ["virtio:family:VIRTIO"],
+        "registered_tags": ["virtio:family:VIRTIO"],
+        "manual_tags": [],
+        "ip_address": ip,
+        "local_tty_device": "ttyS1",
+        "pdu": {"name": pdu, "port_id": port},
+        "has_pdu_assigned": pdu is not None and port is not None,
+        "pdu_off_delay": 5.0,
+        "ready_for_service": ready,
+        "is_retired": retired,
+        "available": ready and not retired,
+        "comment": None,
+        "state": state,
+        "training": None,
+        "first_seen": ts(9, 0, 0),
+        "last_seen": ts(9, 30, 0),
+    }
+
+
+def outlets(count: int, on: set[int], unknown: set[int] = frozenset(), reserved: set[int] = frozenset(),
+            label: str = "outlet") -> dict[str, Any]:
+    ports = {}
+    for i in range(count):
+        state = "ON" if i in on else ("UNKNOWN" if i in unknown else "OFF")
+        ports[str(i)] = {"label": f"{label} {i}", "state": state, "reserved": i in reserved,
+                         "min_off_time": 5.0, "changed_at": ts(9, 0, 0)}
+    return ports
+
+
+BOOT_LOG = "".join(line + "\r\n" for line in [
+    "SeaBIOS (version 1.16.3-debian-1.16.3-2)",
+    "iPXE 1.21.1 -- Open Source Network Boot Firmware -- https://ipxe.org",
+    "net0: 52:54:00:11:22:03 using virtio-net on 0000:00:03.0 (Ethernet) [open]",
+    "net0: 10.42.0.13/255.255.255.0 gw 10.42.0.1",
+    "SALAD.machine_id=52:54:00:11:22:03",
+    "[    0.000000] Linux version 6.1.0-vivian (vivian@builder) #1 SMP PREEMPT_DYNAMIC",
+    "[    0.612009] 00:05: ttyS1 at I/O 0x2f8 (irq = 3, base_baud = 115200) is a 16550A",
+    "[  \x1b[0;32mOK\x1b[0m  ] Started Journal Service.",
+    "[  \x1b[0;32mOK\x1b[0m  ] Reached target Network.",
+    "+ b2c: eth0 is up, address 10.42.0.13",
+    "SALAD.ping",
+    "SALAD.machine_id=52:54:00:11:22:03",
+    "MaRS: Registration complete",
+]) + "/ # "
+
+
+def farm_data() -> dict[str, Any]:
+    machines = {
+        "52:54:00:11:22:03": machine("52:54:00:11:22:03", "vivian-virtio-1", "10.42.0.13", "IDLE", "vpdu1", "3",
+                                     ready=True),
+        "52:54:00:11:22:05": machine("52:54:00:11:22:05", "vivian-virtio-2", "10.42.0.15", "NOT_READY", "vpdu1",
+                                     "5"),
+        "52:54:00:11:22:09": machine("52:54:00:11:22:09", "vivian-radeon-1", "10.42.0.19", "WAIT_FOR_CONFIG",
+                                     base="radeon"),
+        "52:54:00:11:22:0c": machine("52:54:00:11:22:0c", "vivian-virtio-3", "10.42.0.22", "RETIRED", "vpdu1", "12",
+                                     retired=True),
+    }
+    pdus = {
+        "bench": {"name": "bench", "driver": "dummy", "pdu_model": "dummy", "config": {"ports": 4},
+                  "reserved_ports": [], "state": "unreachable", "error": "no answer in 3 s",
+                  "ports": outlets(4, set(), unknown={0, 1, 2, 3}, label="plug")},
+        "vpdu1": {"name": "vpdu1", "driver": "vpdu", "pdu_model": "vpdu", "config": {"hostname": "127.0.0.1:9191"},
+                  "reserved_ports": ["15"], "state": "reachable", "error": None,
+                  "ports": outlets(16, {3, 5}, reserved={15})},
+    }
+    return {
+        "health": {
+            "status": "degraded", "farm_name": "vivian", "version": "0.1.0", "api": "http://127.0.0.1:8000",
+            "netconsole": "0.0.0.0:8100", "uptime": 3725.0,
+            "services": {
+                "storage": {"state": "ok", "reason": None},
+                "registration": {"state": "ok", "reason": None},
+                "power": {"state": "degraded", "reason": "unreachable: bench"},
+                "consoles": {"state": "ok", "reason": None},
+                "api": {"state": "ok", "reason": None},
+                "journal": {"state": "degraded", "reason": "no system journal"},
+            },
+        },
+        "gateway": {"interfaces": [
+            {"name": "eth0", "state": "up", "speed": 1000, "mac": "02:fc:00:00:00:01",
+             "addresses": ["192.0.2.2"]},
+            {"name": "eth1", "state": "up", "speed": 1000, "mac": "02:fc:00:00:00:02",
+             "addresses": ["10.42.0.1"]},
+            {"name": "lo", "state": "up", "speed": 0, "mac": "00:00:00:00:00:00", "addresses": ["127.0.0.1", "::1"]},
+            {"name": "wlan0", "state": "down", "speed": 0, "mac": "02:fc:00:00:00:03", "addresses": []},
+        ]},
+        "machines": machines,
+        "pdus": pdus,
+        "consoles": {
+            "52:54:00:11:22:03": {"mac": "52:54:00:11:22:03", "source": "netconsole@127.0.0.1:40000",
+                                  "connected": True, "tcp_port": None, "bytes": len(BOOT_LOG),
+                                  "buffered": len(BOOT_LOG), "last_activity": ts(9, 30, 0), "log_path": "x"},
+        },
+        "console_logs": {"52:54:00:11:22:03": BOOT_LOG},
+        "log": [
+            {"ts": ts(9, 0, 0), "level": "INFO", "priority": 6, "logger": "valve_console.backend.farm",
+             "message": "farm vivian up: API http://127.0.0.1:8000, netconsole 0.0.0.0:8100"},
+            {"ts": ts(9, 0, 1), "level": "INFO", "priority": 6, "logger": "valve_console.backend.power",
+             "message": "PDU vpdu1 added (driver vpdu)"},
+            {"ts": ts(9, 0, 4), "level": "WARNING", "priority": 4, "logger": "valve_console.backend.power",
+             "message": "PDU bench is unreachable: no answer in 3 s"},
+            {"ts": ts(9, 1, 0), "level": "INFO", "priority": 6, "logger": "valve_console.backend.registration",
+             "message": "new machine 52:54:00:11:22:03 registered (virtio, 10.42.0.13)"},
+            {"ts": ts(9, 2, 0), "level": "ERROR", "priority": 3, "logger": "valve_console.backend.consoles",
+             "message": "console log of 52:54:00:11:22:07: No space left on device"},
+        ],
+        "drivers": ["dummy", "vpdu"],
+    }
+
+
+JOURNAL_EVENTS = [
+    {"type": "journal", "seq": 1, "ts": ts(9, 3, 0),
+     "data": {"ts": ts(9, 3, 0), "priority": 6, "unit": "dnsmasq.service", "hostname": "gateway",
+              "message": "DHCPACK(eth1) 10.42.0.13 52:54:00:11:22:03"}},
+    {"type": "journal", "seq": 2, "ts": ts(9, 3, 5),
+     "data": {"ts": ts(9, 3, 5), "priority": 5, "unit": "kernel", "hostname": "gateway",
+              "message": "e1000e 0000:00:1f.6 eth1: NIC Link is Up 1000 Mbps Full Duplex"}},
+]
+
+
+class FakeFarmClient(FarmClient):
+    """Answers the API from ``data``; ``events()`` yields ``events`` then stays open, quiet."""
+
+    def __init__(self, data: dict[str, Any] | None = None, events: list[dict[str, Any]] | None = None,
+                 down: bool = False) -> None:
+        super().__init__("http://gateway.test:8000", token="snapshot")
+        self.data = data or farm_data()
+        self.down = down
+        self.event_list = list(events or [])
+        self._real_http = self._http
+        self._http = httpx.AsyncClient(base_url=self.base_url, transport=httpx.MockTransport(self._answer))
+
+    async def close(self) -> None:
+        await self._http.aclose()
+        await self._real_http.aclose()
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        path = request.url.path
+        d = self.data
+        routes: dict[str, Any] = {
+            "/api/v1/health": d["health"],
+            "/api/v1/gateway": d["gateway"],
+            "/api/v1/machines": {"machines": d["machines"]},
+            "/api/v1/pdus": {"pdus": d["pdus"]},
+            "/api/v1/pdu/drivers": {"drivers": d["drivers"]},
+            "/api/v1/consoles": {"consoles": d["consoles"]},
+            "/api/v1/log": {"entries": d["log"]},
+        }
+        if path in routes:
+            return httpx.Response(200, json=copy.deepcopy(routes[path]))
+        if path.startswith("/api/v1/console/") and path.endswith("/log"):
+            mac = path.split("/")[4]
+            if mac in d["console_logs"]:
+                return httpx.Response(200, text=d["console_logs"][mac], headers={"content-type": "text/plain"})
+            return httpx.Response(404, json={"error": f"no console for machine {mac}"})
+        return httpx.Response(404, content=json.dumps({"error": f"not in the fake farm: {path}"}),
+                              headers={"content-type": "application/json"})
+
+    async def events(self, types: list[str] | None = None) -> AsyncIterator[dict[str, Any]]:
+        if self.down:
+            raise FarmClientError(f"event stream from {self.describe} lost: [Errno 111] Connection refused")
+        for event in self.event_list:
+            yield copy.deepcopy(event)
+        await asyncio.Event().wait()
