@@ -124,7 +124,10 @@ async def test_patch_validates_operator_fields(http):
     assert m["ready_for_service"] is True and m["state"] == "IDLE"
     assert m["local_tty_device"] == "ttyUSB0"
     assert "big" in m["tags"] and "virtio:family:VIRTIO" in m["tags"]
-    assert m["pdu_off_delay"] == 12.5
+    assert m["pdu_off_delay"] == 12.5 and m["pdu_off_delay_is_default"] is False
+    r = await http.patch(url, json={"pdu_off_delay": None})
+    assert r.json()["pdu_off_delay"] == 0.2 and r.json()["pdu_off_delay_is_default"] is True  # the farm default
+    await http.patch(url, json={"pdu_off_delay": 12.5})
 
     # The same outlet for another machine is refused with the reason.
     r = await http.patch("/api/v1/machine/52:54:00:11:22:04/", json={"pdu": "d1", "pdu_port_id": "2"})

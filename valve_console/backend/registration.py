@@ -192,6 +192,7 @@ class MachineService:
             "pdu": {"name": m.pdu, "port_id": m.pdu_port_id},
             "has_pdu_assigned": bool(m.pdu and m.pdu_port_id is not None),
             "pdu_off_delay": delay,
+            "pdu_off_delay_is_default": m.pdu_off_delay is None,
             "ready_for_service": m.ready_for_service,
             "is_retired": m.is_retired,
             "available": m.ready_for_service and not m.is_retired,

@@ -31,6 +31,11 @@ def format_delay(value: Any) -> str:
     return str(int(number)) if number.is_integer() else f"{number:g}"
 
 
+def own_delay(machine: dict[str, Any]) -> Any:
+    """The machine's own off delay, or None when it uses the farm's default."""
+    return None if machine.get("pdu_off_delay_is_default") else machine.get("pdu_off_delay")
+
+
 def parse_tags(text: str) -> list[str]:
     return list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
 
@@ -229,7 +234,10 @@ class MachineFormScreen(FarmScreen):
                 port_select.value = Select.NULL
         self.query_one("#form-tty", Input).value = machine.get("local_tty_device") or ""
         self.query_one("#form-tags", Input).value = ", ".join(machine.get("manual_tags") or [])
-        self.query_one("#form-delay", Input).value = format_delay(machine.get("pdu_off_delay"))
+        delay_input = self.query_one("#form-delay", Input)
+        delay_input.value = format_delay(own_delay(machine))
+        if machine.get("pdu_off_delay_is_default"):
+            delay_input.placeholder = f"empty: the farm default ({format_delay(machine.get('pdu_off_delay'))} s)"
         self.query_one("#form-comment", Input).value = machine.get("comment") or ""
         for box_id, key in (("#form-ready", "ready_for_service"), ("#form-retired", "is_retired")):
             box = self.query_one(box_id, Checkbox)
@@ -310,7 +318,7 @@ class MachineFormScreen(FarmScreen):
             fields["manual_tags"] = tags
 
         delay_text = self.query_one("#form-delay", Input).value.strip()
-        if delay_text != format_delay(original.get("pdu_off_delay")):
+        if delay_text != format_delay(own_delay(original)):
             if not delay_text:
                 fields["pdu_off_delay"] = None
             else:
