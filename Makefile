@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages that tests use as real peers (installed only when missing).
-DEB_TEST_PACKAGES := tmux socat procps snmpd snmp ser2net
+DEB_TEST_PACKAGES := tmux socat procps snmpd snmp ser2net dnsmasq-base
 
 .PHONY: demo test venv deb-deps lint clean
 

@@ -1,0 +1,547 @@
+"""Network boot of the DUTs: boot configs, the iPXE script, dnsmasq host pinning and config.
+
+Everything here is pure (text in, text out) except :func:`write_atomically` (file I/O: call it
+through ``asyncio.to_thread``) and :func:`dnsmasq_test` (async: runs ``dnsmasq --test``).
+
+Public API
+----------
+
+``BootConfig(kernel_url, initrd_url, cmdline="")``
+    What one DUT boots next (frozen dataclass). Built from a job's deployment
+    (``Job.deployment_for_boot(n)``) or :func:`registration_boot` for unknown machines. The URLs and
+    the cmdline are checked on creation (``ValueError``) so that nothing can inject iPXE commands.
+
+``ipxe_script(config, platform=None, buildarch=None) -> str``
+    The answer to ``GET /boot/<mac>/boot.ipxe?platform=&buildarch=`` (valve-infra §5.4): sets
+    ``semicolon:hex 3b``, downloads the kernel (with ``initrd=initrd`` unless ``platform == "pcbios"``
+    and every ``;`` of the cmdline written as ``${semicolon:string}``), then the initrd, then boots.
+
+``registration_boot(*, kernel_url, initrd_url, api_host, registry, ...) -> BootConfig``
+    The default boot of a DUT the gateway does not know (or that has nothing to do): boot2container
+    running the ``machine_registration ... register`` container.
+
+``validate_url(url, what="URL") -> str`` and ``validate_cmdline(cmdline) -> str``
+    The checks :class:`BootConfig` applies, reusable by the job schema.
+
+``DhcpHost(mac, ip, hostname)``, ``dhcp_hostname(name) -> str``, ``dhcp_hosts(machines, comment=None) -> str``,
+``parse_dhcp_hosts(text) -> list[DhcpHost]``, ``write_atomically(path, text, mode=0o644) -> Path``
+    The dnsmasq ``--dhcp-hostsfile`` that pins each DUT's IP: lines ``<mac>,<ip>,<hostname>`` (a real
+    hostname; valve-infra wrote ``set:<name>``, a dnsmasq *tag*). MACs are normalised with
+    :func:`valve_console.backend.registration.normalise_mac`. After writing, SIGHUP the dnsmasq.
+
+``dnsmasq_config(private_interface, private_ip, dhcp_range, tftp_root, hosts_file, leases_file,
+ipxe_bios, ipxe_efi, boot_url) -> str``
+    The config of an optional managed dnsmasq: DHCP + TFTP only (``port=0``), NTP and DNS options
+    pointing at the gateway, BIOS/EFI iPXE binaries over TFTP, and iPXE clients (user class ``iPXE``)
+    chained to ``<boot_url>/boot/${netX/mac}/boot.ipxe?platform=${platform}&buildarch=${buildarch}``.
+    Refuses a private IP inside the DHCP range.
+
+``dnsmasq_command(conf_file, executable="dnsmasq") -> list[str]``, ``find_dnsmasq() -> str | None``,
+``async dnsmasq_test(config_text, timeout=10.0) -> tuple[bool, str]``
+    How to run it; ``dnsmasq_test`` syntax-checks a config with ``dnsmasq --test`` (Debian package
+    ``dnsmasq-base`` is enough). It returns ``(False, "dnsmasq is not installed")`` when it is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import re
+import shutil
+import tempfile
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
+
+from .registration import normalise_mac
+
+__all__ = [
+    "BootConfig",
+    "DEFAULT_REGISTRATION_IMAGE",
+    "DEFAULT_REGISTRY",
+    "DhcpHost",
+    "dhcp_hostname",
+    "dhcp_hosts",
+    "dnsmasq_command",
+    "dnsmasq_config",
+    "dnsmasq_test",
+    "find_dnsmasq",
+    "ipxe_script",
+    "parse_dhcp_hosts",
+    "registration_boot",
+    "validate_cmdline",
+    "validate_url",
+    "write_atomically",
+]
+
+DEFAULT_REGISTRY = "ci-gateway:8002"
+DEFAULT_REGISTRATION_IMAGE = "mupuf/valve-infra/machine_registration:latest"
+
+MAX_URL_LENGTH = 2048
+MAX_CMDLINE_LENGTH = 8192
+_URL_SCHEMES = ("http://", "https://", "tftp://")
+# Sequences that iPXE reads as command separators or conditional operators on a command line.
+_IPXE_OPERATORS = ("&&", "||")
+
+
+def _control_chars(text: str) -> list[str]:
+    return [c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
+
+
+def validate_url(url: str, what: str = "URL") -> str:
+    """Check a kernel/initrd URL for an iPXE script; returns it, raises ``ValueError`` in words.
+
+    Accepted: ``http://``, ``https://`` or ``tftp://`` URLs of printable ASCII without spaces, ``;``,
+    ``&&`` or ``||`` (which iPXE would read as further commands).
+    """
+    if not isinstance(url, str):
+        raise ValueError(f"the {what} must be a string")
+    if not url:
+        raise ValueError(f"the {what} is empty")
+    if len(url) > MAX_URL_LENGTH:
+        raise ValueError(f"the {what} is longer than {MAX_URL_LENGTH} characters")
+    bad = [c for c in url if not 33 <= ord(c) <= 126]
+    if bad:
+        raise ValueError(
+            f"the {what} {url[:80]!r} contains {bad[0]!r}: spaces, control and non-ASCII characters are refused"
+        )
+    if not url.lower().startswith(_URL_SCHEMES):
+        raise ValueError(f"the {what} {url[:80]!r} must start with http://, https:// or tftp://")
+    for token in (";", *_IPXE_OPERATORS):
+        if token in url:
+            raise ValueError(f"the {what} {url[:80]!r} contains {token!r}, which iPXE would run as a command")
+    return url
+
+
+def validate_cmdline(cmdline: str) -> str:
+    """Check a kernel command line for an iPXE script; returns it, raises ``ValueError`` in words.
+
+    Refused: control characters (newlines above all), ``&&`` and ``||``. A ``;`` is fine: the
+    script writes it as ``${semicolon:string}``.
+    """
+    if not isinstance(cmdline, str):
+        raise ValueError("the kernel cmdline must be a string")
+    if len(cmdline) > MAX_CMDLINE_LENGTH:
+        raise ValueError(f"the kernel cmdline is longer than {MAX_CMDLINE_LENGTH} characters")
+    bad = _control_chars(cmdline)
+    if bad:
+        raise ValueError(
+            f"the kernel cmdline contains the control character {bad[0]!r} (a newline would start an iPXE command)"
+        )
+    for token in _IPXE_OPERATORS:
+        if token in cmdline:
+            raise ValueError(f"the kernel cmdline contains {token!r}, which iPXE would run as a conditional command")
+    return cmdline
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    """What a DUT boots: kernel URL, optional initrd URL and the kernel command line."""
+
+    kernel_url: str
+    initrd_url: Optional[str]
+    cmdline: str = ""
+
+    def __post_init__(self) -> None:
+        validate_url(self.kernel_url, "kernel URL")
+        if self.initrd_url is not None:
+            validate_url(self.initrd_url, "initrd URL")
+        validate_cmdline(self.cmdline)
+
+
+def ipxe_script(config: BootConfig, platform: Optional[str] = None, buildarch: Optional[str] = None) -> str:
+    """The iPXE script that boots ``config``.
+
+    ``platform`` is iPXE's ``${platform}`` (``pcbios``, ``efi``): EFI kernels need ``initrd=initrd``
+    on their command line, BIOS ones must not get it. ``buildarch`` (``i386``, ``x86_64``, ``arm64``)
+    does not change the script; it is accepted for the caller's log line.
+    """
+    del buildarch  # same script on every architecture
+    # Re-check: a BootConfig could have been built with object.__setattr__ tricks or dataclasses.replace.
+    validate_url(config.kernel_url, "kernel URL")
+    if config.initrd_url is not None:
+        validate_url(config.initrd_url, "initrd URL")
+    cmdline = validate_cmdline(config.cmdline).replace(";", "${semicolon:string}")
+    kernel = ["kernel", config.kernel_url]
+    if config.initrd_url is not None and platform != "pcbios":
+        kernel.append("initrd=initrd")
+    if cmdline.strip():
+        kernel.append(cmdline.strip())
+    lines = [
+        "#!ipxe",
+        "set semicolon:hex 3b",
+        "echo Downloading the kernel",
+        " ".join(kernel),
+    ]
+    if config.initrd_url is not None:
+        lines += ["echo Downloading the initrd", f"initrd --name initrd {config.initrd_url}"]
+    lines += ["echo Booting!", "boot"]
+    return "\n".join(lines) + "\n"
+
+
+_B2C_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+
+
+def _b2c_token(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _B2C_TOKEN.match(value) or len(value) > 512:
+        raise ValueError(f"{what} {str(value)[:80]!r} is not valid (letters, digits and . _ : / @ + - only)")
+    return value
+
+
+def registration_boot(
+    *,
+    kernel_url: str,
+    initrd_url: str,
+    api_host: str,
+    registry: str = DEFAULT_REGISTRY,
+    image: str = DEFAULT_REGISTRATION_IMAGE,
+    ntp_peer: Optional[str] = None,
+    cache_device: str = "none",
+    extra_args: Sequence[str] = (),
+) -> BootConfig:
+    """The boot of an unknown DUT: boot2container running ``machine_registration -m <api_host> register``.
+
+    - ``kernel_url``/``initrd_url``: the default kernel and boot2container initramfs, served by the gateway;
+    - ``api_host``: ``host[:port]`` of this gateway's API as the DUT reaches it (the container POSTs to
+      ``http://<api_host>/api/v1/machine/``), e.g. ``10.42.0.1:8000``;
+    - ``registry``: the container registry (proxy) the DUT pulls from, e.g. ``10.42.0.1:8002``;
+    - ``ntp_peer``: defaults to the host part of ``api_host``;
+    - ``extra_args``: more kernel arguments, appended as they are.
+
+    No ``console=`` and no ``SALAD.machine_id``: the machine is unknown; the container finds its console
+    by ``SALAD.ping``/``SALAD.pong``.
+    """
+    _b2c_token(api_host, "api_host")
+    _b2c_token(registry, "registry")
+    _b2c_token(image, "image")
+    if ntp_peer is not None:
+        peer = ntp_peer
+    else:
+        peer = api_host.rsplit(":", 1)[0] if api_host.count(":") == 1 else api_host
+    _b2c_token(peer, "ntp_peer")
+    if cache_device not in ("none", "auto", "reset") and not cache_device.startswith("/dev/"):
+        raise ValueError(f"cache_device {cache_device!r} is not none, auto, reset or a /dev/ path")
+    _b2c_token(cache_device, "cache_device")
+    container = f"-ti --tls-verify=false docker://{registry}/{image} -m {api_host} register"
+    args = [f'b2c.container="{container}"', f"b2c.ntp_peer={peer}", f"b2c.cache_device={cache_device}"]
+    for arg in extra_args:
+        if not isinstance(arg, str) or not arg.strip():
+            raise ValueError(f"extra kernel argument {arg!r} is empty or not a string")
+        args.append(arg.strip())
+    return BootConfig(kernel_url=kernel_url, initrd_url=initrd_url, cmdline=" ".join(args))
+
+
+# ---------------------------------------------------------------------------------- dnsmasq hosts file
+
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def dhcp_hostname(name: str) -> str:
+    """A machine's name as a DHCP hostname (one RFC 1123 label): ``valve-gfx9_2.1`` → ``valve-gfx9-2-1``.
+
+    Lower case; anything but letters, digits and ``-`` becomes ``-``; at most 63 characters.
+    """
+    text = re.sub(r"[^a-z0-9-]+", "-", str(name).strip().lower())
+    text = re.sub(r"-{2,}", "-", text).strip("-")[:63].strip("-")
+    if not text:
+        raise ValueError(f"{str(name)[:40]!r} cannot be made into a hostname")
+    return text
+
+
+class DhcpHost(NamedTuple):
+    """One pinned DUT: normalised MAC, IPv4 address, hostname."""
+
+    mac: str
+    ip: str
+    hostname: str
+
+    @classmethod
+    def make(cls, mac: str, ip: str, hostname: str) -> "DhcpHost":
+        """Validate and normalise (MAC forms ``aa:bb:..``, ``aa-bb-..``, ``aabb..``); ``ValueError`` in words."""
+        mac_n = normalise_mac(mac)
+        try:
+            ip_n = str(ipaddress.IPv4Address(str(ip).strip()))
+        except ValueError:
+            raise ValueError(f"{str(ip)[:40]!r} is not an IPv4 address") from None
+        name = str(hostname).strip()
+        if not _HOSTNAME.match(name):
+            raise ValueError(f"{name[:70]!r} is not a hostname (1-63 lower-case letters, digits or '-')")
+        return cls(mac_n, ip_n, name)
+
+    def line(self) -> str:
+        return f"{self.mac},{self.ip},{self.hostname}"
+
+
+def _as_host(item: Union[DhcpHost, Sequence[str], Mapping[str, Any]]) -> Optional[DhcpHost]:
+    if isinstance(item, DhcpHost):
+        return DhcpHost.make(item.mac, item.ip, dhcp_hostname(item.hostname))
+    if isinstance(item, Mapping):
+        mac = item.get("mac_address", item.get("mac"))
+        ip = item.get("ip_address", item.get("ip"))
+        name = item.get("hostname") or item.get("full_name") or item.get("base_name")
+        if ip is None:
+            return None  # nothing to pin yet
+        if mac is None or name is None:
+            raise ValueError(f"a machine needs a MAC address and a name to be pinned: {dict(item)!r:.120}")
+        return DhcpHost.make(mac, ip, dhcp_hostname(name))
+    mac, ip, name = item
+    return DhcpHost.make(mac, ip, dhcp_hostname(name))
+
+
+def _check_unique(hosts: Iterable[tuple[Optional[int], DhcpHost]]) -> None:
+    seen: dict[tuple[str, str], DhcpHost] = {}
+    for lineno, host in hosts:
+        where = f"line {lineno}: " if lineno is not None else ""
+        for kind, value in (("MAC", host.mac), ("IP", host.ip), ("hostname", host.hostname)):
+            other = seen.get((kind, value))
+            if other is not None:
+                raise ValueError(f"{where}{kind} {value} is pinned twice ({other.line()} and {host.line()})")
+            seen[(kind, value)] = host
+
+
+def dhcp_hosts(
+    machines: Iterable[Union[DhcpHost, Sequence[str], Mapping[str, Any]]], comment: Optional[str] = None
+) -> str:
+    """The text of a dnsmasq ``--dhcp-hostsfile``: ``<mac>,<ip>,<hostname>`` lines sorted by MAC.
+
+    ``machines`` holds :class:`DhcpHost`, ``(mac, ip, name)`` tuples or machine JSON mappings
+    (``mac_address``, ``ip_address``, ``full_name``); names go through :func:`dhcp_hostname`, and
+    mappings without an IP address are skipped. ``comment`` (any number of lines) goes on top as ``#``
+    lines. Duplicate MACs, IPs or hostnames raise ``ValueError``.
+    """
+    hosts = [h for h in (_as_host(m) for m in machines) if h is not None]
+    hosts.sort()
+    _check_unique((None, h) for h in hosts)
+    out: list[str] = []
+    if comment:
+        out += [f"# {line}".rstrip() for line in str(comment).splitlines()]
+    out += [h.line() for h in hosts]
+    return "\n".join(out) + "\n" if out else ""
+
+
+def parse_dhcp_hosts(text: str) -> list[DhcpHost]:
+    """Parse a hosts file written by :func:`dhcp_hosts`; errors name the line (``ValueError``).
+
+    Blank lines and ``#`` comments are skipped. valve-infra's ``<mac>,<ip>,set:<name>`` lines are read
+    too (the name becomes the hostname) so that an old file can be migrated.
+    """
+    hosts: list[tuple[int, DhcpHost]] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 3:
+            raise ValueError(f"line {lineno}: expected <mac>,<ip>,<hostname>, got {line[:80]!r}")
+        mac, ip, name = parts
+        if name.startswith("set:"):
+            name = dhcp_hostname(name[4:])
+        try:
+            hosts.append((lineno, DhcpHost.make(mac, ip, name)))
+        except ValueError as exc:
+            raise ValueError(f"line {lineno}: {exc}") from None
+    _check_unique(hosts)
+    return [h for _, h in hosts]
+
+
+def write_atomically(path: Union[str, os.PathLike[str]], text: str, mode: int = 0o644) -> Path:
+    """Replace ``path`` by ``text`` atomically: temp file in the same directory, fsync, chmod, rename.
+
+    Blocking file I/O: from the event loop call ``await asyncio.to_thread(write_atomically, ...)``.
+    """
+    target = Path(path)
+    directory = target.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return target
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+    return target
+
+
+# ---------------------------------------------------------------------------------- managed dnsmasq
+
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+_TFTP_FILE = re.compile(r"^[A-Za-z0-9_.+-][A-Za-z0-9_./+-]{0,254}$")
+
+
+def _conf_value(value: Any, what: str) -> str:
+    text = str(value)
+    if not text:
+        raise ValueError(f"{what} is empty")
+    bad = [c for c in text if c.isspace() or c in ',#"\'' or unicodedata.category(c) == "Cc"]
+    if bad:
+        raise ValueError(f"{what} {text[:80]!r} contains {bad[0]!r}, which a dnsmasq config line cannot hold")
+    return text
+
+
+def _conf_path(value: Union[str, os.PathLike[str]], what: str) -> str:
+    text = _conf_value(os.fspath(value), what)
+    if not text.startswith("/"):
+        raise ValueError(f"{what} {text!r} must be an absolute path")
+    return text
+
+
+def _parse_range(dhcp_range: Union[str, Sequence[str]]) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    parts = [p.strip() for p in dhcp_range.split(",")] if isinstance(dhcp_range, str) else list(dhcp_range)
+    if len(parts) != 2:
+        raise ValueError(f"the DHCP range {dhcp_range!r} is not <first>,<last>")
+    try:
+        first, last = (ipaddress.IPv4Address(str(p).strip()) for p in parts)
+    except ValueError as exc:
+        raise ValueError(f"the DHCP range {dhcp_range!r}: {exc}") from None
+    if first > last:
+        raise ValueError(f"the DHCP range {first}..{last} is reversed")
+    return first, last
+
+
+def dnsmasq_config(
+    private_interface: str,
+    private_ip: str,
+    dhcp_range: Union[str, Sequence[str]],
+    tftp_root: Union[str, os.PathLike[str]],
+    hosts_file: Union[str, os.PathLike[str]],
+    leases_file: Union[str, os.PathLike[str]],
+    ipxe_bios: str,
+    ipxe_efi: str,
+    boot_url: str,
+) -> str:
+    """The config file of the managed dnsmasq (DHCP and TFTP on the DUT network, no DNS).
+
+    - ``private_ip``: the gateway's address on the DUT network, optionally with its prefix
+      (``10.42.0.1/24``); with a prefix the DHCP range must lie inside that network;
+    - ``dhcp_range``: ``"first,last"`` or ``(first, last)``; the private IP may not be inside it
+      (valve-infra 2022-09 refuses to start then);
+    - ``ipxe_bios``/``ipxe_efi``: file names in ``tftp_root`` (``undionly.kpxe``, ``ipxe.efi``) sent to
+      firmware PXE clients; EFI is told apart by DHCP option 93 (client-arch 7 or 9);
+    - ``boot_url``: the gateway's HTTP base URL as DUTs reach it (``http://10.42.0.1:8000``); clients
+      that are already iPXE get ``<boot_url>/boot/${netX/mac}/boot.ipxe?platform=${platform}&buildarch=${buildarch}``
+      as boot file, which iPXE expands (``netX`` is the interface it booted from).
+
+    Run it with :func:`dnsmasq_command`.
+    """
+    if not isinstance(private_interface, str) or not _IFNAME.match(private_interface):
+        raise ValueError(f"{private_interface!r} is not a network interface name")
+    try:
+        iface = ipaddress.IPv4Interface(str(private_ip).strip())
+    except ValueError:
+        raise ValueError(f"{private_ip!r} is not an IPv4 address (optionally with /prefix)") from None
+    gateway = iface.ip
+    first, last = _parse_range(dhcp_range)
+    if first <= gateway <= last:
+        raise ValueError(f"the private IP {gateway} is inside the DHCP range {first}..{last}: move one of them")
+    if "/" in str(private_ip):
+        net = iface.network
+        if first not in net or last not in net:
+            raise ValueError(f"the DHCP range {first}..{last} is not inside the private network {net}")
+    for name, what in ((ipxe_bios, "the BIOS iPXE file"), (ipxe_efi, "the EFI iPXE file")):
+        if not isinstance(name, str) or not _TFTP_FILE.match(name) or ".." in name.split("/"):
+            raise ValueError(f"{what} {name!r} is not a file name inside the TFTP root")
+    base = _conf_value(boot_url, "the boot URL").rstrip("/")
+    if not base.lower().startswith(("http://", "https://")):
+        raise ValueError(f"the boot URL {boot_url!r} must start with http:// or https://")
+    if "$" in base or "?" in base:
+        raise ValueError(f"the boot URL {boot_url!r} must be a base URL (no '$' or '?')")
+    chain = f"{base}/boot/${{netX/mac}}/boot.ipxe?platform=${{platform}}&buildarch=${{buildarch}}"
+    lines = [
+        "# Managed by valve-console: DHCP and TFTP for the DUT network. Do not edit, it is rewritten.",
+        "port=0",
+        f"interface={private_interface}",
+        f"dhcp-range={first},{last}",
+        f"dhcp-option=option:ntp-server,{gateway}",
+        f"dhcp-option=option:dns-server,{gateway}",
+        f"dhcp-hostsfile={_conf_path(hosts_file, 'the hosts file')}",
+        f"dhcp-leasefile={_conf_path(leases_file, 'the leases file')}",
+        "dhcp-match=set:efi-x86_64,option:client-arch,7",
+        "dhcp-match=set:efi-x86_64,option:client-arch,9",
+        "dhcp-userclass=set:ipxe,iPXE",
+        f"dhcp-boot=tag:ipxe,{chain}",
+        f"dhcp-boot=tag:!ipxe,tag:efi-x86_64,{ipxe_efi}",
+        f"dhcp-boot=tag:!ipxe,tag:!efi-x86_64,{ipxe_bios}",
+        f"enable-tftp={private_interface}",
+        f"tftp-root={_conf_path(tftp_root, 'the TFTP root')}",
+        "log-dhcp",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def find_dnsmasq() -> Optional[str]:
+    """Path of the dnsmasq executable (also looked for in /usr/sbin and /sbin), or None."""
+    found = shutil.which("dnsmasq")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/dnsmasq", "/sbin/dnsmasq", "/usr/local/sbin/dnsmasq"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def dnsmasq_command(conf_file: Union[str, os.PathLike[str]], executable: str = "dnsmasq") -> list[str]:
+    """Argv of the managed dnsmasq: in the foreground, only our config, logging to stderr."""
+    return [executable, "--keep-in-foreground", f"--conf-file={os.fspath(conf_file)}", "--log-facility=-"]
+
+
+def _write_temp(text: str) -> str:
+    fd, path = tempfile.mkstemp(prefix="valve-console-dnsmasq-", suffix=".conf")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path
+
+
+async def dnsmasq_test(config_text: str, timeout: float = 10.0) -> tuple[bool, str]:
+    """Syntax-check a dnsmasq config with ``dnsmasq --test``: ``(ok, dnsmasq's output)``.
+
+    This checks the option syntax only (dnsmasq does not look at interfaces or files then).
+    ``(False, "dnsmasq is not installed")`` when there is no dnsmasq.
+    """
+    executable = find_dnsmasq()
+    if executable is None:
+        return False, "dnsmasq is not installed"
+    path = await asyncio.to_thread(_write_temp, config_text)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            executable,
+            "--test",
+            f"--conf-file={path}",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return False, f"dnsmasq --test did not answer within {timeout:g} s"
+        text = out.decode("utf-8", "replace").strip()
+        return proc.returncode == 0, text
+    finally:
+        await asyncio.to_thread(_unlink_quietly, path)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
