@@ -29,6 +29,8 @@ def _settings(args: argparse.Namespace, **overrides: Any):
         value = getattr(args, key, None)
         if value is not None:
             values[key] = value
+    if getattr(args, "serial", None):
+        values["serial"] = list(args.serial)
     values.update(overrides)
     return Settings(**values)
 
@@ -56,7 +58,7 @@ def _setup_logging(settings, to_stderr: bool) -> None:
 
 async def _run_until_signal(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal or ssh went away
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
@@ -163,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--listen", help="API address HOST:PORT (default 127.0.0.1:8000)")
     parser.add_argument("--netconsole", help="netconsole address HOST:PORT (default 0.0.0.0:8100)")
     parser.add_argument("--farm-name", help="farm name, the prefix of machine names")
+    parser.add_argument(
+        "--serial",
+        action="append",
+        metavar="PATH[@BAUD]",
+        help="a serial console device to read (repeatable; default baud 115200), e.g. /dev/ttyUSB0@115200",
+    )
     sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="a Vivian virtual farm with the console")
     demo.add_argument("--duts", type=int, default=16, help="outlets on the virtual PDU (default 16)")

@@ -117,8 +117,46 @@ class FarmClient:
     async def remove_pdu(self, name: str) -> dict[str, Any]:
         return await self.request("DELETE", f"/api/v1/pdu/{name}")
 
-    async def console_input(self, mac: str, data: str) -> int:
-        return (await self.request("POST", f"/api/v1/console/{mac}/input", json={"data": data}))["written"]
+    async def console_input(self, mac: str, data: str, writer: str | None = None, takeover: bool = False) -> int:
+        """Type into a console. Raises FarmClientError 409 while someone else holds write (unless takeover)."""
+        body: dict[str, Any] = {"data": data}
+        if writer is not None:
+            body["writer"] = writer
+        if takeover:
+            body["takeover"] = True
+        return (await self.request("POST", f"/api/v1/console/{mac}/input", json=body))["written"]
+
+    async def release_console_writer(self, mac: str, writer: str | None = None) -> dict[str, Any]:
+        params = {"writer": writer} if writer else None
+        return await self.request("DELETE", f"/api/v1/console/{mac}/writer", params=params)
+
+    async def set_console_device(self, mac: str, device: str | None) -> dict[str, Any]:
+        """Bind a serial device identity to a machine's console (None unbinds it); returns the console."""
+        return await self.request("PUT", f"/api/v1/console/{mac}/device", json={"device": device})
+
+    async def set_console_source(self, mac: str, url: str | None) -> dict[str, Any]:
+        """Read a machine's console from ``tcp://HOST:PORT`` or ``rfc2217://HOST:PORT`` (None: stop)."""
+        return await self.request("PUT", f"/api/v1/console/{mac}/source", json={"url": url})
+
+    async def console_devices(self) -> dict[str, dict[str, Any]]:
+        return (await self.request("GET", "/api/v1/consoles")).get("devices", {})
+
+    async def console_slice(self, mac: str, start: int, end: int | None = None) -> tuple[int, bytes]:
+        """Bytes [start, end) of a machine's console stream: (offset of the first byte returned, bytes)."""
+        params: dict[str, Any] = {"start": start, "raw": "true"}
+        if end is not None:
+            params["end"] = end
+        try:
+            response = await self._http.get(f"/api/v1/console/{mac}/log", params=params)
+        except httpx.HTTPError as exc:
+            raise FarmClientError(f"backend unreachable at {self.describe}: {exc or type(exc).__name__}") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("error") or response.text
+            except (ValueError, AttributeError):
+                message = response.text
+            raise FarmClientError(message, response.status_code)
+        return int(response.headers.get("x-console-start", start)), response.content
 
     # ------------------------------------------------------------------ events
     async def events(self, types: list[str] | None = None) -> AsyncIterator[dict[str, Any]]:

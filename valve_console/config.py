@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_data_dir() -> Path:
@@ -51,8 +53,37 @@ class Settings(BaseSettings):
     console_ring_bytes: int = 4 * 1024 * 1024
     console_log_max_bytes: int = 16 * 1024 * 1024
     console_log_backups: int = 3
+    # Each machine's console is shared on a raw TCP port: console_tcp_base + a stable per-machine
+    # index kept in the database (0: any free port, for tests). nc/telnet to it; one writer at a time.
+    console_tcp_host: str = "127.0.0.1"
+    console_tcp_base: int = Field(default=8200, ge=0, le=65535)
+    console_api_writer_timeout: float = 60.0  # seconds without input after which an API writer is let go
+    # Serial consoles: explicit devices (PATH[@BAUD], repeatable --serial; env: a JSON list or
+    # comma-separated) and USB adapter discovery: auto (udev if udevd runs, else sysfs), udev, sysfs, off.
+    serial: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    console_discovery: Literal["auto", "udev", "sysfs", "off"] = "auto"
+    console_serial_baud: int = Field(default=115200, ge=50, le=12_000_000)
     max_body_bytes: int = 1024 * 1024
     log_level: str = "INFO"
+
+    @field_validator("serial", mode="before")
+    @classmethod
+    def _serial_list(cls, value: object) -> object:
+        """``VALVE_CONSOLE_SERIAL`` may be a JSON list or ``PATH[@BAUD],PATH[@BAUD]``; each is checked."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                value = json.loads(text)
+            else:
+                value = [part for part in (p.strip() for p in text.split(",")) if part]
+        if isinstance(value, (list, tuple)):
+            from .drivers.serial.base import parse_serial_spec
+
+            for spec in value:
+                parse_serial_spec(str(spec))
+        return value
 
     @property
     def db_path(self) -> Path:

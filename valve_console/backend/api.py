@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..drivers.pdu import driver_names
+from .consoles import SLICE_MAX
 from .errors import BadRequest, FarmError
 from .events import EVENT_TYPES
 from .registration import MachineUpdate, Registration, normalise_mac
@@ -70,6 +71,28 @@ class ConsoleInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: str = Field(max_length=65536)
+    writer: Optional[str] = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[!-~]+$",
+        description="who types (e.g. a TUI's client id); without it: the anonymous API writer",
+    )
+    takeover: bool = Field(default=False, description="take write access over from the current writer")
+
+
+class ConsoleDevice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device: Optional[str] = Field(
+        max_length=255, description="a serial device identity (GET /api/v1/consoles → devices), or null"
+    )
+
+
+class ConsoleSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: Optional[str] = Field(max_length=300, description="tcp://HOST:PORT or rfc2217://HOST:PORT[?baud=N], or null")
 
 
 ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}}
@@ -335,50 +358,96 @@ def create_app(farm: "Farm") -> Any:
     # ------------------------------------------------------------------ consoles
     @app.get("/api/v1/consoles", tags=["consoles"])
     async def list_consoles() -> dict[str, Any]:
-        return {"consoles": consoles().list_json()}
+        """Every machine's console (source, device, tcp_port, writer, viewers...) and the serial devices seen."""
+        return {"consoles": consoles().list_json(), "devices": consoles().devices_json()}
+
+    @app.get("/api/v1/console/{mac}", responses=ERRORS, tags=["consoles"])
+    async def get_console(mac: str) -> dict[str, Any]:
+        return consoles().console(mac_of(mac), create=False).to_json()
 
     @app.get("/api/v1/console/{mac}/log", responses=ERRORS, tags=["consoles"], response_class=PlainTextResponse)
-    async def console_log(mac: str, raw: bool = False) -> Response:
-        data = consoles().console(mac_of(mac), create=False).contents()
+    async def console_log(
+        mac: str,
+        raw: bool = False,
+        start: Optional[int] = Query(default=None, ge=0, description="first byte offset (a job's mark)"),
+        end: Optional[int] = Query(default=None, ge=0, description="offset past the last byte (default: now)"),
+    ) -> Response:
+        """The ring buffer, or with start/end the bytes [start, end) of the machine's whole stream.
+
+        Headers ``X-Console-Start``/``X-Console-End`` give the range actually returned (bytes rotated
+        out of every log file are gone), ``X-Console-Total`` the stream's current end.
+        """
+        console = consoles().console(mac_of(mac), create=False)
+        if start is None and end is None:
+            data = console.contents()
+            first, last = console.total - len(data), console.total
+        else:
+            first = start or 0
+            if end is not None and first > end:
+                raise BadRequest(f"start ({first}) is after end ({end})")
+            upto = console.total if end is None else min(end, console.total)
+            if upto - first > SLICE_MAX:
+                raise BadRequest(f"ask for at most {SLICE_MAX} bytes at a time (start={first}, end={upto})")
+            reader = console.open_slice(first, upto)
+            data = await asyncio.to_thread(reader.read)
+            first, last = reader.start, reader.end
+        headers = {"X-Console-Start": str(first), "X-Console-End": str(last), "X-Console-Total": str(console.total)}
         if raw:
-            return Response(data, media_type="application/octet-stream")
-        return PlainTextResponse(data.decode("utf-8", "replace"))
+            return Response(data, media_type="application/octet-stream", headers=headers)
+        return PlainTextResponse(data.decode("utf-8", "replace"), headers=headers)
 
     @app.get("/api/v1/console/{mac}/stream", responses=ERRORS, tags=["consoles"])
     async def console_stream(mac: str, replay: bool = False) -> StreamingResponse:
+        """Live console output as SSE (a read-only viewer, counted in ``viewers``)."""
         key = mac_of(mac)
         hub = consoles()
-        existing = hub.consoles.get(key)
-        queue = hub.subscribe(key)
+        sub = hub.subscribe(key)
+        existing = hub.consoles[key]
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
         async def gen() -> AsyncIterator[bytes]:
             try:
                 yield b"retry: 2000\n\n"
-                if replay and existing is not None:
+                if replay:
                     yield _sse("console", {"mac": key, "text": decoder.decode(existing.contents())})
                 while not farm.stopping.is_set():
-                    try:
-                        chunk = await asyncio.wait_for(queue.get(), KEEPALIVE)
-                    except asyncio.TimeoutError:
-                        yield b": keepalive\n\n"
-                        continue
+                    chunk = await sub.get(KEEPALIVE)
                     if chunk is None:
                         break
-                    while not queue.empty() and len(chunk) < 65536:
-                        more = queue.get_nowait()
-                        if more is None:
-                            break
-                        chunk += more
+                    if not chunk:
+                        yield b": keepalive\n\n"
+                        continue
                     yield _sse("console", {"mac": key, "text": decoder.decode(chunk)})
             finally:
-                hub.unsubscribe(key, queue)
+                hub.unsubscribe(key, sub)
 
         return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.post("/api/v1/console/{mac}/input", responses=ERRORS, tags=["consoles"], dependencies=[Depends(operator)])
     async def console_input(mac: str, body: ConsoleInput) -> dict[str, Any]:
-        return {"written": consoles().write(mac_of(mac), body.data.encode("utf-8", "surrogateescape"))}
+        """Type into the console. One writer at a time: 409 while someone else writes, unless takeover."""
+        try:
+            data = body.data.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            data = body.data.encode("utf-8", "replace")
+        return {"written": consoles().input(mac_of(mac), data, body.writer, body.takeover)}
+
+    @app.delete("/api/v1/console/{mac}/writer", responses=ERRORS, tags=["consoles"], dependencies=[Depends(operator)])
+    async def console_release_writer(
+        mac: str, writer: Optional[str] = Query(default=None, min_length=1, max_length=64)
+    ) -> dict[str, Any]:
+        """Give write access back (an API writer is also let go after a minute without input)."""
+        return consoles().release_writer(mac_of(mac), writer)
+
+    @app.put("/api/v1/console/{mac}/device", responses=ERRORS, tags=["consoles"], dependencies=[Depends(operator)])
+    async def console_set_device(mac: str, body: ConsoleDevice) -> dict[str, Any]:
+        """Bind a serial device (its identity) to the machine, or unbind it with null. Stored."""
+        return await consoles().set_device(mac_of(mac), body.device)
+
+    @app.put("/api/v1/console/{mac}/source", responses=ERRORS, tags=["consoles"], dependencies=[Depends(operator)])
+    async def console_set_source(mac: str, body: ConsoleSource) -> dict[str, Any]:
+        """Read the machine's console from a console server (ser2net), or stop with null. Stored."""
+        return await consoles().set_remote(mac_of(mac), body.url)
 
     # ------------------------------------------------------------------ events, health, gateway
     @app.get("/api/v1/events", tags=["events"], responses={400: {"model": ErrorBody}})

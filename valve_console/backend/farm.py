@@ -21,7 +21,7 @@ import uvicorn
 from .. import __version__
 from ..config import Settings, parse_hostport
 from .auth import load_or_create_token
-from .consoles import ConsoleHub
+from .consoles import ConsoleHub, build_device_sources
 from .discovery import DiscoveryService
 from .events import EventBus
 from .journal import JournalFollower
@@ -132,6 +132,7 @@ class Farm:
         self.stopping = asyncio.Event()
         self._unix_bound = False
         self.journal_command: list[str] | None = None  # tests may follow something else
+        self.console_device_sources: list | None = None  # tests give fake sources; None: from settings
 
     # ---------------------------------------------------------------- health
     def _set_health(self, service: str, state: str, reason: str | None = None) -> None:
@@ -254,12 +255,21 @@ class Farm:
         await self.power.start()
         self.discovery = DiscoveryService(self.machines, self.power, self.bus)
         self.machines.discovery = self.discovery
+        machines = self.machines
         self.consoles = ConsoleHub(
             self.bus,
             self.settings.data_dir / "consoles",
             self.settings.console_ring_bytes,
             self.settings.console_log_max_bytes,
             self.settings.console_log_backups,
+            store=self.store,
+            tcp_host=self.settings.console_tcp_host,
+            tcp_base=self.settings.console_tcp_base,
+            device_sources=self.console_device_sources
+            if self.console_device_sources is not None
+            else build_device_sources(self.settings),
+            known_machine=lambda mac: mac in machines.machines,
+            api_writer_timeout=self.settings.console_api_writer_timeout,
         )
         await self.consoles.start(nc_sock)
         self.journal = JournalFollower(self.bus, command=self.journal_command)

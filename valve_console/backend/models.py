@@ -53,6 +53,26 @@ class OutletLog(SQLModel, table=True):
     source: str = "farm"  # farm (a command), poll (seen by polling), api
 
 
+class MachineConsole(SQLModel, table=True):
+    """A machine's console: its fixed TCP port index, its serial device and its remote source.
+
+    ``tcp_index`` is allocated once and never given to another machine (the TCP port is
+    ``console_tcp_base + tcp_index``). ``device`` is a serial device identity (see
+    ``drivers.serial.SerialDeviceInfo.identity``), bound by a ``SALAD.machine_id=`` marker or by
+    the operator; a device belongs to at most one machine (enforced by the console hub).
+    """
+
+    __table_args__ = (UniqueConstraint("tcp_index", name="uq_machineconsole_tcp_index"),)
+
+    mac_address: str = Field(primary_key=True)
+    tcp_index: int
+    device: Optional[str] = Field(default=None, index=True)
+    device_set_by: Optional[str] = None  # marker | operator
+    remote_url: Optional[str] = None  # tcp://HOST:PORT or rfc2217://HOST:PORT (ser2net)
+    created_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
+
+
 class SchemaVersion(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     version: int

@@ -21,9 +21,16 @@ from . import models
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # version -> function(connection) upgrading from version-1. Version 1 is create_all.
-MIGRATIONS: dict[int, Callable[[Any], None]] = {}
+
+
+def _v2_machine_console(conn: Any) -> None:
+    """v2: the ``machineconsole`` table (console TCP port index, serial device, remote source)."""
+    models.MachineConsole.__table__.create(conn, checkfirst=True)
+
+
+MIGRATIONS: dict[int, Callable[[Any], None]] = {2: _v2_machine_console}
 
 
 class Store:
