@@ -34,11 +34,13 @@ class FarmClient:
         token: str | None = None,
         socket_path: str | Path | None = None,
         timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if url is None and socket_path is None:
             raise ValueError("give the API url or the unix socket path")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        transport = httpx.AsyncHTTPTransport(uds=str(socket_path)) if socket_path else None
+        if transport is None and socket_path:
+            transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
         self.base_url = (url or "http://valve-console").rstrip("/")
         self.describe = url or f"unix:{socket_path}"
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, transport=transport, timeout=timeout)
@@ -116,6 +118,23 @@ class FarmClient:
 
     async def remove_pdu(self, name: str) -> dict[str, Any]:
         return await self.request("DELETE", f"/api/v1/pdu/{name}")
+
+    async def discover(self, pdu: str, port_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Power a free outlet on; the next machine registering without an outlet gets it."""
+        body: dict[str, Any] = {"pdu": pdu, "port_id": port_id}
+        if timeout is not None:
+            body["timeout"] = timeout
+        return await self.request("POST", "/api/v1/machine/discover", json=body)
+
+    async def find_outlets(self, pdu: str, timeout: float | None = None) -> dict[str, Any]:
+        """Discover every free outlet of a PDU, one after another."""
+        return await self.request("POST", f"/api/v1/pdu/{pdu}/discover", json={"timeout": timeout} if timeout else {})
+
+    async def discovery(self) -> dict[str, Any]:
+        return await self.request("GET", "/api/v1/machine/discover")
+
+    async def cancel_discovery(self) -> dict[str, Any]:
+        return await self.request("DELETE", "/api/v1/machine/discover")
 
     async def console_input(self, mac: str, data: str, writer: str | None = None, takeover: bool = False) -> int:
         """Type into a console. Raises FarmClientError 409 while someone else holds write (unless takeover)."""

@@ -131,3 +131,15 @@ async def test_locked_outlets_are_switched_only_by_their_owner(farm, http):
     farm.power.unlock("d1", "1", "job-42")
     r = await http.post("/api/v1/pdu/d1/port/1/state", json={"state": "on"})
     assert r.status_code == 200
+
+
+async def test_client_discovery_calls(farm, client):
+    await client.add_pdu("d1", "dummy", {"ports": 2, "initial_state": "OFF"})
+    await poll(lambda: _state(farm, "d1", "0", PortState.OFF))
+    answer = await client.discover("d1", "0", timeout=30)
+    assert answer["discovery"]["port_id"] == "0"
+    assert (await client.discovery())["current"]["pdu"] == "d1"
+    assert (await client.cancel_discovery())["current"] is None
+    answer = await client.find_outlets("d1", timeout=30)
+    assert [q["port_id"] for q in answer["queue"]] == ["0", "1"]
+    await client.cancel_discovery()
