@@ -56,10 +56,14 @@ def _setup_logging(settings, to_stderr: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-async def _run_until_signal(stop: asyncio.Event) -> None:
+def _catch_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal or ssh went away
         loop.add_signal_handler(sig, stop.set)
+
+
+async def _run_until_signal(stop: asyncio.Event) -> None:
+    _catch_signals(stop)
     await stop.wait()
 
 
@@ -68,6 +72,7 @@ async def _backend_main(settings) -> int:
 
     farm = Farm(settings)
     stop = asyncio.Event()
+    _catch_signals(stop)  # before the API answers: a signal right after start-up must stop us cleanly
     try:
         await farm.start()
     except FarmStartError as exc:
@@ -156,6 +161,24 @@ async def _all_in_one(settings) -> int:
     return 0
 
 
+def _job_main(args: argparse.Namespace) -> int:
+    from .client import JOB_EXIT, run_job_file
+
+    if args.job_command != "run":
+        print("valve-console job: use 'valve-console job run JOB.yml'", file=sys.stderr)
+        return JOB_EXIT["SETUP_FAIL"]
+    url = args.api or os.environ.get("VALVE_CONSOLE_API") or "http://127.0.0.1:8000"
+    token = args.job_token or args.token or os.environ.get("VALVE_CONSOLE_TOKEN")
+    data_dir = args.job_data_dir or args.data_dir
+    if token is None and data_dir is not None:
+        try:
+            token = (Path(data_dir) / "token").read_text().strip()
+        except OSError as exc:
+            print(f"valve-console: cannot read the token in {data_dir}: {exc.strerror or exc}", file=sys.stderr)
+            return JOB_EXIT["SETUP_FAIL"]
+    return asyncio.run(run_job_file(url, token, args.job_file, args.tags, args.machine_id, args.job_id))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="valve-console", description="Bare-metal CI gateway console and backend.")
     parser.add_argument("--backend-only", action="store_true", help="run the backend and API headless")
@@ -180,12 +203,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--netconsole", help="netconsole address (default 127.0.0.1, any free port)")
     demo.add_argument("--farm-name", help="farm name (default vivian)")
     demo.add_argument("--headless", action="store_true", help="no TUI: print where the API is and wait")
+    job = sub.add_parser("job", help="job client: submit a job and follow it")
+    job_sub = job.add_subparsers(dest="job_command")
+    run = job_sub.add_parser(
+        "run",
+        help="submit JOB.yml, stream its console, exit with the job status",
+        description="Exit codes: PASS 0, WARN 1, COMPLETE 2, FAIL 3, INCOMPLETE 4, UNKNOWN 5, SETUP_FAIL 6. "
+        "On a tty, keys go to the DUT; Ctrl-A Ctrl-C cancels the job, Ctrl-A Ctrl-A sends Ctrl-A.",
+    )
+    run.add_argument("job_file", metavar="JOB.yml", help="the job description (- for stdin)")
+    run.add_argument("-t", "--machine-tag", dest="tags", action="append", default=[], help="required tag (repeatable)")
+    run.add_argument("-i", "--machine-id", dest="machine_id", metavar="MAC", help="run on this machine")
+    run.add_argument("-j", "--job-id", dest="job_id", help="the job's id (default: generated)")
+    run.add_argument("-w", "--wait", action="store_true", help="wait for a machine (always done: jobs are queued)")
+    run.add_argument("-e", "--api", "--executor", dest="api", help="the API URL (or env VALVE_CONSOLE_API)")
+    run.add_argument("--token", dest="job_token", help="operator token (or env VALVE_CONSOLE_TOKEN)")
+    run.add_argument("--data-dir", dest="job_data_dir", type=Path, help="read the token from <DIR>/token")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "job":
+            return _job_main(args)
         if args.command == "demo":
             if not 1 <= args.duts <= 255:
                 print("valve-console: --duts must be between 1 and 255", file=sys.stderr)

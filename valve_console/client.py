@@ -236,3 +236,245 @@ async def wait_until_up(client: FarmClient, timeout: float = 10.0) -> dict[str, 
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------------------- job client
+# Exit codes are the JobStatus numbers (PASS 0 ... SETUP_FAIL 6).
+JOB_EXIT = {"PASS": 0, "WARN": 1, "COMPLETE": 2, "FAIL": 3, "INCOMPLETE": 4, "UNKNOWN": 5, "SETUP_FAIL": 6}
+CTRL_A, CTRL_C = b"\x01", b"\x03"
+
+
+class JobClient:
+    """``valve-console job run``: submit a job, stream its console (stdout, raw) and control messages
+    (stderr), forward a tty's keystrokes, and return the job status as exit code.
+
+    Only the client connects (HTTP + SSE), so it works behind NAT; a lost stream is resumed.
+    """
+
+    def __init__(self, url: str, token: str | None, *, out: Any = None, err: Any = None, stdin: Any = None) -> None:
+        import sys
+
+        self.url = url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.out = out if out is not None else sys.stdout.buffer
+        self.err = err if err is not None else sys.stderr
+        self.stdin = stdin if stdin is not None else sys.stdin
+        self.job_id: str | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._escape = False
+        self._quit: asyncio.Future[int] | None = None
+        self._inputs: set[asyncio.Task] = set()
+
+    def say(self, text: str) -> None:
+        print(text, file=self.err, flush=True)
+
+    async def run(
+        self, job_text: str, tags: list[str] | None = None, machine_id: str | None = None, job_id: str | None = None
+    ) -> int:
+        body: dict[str, Any] = {"job": job_text}
+        target: dict[str, Any] = {}
+        if tags:
+            target["tags"] = list(tags)
+        if machine_id:
+            target["id"] = machine_id
+        if target:
+            body["target"] = target
+        if job_id:
+            body["job_id"] = job_id
+        async with httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=30) as http:
+            self._http = http
+            try:
+                response = await http.post("/api/v1/jobs", json=body)
+            except httpx.HTTPError as exc:
+                self.say(f"valve-console: backend unreachable at {self.url}: {exc or type(exc).__name__}")
+                return JOB_EXIT["SETUP_FAIL"]
+            if response.status_code >= 400:
+                try:
+                    message = response.json().get("error") or response.text
+                except ValueError:
+                    message = response.text
+                self.say(f"valve-console: the job was refused (HTTP {response.status_code}): {message}")
+                return JOB_EXIT["SETUP_FAIL"]
+            answer = response.json()
+            self.job_id = answer["id"]
+            where = answer.get("machine")
+            self.say(f"valve-console: job {self.job_id} queued for {where}, position {answer['position']}")
+            loop = asyncio.get_running_loop()
+            self._quit = loop.create_future()
+            restore = self._start_input()
+            stream = asyncio.create_task(self._stream())
+            try:
+                done, _ = await asyncio.wait({stream, self._quit}, return_when=asyncio.FIRST_COMPLETED)
+                if self._quit in done:
+                    return self._quit.result()
+                return stream.result()
+            except asyncio.CancelledError:
+                await self.cancel()
+                return JOB_EXIT["INCOMPLETE"]
+            finally:
+                stream.cancel()
+                restore()
+                await asyncio.gather(stream, *self._inputs, return_exceptions=True)
+
+    async def cancel(self) -> None:
+        if self._http is None or self.job_id is None:
+            return
+        try:
+            await self._http.delete(f"/api/v1/job/{self.job_id}")
+            self.say(f"valve-console: job {self.job_id} cancelled")
+        except httpx.HTTPError as exc:
+            self.say(f"valve-console: could not cancel job {self.job_id}: {exc}")
+
+    async def _stream(self) -> int:
+        import base64
+
+        assert self._http is not None
+        io_offset = ctrl_offset = 0
+        failures = 0
+        while True:
+            params = {"io_offset": io_offset, "ctrl_offset": ctrl_offset}
+            try:
+                async with self._http.stream(
+                    "GET", f"/api/v1/job/{self.job_id}/events", params=params, timeout=httpx.Timeout(30, read=None)
+                ) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        self.say(f"valve-console: job stream refused (HTTP {response.status_code}): {response.text}")
+                        return JOB_EXIT["SETUP_FAIL"]
+                    failures = 0
+                    kind = "message"
+                    async for line in response.aiter_lines():
+                        if line.startswith("event:"):
+                            kind = line[6:].strip()
+                            continue
+                        if not line.startswith("data:"):
+                            continue
+                        data = json.loads(line[5:].strip())
+                        if kind == "job_io":
+                            chunk = base64.b85decode(data["data"])
+                            io_offset += len(chunk)
+                            self.out.write(chunk)
+                            self.out.flush()
+                        elif kind == "ctrl":
+                            ctrl_offset += 1
+                            self.say(data.get("msg", ""))
+                        elif kind == "queue":
+                            self.say(f"valve-console: waiting in the queue, position {data.get('position')}")
+                        elif kind == "session_end":
+                            status = str(data.get("status", "UNKNOWN"))
+                            return JOB_EXIT.get(status, JOB_EXIT["UNKNOWN"])
+            except httpx.HTTPError as exc:
+                failures += 1
+                if failures > 30:
+                    self.say(f"valve-console: lost the job stream: {exc or type(exc).__name__}")
+                    return JOB_EXIT["SETUP_FAIL"]
+            await asyncio.sleep(1.0)
+
+    # ---------------------------------------------------------------- keyboard
+    def _start_input(self) -> Any:
+        """Forward a tty's keystrokes (cbreak mode); returns the function that restores the terminal."""
+        try:
+            fd = self.stdin.fileno()
+        except (AttributeError, ValueError, OSError):
+            return lambda: None
+        import os
+        import termios
+        import tty
+
+        if not os.isatty(fd):
+            return lambda: None
+        saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+        attrs = termios.tcgetattr(fd)
+        attrs[3] &= ~termios.ISIG  # Ctrl-C is a key for the DUT, not a signal for us
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(fd, self._on_stdin, fd)
+
+        def restore() -> None:
+            loop.remove_reader(fd)
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+        return restore
+
+    def _on_stdin(self, fd: int) -> None:
+        import os
+
+        try:
+            data = os.read(fd, 1024)
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(fd)
+            return
+        self.keys(data)
+
+    def keys(self, data: bytes) -> None:
+        """Keystrokes typed: Ctrl-A is the escape (Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A Ctrl-C quits)."""
+        send = bytearray()
+        for byte in data:
+            key = bytes([byte])
+            if self._escape:
+                self._escape = False
+                if key == CTRL_C:
+                    self._send(bytes(send))
+                    task = asyncio.ensure_future(self._quit_incomplete())
+                    self._inputs.add(task)
+                    return
+                send += key  # Ctrl-A Ctrl-A → Ctrl-A; Ctrl-A <other> → <other>
+            elif key == CTRL_A:
+                self._escape = True
+            else:
+                send += key
+        self._send(bytes(send))
+
+    async def _quit_incomplete(self) -> None:
+        await self.cancel()
+        if self._quit is not None and not self._quit.done():
+            self._quit.set_result(JOB_EXIT["INCOMPLETE"])
+
+    def _send(self, data: bytes) -> None:
+        if not data or self._http is None:
+            return
+
+        async def post() -> None:
+            assert self._http is not None
+            try:
+                await self._http.post(
+                    f"/api/v1/job/{self.job_id}/input", json={"data": data.decode("utf-8", "surrogateescape")}
+                )
+            except httpx.HTTPError:
+                pass
+
+        task = asyncio.ensure_future(post())
+        self._inputs.add(task)
+        task.add_done_callback(self._inputs.discard)
+
+
+async def run_job_file(
+    url: str,
+    token: str | None,
+    path: str,
+    tags: list[str] | None = None,
+    machine_id: str | None = None,
+    job_id: str | None = None,
+) -> int:
+    """``valve-console job run``: returns the exit code."""
+    import signal
+    import sys
+
+    try:
+        text = Path(path).read_text(encoding="utf-8") if path != "-" else sys.stdin.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"valve-console: cannot read the job {path}: {exc}", file=sys.stderr)
+        return JOB_EXIT["SETUP_FAIL"]
+    client = JobClient(url, token)
+    task = asyncio.ensure_future(client.run(text, tags, machine_id, job_id))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        await client.cancel()
+        return JOB_EXIT["INCOMPLETE"]

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     console_discovery: Literal["auto", "udev", "sysfs", "off"] = "auto"
     console_serial_baud: int = Field(default=115200, ge=50, le=12_000_000)
     max_body_bytes: int = 1024 * 1024
+    # Network boot: the default kernel/initrd that unknown or idle DUTs boot (registration). None: served
+    # by this gateway's API host (http://<listen>/files/kernel, .../files/initramfs.cpio.xz).
+    boot_kernel_url: str | None = None
+    boot_initrd_url: str | None = None
+    boot_api_host: str | None = None  # host:port of the API as the DUTs reach it (default: the listen address)
+    job_console_drain: float = Field(default=0.5, ge=0, le=30)  # seconds of console kept after a job ends
     log_level: str = "INFO"
 
     @field_validator("serial", mode="before")

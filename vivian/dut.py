@@ -9,6 +9,17 @@ It plays what a real DUT shows the gateway:
 3. it then serves a tiny shell on the console (``echo``, ``uname -a``) and, with ``--chatty N``, keeps
    printing kernel-log lines at about N bytes per second.
 
+It follows its boot config: on power-on it fetches ``<api>/boot/<mac>/boot.ipxe`` like iPXE. The
+registration boot (or no answer) gives the behaviour above; a job's deployment is "booted" instead:
+kernel lines with the command line received, then what the test hooks of that command line say:
+
+- ``vivian.script=pass|fail|hang|reboot|garbage`` (default ``pass``): ``pass`` prints ``+ job output``
+  lines, ``Execution is over, pipeline status: 0`` and ``It's now safe to turn off your computer``;
+  ``fail`` the same with status 1; ``hang`` nothing more; ``reboot`` prints the reboot line once (the
+  next boot of this DUT behaves like ``pass``); ``garbage`` prints binary garbage, then like ``pass``;
+- ``vivian.delay=<seconds>``: wait before the script's output;
+- ``vivian.reboot_line=<text>``: the reboot line (``_`` for spaces; default ``vivian: reboot requested``).
+
 SIGTERM (power off) ends it at once with exit code 0.
 """
 
@@ -348,11 +359,103 @@ async def chatty(console: Console, rate: int) -> None:
             await console.drain()
 
 
+def fetch_boot_cmdline(api: str, mac: str, timeout: float = 3.0) -> str | None:
+    """The kernel command line of the DUT's iPXE boot script, or None when there is no answer."""
+    url = f"{api.rstrip('/')}/boot/{mac}/boot.ipxe?platform=pcbios&buildarch=x86_64"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            script = response.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        _err(f"no boot script from {url}: {exc}")
+        return None
+    for line in script.splitlines():
+        words = line.split(None, 2)
+        if words and words[0] == "kernel":
+            rest = words[2] if len(words) > 2 else ""
+            rest = rest.removeprefix("initrd=initrd").strip()
+            return rest.replace("${semicolon:string}", ";")
+    return None
+
+
+def is_registration(cmdline: str) -> bool:
+    return "machine_registration" in cmdline or " register" in cmdline
+
+
+def boot_hooks(cmdline: str) -> dict[str, str]:
+    """``vivian.<name>=<value>`` words of a kernel command line."""
+    hooks = {}
+    for word in cmdline.split():
+        if word.startswith("vivian.") and "=" in word:
+            name, _, value = word[7:].partition("=")
+            hooks[name] = value
+    return hooks
+
+
+def _reboot_marker(mac: str) -> str:
+    import tempfile
+
+    directory = os.environ.get("VIVIAN_STATE_DIR") or os.path.join(tempfile.gettempdir(), f"vivian-{os.getuid()}")
+    os.makedirs(directory, exist_ok=True)
+    # one vPDU (our parent) is one virtual farm: its DUTs' state is not another farm's
+    return os.path.join(directory, f"reboot-{os.getppid()}-{mac.replace(':', '')}")
+
+
+async def deploy(console: Console, mac: str, ip: str, cmdline: str, delay: float) -> None:
+    """Boot a job's deployment and run its ``vivian.script``."""
+    for line in firmware_lines(mac, ip):
+        await console.print(line)
+        if delay > 0:
+            await asyncio.sleep(delay)
+    for line in (
+        f"[    0.000000] Linux version {KERNEL} (vivian@builder) #1 SMP PREEMPT_DYNAMIC",
+        f"[    0.000000] Command line: {cmdline}",
+        "[    1.201877] Run /init as init process",
+        f"+ b2c: eth0 is up, address {ip}",
+    ):
+        await console.print(line)
+    hooks = boot_hooks(cmdline)
+    script = hooks.get("script", "pass")
+    try:
+        pause = float(hooks.get("delay", "0"))
+    except ValueError:
+        pause = 0.0
+    if pause > 0:
+        await asyncio.sleep(min(pause, 3600))
+    if script == "reboot":
+        marker = _reboot_marker(mac)
+        if os.path.exists(marker):
+            os.unlink(marker)
+            script = "pass"
+        else:
+            with open(marker, "w") as handle:
+                handle.write("reboot pending\n")
+            await console.print(hooks.get("reboot_line", "vivian:_reboot_requested").replace("_", " "))
+            return
+    if script == "hang":
+        return
+    if script == "garbage":
+        console.write_raw(bytes(range(256)) + b"\xff\xfe\x00\x1b[999;999H\xc3\x28" + os.urandom(512) + b"\r\n")
+        await console.drain()
+        script = "pass"
+    status = 1 if script == "fail" else 0
+    for n in (1, 2, 3):
+        await console.print(f"+ job output {n}")
+    await console.print(f"Execution is over, pipeline status: {status}")
+    await console.print("It's now safe to turn off your computer")
+
+
 async def run(args: argparse.Namespace) -> None:
-    """Boot, register, then serve the shell until killed."""
+    """Boot (a job's deployment, or register), then serve the shell until killed."""
     ip = args.ip or default_ip(args.mac)
     console = Console()
     await console.connect(args.console)
+    cmdline = None if args.no_boot_config else await asyncio.to_thread(fetch_boot_cmdline, args.api, args.mac)
+    if cmdline is not None and not is_registration(cmdline):
+        await deploy(console, args.mac, ip, cmdline, args.boot_delay)
+        console.start_shell()
+        await console.drain()
+        await asyncio.Event().wait()
     await boot(console, args.mac, ip, args.boot_delay)
     if not args.no_register:
         await register(console, args.mac, ip, args.api, args.base_name)
@@ -381,6 +484,7 @@ def _parser() -> argparse.ArgumentParser:
         "--boot-delay", type=float, default=0.05, metavar="SECONDS", help="pause between boot lines (default 0.05)"
     )
     p.add_argument("--no-register", action="store_true", help="skip the machine registration")
+    p.add_argument("--no-boot-config", action="store_true", help="do not fetch the boot config: always register")
     return p
 
 

@@ -36,7 +36,7 @@ async def test_a_version_1_database_is_migrated(tmp_path):
     await store.open()
     try:
         version = await store.run(lambda s: s.get(models.SchemaVersion, 1).version)
-        assert version == SCHEMA_VERSION == 2
+        assert version == SCHEMA_VERSION == 3  # v3: the job table
         assert await store.run(lambda s: list(s.exec(select(models.MachineConsole)).all())) == []
         assert (await store.run(lambda s: s.get(models.Machine, MAC))).base_name == "old"
     finally:
@@ -61,4 +61,4 @@ async def test_a_farm_starts_on_a_version_1_data_dir(tmp_path):
         await farm.stop()
     with sqlite3.connect(data / "valve-console.db") as conn:
         assert conn.execute("select mac_address, tcp_index from machineconsole").fetchall() == [(MAC, 0)]
-        assert conn.execute("select version from schemaversion").fetchone() == (2,)
+        assert conn.execute("select version from schemaversion").fetchone() == (SCHEMA_VERSION,)

@@ -81,6 +81,105 @@ class ConsoleInput(BaseModel):
     takeover: bool = Field(default=False, description="take write access over from the current writer")
 
 
+class JobInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(max_length=65536, description="keystrokes for the DUT (UTF-8; \\x03 is Ctrl-C)")
+
+
+JOB_SUBMIT_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["job"],
+                    "properties": {
+                        "job": {"type": "string", "description": "the job (YAML, a Jinja2 template)"},
+                        "target": {
+                            "type": "object",
+                            "properties": {
+                                "id": {"type": "string"},
+                                "tags": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                        "job_id": {"type": "string"},
+                    },
+                }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"metadata": {"type": "string"}, "job": {"type": "string"}},
+                }
+            },
+        },
+    }
+}
+
+
+def _parse_multipart(content_type: bytes, body: bytes) -> dict[str, bytes]:
+    """valve-infra's v1 form: parts by name (``metadata``, ``job``, ...)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    try:
+        msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type + b"\r\n\r\n" + body)
+        if not msg.is_multipart():
+            raise BadRequest("a multipart/form-data body with a boundary is expected")
+        parts: dict[str, bytes] = {}
+        for part in msg.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if isinstance(name, str):
+                payload = part.get_payload(decode=True)
+                parts[name] = payload if isinstance(payload, bytes) else b""
+    except BadRequest:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the email parser's many errors all mean a bad form
+        raise BadRequest(f"cannot parse the multipart form: {exc}") from None
+    return parts
+
+
+async def read_job_submission(request: Request) -> tuple[str, Optional[dict[str, Any]], Optional[str]]:
+    """(job text, target override, job id) from a JSON body or valve-infra's v1 multipart form."""
+    body = await request.body()
+    ctype = request.headers.get("content-type", "").encode("latin-1", "replace")
+    if ctype.lower().startswith(b"multipart/"):
+        parts = _parse_multipart(ctype, body)
+        if "metadata" not in parts or "job" not in parts:
+            raise BadRequest("the form needs a 'metadata' part (JSON, version 1) and a 'job' part (YAML)")
+        try:
+            meta = json.loads(parts["metadata"].decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"the metadata part is not JSON: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("version") != 1:
+            raise BadRequest("the metadata must be a JSON object with version 1")
+        try:
+            text = parts["job"].decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("the job part is not UTF-8 text") from None
+        data: Any = {"job": text, "target": meta.get("target"), "job_id": meta.get("job_id")}
+    else:
+        try:
+            data = json.loads(body or b"null")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest('the body must be a JSON object {"job": "<yaml>", "target"?, "job_id"?}')
+    unknown = set(data) - {"job", "target", "job_id", "metadata"}
+    if unknown:
+        raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
+    text, target, job_id = data.get("job"), data.get("target"), data.get("job_id")
+    if not isinstance(text, str):
+        raise BadRequest("missing field job (the job's YAML text)")
+    if target is not None and not isinstance(target, dict):
+        raise BadRequest("target must be an object {id?, tags?}")
+    if job_id is not None and not isinstance(job_id, str):
+        raise BadRequest("job_id must be a string")
+    return text, target, job_id
+
+
 class ConsoleDevice(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -448,6 +547,134 @@ def create_app(farm: "Farm") -> Any:
     async def console_set_source(mac: str, body: ConsoleSource) -> dict[str, Any]:
         """Read the machine's console from a console server (ser2net), or stop with null. Stored."""
         return await consoles().set_remote(mac_of(mac), body.url)
+
+    # ------------------------------------------------------------------ jobs
+    jobs = lambda: farm.jobs  # noqa: E731
+
+    @app.post(
+        "/api/v1/jobs",
+        responses={**ERRORS, 406: {"model": ErrorBody}},
+        tags=["jobs"],
+        dependencies=[Depends(operator)],
+        openapi_extra=JOB_SUBMIT_SCHEMA,
+    )
+    async def submit_job(request: Request) -> dict[str, Any]:
+        """Submit a job: JSON ``{"job", "target"?, "job_id"?}`` or valve-infra's v1 form (metadata + job).
+
+        A busy machine does not refuse the job: it is queued (FIFO) and ``position`` says how many
+        jobs are ahead of it. 404 unknown target id, 406 no machine with the tags, 409 retired or not
+        ready for service, 400 invalid job (line and field named).
+        """
+        text, target, job_id = await read_job_submission(request)
+        answer = await jobs().submit(text, target, job_id)
+        return {**answer, "version": 1, "error_msg": None}
+
+    @app.get("/api/v1/jobs", tags=["jobs"])
+    async def list_jobs() -> dict[str, Any]:
+        """Every job kept (newest first): id, machine, status, state, position, timestamps."""
+        return {"jobs": jobs().list_json()}
+
+    @app.get("/api/v1/job/{job_id}", responses=ERRORS, tags=["jobs"])
+    async def get_job(job_id: str) -> dict[str, Any]:
+        return jobs().job_json(jobs().get(job_id), with_text=True)
+
+    @app.delete("/api/v1/job/{job_id}", responses=ERRORS, tags=["jobs"], dependencies=[Depends(operator)])
+    async def cancel_job(job_id: str) -> dict[str, Any]:
+        """Cancel: a queued job leaves the queue; a running one is stopped (INCOMPLETE, DUT powered off)."""
+        return await jobs().cancel(job_id)
+
+    @app.post("/api/v1/machine/{mac}/cancel_job", responses=ERRORS, tags=["jobs"], dependencies=[Depends(operator)])
+    async def cancel_machine_job(mac: str) -> dict[str, Any]:
+        """valve-infra's cancel_job: cancel the job running on a machine."""
+        key = mac_of(mac)
+        machines().get(key)
+        job_id = jobs().running.get(key)
+        if job_id is None:
+            raise FarmError(f"machine {key} is not running a job", 409)
+        return await jobs().cancel(job_id)
+
+    @app.get("/api/v1/job/{job_id}/console", responses=ERRORS, tags=["jobs"], response_class=PlainTextResponse)
+    async def job_console(job_id: str, raw: bool = False) -> Response:
+        """The job's console (so far, while it runs)."""
+        job = jobs().get(job_id)
+        data = await asyncio.to_thread(jobs().console_slice, job)
+        if raw:
+            return Response(data, media_type="application/octet-stream")
+        return PlainTextResponse(data.decode("utf-8", "replace"))
+
+    @app.post("/api/v1/job/{job_id}/input", responses=ERRORS, tags=["jobs"], dependencies=[Depends(operator)])
+    async def job_input(job_id: str, body: JobInput) -> dict[str, Any]:
+        """Keystrokes for the DUT of a running job."""
+        data = body.data.encode("utf-8", "surrogateescape") if body.data else b""
+        return {"written": jobs().input(job_id, data) if data else 0}
+
+    @app.get("/api/v1/job/{job_id}/events", responses=ERRORS, tags=["jobs"])
+    async def job_events(
+        job_id: str,
+        io_offset: int = Query(default=0, ge=0, description="console bytes of the job already received"),
+        ctrl_offset: int = Query(default=0, ge=0, description="control messages already received"),
+    ) -> StreamingResponse:
+        """SSE: ``queue`` {position}, ``ctrl`` {msg, severity}, ``job_io`` {data: base85 bytes}, then
+        ``session_end`` {status}. Reconnect with io_offset/ctrl_offset to resume without repeats."""
+        import base64
+
+        service = jobs()
+        job = service.get(job_id)
+        queue = service.listen(job)
+        backlog = list(job.ctrl)[ctrl_offset:]
+        console = service.console_slice(job, io_offset) if job.fed > io_offset or job.done.is_set() else b""
+        done = job.done.is_set()
+
+        async def gen() -> AsyncIterator[bytes]:
+            try:
+                yield b"retry: 2000\n\n"
+                if job.row.status == "QUEUED":
+                    yield _sse("queue", {"position": service.position(job)})
+                for entry in backlog:
+                    yield _sse("ctrl", entry)
+                if console:
+                    yield _sse("job_io", {"data": base64.b85encode(console).decode("ascii")})
+                if done:
+                    yield _sse("session_end", {"status": job.row.status})
+                    return
+                while not farm.stopping.is_set():
+                    try:
+                        kind, data = await asyncio.wait_for(queue.get(), 1.0)
+                    except asyncio.TimeoutError:
+                        continue
+                    yield _sse(kind, data)
+                    if kind == "session_end":
+                        return
+            finally:
+                service.unlisten(job, queue)
+
+        return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    # ------------------------------------------------------------------ network boot (open, DUT-facing)
+    @app.get("/boot/{mac}/boot.ipxe", tags=["boot"], response_class=PlainTextResponse)
+    async def boot_ipxe(
+        mac: str,
+        platform: Optional[str] = Query(default=None, max_length=32),
+        buildarch: Optional[str] = Query(default=None, max_length=32),
+    ) -> str:
+        """The DUT's iPXE script: its job's current boot, or the registration boot."""
+        from .boot import ipxe_script, registration_boot
+        from .executor import default_boot_urls
+
+        try:
+            key: Optional[str] = normalise_mac(mac)
+        except ValueError:
+            key = None
+        config = jobs().boot_config(key) if key else None
+        if key is not None:
+            log.info("%s queried its boot configuration as a %s / %s platform", key, platform, buildarch)
+        if config is None:
+            kernel, initrd, host = default_boot_urls(farm.settings, farm.api_address)
+            try:
+                config = registration_boot(kernel_url=kernel, initrd_url=initrd, api_host=host)
+            except ValueError as exc:
+                raise FarmError(f"the default boot is misconfigured: {exc}", 503) from None
+        return ipxe_script(config, platform, buildarch)
 
     # ------------------------------------------------------------------ events, health, gateway
     @app.get("/api/v1/events", tags=["events"], responses={400: {"model": ErrorBody}})

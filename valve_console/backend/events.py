@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterable
 
-EVENT_TYPES = ("machine", "pdu", "outlet", "discovery", "console", "health", "log", "journal", "dropped")
+EVENT_TYPES = ("machine", "pdu", "outlet", "discovery", "console", "health", "log", "journal", "job", "dropped")
 
 
 @dataclass(frozen=True)

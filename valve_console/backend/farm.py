@@ -24,6 +24,7 @@ from .auth import load_or_create_token
 from .consoles import ConsoleHub, build_device_sources
 from .discovery import DiscoveryService
 from .events import EventBus
+from .executor import JobService
 from .journal import JournalFollower
 from .power import PowerService
 from .registration import MachineService
@@ -121,6 +122,7 @@ class Farm:
         self.discovery: DiscoveryService | None = None
         self.consoles: ConsoleHub | None = None
         self.journal: JournalFollower | None = None
+        self.jobs: JobService | None = None
         self.token = ""
         self.started_at = time.time()
         self.api_address: tuple[str, int] | None = None
@@ -272,6 +274,9 @@ class Farm:
             api_writer_timeout=self.settings.console_api_writer_timeout,
         )
         await self.consoles.start(nc_sock)
+        self.jobs = JobService(self.store, self.bus, self.machines, self.power, self.consoles, self.settings)
+        await self.jobs.start()
+        self.machines.job_state = self.jobs.machine_state
         self.journal = JournalFollower(self.bus, command=self.journal_command)
         self.journal.on_health_change = self._sync_health
         await self.journal.start()
@@ -311,6 +316,8 @@ class Farm:
         self._servers.clear()
         if self.journal is not None:
             await self.journal.stop()
+        if self.jobs is not None:
+            await self.jobs.stop()
         if self.consoles is not None:
             await self.consoles.stop()
         if self.discovery is not None:

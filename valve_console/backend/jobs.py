@@ -287,7 +287,10 @@ def _walk(node: yaml.Node, path: Path_, lines: dict[Path_, int], budget: list[in
 
 def _load_yaml(text: str) -> tuple[Any, dict[Path_, int]]:
     """Parse one YAML document; returns the data and the line (1-based) of every key/item path."""
-    loader = _JobLoader(text)
+    try:
+        loader = _JobLoader(text)  # reads the start of the stream: may raise ReaderError already
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, text) from None
     try:
         try:
             node = loader.get_single_node()

@@ -73,6 +73,27 @@ class MachineConsole(SQLModel, table=True):
     updated_at: float = Field(default_factory=now)
 
 
+class JobRow(SQLModel, table=True):
+    """A job: submitted, queued, run by the executor, finished. Kept as history (v3)."""
+
+    __tablename__ = "job"
+    __table_args__ = (Index("ix_job_machine", "machine", "submitted_at"),)
+
+    id: str = Field(primary_key=True)
+    machine: Optional[str] = None  # MAC of the machine it runs on
+    status: str = "QUEUED"  # QUEUED, RUNNING, then a JobStatus name (PASS, FAIL, INCOMPLETE...)
+    state: str = "queued"  # queued, running, teardown, done, cancelled
+    submitted_at: float = Field(default_factory=now)
+    started_at: Optional[float] = None
+    ended_at: Optional[float] = None
+    job_text: str = ""
+    target: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    result: str = ""  # the end in words (why it ended)
+    console_start: Optional[int] = None  # offsets in the machine's console stream
+    console_end: Optional[int] = None
+    position: int = 0  # jobs ahead of it when submitted
+
+
 class SchemaVersion(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     version: int

@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from sqlmodel import Session, select
@@ -142,6 +142,8 @@ class MachineService:
         self.power = power
         self.machines: dict[str, Machine] = {}
         self.discovery: "DiscoveryService | None" = None
+        # The executor's view of a machine: "QUEUED"/"RUNNING" while it has jobs, else None.
+        self.job_state: Callable[[str], Optional[str]] = lambda mac: None
         self.state = "starting"
         self.reason: str | None = None
 
@@ -165,6 +167,9 @@ class MachineService:
             return "RETIRED"
         if not m.pdu or m.pdu_port_id is None:
             return "WAIT_FOR_CONFIG"
+        running = self.job_state(m.mac_address)
+        if running is not None:
+            return running
         return "IDLE" if m.ready_for_service else "NOT_READY"
 
     def off_delay(self, pdu: str, port_id: str) -> float | None:

@@ -21,7 +21,7 @@ from . import models
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # version -> function(connection) upgrading from version-1. Version 1 is create_all.
 
 
@@ -30,7 +30,12 @@ def _v2_machine_console(conn: Any) -> None:
     models.MachineConsole.__table__.create(conn, checkfirst=True)
 
 
-MIGRATIONS: dict[int, Callable[[Any], None]] = {2: _v2_machine_console}
+def _v3_jobs(conn: Any) -> None:
+    """v3: the ``job`` table (job history: status, machine, console offsets)."""
+    models.JobRow.__table__.create(conn, checkfirst=True)
+
+
+MIGRATIONS: dict[int, Callable[[Any], None]] = {2: _v2_machine_console, 3: _v3_jobs}
 
 
 class Store:

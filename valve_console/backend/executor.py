@@ -1,0 +1,595 @@
+"""Executor: the job queue and one asyncio task per machine that runs its jobs (valve-infra §4.4).
+
+Pure job logic lives in :mod:`jobs` (parsing, timeouts, console patterns); this module does the I/O:
+power through :class:`PowerService` (the outlet is locked by the job), console bytes from the
+:class:`ConsoleHub`, the boot config the DUT fetches (``boot_config(mac)``), the job history in the
+database, and per-job streams for the job client (the executor never connects back to a client).
+
+Public API
+----------
+``JobService(store, bus, machines, power, consoles, settings)``: ``await start()`` / ``await stop()``;
+``await submit(text, target=None, job_id=None) -> dict`` (raises ``FarmError`` 400/404/406/409);
+``list_json()``, ``get(job_id)``, ``job_json(job)``, ``await cancel(job_id)``, ``boot_config(mac)``,
+``machine_state(mac) -> "QUEUED" | "RUNNING" | None``, ``listen(job)``/``unlisten(job, queue)``,
+``console_slice(job, start=None)``, ``input(job_id, data)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import logging
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+from sqlmodel import Session, select
+
+from ..drivers.pdu.base import PortState
+from .boot import BootConfig
+from .errors import BadRequest, Conflict, FarmError, NotFound
+from .jobs import Job, JobConsoleState, JobError, JobStatus, MachineInfo, Target, peek_target
+from .models import JobRow
+from .registration import normalise_mac
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from .consoles import ConsoleHub
+    from .events import EventBus
+    from .power import PowerService
+    from .registration import MachineService
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+POLL = 0.1  # seconds: the shortest wait of the boot loop (it never wakes faster than 10 Hz when idle)
+IDLE_WAKE = 1.0  # seconds: the longest wait without console bytes, timeout or cancel
+HISTORY = 500  # finished jobs kept in memory (all are in the database)
+CTRL_KEEP = 2000  # control messages kept per job for late stream readers
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
+FINAL = {s.name for s in JobStatus}
+
+
+class NotAcceptable(FarmError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 406)
+
+
+@dataclass
+class RunningJob:
+    """A job in memory: its row, and what its readers need (control log, live listeners)."""
+
+    row: JobRow
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    ctrl: collections.deque = field(default_factory=lambda: collections.deque(maxlen=CTRL_KEEP))
+    listeners: set = field(default_factory=set)
+    sub: Any = None  # the console subscription while it runs (poked on cancel)
+    fed: int = 0  # console bytes of this job given to the job console (and streamed)
+    t0: float = field(default_factory=time.monotonic)
+    input_ok: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.row.id
+
+
+class JobService:
+    def __init__(
+        self,
+        store: "Store",
+        bus: "EventBus",
+        machines: "MachineService",
+        power: "PowerService",
+        consoles: "ConsoleHub",
+        settings: "Settings",
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.machines = machines
+        self.power = power
+        self.consoles = consoles
+        self.settings = settings
+        self.jobs: dict[str, RunningJob] = {}
+        self.queues: dict[str, collections.deque[str]] = {}
+        self.running: dict[str, str] = {}  # mac -> job id
+        self._boot: dict[str, BootConfig] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._stopping = False
+        self.drain_delay = settings.job_console_drain
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        def recover(session: Session) -> list[JobRow]:
+            for row in session.exec(select(JobRow).where(JobRow.status.in_(("QUEUED", "RUNNING")))).all():
+                row.status = JobStatus.INCOMPLETE.name
+                row.state = "cancelled"
+                row.ended_at = row.ended_at or time.time()
+                row.result = "the gateway restarted while the job was queued or running"
+                session.add(row)
+            rows = session.exec(select(JobRow).order_by(JobRow.submitted_at.desc()).limit(HISTORY)).all()
+            return list(rows)
+
+        for row in reversed(await self.store.run(recover)):
+            job = RunningJob(row)
+            job.done.set()
+            self.jobs[row.id] = job
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for job in self.jobs.values():
+            if not job.done.is_set():
+                job.cancel.set()
+                if job.sub is not None:
+                    job.sub.put(b"")
+        for wakeup in self._wakeups.values():
+            wakeup.set()
+        tasks = list(self._tasks.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    # ---------------------------------------------------------------- queries
+    def boot_config(self, mac: str) -> Optional[BootConfig]:
+        return self._boot.get(mac)
+
+    def machine_state(self, mac: str) -> Optional[str]:
+        if mac in self.running:
+            return "RUNNING"
+        if self.queues.get(mac):
+            return "QUEUED"
+        return None
+
+    def get(self, job_id: str) -> RunningJob:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"unknown job {job_id!r}")
+        return job
+
+    def position(self, job: RunningJob) -> int:
+        """Jobs ahead of this one on its machine (0: running or next)."""
+        row = job.row
+        if row.status != "QUEUED" or row.machine is None:
+            return 0
+        queue = self.queues.get(row.machine) or collections.deque()
+        try:
+            index = list(queue).index(row.id)
+        except ValueError:
+            return 0
+        return index + (1 if row.machine in self.running else 0)
+
+    def job_json(self, job: RunningJob, with_text: bool = False) -> dict[str, Any]:
+        row = job.row
+        data = {
+            "id": row.id,
+            "machine": row.machine,
+            "status": row.status,
+            "state": row.state,
+            "position": self.position(job),
+            "submitted_at": row.submitted_at,
+            "started_at": row.started_at,
+            "ended_at": row.ended_at,
+            "target": row.target,
+            "result": row.result,
+            "console_start": row.console_start,
+            "console_end": row.console_end,
+        }
+        if with_text:
+            data["job"] = row.job_text
+        return data
+
+    def list_json(self) -> list[dict[str, Any]]:
+        jobs = sorted(self.jobs.values(), key=lambda j: j.row.submitted_at, reverse=True)
+        return [self.job_json(j) for j in jobs]
+
+    # ---------------------------------------------------------------- submission
+    def _eligible(self, mac: str) -> Optional[str]:
+        """Why a machine cannot take jobs (None: it can)."""
+        m = self.machines.machines[mac]
+        if m.is_retired:
+            return f"machine {mac} is retired"
+        if not m.pdu or m.pdu_port_id is None:
+            return f"machine {mac} has no PDU port (WAIT_FOR_CONFIG)"
+        if not m.ready_for_service:
+            return f"machine {mac} is not ready for service"
+        return None
+
+    def _load(self, mac: str) -> int:
+        return len(self.queues.get(mac) or ()) + (1 if mac in self.running else 0)
+
+    def _pick(self, target: Target) -> str:
+        tags = set(target.tags or [])
+        if target.id:
+            try:
+                mac = normalise_mac(target.id)
+            except ValueError:
+                raise NotFound(f"Unknown machine ID '{target.id}'") from None
+            machine = self.machines.machines.get(mac)
+            if machine is None:
+                raise NotFound(f"Unknown machine ID '{mac}'")
+            have = set(machine.tags) | set(machine.manual_tags)
+            if not tags <= have:
+                raise NotAcceptable(f"machine {mac} lacks the tags {sorted(tags - have)}")
+            why = self._eligible(mac)
+            if why is not None:
+                raise Conflict(why)
+            return mac
+        candidates = [
+            mac for mac, m in sorted(self.machines.machines.items()) if tags <= (set(m.tags) | set(m.manual_tags))
+        ]
+        if not candidates:
+            raise NotAcceptable(f"no machine has the tags {sorted(tags)}")
+        usable = [mac for mac in candidates if self._eligible(mac) is None]
+        if not usable:
+            raise Conflict(
+                f"all {len(candidates)} machine(s) with the tags {sorted(tags)} are retired, not ready for "
+                "service or without a PDU port"
+            )
+        return min(usable, key=lambda mac: (self._load(mac), usable.index(mac)))
+
+    async def submit(
+        self, text: str, target: Optional[dict[str, Any]] = None, job_id: Optional[str] = None
+    ) -> dict[str, Any]:
+        if self._stopping:
+            raise Conflict("the gateway is stopping")
+        if not isinstance(text, str) or not text.strip():
+            raise BadRequest("the job is empty")
+        if job_id is not None:
+            if not _JOB_ID.match(job_id):
+                raise BadRequest(f"job_id {job_id[:40]!r}: 1-128 letters, digits and . _ : + - only")
+            if job_id in self.jobs:
+                raise Conflict(f"a job with id {job_id!r} exists already")
+        override: Optional[Target] = None
+        try:
+            if target:
+                override = Target.model_validate(target)
+            tgt = override if override is not None else peek_target(text)
+        except JobError as exc:
+            raise BadRequest(str(exc)) from None
+        except ValueError as exc:  # pydantic's ValidationError of the metadata target
+            raise BadRequest(f"invalid target: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any other parser failure is still a bad job
+            raise BadRequest(f"invalid job: {type(exc).__name__}: {exc}") from None
+        mac = self._pick(tgt)
+        machine_json = self.machines.to_json(self.machines.machines[mac])
+        try:
+            Job.parse(text, MachineInfo.from_json(machine_json), target=override)
+        except JobError as exc:
+            raise BadRequest(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - any other parser failure is still a bad job
+            raise BadRequest(f"invalid job: {type(exc).__name__}: {exc}") from None
+        job_id = job_id or f"job-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        ahead = self._load(mac)
+        row = JobRow(
+            id=job_id,
+            machine=mac,
+            job_text=text,
+            target=tgt.model_dump(exclude_none=True),
+            position=ahead,
+        )
+        job = RunningJob(row)
+        # Queue it before the first await: concurrent submissions must see this machine's load.
+        self.jobs[job_id] = job
+        queue = self.queues.setdefault(mac, collections.deque())
+        queue.append(job_id)
+        try:
+            await self.store.run(lambda s: s.add(JobRow(**row.model_dump())))
+        except Exception:
+            with contextlib.suppress(ValueError):
+                queue.remove(job_id)
+            self.jobs.pop(job_id, None)
+            raise
+        self._trim()
+        self._log(job, f"Job queued for {machine_json['full_name']} ({mac}), {ahead} job(s) ahead")
+        self._job_event(job)
+        self._machine_event(mac)
+        self._ensure_runner(mac)
+        self._wakeups[mac].set()
+        return {"id": job_id, "status": "QUEUED", "position": ahead, "machine": mac}
+
+    def _trim(self) -> None:
+        done = [j for j in self.jobs.values() if j.done.is_set()]
+        if len(done) > HISTORY:
+            done.sort(key=lambda j: j.row.submitted_at)
+            for j in done[: len(done) - HISTORY]:
+                del self.jobs[j.id]
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        job = self.get(job_id)
+        row = job.row
+        if job.done.is_set():
+            raise Conflict(f"job {job_id} is over ({row.status})")
+        if row.status == "QUEUED" and row.machine is not None:
+            queue = self.queues.get(row.machine)
+            if queue is not None and job_id in queue:
+                queue.remove(job_id)
+                await self._finish(job, JobStatus.INCOMPLETE, "cancelled", "cancelled while queued")
+                self._machine_event(row.machine)
+                self._queue_changed(row.machine)
+                return self.job_json(job)
+        job.cancel.set()
+        if job.sub is not None:
+            job.sub.put(b"")  # wake the boot loop now
+        self._log(job, "The job was cancelled", severity=2)
+        return self.job_json(job)
+
+    def input(self, job_id: str, data: bytes) -> int:
+        job = self.get(job_id)
+        if job.row.status != "RUNNING" or job.row.machine is None:
+            raise Conflict(f"job {job_id} is not running ({job.row.status})")
+        return self.consoles.input(job.row.machine, data, writer=f"job:{job_id}", takeover=True)
+
+    # ---------------------------------------------------------------- streams
+    def listen(self, job: RunningJob) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue()
+        job.listeners.add(queue)
+        return queue
+
+    def unlisten(self, job: RunningJob, queue: asyncio.Queue) -> None:
+        job.listeners.discard(queue)
+
+    def console_slice(self, job: RunningJob, start: int = 0) -> bytes:
+        """The job's console [console_start + start, end or what the executor has fed so far)."""
+        row = job.row
+        if row.console_start is None or row.machine is None:
+            return b""
+        end = row.console_end if row.console_end is not None else row.console_start + job.fed
+        console = self.consoles.consoles.get(row.machine)
+        if console is None:
+            return b""
+        return console.slice(row.console_start + max(start, 0), end)
+
+    def _emit(self, job: RunningJob, kind: str, data: dict[str, Any]) -> None:
+        for queue in list(job.listeners):
+            queue.put_nowait((kind, data))
+
+    def _log(self, job: RunningJob, msg: str, severity: int = 1) -> None:
+        text = f"+{time.monotonic() - job.t0:.3f}s: {msg}"
+        entry = {"msg": text, "severity": severity}
+        job.ctrl.append(entry)
+        self._emit(job, "ctrl", entry)
+        log.info("job %s: %s", job.id, msg)
+
+    def _job_event(self, job: RunningJob) -> None:
+        self.bus.publish("job", self.job_json(job))
+
+    def _machine_event(self, mac: str) -> None:
+        machine = self.machines.machines.get(mac)
+        if machine is not None:
+            self.bus.publish("machine", {"action": "updated", "mac": mac, "machine": self.machines.to_json(machine)})
+
+    def _queue_changed(self, mac: str) -> None:
+        for job_id in list(self.queues.get(mac) or ()):
+            job = self.jobs.get(job_id)
+            if job is not None:
+                self._emit(job, "queue", {"position": self.position(job)})
+                self._job_event(job)
+
+    # ---------------------------------------------------------------- runner
+    def _ensure_runner(self, mac: str) -> None:
+        self._wakeups.setdefault(mac, asyncio.Event())
+        task = self._tasks.get(mac)
+        if task is None or task.done():
+            self._tasks[mac] = asyncio.create_task(self._runner(mac), name=f"executor-{mac}")
+
+    async def _runner(self, mac: str) -> None:
+        wakeup = self._wakeups[mac]
+        while not self._stopping:
+            queue = self.queues.get(mac)
+            if not queue:
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            job = self.jobs.get(queue.popleft())
+            if job is None or job.done.is_set():
+                continue
+            self.running[mac] = job.id
+            try:
+                await self._execute(job, mac)
+            except asyncio.CancelledError:
+                if not job.done.is_set():
+                    await asyncio.shield(self._finish(job, JobStatus.INCOMPLETE, "cancelled", "the gateway stopped"))
+                raise
+            except Exception as exc:  # noqa: BLE001 - one job's crash must not stop the machine's runner
+                log.exception("job %s failed", job.id)
+                if not job.done.is_set():
+                    self._log(job, f"ERROR: {type(exc).__name__}: {exc}", severity=3)
+                    await self._finish(job, JobStatus.INCOMPLETE, "done", f"executor error: {exc}")
+            finally:
+                self.running.pop(mac, None)
+                self._boot.pop(mac, None)
+                self._machine_event(mac)
+                self._queue_changed(mac)
+
+    async def _set_power(self, job: RunningJob, pdu: str, port: str, state: PortState) -> None:
+        await self.power.set_outlet(pdu, port, state, source=f"job:{job.id}", owner=job.id)
+
+    async def _execute(self, job: RunningJob, mac: str) -> None:
+        row = job.row
+        machine = self.machines.machines.get(mac)
+        row.status, row.state, row.started_at = "RUNNING", "running", time.time()
+        job.t0 = time.monotonic()
+        self._queue_changed(mac)
+        self._machine_event(mac)
+        await self._save(job)
+        self._job_event(job)
+        if machine is None or self._eligible(mac) is not None:
+            why = "the machine is gone" if machine is None else self._eligible(mac)
+            self._log(job, f"ERROR: cannot run the job: {why}", severity=3)
+            await self._finish(job, JobStatus.SETUP_FAIL, "done", str(why))
+            return
+        try:
+            target = Target.model_validate(row.target) if row.target else None
+            parsed = Job.parse(row.job_text, MachineInfo.from_json(self.machines.to_json(machine)), target=target)
+        except (JobError, ValueError) as exc:
+            self._log(job, f"ERROR: invalid job: {exc}", severity=3)
+            await self._finish(job, JobStatus.SETUP_FAIL, "done", str(exc))
+            return
+        pdu, port = str(machine.pdu), str(machine.pdu_port_id)
+        try:
+            self.power.lock(pdu, port, job.id)
+        except FarmError as exc:
+            self._log(job, f"ERROR: {exc.message}", severity=3)
+            await self._finish(job, JobStatus.SETUP_FAIL, "done", exc.message)
+            return
+        console = self.consoles.console(mac)
+        sub = job.sub = self.consoles.subscribe(mac)
+        row.console_start = console.mark()
+        await self._save(job)
+        job.input_ok = True
+        timeouts = parsed.make_timeouts()
+        jc = parsed.make_console(timeouts)
+        cancelled = False
+        aborted: Optional[str] = None
+        try:
+            timeouts.overall.start()
+            self._log(job, "Power the machine off at the start of the session")
+            await self._set_power(job, pdu, port, PortState.OFF)
+            boot = 0
+            while True:
+                if job.cancel.is_set():
+                    cancelled = True
+                    break
+                if timeouts.overall.has_expired() or (timeouts.deadline and timeouts.deadline.has_expired()):
+                    aborted = "the overall timeout expired"
+                    break
+                if jc.session_ended:
+                    break
+                await self._set_power(job, pdu, port, PortState.OFF)
+                config = parsed.deployment_for_boot(boot)
+                self._boot[mac] = config
+                while sub.chunks:  # bytes from before this boot belong to the previous one
+                    await self._pump(job, jc, sub, 0)
+                self._log(
+                    job,
+                    f"Power up the machine, enforcing {self.power.min_off_time(pdu, port):g} seconds of down time",
+                )
+                await self._set_power(job, pdu, port, PortState.ON)
+                jc.start_boot()
+                expired: list = []
+                while True:
+                    await self._pump(job, jc, sub, _next_wake(timeouts))
+                    if job.cancel.is_set():
+                        cancelled = True
+                        break
+                    if jc.session_ended or jc.needs_reboot:
+                        break
+                    expired = timeouts.expired()
+                    if expired:
+                        break
+                await self._set_power(job, pdu, port, PortState.OFF)
+                if cancelled:
+                    break
+                for timeout in expired:
+                    if timeout.retry():
+                        self._log(job, f"Hit the timeout {timeout.name} --> Try again!", severity=2)
+                    else:
+                        self._log(job, f"Hit the timeout {timeout.name} --> Abort!", severity=3)
+                        aborted = f"the timeout {timeout.name} expired"
+                if not aborted and jc.needs_reboot and not jc.session_ended:
+                    if timeouts.boot_cycle.retry():
+                        self._log(
+                            job, f"Boot cycle {timeouts.boot_cycle.retried}/{timeouts.boot_cycle.retries}, go ahead!"
+                        )
+                    else:
+                        self._log(job, "Exceeded boot loop count, aborting!", severity=3)
+                        aborted = "too many reboots"
+                if aborted:
+                    jc.advance(JobConsoleState.DUT_DONE)
+                    break
+                timeouts.stop_boot()
+                boot += 1
+            if not cancelled and jc.session_ended and not aborted:
+                row.state = "teardown"
+                self._job_event(job)
+                if self.drain_delay:
+                    await self._pump(job, jc, sub, self.drain_delay, once=False)
+                jc.tear_down()
+            else:
+                self._log(job, "The job is over, skipping the teardown")
+        finally:
+            job.input_ok = False
+            job.sub = None
+            self._boot.pop(mac, None)
+            self.consoles.unsubscribe(mac, sub)
+            try:
+                await asyncio.shield(self._set_power(job, pdu, port, PortState.OFF))
+            except Exception as exc:  # noqa: BLE001 - reported, the job still ends
+                self._log(job, f"ERROR: could not power the machine off: {exc}", severity=3)
+            self.power.unlock(pdu, port, job.id)
+            row.console_end = row.console_start + job.fed if row.console_start is not None else None
+        if cancelled:
+            await self._finish(job, JobStatus.INCOMPLETE, "cancelled", "cancelled")
+        else:
+            status = jc.job_status
+            why = aborted or ("the session ended" if jc.session_ended else "stopped")
+            await self._finish(job, status, "done", why)
+
+    async def _pump(self, job: RunningJob, jc: Any, sub: Any, timeout: float, once: bool = True) -> None:
+        """Feed the console bytes that arrive within ``timeout`` to the job console and its readers."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(deadline - time.monotonic(), 0)
+            data = await sub.get(left if left > 0 else 0.001) if (sub.chunks or left > 0) else b""
+            if data is None:  # the console hub is stopping: just wait
+                await asyncio.sleep(left)
+                return
+            if data:
+                job.fed += len(data)
+                self._emit(job, "job_io", {"data": base64.b85encode(data).decode("ascii")})
+                for match in jc.feed(data):
+                    self._log(job, match.message)
+            if once or time.monotonic() >= deadline:
+                return
+
+    async def _finish(self, job: RunningJob, status: JobStatus, state: str, why: str) -> None:
+        row = job.row
+        row.status, row.state, row.ended_at, row.result = status.name, state, time.time(), why
+        self._log(job, f"The job ended: {status.name} ({why})")
+        await self._save(job)
+        job.done.set()
+        self._emit(job, "session_end", {"status": status.name})
+        self._job_event(job)
+
+    async def _save(self, job: RunningJob) -> None:
+        values = job.row.model_dump()
+
+        def write(session: Session) -> None:
+            existing = session.get(JobRow, values["id"])
+            if existing is None:
+                session.add(JobRow(**values))
+            else:
+                for key, value in values.items():
+                    setattr(existing, key, value)
+
+        try:
+            await self.store.run(write)
+        except Exception:  # noqa: BLE001 - the history is best effort; the job goes on
+            log.exception("cannot store job %s", job.id)
+
+
+def _next_wake(timeouts: Any) -> float:
+    """How long the boot loop may wait for console bytes: until the next timeout, within POLL..IDLE_WAKE."""
+    now = timeouts.clock()
+    left = [r for r in (t.remaining(now) for t in timeouts) if r is not None]
+    return min(max(min(left, default=IDLE_WAKE), POLL), IDLE_WAKE)
+
+
+def default_boot_urls(settings: "Settings", api_address: Optional[tuple[str, int]]) -> tuple[str, str, str]:
+    """(kernel URL, initrd URL, api host:port) that unknown or idle DUTs boot."""
+    host, port = api_address or ("127.0.0.1", 8000)
+    if host in ("0.0.0.0", "::", ""):
+        host = os.environ.get("VALVE_CONSOLE_PRIVATE_IP", "10.42.0.1")
+    api_host = settings.boot_api_host or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    kernel = settings.boot_kernel_url or f"http://{api_host}/files/kernel"
+    initrd = settings.boot_initrd_url or f"http://{api_host}/files/initramfs.cpio.xz"
+    return kernel, initrd, api_host
