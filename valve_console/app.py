@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
+import socket
 from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any, Callable
@@ -50,6 +52,13 @@ RECENT_LOG = 5000
 
 def is_linux_console() -> bool:
     return os.environ.get("TERM", "") == "linux"
+
+
+def make_writer_id() -> str:
+    """A stable id for this TUI's console input (``tui-<hostname>-<pid>``, printable ASCII, <= 64)."""
+    host = re.sub(r"[^!-~]", "", socket.gethostname().split(".")[0]) or "host"
+    suffix = f"-{os.getpid()}"
+    return f"tui-{host}"[: 64 - len(suffix)] + suffix
 
 
 class ConsoleApp(App[int]):
@@ -102,12 +111,16 @@ class ConsoleApp(App[int]):
         self.connected = False
         self.form_target: str | None = None
         self.console_target: str | None = None
+        self.writer_id = make_writer_id()
+        self.held_writers: set[str] = set()  # consoles this TUI typed into and has not released yet
         self.recent_log_entries: deque[tuple[str, dict[str, Any]]] = deque(maxlen=RECENT_LOG)
         self._log_keys: OrderedDict[tuple[Any, ...], None] = OrderedDict()
         self._pending = Changes()
         self._views: list[FarmScreen] = []
         self._form_return = "duts"
         self._refetch_task: asyncio.Task[None] | None = None
+        self._discovery_task: asyncio.Task[None] | None = None
+        self._discovery_dirty = False
         self._saved_bars: tuple[Any, Any] | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -121,8 +134,9 @@ class ConsoleApp(App[int]):
         self.run_worker(self._connection_loop(), name="events", group="events", exit_on_error=False)
 
     def on_unmount(self) -> None:
-        if self._refetch_task is not None and not self._refetch_task.done():
-            self._refetch_task.cancel()
+        for task in (self._refetch_task, self._discovery_task):
+            if task is not None and not task.done():
+                task.cancel()
         if self._saved_bars is not None:
             ScrollBarRender.VERTICAL_BARS, ScrollBarRender.HORIZONTAL_BARS = self._saved_bars
             self._saved_bars = None
@@ -184,17 +198,64 @@ class ConsoleApp(App[int]):
         """Fetch everything; the next flush replaces the model with it."""
         self.flush()  # events buffered so far are older than what comes back now
         c = self.client
-        health, gateway, machines, pdus, consoles, backend_log = await asyncio.gather(
-            c.health(), c.gateway(), c.machines(), c.pdus(), c.consoles(), c.backend_log(500)
+        health, gateway, machines, pdus, consoles, backend_log, discovery = await asyncio.gather(
+            c.health(), c.gateway(), c.machines(), c.pdus(), c.request("GET", "/api/v1/consoles"),
+            c.backend_log(500), self._fetch_discovery()
         )
         self._pending.snapshot = Snapshot(
             health=health,
             gateway=gateway.get("interfaces", []) if isinstance(gateway, dict) else list(gateway or []),
             machines=machines,
             pdus=pdus,
-            consoles=consoles,
+            consoles=consoles.get("consoles", {}),
             backend_log=backend_log,
+            devices=consoles.get("devices") or {},
+            discovery=discovery,
         )
+
+    async def _fetch_discovery(self) -> dict[str, Any] | None:
+        """The discovery status; None from a backend without discovery (404)."""
+        try:
+            return await self.client.discovery()
+        except FarmClientError as exc:
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 401:
+                return None  # an older backend: no discovery there
+            raise
+
+    async def release_writers(self, timeout: float = 2.0) -> None:
+        """Give back write access to every console this TUI still holds (on the way out)."""
+        macs, self.held_writers = list(self.held_writers), set()
+        if not macs:
+            return
+        calls = [self.client.release_console_writer(mac, self.writer_id) for mac in macs]
+        try:
+            await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout)
+        except asyncio.TimeoutError:
+            log.warning("giving back write access to %d consoles timed out", len(macs))
+
+    def _schedule_discovery_refresh(self) -> None:
+        self._discovery_dirty = True
+        if self._discovery_task is None or self._discovery_task.done():
+            self._discovery_task = asyncio.create_task(self._refresh_discovery())
+
+    async def _refresh_discovery(self) -> None:
+        """A cheap refetch of the discovery status (the queue is not in the events); again when
+        more discovery events came in while it was on its way, so the last word is the backend's."""
+        while self._discovery_dirty:
+            self._discovery_dirty = False
+            try:
+                status = await self._fetch_discovery()
+            except FarmClientError:
+                return  # the connection loop reports a lost backend
+            if status is not None and not self._pending.discovery:
+                self.set_discovery(status)
+
+    def set_discovery(self, status: dict[str, Any]) -> None:
+        self.model.set_discovery(status)
+        for view in list(self._views):
+            show = getattr(view, "show_discovery", None)
+            if show is not None:
+                show(self.model)
 
     def _short_reason(self, reason: str) -> str:
         where = self.client.describe
@@ -241,6 +302,24 @@ class ConsoleApp(App[int]):
                     self.notify(f"internal error updating {type(view).__name__}: {exc}", severity="error")
         self.recent_log_entries.extend(("log", e) for e in changes.logs)
         self.recent_log_entries.extend(("journal", e) for e in changes.journal)
+        for event in changes.discovery:
+            self._report_discovery(event)
+        if changes.discovery:
+            self._schedule_discovery_refresh()
+
+    def _report_discovery(self, event: dict[str, Any]) -> None:
+        state = event.get("state")
+        outlet = f"{event.get('pdu')}/{event.get('port_id')}"
+        if state == "found":
+            mac = str(event.get("mac") or "?")
+            name = self.model.machine_name(mac)
+            self.report(f"{mac} is behind {outlet}" + (f" ({name})" if name != mac else ""))
+        elif state == "timeout":
+            self.report(f"nothing registered behind {outlet} in time: switched off again", "warning")
+        elif state == "cancelled":
+            self.report(f"discovery of {outlet} cancelled: switched off", "warning")
+        elif state == "started":
+            self.last_status = (f"discovering {outlet}: waiting for a machine to register...", "information")
 
     def _new_log_entry(self, entry: dict[str, Any]) -> bool:
         key = (entry.get("ts"), entry.get("logger"), entry.get("message"))
@@ -352,6 +431,70 @@ class ConsoleApp(App[int]):
             return
         self.report(f"{pdu}/{port}{self._machine_suffix(pdu, port)} is {result} (read back)")
 
+    # ---------------------------------------------------------------- outlet discovery
+    @property
+    def dash(self) -> str:
+        """An em dash, or its ASCII stand-in on the Linux console (CP437 has none)."""
+        return " - " if self.linux_console else " — "
+
+    def discover_outlet(self, pdu: str, port: str) -> None:
+        """Power a free outlet on; the next machine that registers without an outlet gets it (asks first)."""
+        question = f"Power {pdu}/{port} on and give it to the next machine that registers?"
+        self._confirm(question, lambda: self.run_worker(self._discover(pdu, port), group="discovery",
+                                                        exit_on_error=False), label="Discover")
+
+    async def _discover(self, pdu: str, port: str) -> None:
+        self.last_status = (f"{pdu}/{port}: starting discovery...", "information")
+        try:
+            answer = await self.client.discover(pdu, port)
+        except FarmClientError as exc:
+            self.report(f"discovering {pdu}/{port} failed: {exc}", "error")
+            return
+        if isinstance(answer, dict) and answer.get("discovery"):
+            self.set_discovery({"current": answer["discovery"], "queue": self.model.discovery.get("queue", [])})
+        self.report(str((answer or {}).get("message") or f"discovering {pdu}/{port}"))
+
+    def find_outlets(self, pdu: str) -> None:
+        """Discover every free outlet of ``pdu`` that is off, one after another (asks first)."""
+        free = [p for p in self.model.free_ports(pdu)
+                if str((self.model.outlet(pdu, p) or {}).get("state", "")).upper() == "OFF"]
+        question = (f"Find outlets on {pdu}: power its {len(free)} free outlets that are off on, one at a time, "
+                    "and give each to the next machine that registers?")
+        self._confirm(question, lambda: self.run_worker(self._find_outlets(pdu), group="discovery",
+                                                        exit_on_error=False), label="Find outlets")
+
+    async def _find_outlets(self, pdu: str) -> None:
+        self.last_status = (f"{pdu}: starting to find outlets...", "information")
+        try:
+            answer = await self.client.find_outlets(pdu)
+        except FarmClientError as exc:
+            self.report(f"finding outlets on {pdu} failed: {exc}", "error")
+            return
+        if isinstance(answer, dict) and "queue" in answer:
+            self.set_discovery(answer)
+        self._schedule_discovery_refresh()
+        self.report(str((answer or {}).get("message") or f"finding outlets on {pdu}"))
+
+    def cancel_discovery(self) -> None:
+        current = self.model.discovery.get("current")
+        queued = len(self.model.discovery.get("queue") or [])
+        if not current and not queued:
+            self.report("no discovery is running", "warning")
+            return
+        what = f"the discovery of {current['pdu']}/{current['port_id']}" if current else "the discovery"
+        more = f" and the {queued} queued outlets" if queued else ""
+        self._confirm(f"Cancel {what}{more}? The outlet is switched off.", lambda: self.run_worker(
+            self._cancel_discovery(), group="discovery", exit_on_error=False), label="Cancel discovery", danger=True)
+
+    async def _cancel_discovery(self) -> None:
+        try:
+            status = await self.client.cancel_discovery()
+        except FarmClientError as exc:
+            self.report(f"cancelling the discovery failed: {exc}", "error")
+            return
+        if isinstance(status, dict):
+            self.set_discovery(status)
+
     def power_cycle(self, mac: str) -> None:
         machine = self.model.machines.get(mac) or {}
         pdu, port = outlet_of(machine)
@@ -422,6 +565,7 @@ async def _run(app: ConsoleApp) -> int:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+        await app.release_writers()
         await app.client.close()
     return int(result or 0) if isinstance(result, int) else 0
 

@@ -133,8 +133,14 @@ def test_demo_in_tmux_on_a_linux_console(tmp_path: Path) -> None:
         tmux.wait("(current)", "outlet 3")
         tmux.keys("Tab", "Tab", "Tab", "Tab", "Tab", "Space")
         tmux.keys("C-s")
-        screen = tmux.wait("vpdu1/3", timeout=20)
-        row = next(line for line in screen.splitlines() if MAC in line)
+        # back in the DUT table (the status line may already name vpdu1/3: wait for the row itself)
+        deadline = time.monotonic() + 20
+        while True:
+            screen = tmux.screen()
+            row = next((line for line in screen.splitlines() if MAC in line and "sorted by" in screen), "")
+            if ("vpdu1/3" in row and " yes " in row) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert "vpdu1/3" in row and " yes " in row, screen
         assert "NOT_READY" not in row
         # ctrl+q quits; the demo then stops its vPDU, which powers the simulated DUTs off

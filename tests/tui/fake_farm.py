@@ -118,9 +118,17 @@ def farm_data() -> dict[str, Any]:
         "pdus": pdus,
         "consoles": {
             "52:54:00:11:22:03": {"mac": "52:54:00:11:22:03", "source": "netconsole@127.0.0.1:40000",
-                                  "connected": True, "tcp_port": None, "bytes": len(BOOT_LOG),
+                                  "connected": True, "device": None, "remote": None, "baud": None,
+                                  "tcp_host": "127.0.0.1", "tcp_port": 8203, "tcp_error": None,
+                                  "writer": "tcp:127.0.0.1:51234", "viewers": 2, "bytes": len(BOOT_LOG),
                                   "buffered": len(BOOT_LOG), "last_activity": ts(9, 30, 0), "log_path": "x"},
         },
+        "devices": {
+            "usb-FTDI_FT232R_A10K3B2C-if00": {"identity": "usb-FTDI_FT232R_A10K3B2C-if00", "devnode": "/dev/ttyUSB0",
+                                              "by_path": None, "serial": "A10K3B2C", "machine": None, "open": True,
+                                              "error": None},
+        },
+        "discovery": {"current": None, "queue": []},
         "console_logs": {"52:54:00:11:22:03": BOOT_LOG},
         "log": [
             {"ts": ts(9, 0, 0), "level": "INFO", "priority": 6, "logger": "valve_console.backend.farm",
@@ -175,7 +183,8 @@ class FakeFarmClient(FarmClient):
             "/api/v1/machines": {"machines": d["machines"]},
             "/api/v1/pdus": {"pdus": d["pdus"]},
             "/api/v1/pdu/drivers": {"drivers": d["drivers"]},
-            "/api/v1/consoles": {"consoles": d["consoles"]},
+            "/api/v1/consoles": {"consoles": d["consoles"], "devices": d.get("devices", {})},
+            "/api/v1/machine/discover": d.get("discovery", {"current": None, "queue": []}),
             "/api/v1/log": {"entries": d["log"]},
         }
         if path in routes:

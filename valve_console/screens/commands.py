@@ -1,7 +1,8 @@
 """Command palette (ctrl+p or ``:``, k9s style): the farm's actions by name.
 
 "power on vpdu1/3 (vivian-virtio-1)", "open console <machine>", "edit <machine>",
-"retire <machine>" / "activate <machine>", "go to <screen>". Power commands still ask for
+"retire <machine>" / "activate <machine>", "go to <screen>", "discover <pdu>/<port>",
+"find outlets on <pdu>", "cancel discovery". Power commands still ask for
 confirmation: they go through the same app actions as the keys.
 """
 
@@ -37,6 +38,14 @@ class FarmCommands(Provider):
                 for verb in ("on", "off", "reboot"):
                     yield (f"power {verb} {name}/{port}{suffix}", partial(app.power_outlet, name, port, verb),
                            f"switch outlet {port} of {name} {verb} (asks first)")
+        for name in sorted(model.pdus):
+            for port in model.free_ports(name):
+                yield (f"discover {name}/{port}", partial(app.discover_outlet, name, port),
+                       f"power outlet {port} of {name} on and give it to the next machine that registers (asks first)")
+            yield (f"find outlets on {name}", partial(app.find_outlets, name),
+                   f"discover every free outlet of {name}, one after another (asks first)")
+        if model.discovery.get("current") or model.discovery.get("queue"):
+            yield "cancel discovery", app.cancel_discovery, "stop the running outlet discovery (asks first)"
         for mac in sorted(model.machines, key=model.machine_name):
             machine = model.machines[mac]
             name = model.machine_name(mac)

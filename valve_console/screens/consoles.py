@@ -3,11 +3,15 @@
 A tab starts with the console's ring buffer (``client.console_log``); events that arrive while it
 is being fetched are held and appended without the part the log already holds. What the operator
 types in a ConsoleView's type mode arrives as ``ConsoleView.Input`` and is sent, in order, with
-``client.console_input``; errors (e.g. 409: not connected) are shown.
+``client.console_input`` under this TUI's writer id; errors (e.g. 409: not connected) are shown.
+One writer at a time: when someone else holds the console, "X is typing in this console" is shown
+and ctrl+t resends what was refused with ``takeover``; leaving type mode gives write access back.
+The header line shows the console's source, its TCP port (``nc HOST PORT``), writer and viewers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -24,6 +28,14 @@ from .base import FarmScreen
 from .model import Changes, FarmModel
 
 MAX_OVERLAP = 256 * 1024
+MAX_REFUSED = 4096  # characters typed while someone else writes, kept to resend on takeover
+_HOLDER = re.compile(r"already has a writer \((?P<who>[^)]*)\)")
+
+
+def writer_conflict(message: str) -> str | None:
+    """Who holds write access, from the API's 409 message (None: another kind of error)."""
+    match = _HOLDER.search(message)
+    return match.group("who") if match else None
 
 
 def pane_id(mac: str) -> str:
@@ -65,6 +77,9 @@ class ConsolesScreen(FarmScreen):
         self._input: dict[str, str] = {}
         self._sending: set[str] = set()
         self._target: str | None = None
+        self._blocked: dict[str, str] = {}  # mac -> who holds write access (after a 409)
+        self._refused: dict[str, str] = {}  # mac -> what was typed but refused meanwhile
+        self._takeover: set[str] = set()  # macs whose next input takes write access over
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="console-info", classes="status-line")
@@ -102,6 +117,14 @@ class ConsolesScreen(FarmScreen):
                 self._loading[mac].append(text)
             elif mac in self.views:
                 self.views[mac].write(text)
+        for mac, info in changes.console_info.items():
+            holder = self._blocked.get(mac)
+            if holder and info.get("writer") != holder and mac not in self._takeover:
+                # the other writer left (or was taken over): typing goes through again
+                self._refused.pop(mac, None)
+                self._set_blocked(mac, None)
+                if not info.get("writer"):
+                    self.console_app.report(f"{holder} stopped typing in {model.machine_name(mac)}'s console")
         if changes.machines or changes.console_info:
             self._update_info()
 
@@ -109,6 +132,7 @@ class ConsolesScreen(FarmScreen):
         if mac in self.views:
             return
         view = ConsoleView(mac, max_lines=20000)
+        view.dash = self.console_app.dash
         self.views[mac] = view
         self.order.append(mac)
         self._loading[mac] = []
@@ -162,6 +186,11 @@ class ConsolesScreen(FarmScreen):
                 return mac
         return None
 
+    @property
+    def my_writer(self) -> str:
+        """How the backend names this TUI as a console writer."""
+        return f"api:{self.console_app.writer_id}"
+
     def _update_info(self) -> None:
         mac = self.current_mac()
         info = self.query_one("#console-info", Static)
@@ -169,7 +198,7 @@ class ConsolesScreen(FarmScreen):
             info.update("")
             return
         machine = self.model.machines.get(mac) or {}
-        console = self.model.consoles.get(mac)
+        console = self.model.consoles.get(mac) or {}
         text = Text()
         text.append(f" {self.model.machine_name(mac)} ", style="bold")
         text.append(f" {mac}")
@@ -178,9 +207,41 @@ class ConsolesScreen(FarmScreen):
         if machine.get("state"):
             text.append(f"  {machine['state']}")
         text.append("  console ")
-        text.append_text(connection_badge(None if console is None else console.get("connected")))
-        if console and console.get("source"):
+        text.append_text(connection_badge(console.get("connected") if console else None))
+        if console.get("source"):
             text.append(f" via {console['source']}", style="dim")
+            if console.get("baud"):
+                text.append(f" {console['baud']} baud", style="dim")
+        elif console.get("remote"):
+            text.append(f" remote {console['remote']}", style="dim")
+        elif console.get("device"):
+            text.append(f" device {console['device']}", style="dim")
+        text.append("\n ")
+        if console.get("tcp_port"):
+            text.append("shared: ")
+            text.append(f"nc {console.get('tcp_host') or '127.0.0.1'} {console['tcp_port']}", style="bold")
+        elif console:
+            text.append("not shared on TCP", style="dim")
+        else:
+            text.append("no console yet: it starts with the machine's first console output", style="dim")
+        if console.get("tcp_error"):
+            text.append(f"  {console['tcp_error']}", style="bold red")
+        if console:
+            writer = console.get("writer")
+            text.append("  writer: ")
+            if not writer:
+                text.append("nobody", style="dim")
+            elif writer == self.my_writer:
+                text.append("you", style="bold")
+            else:
+                text.append(str(writer), style="bold yellow")
+            viewers = int(console.get("viewers") or 0)
+            text.append(f"  {viewers} viewer{'' if viewers == 1 else 's'}")
+        holder = self._blocked.get(mac)
+        if holder:
+            text.append("\n ")
+            text.append(f"{holder} is typing in this console{self.console_app.dash}press ctrl+t to take over",
+                        style="bold yellow")
         info.update(text)
 
     @on(TabbedContent.TabActivated, "#console-tabs")
@@ -233,20 +294,87 @@ class ConsolesScreen(FarmScreen):
     def _typed(self, event: Any) -> None:
         event.stop()
         mac, data = event.mac, event.data
+        if mac in self._blocked and mac not in self._takeover:
+            self._refused[mac] = (self._refused.get(mac, "") + data)[-MAX_REFUSED:]
+            return
         self._input[mac] = self._input.get(mac, "") + data
+        self._start_sending(mac)
+
+    def _start_sending(self, mac: str) -> None:
         if mac not in self._sending:
             self._sending.add(mac)
             self.run_worker(self._send(mac), group=f"console-input-{mac}", exit_on_error=False)
 
     async def _send(self, mac: str) -> None:
+        client = self.console_app.client
         try:
-            while self._input.get(mac):
-                data = self._input.pop(mac)
+            while self._input.get(mac) or mac in self._takeover:
+                data = self._input.pop(mac, "")
+                takeover = mac in self._takeover
                 try:
-                    await self.console_app.client.console_input(mac, data)
+                    await client.console_input(mac, data, writer=self.console_app.writer_id, takeover=takeover)
                 except FarmClientError as exc:
-                    self._input.pop(mac, None)
-                    self.console_app.report(f"typing into {self.model.machine_name(mac)} failed: {exc}", "error")
+                    self._takeover.discard(mac)
+                    rest = self._input.pop(mac, "")
+                    holder = writer_conflict(str(exc)) if exc.status == 409 else None
+                    if holder is not None:
+                        self._refused[mac] = (self._refused.get(mac, "") + data + rest)[-MAX_REFUSED:]
+                        self._set_blocked(mac, holder)
+                        self.console_app.report(f"{holder} is typing in {self.model.machine_name(mac)}'s console"
+                                                f"{self.console_app.dash}press ctrl+t to take over", "warning")
+                    else:
+                        self.console_app.report(f"typing into {self.model.machine_name(mac)} failed: {exc}", "error")
                     return
+                self.console_app.held_writers.add(mac)
+                if takeover:
+                    self._takeover.discard(mac)
+                    self._set_blocked(mac, None)
+                    self.console_app.report(f"you now type into {self.model.machine_name(mac)}'s console")
         finally:
             self._sending.discard(mac)
+
+    def _set_blocked(self, mac: str, holder: str | None) -> None:
+        if holder is None:
+            self._blocked.pop(mac, None)
+        else:
+            self._blocked[mac] = holder
+        view = self.views.get(mac)
+        if view is not None:
+            view.blocked_by = holder
+        if mac == self.current_mac():
+            self._update_info()
+
+    @on(ConsoleView.Takeover)
+    def _take_over(self, event: Any) -> None:
+        """ctrl+t: resend what was refused, taking write access over."""
+        event.stop()
+        mac = event.mac
+        refused = self._refused.pop(mac, "")
+        self._input[mac] = refused + self._input.get(mac, "")
+        self._takeover.add(mac)
+        self._start_sending(mac)
+
+    @on(ConsoleView.TypingChanged)
+    def _typing_changed(self, event: Any) -> None:
+        event.stop()
+        mac = event.mac
+        if event.typing:
+            return
+        # leaving type mode: forget what was refused and give write access back
+        self._refused.pop(mac, None)
+        self._takeover.discard(mac)
+        self._set_blocked(mac, None)
+        self.run_worker(self._release(mac), group=f"console-release-{mac}", exit_on_error=False)
+
+    async def _release(self, mac: str) -> None:
+        for _ in range(40):  # what was typed last goes out first
+            if mac not in self._sending:
+                break
+            await asyncio.sleep(0.05)
+        self.console_app.held_writers.discard(mac)
+        try:
+            await self.console_app.client.release_console_writer(mac, self.console_app.writer_id)
+        except FarmClientError as exc:
+            if exc.status not in (404, 409):
+                self.console_app.report(f"giving back write access to {self.model.machine_name(mac)} failed: {exc}",
+                                        "warning")

@@ -1,6 +1,8 @@
 """Machine form: what an operator configures on a DUT (PDU outlet, tty, tags, off delay, comment,
-ready for service, retired). Keyboard only: tab/shift+tab, space toggles, ctrl+s or Save sends ONE
-PATCH with the changed fields; escape or Cancel goes back. Problems are shown next to their field.
+ready for service, retired, console device, remote console). Keyboard only: tab/shift+tab, space
+toggles, ctrl+s or Save sends ONE PATCH with the changed machine fields, then, only when they
+changed, the console device (``set_console_device``) and the remote console (``set_console_source``);
+escape or Cancel goes back. Problems are shown next to their field.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .base import FarmScreen
 from .model import Changes, FarmModel, outlet_of
 
 _TTY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
-FIELDS = ("machine", "pdu", "port", "tty", "tags", "delay", "comment", "ready", "retired")
+FIELDS = ("machine", "pdu", "port", "tty", "tags", "delay", "comment", "ready", "retired", "condev", "remote")
 
 
 def format_delay(value: Any) -> str:
@@ -99,6 +101,7 @@ class MachineFormScreen(FarmScreen):
         self.original: dict[str, Any] = {}
         self._loaded_target: str | None = None
         self._machine_values: set[str] = set()
+        self.original_console: dict[str, Any] = {"device": None, "remote": None}
 
     def compose_body(self) -> ComposeResult:
         with VerticalScroll(id="machine-form", classes="form"):
@@ -114,6 +117,9 @@ class MachineFormScreen(FarmScreen):
             yield FormRow("Comment", Input(placeholder="free text", id="form-comment"), "comment")
             yield FormRow("", Checkbox("Ready for service", id="form-ready"), "ready")
             yield FormRow("", Checkbox("Retired", id="form-retired"), "retired")
+            yield FormRow("Console device", Select([], id="form-condev", allow_blank=True, prompt="none"), "condev")
+            yield FormRow("Remote console", Input(placeholder="tcp://HOST:PORT or rfc2217://HOST:PORT (empty: none)",
+                                                  id="form-remote"), "remote")
             yield Static("", id="form-error", classes="form-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save (ctrl+s)", id="form-save", variant="primary")
@@ -243,7 +249,44 @@ class MachineFormScreen(FarmScreen):
             box = self.query_one(box_id, Checkbox)
             box.value = bool(machine.get(key))
             self._label_checkbox(box)
+        console = self.model.consoles.get(mac) or {}
+        self.original_console = {"device": console.get("device") or None, "remote": console.get("remote") or None}
+        self._update_device_options(self.model.devices, select_original=True)
+        self.query_one("#form-remote", Input).value = self.original_console["remote"] or ""
         self.query_one("#form-pdu", Select).focus()
+        self.refresh_devices()
+
+    # ---------------------------------------------------------------- console device
+    @work(exit_on_error=False, exclusive=True, group="machine-form-devices")
+    async def refresh_devices(self) -> None:
+        """The serial devices present now (they come and go with USB adapters)."""
+        try:
+            devices = await self.console_app.client.console_devices()
+        except FarmClientError:
+            return  # the model's list stays; the banner tells about a lost backend
+        self.model.devices = devices
+        self._update_device_options(devices)
+
+    def _update_device_options(self, devices: dict[str, dict[str, Any]], select_original: bool = False) -> None:
+        select = self.query_one("#form-condev", Select)
+        current = self.original_console["device"] if select_original else select.value
+        options: list[tuple[Text, str]] = []
+        for ident, info in sorted(devices.items()):
+            label = Text(str(info.get("devnode") or ident))
+            if info.get("serial"):
+                label.append(f"  serial {info['serial']}", style="dim")
+            label.append(f"  {ident}", style="dim")
+            owner = info.get("machine")
+            if owner and owner != self.mac:
+                label.append(f"  (console of {self.model.machine_name(owner)})", style="yellow")
+            if info.get("error"):
+                label.append(f"  {info['error']}", style="red")
+            options.append((label, ident))
+        if isinstance(current, str) and current not in devices:
+            options.append((Text(f"{current}  (not present)"), current))
+        with self.prevent(Select.Changed):
+            select.set_options(options)
+            select.value = current if isinstance(current, str) else Select.NULL
 
     @on(Checkbox.Changed)
     def _checkbox_changed(self, event: Checkbox.Changed) -> None:
@@ -349,6 +392,18 @@ class MachineFormScreen(FarmScreen):
             return None
         return fields
 
+    def console_changes(self) -> dict[str, str | None]:
+        """The console settings that changed: ``device`` (an identity or None), ``remote`` (a URL or None)."""
+        changes: dict[str, str | None] = {}
+        device_value = self.query_one("#form-condev", Select).value
+        device = device_value if isinstance(device_value, str) else None
+        if device != self.original_console["device"]:
+            changes["device"] = device
+        remote = self.query_one("#form-remote", Input).value.strip() or None
+        if remote != self.original_console["remote"]:
+            changes["remote"] = remote
+        return changes
+
     @on(Button.Pressed, "#form-save")
     def action_save(self) -> None:
         if self.mac is None:
@@ -357,27 +412,55 @@ class MachineFormScreen(FarmScreen):
         fields = self.collect()
         if fields is None:
             return
-        if not fields:
+        console = self.console_changes()
+        if not fields and not console:
             self.console_app.report(f"{self.model.machine_name(self.mac)}: nothing changed", "information")
             self.console_app.leave_form()
             return
-        self.save(self.mac, fields)
+        self.save(self.mac, fields, console)
 
     @work(exit_on_error=False, exclusive=True, group="machine-form-save")
-    async def save(self, mac: str, fields: dict[str, Any]) -> None:
+    async def save(self, mac: str, fields: dict[str, Any], console: dict[str, str | None] | None = None) -> None:
+        client = self.console_app.client
         self.query_one("#form-error", Static).update("saving...")
-        try:
-            await self.console_app.client.update_machine(mac, **fields)
-        except FarmClientError as exc:
-            message = str(exc)
-            self.query_one("#form-error", Static).update(Text(f"the API refused: {message}", style="bold red"))
-            field = error_field(message)
-            if field is not None:
-                self._field_error(field, message)
+        if fields:
+            try:
+                answer = await client.update_machine(mac, **fields)
+            except FarmClientError as exc:
+                message = str(exc)
+                self.query_one("#form-error", Static).update(Text(f"the API refused: {message}", style="bold red"))
+                field = error_field(message)
+                if field is not None:
+                    self._field_error(field, message)
+                self.console_app.report(f"saving {self.model.machine_name(mac)} failed: {message}", "error")
+                return
+            if isinstance(answer, dict) and answer.get("mac_address") == mac:
+                self.original = dict(answer)  # saving again does not repeat this PATCH
+        saved = list(fields)
+        problems: list[str] = []
+        for key, field, call, what in (
+            ("device", "condev", client.set_console_device, "console device"),
+            ("remote", "remote", client.set_console_source, "remote console"),
+        ):
+            if key not in (console or {}):
+                continue
+            value = (console or {})[key]
+            try:
+                await call(mac, value)
+            except FarmClientError as exc:
+                self._field_error(field, str(exc))
+                problems.append(f"{what}: {exc}")
+                continue
+            self.original_console[key] = value
+            saved.append(what)
+        if problems:
+            message = "; ".join(problems)
+            done = f" (saved: {', '.join(saved)})" if saved else ""
+            self.query_one("#form-error", Static).update(Text(f"the API refused {message}{done}", style="bold red"))
             self.console_app.report(f"saving {self.model.machine_name(mac)} failed: {message}", "error")
             return
         self.query_one("#form-error", Static).update("")
-        self.console_app.report(f"saved {self.model.machine_name(mac)} ({', '.join(fields)})", "information")
+        self.console_app.report(f"saved {self.model.machine_name(mac)} ({', '.join(saved)})", "information")
         self.console_app.leave_form()
 
     @on(Button.Pressed, "#form-cancel")

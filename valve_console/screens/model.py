@@ -28,6 +28,8 @@ class Snapshot:
     consoles: dict[str, dict[str, Any]]
     backend_log: list[dict[str, Any]]
     fetched_at: float = field(default_factory=time.monotonic)
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)  # serial devices seen (identity -> info)
+    discovery: dict[str, Any] | None = None  # GET /api/v1/machine/discover (None: not known)
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Changes:
     console_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     logs: list[dict[str, Any]] = field(default_factory=list)
     journal: list[dict[str, Any]] = field(default_factory=list)
+    discovery: list[dict[str, Any]] = field(default_factory=list)  # discovery events, in order
     dropped_lines: int = 0
     # filled in by FarmModel.apply: where machines were before this batch (mac -> (pdu, port))
     old_outlets: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
@@ -58,6 +61,7 @@ class Changes:
             or self.console_info
             or self.logs
             or self.journal
+            or self.discovery
         )
 
     # ---------------------------------------------------------------- collecting events
@@ -101,6 +105,9 @@ class Changes:
             self._append(self.logs, data)
         elif kind == "journal":
             self._append(self.journal, data)
+        elif kind == "discovery":
+            if data.get("state"):
+                self.discovery.append(dict(data))
         elif kind == "dropped":
             return True
         return False
@@ -122,6 +129,9 @@ class FarmModel:
         self.machines: dict[str, dict[str, Any]] = {}
         self.pdus: dict[str, dict[str, Any]] = {}
         self.consoles: dict[str, dict[str, Any]] = {}
+        self.devices: dict[str, dict[str, Any]] = {}
+        self.discovery: dict[str, Any] = {"current": None, "queue": []}
+        self.discovery_at = time.monotonic()  # when ``discovery["current"]["remaining"]`` was true
         self.fetched_at = time.monotonic()
 
     # ---------------------------------------------------------------- applying
@@ -135,6 +145,9 @@ class FarmModel:
             self.machines = dict(snap.machines)
             self.pdus = copy.deepcopy(snap.pdus)
             self.consoles = dict(snap.consoles)
+            self.devices = dict(snap.devices)
+            if snap.discovery is not None:
+                self.set_discovery(snap.discovery, snap.fetched_at)
             self.fetched_at = snap.fetched_at
         for mac, machine in changes.machines.items():
             old = self.machines.get(mac)
@@ -159,6 +172,36 @@ class FarmModel:
             self.consoles[mac] = info
         for mac in changes.console_text:
             self.consoles.setdefault(mac, {"mac": mac, "connected": None})
+        for event in changes.discovery:
+            self._apply_discovery_event(event)
+
+    # ---------------------------------------------------------------- discovery
+    def set_discovery(self, status: dict[str, Any], at: float | None = None) -> None:
+        """The discovery status as ``GET /api/v1/machine/discover`` returns it."""
+        self.discovery = {"current": status.get("current"), "queue": list(status.get("queue") or [])}
+        self.discovery_at = time.monotonic() if at is None else at
+
+    def _apply_discovery_event(self, event: dict[str, Any]) -> None:
+        """Follow a ``discovery`` event (the app refetches the status after it for the queue)."""
+        state = event.get("state")
+        pdu, port = str(event.get("pdu")), str(event.get("port_id"))
+        current = self.discovery.get("current")
+        queue = [q for q in self.discovery.get("queue", [])
+                 if (str(q.get("pdu")), str(q.get("port_id"))) != (pdu, port)]
+        if state == "started":
+            timeout = float(event.get("timeout") or (current or {}).get("timeout") or 0)
+            self.discovery = {"current": {"pdu": pdu, "port_id": port, "timeout": timeout, "remaining": timeout},
+                              "queue": queue}
+            self.discovery_at = time.monotonic()
+        elif current is not None and (str(current.get("pdu")), str(current.get("port_id"))) == (pdu, port):
+            self.discovery = {"current": None, "queue": [] if state == "cancelled" else queue}
+
+    def discovery_remaining(self) -> float | None:
+        """Seconds left for the running discovery, or None when none runs."""
+        current = self.discovery.get("current")
+        if not current:
+            return None
+        return max(0.0, float(current.get("remaining") or 0) - (time.monotonic() - self.discovery_at))
 
     # ---------------------------------------------------------------- queries
     def machine_name(self, mac: str) -> str:
@@ -197,6 +240,7 @@ class FarmModel:
                 state = str(info.get("state", "")).upper()
                 outlets[state if state in ("ON", "OFF") else "other"] += 1
         connected = sum(1 for c in self.consoles.values() if c.get("connected"))
+        typing = sum(1 for c in self.consoles.values() if c.get("writer"))
         return {
             "duts": duts,
             "machines": len(self.machines),
@@ -204,6 +248,7 @@ class FarmModel:
             "pdus": len(self.pdus),
             "consoles": len(self.consoles),
             "consoles_connected": connected,
+            "consoles_typing": typing,
             "jobs": 0,
         }
 

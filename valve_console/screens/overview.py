@@ -129,6 +129,7 @@ class OverviewScreen(FarmScreen):
             detail.append(f" {outlets['other']}")
         table.add_row("outlets", str(sum(outlets.values())), detail)
         table.add_row("PDUs", str(counts["pdus"]), "")
-        table.add_row("consoles", str(counts["consoles"]), f"{counts['consoles_connected']} connected")
+        typing = f", {counts['consoles_typing']} typed into" if counts.get("consoles_typing") else ""
+        table.add_row("consoles", str(counts["consoles"]), f"{counts['consoles_connected']} connected{typing}")
         table.add_row("jobs", str(counts["jobs"]), "running")
         self.query_one("#farm-counts", Static).update(table)

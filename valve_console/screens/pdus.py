@@ -1,4 +1,10 @@
-"""PDU screen: one outlet grid per PDU; switch the selected outlet, add and remove PDUs."""
+"""PDU screen: one outlet grid per PDU; switch the selected outlet, add and remove PDUs.
+
+Outlet discovery: ``d`` powers the selected (free, off) outlet on and gives it to the next machine
+that registers, ``D`` does that for every free outlet of the PDU in turn ("find outlets"), ``C`` or
+``esc`` cancels (all confirmed first). A status line shows the outlet being discovered, the time
+left and how many outlets are queued, kept up to date from ``discovery`` events.
+"""
 
 from __future__ import annotations
 
@@ -65,19 +71,69 @@ class PdusScreen(FarmScreen):
         Binding("r", "power('reboot')", "Reboot"),
         Binding("a", "add_pdu", "Add PDU"),
         Binding("x,delete", "remove_pdu", "Remove PDU"),
+        Binding("d", "discover", "Discover"),
+        Binding("D", "find_outlets", "Find outlets"),
+        Binding("C", "cancel_discovery", "Cancel discovery"),
+        Binding("escape", "cancel_discovery", "Cancel discovery", show=False),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.sections: dict[str, PduSection] = {}
         self._current: str | None = None
+        self._shown_discovery: bool | None = None
 
     def compose_body(self) -> ComposeResult:
+        yield Static("", id="discovery-status", classes="status-line")
         with VerticalScroll(id="pdu-list", can_focus=False):
             yield Static("No PDU yet: press [b]a[/b] to add one.", id="no-pdus")
 
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.show_discovery(self.model)
+        self.set_interval(1, self._tick_discovery)
+
+    # ---------------------------------------------------------------- discovery
+    def _discovering(self) -> bool:
+        discovery = self.model.discovery
+        return bool(discovery.get("current") or discovery.get("queue"))
+
+    def _tick_discovery(self) -> None:
+        if self._discovering():
+            self.show_discovery(self.model)
+
+    def show_discovery(self, model: FarmModel) -> None:
+        """The status line: the outlet being discovered, the time left, how many are queued."""
+        status = self.query_one("#discovery-status", Static)
+        discovery = model.discovery
+        current = discovery.get("current")
+        queue = discovery.get("queue") or []
+        dash = self.console_app.dash
+        text = Text()
+        if current:
+            remaining = model.discovery_remaining() or 0.0
+            text.append(f"discovering {current.get('pdu')}/{current.get('port_id')}", style="bold")
+            text.append(f"{dash}{remaining:.0f} s left")
+            if queue:
+                text.append(f", {len(queue)} more queued")
+        elif queue:
+            text.append(f"finding outlets{dash}{len(queue)} queued", style="bold")
+        if current or queue:
+            text.append("  (C or esc cancels)", style="dim")
+        status.update(text)
+        status.display = bool(current or queue)
+        if status.display != self._shown_discovery:
+            self._shown_discovery = status.display
+            self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel_discovery":
+            return self._discovering()
+        return True
+
     # ---------------------------------------------------------------- sync
     def farm_reset(self, model: FarmModel) -> None:
+        self.show_discovery(model)
         for name in [n for n in self.sections if n not in model.pdus]:
             self._remove_section(name)
         for name, pdu in sorted(model.pdus.items()):
@@ -95,6 +151,8 @@ class PdusScreen(FarmScreen):
                 self.call_after_refresh(section.grid.focus)
 
     def farm_changes(self, changes: Changes, model: FarmModel) -> None:
+        if changes.discovery:
+            self.show_discovery(model)
         for name in changes.pdus:
             if name in model.pdus:
                 self._sync_pdu(name, model.pdus[name], model)
@@ -195,3 +253,20 @@ class PdusScreen(FarmScreen):
             self.console_app.report("no PDU to remove", "warning")
             return
         self.console_app.remove_pdu(section.pdu_name)
+
+    def action_discover(self) -> None:
+        selected = self.selected_outlet()
+        if selected is None:
+            self.console_app.report("no outlet selected: add a PDU first (a)", "warning")
+            return
+        self.console_app.discover_outlet(*selected)
+
+    def action_find_outlets(self) -> None:
+        section = self.current_section()
+        if section is None:
+            self.console_app.report("no PDU to find outlets on: add one first (a)", "warning")
+            return
+        self.console_app.find_outlets(section.pdu_name)
+
+    def action_cancel_discovery(self) -> None:
+        self.console_app.cancel_discovery()

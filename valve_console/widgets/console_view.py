@@ -519,6 +519,31 @@ class ConsoleView(Widget, can_focus=True):
         def control(self) -> ConsoleView | None:
             return self.view
 
+    class TypingChanged(Message):
+        """Type mode was entered or left (the app claims or releases write access)."""
+
+        def __init__(self, mac: str, typing: bool, view: ConsoleView | None = None) -> None:
+            super().__init__()
+            self.mac = mac
+            self.typing = typing
+            self.view = view
+
+        @property
+        def control(self) -> ConsoleView | None:
+            return self.view
+
+    class Takeover(Message):
+        """The operator pressed ctrl+t while someone else holds write access."""
+
+        def __init__(self, mac: str, view: ConsoleView | None = None) -> None:
+            super().__init__()
+            self.mac = mac
+            self.view = view
+
+        @property
+        def control(self) -> ConsoleView | None:
+            return self.view
+
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("t", "type", "Type"),
         Binding(
@@ -581,6 +606,8 @@ class ConsoleView(Widget, can_focus=True):
         self._search_term = ""
         self._match: int | None = None
         self._search_note = ""
+        self._blocked_by: str | None = None
+        self.dash = " - "
         self._update_status()
 
     def compose(self) -> ComposeResult:
@@ -647,6 +674,18 @@ class ConsoleView(Widget, can_focus=True):
         self._update_status()
         if self.is_mounted:
             self.refresh_bindings()
+            self.post_message(self.TypingChanged(self.mac, value, self))
+
+    @property
+    def blocked_by(self) -> str | None:
+        """Who else holds write access (shown; ctrl+t in type mode then takes over), or None."""
+        return self._blocked_by
+
+    @blocked_by.setter
+    def blocked_by(self, who: str | None) -> None:
+        if who != self._blocked_by:
+            self._blocked_by = who
+            self._update_status()
 
     @property
     def paused(self) -> bool:
@@ -732,7 +771,9 @@ class ConsoleView(Widget, can_focus=True):
     # -- status ----------------------------------------------------------------------------
 
     def _update_status(self) -> None:
-        if self._typing:
+        if self._typing and self._blocked_by:
+            title = f"{self.mac} | {self._blocked_by} is typing in this console{self.dash}press ctrl+t to take over"
+        elif self._typing:
             title = f"{self.mac} | TYPE MODE - ctrl+] to leave"
         else:
             title = f"{self.mac} | read-only - t to type"
@@ -773,6 +814,9 @@ class ConsoleView(Widget, can_focus=True):
         event.prevent_default()
         if event.key in LEAVE_TYPE_KEYS:
             self.typing = False
+            return
+        if event.key == "ctrl+t" and self._blocked_by:
+            self.post_message(self.Takeover(self.mac, self))
             return
         data = key_to_bytes(event.key, event.character)
         if data:
