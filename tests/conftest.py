@@ -26,6 +26,7 @@ def make_settings(data_dir: Path, **overrides) -> Settings:
         default_pdu_off_delay=0.2,
         outlet_poll_interval=0.5,
         pdu_timeout=2.0,
+        console_tcp_base=0,  # any free port: fixed console ports clash between parallel runs
     )
     values.update(overrides)
     return Settings(**values)

@@ -131,3 +131,22 @@ async def test_ring_buffer_is_bounded(farm):
     sizes = sorted(p.name for p in log.path.parent.glob("x.log*"))
     assert sizes == ["x.log", "x.log.1", "x.log.2"]
     assert all(p.stat().st_size <= 100_000 for p in log.path.parent.glob("x.log*"))
+
+
+async def test_an_idle_api_writer_is_let_go_with_an_event(farm, http):
+    reader, writer = await dut_console(farm)
+    writer.write(f"SALAD.machine_id={MAC}\n".encode())
+    await writer.drain()
+    await wait_for(lambda: _connected(http))
+    farm.consoles.consoles[MAC].api_writer_timeout = 0.3
+    sub = farm.bus.subscribe(["console"])
+    r = await http.post(f"/api/v1/console/{MAC}/input", json={"data": "x", "writer": "alice"})
+    assert r.status_code == 200
+    seen = []
+    for _ in range(40):
+        seen += [e.data["console"]["writer"] for e in await sub.get_batch(timeout=0.1) if "console" in e.data]
+        if seen and seen[-1] is None and "api:alice" in seen:
+            break
+    sub.close()
+    assert "api:alice" in seen and seen[-1] is None  # taken, then released by the idle timeout
+    writer.close()

@@ -119,7 +119,9 @@ async def test_find_outlets_walks_every_free_outlet(farm, http):
 
 
 async def _current(http):
-    return (await http.get("/api/v1/machine/discover")).json()["current"]
+    """The outlet under discovery once it is on and waiting for a registration."""
+    current = (await http.get("/api/v1/machine/discover")).json()["current"]
+    return current if current and current["waiting"] else None
 
 
 async def _idle(http):

@@ -285,6 +285,8 @@ async def test_find_outlets_walks_the_queue(farm: Farm, app: ConsoleApp) -> None
         macs = []
         for n, port in ((1, "0"), (2, "1")):
             mac = f"52:54:00:aa:00:{n:02x}"
+            await wait_for(pilot, lambda port=port: (c := farm.discovery.current) is not None and c.armed
+                           and c.port_id == port, 10, f"d1/{port} on and waiting")
             await farm.machines.register(Registration(base_name="virtio", mac_address=mac, ip_address=f"10.42.1.{n}"))
             await wait_for(pilot, lambda mac=mac, port=port: notified(app, f"{mac} is behind d1/{port}"), 10,
                            f"{mac} found")

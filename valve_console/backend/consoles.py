@@ -345,6 +345,8 @@ class Console:
         self.pending_event = bytearray()
         self.last_activity: float | None = None
         self.on_pending: Callable[[], None] = lambda: None
+        self.on_writer_change: Callable[[], None] = lambda: None
+        self._writer_expiry: asyncio.TimerHandle | None = None
         # Settings kept in the database (MachineConsole)
         self.tcp_index: int | None = None
         self.device: str | None = None
@@ -467,6 +469,25 @@ class Console:
         if current is not None:
             log.info("console %s: %s took write access over from %s", self.mac, who, current.who)
         return None
+
+    def _watch_api_writer(self) -> None:
+        """An API writer is let go after its idle timeout: say so when it happens, not on the next look."""
+        if self._writer_expiry is not None:
+            self._writer_expiry.cancel()
+            self._writer_expiry = None
+        w = self.writer
+        if w is None or w.viewer is not None:
+            return
+        delay = max(0.0, w.last_input + self.api_writer_timeout - time.monotonic()) + 0.05
+
+        def check() -> None:
+            self._writer_expiry = None
+            if self.writer is w and self.current_writer() is None:
+                self.on_writer_change()
+            elif self.writer is w:
+                self._watch_api_writer()
+
+        self._writer_expiry = asyncio.get_running_loop().call_later(delay, check)
 
     def to_json(self) -> dict[str, Any]:
         stream = self.stream
@@ -664,6 +685,7 @@ class ConsoleHub:
         logfile = RotatingLog(self.log_dir / f"{mac}.log", self.log_max_bytes, self.log_backups)
         console = self.consoles[mac] = Console(mac, self.ring_bytes, logfile)
         console.on_pending = self._schedule_flush
+        console.on_writer_change = lambda: self._changed(console)
         console.api_writer_timeout = self.api_writer_timeout
         return console
 
@@ -845,6 +867,7 @@ class ConsoleHub:
         holder = console.claim(who, None, takeover)
         if holder is not None:
             raise Conflict(f"{mac} already has a writer ({holder.who}); send takeover=true to take over")
+        console._watch_api_writer()
         if before is None or before.who != who:
             self._changed(console)
         return self._send(console, data)

@@ -37,6 +37,7 @@ class Pending:
     started_at: float = field(default_factory=time.time)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     result: str | None = None  # found:<mac> | timeout | cancelled | failed:<reason>
+    armed: bool = False  # the outlet is on: registrations may claim it
     timer: asyncio.Task | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -46,6 +47,7 @@ class Pending:
             "timeout": self.timeout,
             "started_at": self.started_at,
             "remaining": max(0.0, self.started_at + self.timeout - time.time()),
+            "waiting": self.armed,  # false while the outlet is still being switched on
         }
 
 
@@ -67,7 +69,11 @@ class DiscoveryService:
         }
 
     def _publish(self, state: str, pending: Pending, **extra: Any) -> None:
-        self.bus.publish("discovery", {"state": state, "pdu": pending.pdu, "port_id": pending.port_id, **extra})
+        self.bus.publish(
+            "discovery",
+            {"state": state, "pdu": pending.pdu, "port_id": pending.port_id, **extra,
+             "queue": [{"pdu": p, "port_id": o} for p, o in self.queue]},
+        )
 
     # ---------------------------------------------------------------- checks
     def _refusal(self, pdu: str, port_id: str) -> str | None:
@@ -110,12 +116,15 @@ class DiscoveryService:
         if state != PortState.OFF:
             raise Conflict(f"The port {port_id} of PDU {pdu} is already on use! (it reads {state.value})")
         pending = Pending(pdu, port_id, timeout)
-        self.current = pending
+        self.current = pending  # from here on, a second discovery is refused
         try:
             await self.power.set_outlet(pdu, port_id, PortState.ON, source="discovery")
         except Exception:
             self.current = None
             raise
+        # Only now, with the outlet on, may a registration claim it ("started" always comes first).
+        pending.armed = True
+        pending.started_at = time.time()
         pending.timer = asyncio.create_task(self._expire(pending), name="discovery-timeout")
         log.info("discovery: outlet %s/%s on, waiting %g s for a registration", pdu, port_id, timeout)
         self._publish("started", pending, timeout=timeout)
@@ -141,7 +150,7 @@ class DiscoveryService:
     def claim(self, mac: str, existing: "Machine | None") -> tuple[str, str] | None:
         """Called by a registration: the outlet under discovery, if this machine may take it."""
         pending = self.current
-        if pending is None:
+        if pending is None or not pending.armed:
             return None
         if existing is not None and existing.pdu is not None and existing.pdu_port_id is not None:
             return None  # a machine that already has an outlet (re-registering, retraining) never takes one
