@@ -55,7 +55,8 @@ class FarmClient:
         await self.close()
 
     # ------------------------------------------------------------------ plumbing
-    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One API call; an unreachable backend or an error answer raises FarmClientError in words."""
         try:
             response = await self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -66,6 +67,10 @@ class FarmClient:
             except (ValueError, AttributeError):
                 message = response.text or response.reason_phrase
             raise FarmClientError(message, response.status_code)
+        return response
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self._send(method, path, **kwargs)
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text
@@ -165,16 +170,7 @@ class FarmClient:
         params: dict[str, Any] = {"start": start, "raw": "true"}
         if end is not None:
             params["end"] = end
-        try:
-            response = await self._http.get(f"/api/v1/console/{mac}/log", params=params)
-        except httpx.HTTPError as exc:
-            raise FarmClientError(f"backend unreachable at {self.describe}: {exc or type(exc).__name__}") from None
-        if response.status_code >= 400:
-            try:
-                message = response.json().get("error") or response.text
-            except (ValueError, AttributeError):
-                message = response.text
-            raise FarmClientError(message, response.status_code)
+        response = await self._send("GET", f"/api/v1/console/{mac}/log", params=params)
         return int(response.headers.get("x-console-start", start)), response.content
 
     # ------------------------------------------------------------------ events
