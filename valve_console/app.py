@@ -11,6 +11,7 @@ everything.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -48,6 +49,9 @@ BACKOFF_START = 0.5
 BACKOFF_MAX = 5.0
 STREAM_SETTLE = 0.1  # seconds given to the event stream to subscribe before the refetch
 RECENT_LOG = 5000
+GC_THRESHOLD = (50_000, 20, 100)
+"""Collector thresholds once start-up is over: the frozen start-up objects are never scanned again,
+and young collections of the steady state (console lines, events) run less often."""
 
 
 def is_linux_console() -> bool:
@@ -122,6 +126,7 @@ class ConsoleApp(App[int]):
         self._discovery_task: asyncio.Task[None] | None = None
         self._discovery_dirty = False
         self._saved_bars: tuple[Any, Any] | None = None
+        self._saved_gc: tuple[int, int, int] | None = None
 
     # ---------------------------------------------------------------- lifecycle
     def on_mount(self) -> None:
@@ -140,6 +145,20 @@ class ConsoleApp(App[int]):
         if self._saved_bars is not None:
             ScrollBarRender.VERTICAL_BARS, ScrollBarRender.HORIZONTAL_BARS = self._saved_bars
             self._saved_bars = None
+        if self._saved_gc is not None:
+            gc.unfreeze()
+            gc.set_threshold(*self._saved_gc)
+            self._saved_gc = None
+
+    def _freeze_gc(self) -> None:
+        """Once the first farm snapshot is shown: move every object alive now (Textual, the DOM,
+        the model) out of the collector's reach, so full collections only scan what came after."""
+        if self._saved_gc is not None or not self.is_running:
+            return
+        self._saved_gc = gc.get_threshold()
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLD)
 
     def register_view(self, view: FarmScreen) -> None:
         if view not in self._views:
@@ -300,6 +319,8 @@ class ConsoleApp(App[int]):
                 except Exception as exc:  # noqa: BLE001 - one broken screen must not stop the others
                     log.exception("updating %s failed", type(view).__name__)
                     self.notify(f"internal error updating {type(view).__name__}: {exc}", severity="error")
+        if changes.snapshot is not None and self._saved_gc is None:
+            self.call_after_refresh(self._freeze_gc)
         self.recent_log_entries.extend(("log", e) for e in changes.logs)
         self.recent_log_entries.extend(("journal", e) for e in changes.journal)
         for event in changes.discovery:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import deque
 from typing import Any
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.widgets import Static, TabbedContent, TabPane
 
 from ..client import FarmClientError
@@ -28,6 +30,7 @@ from .base import FarmScreen
 from .model import Changes, FarmModel
 
 MAX_OVERLAP = 256 * 1024
+MAX_HIDDEN = 256 * 1024  # characters of output kept for a console whose tab was never shown
 MAX_REFUSED = 4096  # characters typed while someone else writes, kept to resend on takeover
 _HOLDER = re.compile(r"already has a writer \((?P<who>[^)]*)\)")
 
@@ -80,6 +83,11 @@ class ConsolesScreen(FarmScreen):
         self._blocked: dict[str, str] = {}  # mac -> who holds write access (after a 409)
         self._refused: dict[str, str] = {}  # mac -> what was typed but refused meanwhile
         self._takeover: set[str] = set()  # macs whose next input takes write access over
+        # Only the consoles shown so far are mounted (DESIGN.md §6): a hidden tab that was never
+        # shown is an empty pane, its ConsoleView (not in the DOM) keeps its bounded scrollback.
+        self._mounted: set[str] = set()
+        self._hidden: dict[str, deque[str]] = {}  # mac -> output received before its first showing
+        self._hidden_size: dict[str, int] = {}
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="console-info", classes="status-line")
@@ -116,7 +124,7 @@ class ConsolesScreen(FarmScreen):
             if mac in self._loading:
                 self._loading[mac].append(text)
             elif mac in self.views:
-                self.views[mac].write(text)
+                self._write(mac, text)
         for mac, info in changes.console_info.items():
             holder = self._blocked.get(mac)
             if holder and info.get("writer") != holder and mac not in self._takeover:
@@ -136,7 +144,7 @@ class ConsolesScreen(FarmScreen):
         self.views[mac] = view
         self.order.append(mac)
         self._loading[mac] = []
-        pane = TabPane(model.machine_name(mac), view, id=pane_id(mac))
+        pane = TabPane(model.machine_name(mac), id=pane_id(mac))
         self.run_worker(self._open_tab(mac, pane), group=f"console-open-{mac}", exit_on_error=False)
         self._update_empty()
 
@@ -145,8 +153,10 @@ class ConsolesScreen(FarmScreen):
             await self.tabs.add_pane(pane)
             if self._target == mac:
                 self._activate(mac)
-            elif self.focused is None and self.current_mac() == mac:
-                self.views[mac].focus()
+            elif self.current_mac() == mac:
+                self._mount_view(mac)
+                if self.focused is None:
+                    self.views[mac].focus()
             try:
                 log = await self.console_app.client.console_log(mac)
             except FarmClientError as exc:
@@ -157,10 +167,10 @@ class ConsolesScreen(FarmScreen):
             view = self.views.get(mac)
             if view is not None:
                 if log:
-                    view.write(log)
+                    self._write(mac, log)
                 rest = without_overlap(log, held)
                 if rest:
-                    view.write(rest)
+                    self._write(mac, rest)
         finally:
             self._loading.pop(mac, None)
 
@@ -178,6 +188,42 @@ class ConsolesScreen(FarmScreen):
 
     def _update_empty(self) -> None:
         self.query_one("#no-consoles").display = not self.views
+
+    def _write(self, mac: str, text: str) -> None:
+        """Console output for ``mac``: into its view once shown, else into a bounded buffer."""
+        if mac in self._mounted:
+            self.views[mac].write(text)
+            return
+        chunks = self._hidden.setdefault(mac, deque())
+        if len(text) >= MAX_HIDDEN:
+            text = text[-MAX_HIDDEN:]
+            cut = text.find("\n")
+            if 0 <= cut < len(text) - 1:
+                text = text[cut + 1 :]  # start on a whole line
+            chunks.clear()
+            size = 0
+        else:
+            size = self._hidden_size.get(mac, 0)
+        chunks.append(text)
+        size += len(text)
+        while size > MAX_HIDDEN and len(chunks) > 1:
+            size -= len(chunks.popleft())
+        self._hidden_size[mac] = size
+
+    def _mount_view(self, mac: str) -> None:
+        """Put ``mac``'s ConsoleView in its pane, the first time the tab is shown."""
+        if mac in self._mounted or mac not in self.views:
+            return
+        try:
+            pane = self.tabs.get_pane(pane_id(mac))
+        except (NoMatches, ValueError):
+            return  # the pane is still being added: _open_tab mounts it
+        self._mounted.add(mac)
+        view = self.views[mac]
+        self._hidden_size.pop(mac, None)
+        for chunk in self._hidden.pop(mac, ()):
+            view.write(chunk)
+        pane.mount(view)
 
     def current_mac(self) -> str | None:
         active = self.tabs.active
@@ -248,6 +294,8 @@ class ConsolesScreen(FarmScreen):
     def _tab_changed(self) -> None:
         self._update_info()
         mac = self.current_mac()
+        if mac is not None:
+            self._mount_view(mac)
         if mac is not None and (self.focused is None or isinstance(self.focused, ConsoleView)):
             self.views[mac].focus()
 
@@ -256,6 +304,8 @@ class ConsolesScreen(FarmScreen):
 
     def _focus_view(self) -> None:
         mac = self.current_mac()
+        if mac is not None:
+            self._mount_view(mac)
         if mac is not None and self.focused is None:
             self.views[mac].focus()
 
@@ -272,6 +322,7 @@ class ConsolesScreen(FarmScreen):
         except Exception:  # noqa: BLE001 - not mounted yet: _open_tab activates it
             return
         self.tabs.active = pane_id(mac)
+        self._mount_view(mac)
         self.views[mac].focus()
         self._target = None
         self._update_info()

@@ -272,7 +272,7 @@ class ConsoleLines(ScrollView, can_focus=False):
             self._highlight = None
         self._measure()
         height = self._view_count + (1 if self._view_partial else 0)
-        self.virtual_size = Size(self._width, height)
+        self._set_virtual_size(Size(self._width, height))
         if self._follow:
             self._scroll_programmatic(self.max_scroll_y)
         elif dropped > 0:
@@ -281,6 +281,46 @@ class ConsoleLines(ScrollView, can_focus=False):
         self.refresh()
         self._changed()
         return True
+
+    def _set_virtual_size(self, size: Size) -> None:
+        """Set the scroll extent; without a screen layout when only the extent changes.
+
+        A layout of the whole screen at every flush is what a streaming console would cost
+        otherwise.  Only when a scrollbar appears or disappears (or the extent shrinks, or the
+        widget has not been laid out yet) is the layout needed; else the scrollbars are updated
+        in place.
+        """
+        old = self.virtual_size
+        if size == old:
+            return
+        if (
+            size.width >= old.width
+            and size.height >= old.height
+            and self.size.area
+            and self._scrollbars_for(old) == (self.show_horizontal_scrollbar, self.show_vertical_scrollbar)
+            and self._scrollbars_for(size) == self._scrollbars_for(old)
+        ):
+            self.set_reactive(ConsoleLines.virtual_size, size)
+            self._scroll_update(size)
+        else:
+            self.virtual_size = size
+            if self._follow:
+                # a scrollbar that appears takes a row: follow again once laid out
+                self.call_after_refresh(self._keep_following)
+
+    def _scrollbars_for(self, size: Size) -> tuple[bool, bool]:
+        """(horizontal, vertical) scrollbars shown for a virtual size (``overflow: auto auto``)."""
+        styles = self.styles
+        if styles.overflow_x != "auto" or styles.overflow_y != "auto":
+            return (not self.show_horizontal_scrollbar, self.show_vertical_scrollbar)  # never the fast path
+        width, height = self.container_size
+        horizontal = size.width > width
+        vertical = size.height > height
+        if vertical and not horizontal:
+            horizontal = size.width > width - styles.scrollbar_size_vertical
+        if horizontal and not vertical:
+            vertical = size.height > height - styles.scrollbar_size_horizontal
+        return horizontal, vertical
 
     def _measure(self) -> None:
         """Grow the virtual width to the widest new line."""
