@@ -10,36 +10,15 @@ Reported: CPU % of one core for both, and the ratio.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import Farm, cpu_seconds  # noqa: E402
+from bench.common import Farm, cpu_seconds, peer_idle_cpu  # noqa: E402
 
 WINDOW = 20.0
-PEER = r"""
-import threading, time, select, socket
-stop = threading.Event()
-def dut_thread():
-    while not stop.is_set():
-        time.sleep(0.1)          # executor: poll the job/console state every 0.1 s
-def salad():
-    a, b = socket.socketpair()
-    while not stop.is_set():
-        select.select([a], [], [], 1.0)
-def mars_sync():
-    while not stop.is_set():
-        time.sleep(5)
-threads = [threading.Thread(target=dut_thread, daemon=True) for _ in range(16)]
-threads += [threading.Thread(target=salad, daemon=True), threading.Thread(target=mars_sync, daemon=True)]
-for t in threads: t.start()
-time.sleep(3600)
-"""
-
-
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         farm = Farm(Path(tmp))
@@ -62,15 +41,7 @@ def main() -> int:
             ours = (cpu_seconds(farm.backend.pid) - c0) / (time.monotonic() - t0) * 100
         finally:
             farm.close()
-    peer = subprocess.Popen([sys.executable, "-c", PEER])
-    try:
-        time.sleep(1)
-        c0, t0 = cpu_seconds(peer.pid), time.monotonic()
-        time.sleep(WINDOW)
-        theirs = (cpu_seconds(peer.pid) - c0) / (time.monotonic() - t0) * 100
-    finally:
-        peer.kill()
-        peer.wait()
+    theirs = peer_idle_cpu(WINDOW)
     print(f"valve-console backend, 16 DUTs on, idle: {ours:.2f} % of one core over {WINDOW:.0f} s")
     print(f"valve-infra-shaped peer (threads + polling), idle: {theirs:.2f} % of one core")
     print(f"ratio ours/peer: {ours / max(theirs, 1e-3):.2f}x")

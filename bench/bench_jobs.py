@@ -17,15 +17,13 @@ way: waking every executor at 10 Hz cost 1.73 %; the boot loop now sleeps until 
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.bench_idle import PEER  # noqa: E402
-from bench.common import Farm, cpu_seconds, percentile  # noqa: E402
+from bench.common import Farm, cpu_seconds, peer_idle_cpu, percentile  # noqa: E402
 
 WINDOW = 15.0
 DUTS = 16
@@ -88,15 +86,7 @@ def main() -> int:
             wall = max(j["ended_at"] for j in jobs.values()) - started
         finally:
             farm.close()
-    peer = subprocess.Popen([sys.executable, "-c", PEER])
-    try:
-        time.sleep(1)
-        c0, t0 = cpu_seconds(peer.pid), time.monotonic()
-        time.sleep(WINDOW)
-        theirs = (cpu_seconds(peer.pid) - c0) / (time.monotonic() - t0) * 100
-    finally:
-        peer.kill()
-        peer.wait()
+    theirs = peer_idle_cpu(WINDOW)
     print(f"valve-console backend, {DUTS} jobs running (silent DUTs): {ours:.2f} % of one core over {WINDOW:.0f} s")
     print(f"valve-infra-shaped peer (threads + polling), idle: {theirs:.2f} % of one core")
     print(f"ratio ours/peer: {ours / max(theirs, 1e-3):.2f}x")

@@ -40,10 +40,9 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, cpu_seconds, free_port, percentile  # noqa: E402
+from bench.common import ROOT, Farm, cpu_seconds, percentile  # noqa: E402
 
 OUTLETS = 16
 MACHINES = 100
@@ -99,41 +98,11 @@ def bench_mac(i: int) -> str:
     return f"02:00:00:00:{i // 256:02x}:{i % 256:02x}"
 
 
-class BenchFarm:
+class BenchFarm(Farm):
     """``--backend-only`` + a vPDU whose DUTs are chatty, with ``vpdu1`` registered."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.port, self.nc_port, self.vport = free_port(), free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.backend: subprocess.Popen[bytes] | None = None
-        self.vpdu: subprocess.Popen[bytes] | None = None
-        self.http: httpx.Client | None = None
-        env = {**os.environ, "VALVE_CONSOLE_DEFAULT_PDU_OFF_DELAY": "0"}
-        self.backend = subprocess.Popen(
-            [sys.executable, "-m", "valve_console.cli", "--backend-only", "--data-dir", str(data_dir),
-             "--listen", f"127.0.0.1:{self.port}", "--netconsole", f"127.0.0.1:{self.nc_port}"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        self.vpdu = subprocess.Popen(
-            [sys.executable, "vivian/vpdu.py", "--port", str(self.vport), "--num-ports", str(OUTLETS),
-             "--api", self.url, "--console", f"127.0.0.1:{self.nc_port}", f"--dut-arg=--chatty={CHATTY}",
-             "--log-level", "WARNING"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or self.backend.poll() is not None:
-                raise RuntimeError("the backend did not come up within 20 s")
-            time.sleep(0.1)
-        self.token = (data_dir / "token").read_text().strip()
-        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
-        self.http.post("/api/v1/pdu/", json={"name": "vpdu1", "driver": "vpdu",
-                                             "config": {"hostname": f"127.0.0.1:{self.vport}"}}).raise_for_status()
+        super().__init__(data_dir, outlets=OUTLETS, dut_args=[f"--chatty={CHATTY}"])
 
     def populate(self) -> None:
         """The 16 outlet DUTs (as they register themselves, then put on their outlets) + 84 more."""
@@ -168,19 +137,6 @@ class BenchFarm:
         """Bytes in the DUTs' console logs (to check that they stream)."""
         return sum(len(self.http.get(f"/api/v1/console/{dut_mac(o)}/log", params={"raw": "true"}).content)
                    for o in range(OUTLETS))
-
-    def close(self) -> None:
-        if self.http is not None:
-            self.http.close()
-        for proc in (self.vpdu, self.backend):
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 def _controlling_tty() -> None:  # runs in the child, after setsid()

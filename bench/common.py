@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -39,7 +40,7 @@ def percentile(values: list[float], p: float) -> float:
 class Farm:
     """valve-console --backend-only + vivian/vpdu.py as processes, with vpdu1 registered."""
 
-    def __init__(self, data_dir: Path, outlets: int = 16) -> None:
+    def __init__(self, data_dir: Path, outlets: int = 16, dut_args: Sequence[str] = ()) -> None:
         self.port, self.nc_port, self.vport = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
@@ -51,7 +52,8 @@ class Farm:
         )
         self.vpdu = subprocess.Popen(
             [sys.executable, "vivian/vpdu.py", "--port", str(self.vport), "--num-ports", str(outlets),
-             "--api", self.url, "--console", f"127.0.0.1:{self.nc_port}", "--log-dir", str(data_dir / "vivian")],
+             "--api", self.url, "--console", f"127.0.0.1:{self.nc_port}", "--log-dir", str(data_dir / "vivian"),
+             *(f"--dut-arg={arg}" for arg in dut_args)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
@@ -60,8 +62,10 @@ class Farm:
                 if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
+                pass
+            if time.monotonic() > deadline or self.backend.poll() is not None:
+                self.close()
+                raise RuntimeError("the backend did not come up within 20 s")
             time.sleep(0.1)
         self.token = (data_dir / "token").read_text().strip()
         self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
@@ -70,10 +74,48 @@ class Farm:
         r.raise_for_status()
 
     def close(self) -> None:
-        self.http.close()
+        if getattr(self, "http", None) is not None:
+            self.http.close()
         for proc in (self.vpdu, self.backend):
+            if proc.poll() is not None:
+                continue
             proc.terminate()
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(5)
+
+
+PEER = r"""
+import threading, time, select, socket
+stop = threading.Event()
+def dut_thread():
+    while not stop.is_set():
+        time.sleep(0.1)          # executor: poll the job/console state every 0.1 s
+def salad():
+    a, b = socket.socketpair()
+    while not stop.is_set():
+        select.select([a], [], [], 1.0)
+def mars_sync():
+    while not stop.is_set():
+        time.sleep(5)
+threads = [threading.Thread(target=dut_thread, daemon=True) for _ in range(16)]
+threads += [threading.Thread(target=salad, daemon=True), threading.Thread(target=mars_sync, daemon=True)]
+for t in threads: t.start()
+time.sleep(3600)
+"""
+
+
+def peer_idle_cpu(window: float) -> float:
+    """CPU % of one core of a process shaped like valve-infra's executor at rest (reference §13):
+    a thread per DUT polling every 0.1 s, a 1 s select loop, a 5 s registry sync; no I/O."""
+    peer = subprocess.Popen([sys.executable, "-c", PEER])
+    try:
+        time.sleep(1)
+        c0, t0 = cpu_seconds(peer.pid), time.monotonic()
+        time.sleep(window)
+        return (cpu_seconds(peer.pid) - c0) / (time.monotonic() - t0) * 100
+    finally:
+        peer.kill()
+        peer.wait()
