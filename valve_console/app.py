@@ -33,6 +33,7 @@ from .screens.commands import FarmCommands
 from .screens.consoles import ConsolesScreen
 from .screens.dialogs import AddPduScreen, ConfirmScreen
 from .screens.duts import DutsScreen
+from .screens.jobs import JobsScreen
 from .screens.journal import JournalScreen
 from .screens.machine_form import MachineFormScreen
 from .screens.model import Changes, FarmModel, Snapshot, outlet_of
@@ -76,6 +77,7 @@ class ConsoleApp(App[int]):
         "duts": DutsScreen,
         "consoles": ConsolesScreen,
         "machine": MachineFormScreen,
+        "jobs": JobsScreen,
     }
     DEFAULT_MODE = "overview"
     BINDINGS = [
@@ -85,6 +87,7 @@ class ConsoleApp(App[int]):
         Binding("4", "go('duts')", "DUTs", id="go-duts"),
         Binding("5", "go('consoles')", "Consoles", id="go-consoles"),
         Binding("6", "go('machine')", "Machine", id="go-machine"),
+        Binding("7", "go('jobs')", "Jobs", id="go-jobs"),
         Binding("q", "quit_console", "Quit", id="quit"),
         Binding("ctrl+p", "command_palette", "Commands", show=False, priority=True, id="palette"),
         Binding("colon", "command_palette", "Commands", show=False, id="commands"),
@@ -217,9 +220,9 @@ class ConsoleApp(App[int]):
         """Fetch everything; the next flush replaces the model with it."""
         self.flush()  # events buffered so far are older than what comes back now
         c = self.client
-        health, gateway, machines, pdus, consoles, backend_log, discovery = await asyncio.gather(
+        health, gateway, machines, pdus, consoles, backend_log, discovery, jobs = await asyncio.gather(
             c.health(), c.gateway(), c.machines(), c.pdus(), c.request("GET", "/api/v1/consoles"),
-            c.backend_log(500), self._fetch_discovery()
+            c.backend_log(500), self._fetch_discovery(), self._fetch_jobs()
         )
         self._pending.snapshot = Snapshot(
             health=health,
@@ -230,6 +233,7 @@ class ConsoleApp(App[int]):
             backend_log=backend_log,
             devices=consoles.get("devices") or {},
             discovery=discovery,
+            jobs=jobs,
         )
 
     async def _fetch_discovery(self) -> dict[str, Any] | None:
@@ -239,6 +243,15 @@ class ConsoleApp(App[int]):
         except FarmClientError as exc:
             if exc.status is not None and 400 <= exc.status < 500 and exc.status != 401:
                 return None  # an older backend: no discovery there
+            raise
+
+    async def _fetch_jobs(self) -> list[dict[str, Any]] | None:
+        """The jobs, newest first; None from a backend without jobs (404)."""
+        try:
+            return await self.client.jobs()
+        except FarmClientError as exc:
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 401:
+                return None  # an older backend: no jobs there
             raise
 
     async def release_writers(self, timeout: float = 2.0) -> None:
@@ -555,6 +568,31 @@ class ConsoleApp(App[int]):
     def remove_pdu(self, name: str) -> None:
         self._confirm(f"Remove PDU {name}? Its outlets are left as they are.", lambda: self.run_worker(
             self._remove_pdu(name), group=f"remove-pdu-{name}", exit_on_error=False), label="Remove", danger=True)
+
+    def cancel_job(self, job_id: str) -> None:
+        """Cancel a job after a confirmation; the API's answer (or error) is reported."""
+        job = self.model.jobs.get(job_id) or {}
+        status = job.get("status")
+        mac = job.get("machine")
+        where = f" on {self.model.machine_name(str(mac))}" if mac else ""
+        what = {"QUEUED": "queued ", "RUNNING": "running "}.get(str(status), "")
+        stop = " The DUT is powered off." if status == "RUNNING" else ""
+        self._confirm(f"Cancel the {what}job {job_id}{where}?{stop}", lambda: self.run_worker(
+            self._cancel_job(job_id), group=f"cancel-job-{job_id}", exit_on_error=False),
+            label="Cancel job", danger=True)
+
+    async def _cancel_job(self, job_id: str) -> None:
+        self.last_status = (f"cancelling job {job_id}...", "information")
+        try:
+            answer = await self.client.cancel_job(job_id)
+        except FarmClientError as exc:
+            self.report(f"cancelling job {job_id} failed: {exc}", "error")
+            return
+        if isinstance(answer, dict) and answer.get("id") == job_id:
+            self._pending.jobs[job_id] = answer  # the answer is the job's latest state
+            self.report(f"job {job_id}: {answer.get('status')} ({answer.get('state')})")
+        else:
+            self.report(f"job {job_id}: {answer}")
 
     async def _remove_pdu(self, name: str) -> None:
         try:

@@ -103,6 +103,21 @@ class FarmClient:
     async def backend_log(self, lines: int = 500) -> list[dict[str, Any]]:
         return (await self.request("GET", "/api/v1/log", params={"lines": lines}))["entries"]
 
+    async def jobs(self) -> list[dict[str, Any]]:
+        """Every job the backend keeps, newest first."""
+        return (await self.request("GET", "/api/v1/jobs"))["jobs"]
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return await self.request("GET", f"/api/v1/job/{job_id}")
+
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job: a queued one leaves the queue, a running one is stopped."""
+        return await self.request("DELETE", f"/api/v1/job/{job_id}")
+
+    async def job_console(self, job_id: str) -> str:
+        """The job's console text (so far, while it runs)."""
+        return await self.request("GET", f"/api/v1/job/{job_id}/console")
+
     # ------------------------------------------------------------------ actions
     async def update_machine(self, mac: str, **fields: Any) -> dict[str, Any]:
         return await self.request("PATCH", f"/api/v1/machine/{mac}/", json=fields)

@@ -74,9 +74,29 @@ BOOT_LOG = "".join(line + "\r\n" for line in [
 ]) + "/ # "
 
 
+NOW = ts(9, 30, 0)
+"""The frozen wall clock of the Jobs snapshot (durations of running jobs)."""
+
+
+def job(job_id: str, mac: str, status: str, state: str, submitted: float, started: float | None = None,
+        ended: float | None = None, position: int = 0, result: str | None = None) -> dict[str, Any]:
+    return {"id": job_id, "machine": mac, "status": status, "state": state, "position": position,
+            "submitted_at": submitted, "started_at": started, "ended_at": ended,
+            "target": {"id": mac}, "result": result, "console_start": None, "console_end": None}
+
+
+JOB_CONSOLE = "".join(line + "\r\n" for line in [
+    "SALAD.machine_id=52:54:00:11:22:03",
+    "Command line: vivian.script=pass SALAD.machine_id=52:54:00:11:22:03",
+    "+ job output 1",
+    "Execution is over, pipeline status: 0",
+    "It's now safe to turn off your computer",
+])
+
+
 def farm_data() -> dict[str, Any]:
     machines = {
-        "52:54:00:11:22:03": machine("52:54:00:11:22:03", "vivian-virtio-1", "10.42.0.13", "IDLE", "vpdu1", "3",
+        "52:54:00:11:22:03": machine("52:54:00:11:22:03", "vivian-virtio-1", "10.42.0.13", "RUNNING", "vpdu1", "3",
                                      ready=True),
         "52:54:00:11:22:05": machine("52:54:00:11:22:05", "vivian-virtio-2", "10.42.0.15", "NOT_READY", "vpdu1",
                                      "5"),
@@ -143,6 +163,18 @@ def farm_data() -> dict[str, Any]:
              "message": "console log of 52:54:00:11:22:07: No space left on device"},
         ],
         "drivers": ["dummy", "vpdu"],
+        "jobs": [  # newest first, as GET /api/v1/jobs
+            job("job-20260314-092500-4d2e1f", "52:54:00:11:22:03", "QUEUED", "queued", ts(9, 25, 0), position=1),
+            job("job-20260314-092000-9a8b7c", "52:54:00:11:22:03", "RUNNING", "running", ts(9, 20, 0),
+                started=ts(9, 20, 1)),
+            job("job-20260314-091000-3c2b1a", "52:54:00:11:22:05", "INCOMPLETE", "cancelled", ts(9, 10, 0),
+                started=ts(9, 10, 2), ended=ts(9, 12, 30), result="cancelled by the operator"),
+            job("job-20260314-090500-0f1e2d", "52:54:00:11:22:03", "PASS", "done", ts(9, 5, 0),
+                started=ts(9, 5, 1), ended=ts(9, 8, 48), result="pass"),
+            job("nightly-42", "52:54:00:11:22:05", "FAIL", "done", ts(8, 0, 0), started=ts(8, 0, 3),
+                ended=ts(9, 2, 17), result="fail"),
+        ],
+        "job_consoles": {"job-20260314-090500-0f1e2d": JOB_CONSOLE},
     }
 
 
@@ -186,6 +218,7 @@ class FakeFarmClient(FarmClient):
             "/api/v1/consoles": {"consoles": d["consoles"], "devices": d.get("devices", {})},
             "/api/v1/machine/discover": d.get("discovery", {"current": None, "queue": []}),
             "/api/v1/log": {"entries": d["log"]},
+            "/api/v1/jobs": {"jobs": d.get("jobs", [])},
         }
         if path in routes:
             return httpx.Response(200, json=copy.deepcopy(routes[path]))
@@ -194,6 +227,19 @@ class FakeFarmClient(FarmClient):
             if mac in d["console_logs"]:
                 return httpx.Response(200, text=d["console_logs"][mac], headers={"content-type": "text/plain"})
             return httpx.Response(404, json={"error": f"no console for machine {mac}"})
+        if path.startswith("/api/v1/job/"):
+            parts = path.split("/")
+            found = [j for j in d.get("jobs", []) if j["id"] == parts[4]]
+            if not found:
+                return httpx.Response(404, json={"error": f"unknown job {parts[4]!r}"})
+            if len(parts) > 5 and parts[5] == "console":
+                return httpx.Response(200, text=d.get("job_consoles", {}).get(parts[4], ""),
+                                      headers={"content-type": "text/plain"})
+            if request.method == "DELETE":
+                if found[0]["status"] not in ("QUEUED", "RUNNING"):
+                    return httpx.Response(409, json={"error": f"job {parts[4]} is over ({found[0]['status']})"})
+                found[0].update(status="INCOMPLETE", state="cancelled")
+            return httpx.Response(200, json=copy.deepcopy(found[0]))
         return httpx.Response(404, content=json.dumps({"error": f"not in the fake farm: {path}"}),
                               headers={"content-type": "application/json"})
 

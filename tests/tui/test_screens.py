@@ -19,7 +19,8 @@ from valve_console.screens.pdus import PdusScreen
 from .helpers import screen_text, wait_for, wait_no_text, wait_text
 
 SIZE = (140, 45)
-MODES = {"1": "overview", "2": "journal", "3": "pdus", "4": "duts", "5": "consoles", "6": "machine"}
+MODES = {"1": "overview", "2": "journal", "3": "pdus", "4": "duts", "5": "consoles", "6": "machine",
+         "7": "jobs"}
 
 
 async def connected(pilot, app: ConsoleApp) -> None:
@@ -35,7 +36,8 @@ async def test_number_keys_switch_screens_and_footer_lists_them(farm: Farm, app:
             await wait_for(pilot, lambda mode=mode: app.current_mode == mode, 5, f"mode {mode}")
         text = screen_text(app)
         footer = text.splitlines()[-1]
-        for key, title in zip(MODES, ("Overview", "Journal", "PDUs", "DUTs", "Consoles", "Machine"), strict=True):
+        titles = ("Overview", "Journal", "PDUs", "DUTs", "Consoles", "Machine", "Jobs")
+        for key, title in zip(MODES, titles, strict=True):
             assert f"{key} {title}" in footer
         assert "q Quit" in footer
 

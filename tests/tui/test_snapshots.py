@@ -13,10 +13,11 @@ from textual.widgets import Input
 
 from valve_console.app import ConsoleApp, make_app
 from valve_console.screens.consoles import ConsolesScreen
+from valve_console.screens.jobs import JobConsoleScreen, JobsScreen
 from valve_console.screens.journal import JournalScreen
 from valve_console.screens.machine_form import MachineFormScreen
 
-from .fake_farm import JOURNAL_EVENTS, FakeFarmClient
+from .fake_farm import JOURNAL_EVENTS, NOW, FakeFarmClient
 from .helpers import wait_for
 
 SIZE = (140, 45)
@@ -128,3 +129,37 @@ def test_lost_backend_banner(snap_compare) -> None:
 
     app = make_app(FakeFarmClient(down=True), linux_console=False)
     assert snap_compare(app, terminal_size=(100, 20), run_before=run_before)
+
+
+def test_jobs(snap_compare, monkeypatch) -> None:
+    monkeypatch.setattr("valve_console.screens.jobs.now", lambda: NOW)
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        app = pilot.app
+        await goto(pilot, "7")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen.table.row_count == 5,
+                       5, "5 jobs")
+        await pilot.press("down")
+        await pilot.pause(0.1)
+
+    assert snap_compare(fake_app(), terminal_size=SIZE, run_before=run_before)
+
+
+def test_job_console(snap_compare, monkeypatch) -> None:
+    monkeypatch.setattr("valve_console.screens.jobs.now", lambda: NOW)
+    job_id = "job-20260314-090500-0f1e2d"
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        app = pilot.app
+        await goto(pilot, "7")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen.table.row_count == 5,
+                       5, "5 jobs")
+        app.screen.select_job(job_id)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobConsoleScreen), 5, "the job console")
+        view = app.screen.view
+        await wait_for(pilot, lambda: "+ job output 1" in view.plain_lines(), 5, "the job's console")
+        view.flush()
+        await pilot.pause(0.2)
+
+    assert snap_compare(fake_app(), terminal_size=SIZE, run_before=run_before)

@@ -2,7 +2,7 @@
 
 "power on vpdu1/3 (vivian-virtio-1)", "open console <machine>", "edit <machine>",
 "retire <machine>" / "activate <machine>", "go to <screen>", "discover <pdu>/<port>",
-"find outlets on <pdu>", "cancel discovery". Power commands still ask for
+"find outlets on <pdu>", "cancel discovery", "cancel job <id>". Power commands still ask for
 confirmation: they go through the same app actions as the keys.
 """
 
@@ -55,6 +55,10 @@ class FarmCommands(Provider):
             yield f"{verb} {name}", partial(app.toggle_retired, mac), f"{verb} {mac} (asks first)"
             if machine.get("pdu", {}).get("name"):
                 yield f"power cycle {name}", partial(app.power_cycle, mac), "reboot its outlet (asks first)"
+        for job_id, job in model.jobs.items():
+            if job.get("status") in ("QUEUED", "RUNNING"):
+                yield (f"cancel job {job_id} ({model.job_machine_name(job)})", partial(app.cancel_job, job_id),
+                       f"cancel the {str(job.get('status')).lower()} job {job_id} (asks first)")
         yield "add pdu", app.add_pdu, "add a PDU (driver, name, config)"
 
     async def discover(self) -> Hits:

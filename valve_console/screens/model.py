@@ -30,6 +30,7 @@ class Snapshot:
     fetched_at: float = field(default_factory=time.monotonic)
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)  # serial devices seen (identity -> info)
     discovery: dict[str, Any] | None = None  # GET /api/v1/machine/discover (None: not known)
+    jobs: list[dict[str, Any]] | None = None  # GET /api/v1/jobs (None: a backend without jobs)
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Changes:
     logs: list[dict[str, Any]] = field(default_factory=list)
     journal: list[dict[str, Any]] = field(default_factory=list)
     discovery: list[dict[str, Any]] = field(default_factory=list)  # discovery events, in order
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # job id -> latest job JSON
     dropped_lines: int = 0
     # filled in by FarmModel.apply: where machines were before this batch (mac -> (pdu, port))
     old_outlets: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
@@ -62,6 +64,7 @@ class Changes:
             or self.logs
             or self.journal
             or self.discovery
+            or self.jobs
         )
 
     # ---------------------------------------------------------------- collecting events
@@ -108,6 +111,10 @@ class Changes:
         elif kind == "discovery":
             if data.get("state"):
                 self.discovery.append(dict(data))
+        elif kind == "job":
+            job_id = data.get("id")
+            if job_id:
+                self.jobs[str(job_id)] = data
         elif kind == "dropped":
             return True
         return False
@@ -132,6 +139,7 @@ class FarmModel:
         self.devices: dict[str, dict[str, Any]] = {}
         self.discovery: dict[str, Any] = {"current": None, "queue": []}
         self.discovery_at = time.monotonic()  # when ``discovery["current"]["remaining"]`` was true
+        self.jobs: dict[str, dict[str, Any]] = {}  # job id -> job JSON (GET /api/v1/jobs, job events)
         self.fetched_at = time.monotonic()
 
     # ---------------------------------------------------------------- applying
@@ -148,6 +156,8 @@ class FarmModel:
             self.devices = dict(snap.devices)
             if snap.discovery is not None:
                 self.set_discovery(snap.discovery, snap.fetched_at)
+            if snap.jobs is not None:
+                self.jobs = {str(j["id"]): j for j in snap.jobs if j.get("id")}
             self.fetched_at = snap.fetched_at
         for mac, machine in changes.machines.items():
             old = self.machines.get(mac)
@@ -174,6 +184,7 @@ class FarmModel:
             self.consoles.setdefault(mac, {"mac": mac, "connected": None})
         for event in changes.discovery:
             self._apply_discovery_event(event)
+        self.jobs.update(changes.jobs)
 
     # ---------------------------------------------------------------- discovery
     def set_discovery(self, status: dict[str, Any], at: float | None = None) -> None:
@@ -207,6 +218,10 @@ class FarmModel:
     def machine_name(self, mac: str) -> str:
         machine = self.machines.get(mac)
         return (machine or {}).get("full_name") or mac
+
+    def job_machine_name(self, job: dict[str, Any]) -> str:
+        mac = job.get("machine")
+        return self.machine_name(str(mac)) if mac else "-"
 
     def machine_on(self, pdu: str, port: str) -> dict[str, Any] | None:
         for machine in self.machines.values():
@@ -249,7 +264,8 @@ class FarmModel:
             "consoles": len(self.consoles),
             "consoles_connected": connected,
             "consoles_typing": typing,
-            "jobs": 0,
+            "jobs": sum(1 for j in self.jobs.values() if j.get("status") == "RUNNING"),
+            "jobs_queued": sum(1 for j in self.jobs.values() if j.get("status") == "QUEUED"),
         }
 
 

@@ -64,7 +64,7 @@ class OverviewScreen(FarmScreen):
     def farm_changes(self, changes: Changes, model: FarmModel) -> None:
         if changes.health:
             self._show_services(model)
-        if changes.machines or changes.outlets or changes.pdus or changes.console_info:
+        if changes.machines or changes.outlets or changes.pdus or changes.console_info or changes.jobs:
             self._show_counts(model)
 
     def _show_farm(self, model: FarmModel) -> None:
@@ -131,5 +131,6 @@ class OverviewScreen(FarmScreen):
         table.add_row("PDUs", str(counts["pdus"]), "")
         typing = f", {counts['consoles_typing']} typed into" if counts.get("consoles_typing") else ""
         table.add_row("consoles", str(counts["consoles"]), f"{counts['consoles_connected']} connected{typing}")
-        table.add_row("jobs", str(counts["jobs"]), "running")
+        queued = f", {counts['jobs_queued']} queued" if counts.get("jobs_queued") else ""
+        table.add_row("jobs", str(counts["jobs"]), f"running{queued}")
         self.query_one("#farm-counts", Static).update(table)

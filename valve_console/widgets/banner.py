@@ -12,6 +12,7 @@ SCREENS = (
     ("4", "duts", "DUTs"),
     ("5", "consoles", "Consoles"),
     ("6", "machine", "Machine"),
+    ("7", "jobs", "Jobs"),
 )
 
 

@@ -26,6 +26,7 @@ MACHINE_STYLES = {
     "RETIRED": "dim",
     "TRAINING": "cyan",
     "RUNNING": "bold cyan",
+    "QUEUED": "bold yellow",
 }
 
 
