@@ -44,7 +44,8 @@ class Farm:
         self.port, self.nc_port, self.vport = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
-        env = {**os.environ, "VALVE_CONSOLE_DEFAULT_PDU_OFF_DELAY": "0"}
+        # The benchmark jobs name kernels nothing serves: do not try to cache them.
+        env = {**os.environ, "VALVE_CONSOLE_DEFAULT_PDU_OFF_DELAY": "0", "VALVE_CONSOLE_BOOT_CACHE": "false"}
         self.backend = subprocess.Popen(
             [sys.executable, "-m", "valve_console.cli", "--backend-only", "--data-dir", str(data_dir),
              "--listen", f"127.0.0.1:{self.port}", "--netconsole", f"127.0.0.1:{self.nc_port}"],

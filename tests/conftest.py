@@ -27,6 +27,7 @@ def make_settings(data_dir: Path, **overrides) -> Settings:
         outlet_poll_interval=0.5,
         pdu_timeout=2.0,
         console_tcp_base=0,  # any free port: fixed console ports clash between parallel runs
+        boot_cache=False,  # test jobs name kernels that nothing serves; tests/jobs/test_boot_files.py turns it on
     )
     values.update(overrides)
     return Settings(**values)

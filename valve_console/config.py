@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     boot_kernel_url: str | None = None
     boot_initrd_url: str | None = None
     boot_api_host: str | None = None  # host:port of the API as the DUTs reach it (default: the listen address)
+    # Boot artefact cache: remote kernel/initramfs URLs of jobs are downloaded once into <data_dir>/files
+    # and the DUT boots them from http://<boot api host>/files/<hash>-<name>. Off: the URLs are used as given.
+    boot_cache: bool = True  # download remote kernels/initramfs once and serve them from /files/
+    boot_cache_max_bytes: int = Field(default=2 << 30, ge=1)  # largest artefact downloaded (2 GiB)
+    boot_cache_timeout: float = Field(default=60.0, gt=0)  # seconds without progress before a download fails
+    # Managed dnsmasq: the hosts file <data_dir>/dnsmasq/hosts.dhcp is always written; dnsmasq itself is
+    # started only when dnsmasq_interface is set (empty: off).
+    dnsmasq_interface: str = ""
+    hosts_debounce: float = Field(default=0.5, ge=0, le=30)  # seconds between a machine change and the write
     job_console_drain: float = Field(default=0.5, ge=0, le=30)  # seconds of console kept after a job ends
     log_level: str = "INFO"
 

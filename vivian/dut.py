@@ -18,6 +18,7 @@ kernel lines with the command line received, then what the test hooks of that co
   ``fail`` the same with status 1; ``hang`` nothing more; ``reboot`` prints the reboot line once (the
   next boot of this DUT behaves like ``pass``); ``garbage`` prints binary garbage, then like ``pass``;
 - ``vivian.delay=<seconds>``: wait before the script's output;
+- ``vivian.lines=<N>``: how many numbered ``+ job output <n>`` lines ``pass``/``fail`` print (default 3);
 - ``vivian.reboot_line=<text>``: the reboot line (``_`` for spaces; default ``vivian: reboot requested``).
 
 SIGTERM (power off) ends it at once with exit code 0.
@@ -439,7 +440,11 @@ async def deploy(console: Console, mac: str, ip: str, cmdline: str, delay: float
         await console.drain()
         script = "pass"
     status = 1 if script == "fail" else 0
-    for n in (1, 2, 3):
+    try:
+        count = max(0, min(int(hooks.get("lines", "3")), 100_000))
+    except ValueError:
+        count = 3
+    for n in range(1, count + 1):
         await console.print(f"+ job output {n}")
     await console.print(f"Execution is over, pipeline status: {status}")
     await console.print("It's now safe to turn off your computer")

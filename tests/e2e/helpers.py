@@ -44,6 +44,7 @@ class Backend:
         self.env = {
             **os.environ,
             "VALVE_CONSOLE_DEFAULT_PDU_OFF_DELAY": "0.2",
+            "VALVE_CONSOLE_BOOT_CACHE": "false",
             "VALVE_CONSOLE_OUTLET_POLL_INTERVAL": "0.5",
             **(env or {}),
         }

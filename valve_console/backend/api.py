@@ -676,6 +676,27 @@ def create_app(farm: "Farm") -> Any:
                 raise FarmError(f"the default boot is misconfigured: {exc}", 503) from None
         return ipxe_script(config, platform, buildarch)
 
+    @app.get(
+        "/files/{name}",
+        tags=["boot"],
+        responses={200: {"content": {"application/octet-stream": {}}}, **ERRORS},
+        response_class=Response,
+    )
+    async def boot_file(name: str) -> Response:
+        """A boot artefact (kernel, initramfs) from ``<data>/files/`` (open, DUT-facing)."""
+        from fastapi.responses import FileResponse
+
+        from .boot import safe_file_name
+
+        if not safe_file_name(name):
+            raise BadRequest(
+                f"{name[:80]!r} is not a file name: 1-200 letters, digits and . _ + - only, not starting with '.'"
+            )
+        path = farm.settings.data_dir / "files" / name
+        if not await asyncio.to_thread(path.is_file):
+            raise FarmError(f"no file {name!r} on this gateway", 404)
+        return FileResponse(path, media_type="application/octet-stream")
+
     # ------------------------------------------------------------------ events, health, gateway
     @app.get("/api/v1/events", tags=["events"], responses={400: {"model": ErrorBody}})
     async def events(types: Optional[str] = Query(default=None, description="comma-separated event types")):

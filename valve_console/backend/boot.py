@@ -40,12 +40,22 @@ ipxe_bios, ipxe_efi, boot_url) -> str``
 ``async dnsmasq_test(config_text, timeout=10.0) -> tuple[bool, str]``
     How to run it; ``dnsmasq_test`` syntax-checks a config with ``dnsmasq --test`` (Debian package
     ``dnsmasq-base`` is enough). It returns ``(False, "dnsmasq is not installed")`` when it is missing.
+
+``BootCache(directory, base, max_bytes)``, ``cache_name(url)``, ``safe_file_name(name)``, ``BootCacheError``
+    Remote kernels/initramfs downloaded once (httpx, streamed to a temp file, renamed) into
+    ``<data>/files/<sha256(url)[:16]>-<basename>`` and served by ``GET /files/<name>``;
+    ``await cache.localise(config)`` gives the config with local URLs.
+
+``BootService(bus, machines, root, debounce, dnsmasq_conf)``, ``pinned_hosts(machines)``
+    Rewrites ``<root>/hosts.dhcp`` (debounced, atomically) on machine events and runs the optional
+    managed dnsmasq (checked with ``dnsmasq --test`` first; SIGHUP after each hosts write).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import os
 import re
 import shutil
@@ -58,7 +68,10 @@ from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 from .registration import normalise_mac
 
 __all__ = [
+    "BootCache",
+    "BootCacheError",
     "BootConfig",
+    "BootService",
     "DEFAULT_REGISTRATION_IMAGE",
     "DEFAULT_REGISTRY",
     "DhcpHost",
@@ -68,9 +81,12 @@ __all__ = [
     "dnsmasq_config",
     "dnsmasq_test",
     "find_dnsmasq",
+    "cache_name",
     "ipxe_script",
     "parse_dhcp_hosts",
+    "pinned_hosts",
     "registration_boot",
+    "safe_file_name",
     "validate_cmdline",
     "validate_url",
     "write_atomically",
@@ -545,3 +561,258 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+# ---------------------------------------------------------------------------------- boot artefact cache
+
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+
+
+def safe_file_name(name: str) -> bool:
+    """True if ``name`` may be served from the files directory (one path component, no dot-dot)."""
+    return isinstance(name, str) and bool(_FILE_NAME.match(name)) and ".." not in name
+
+
+def cache_name(url: str) -> str:
+    """``<hash>-<basename>`` of a cached artefact: 16 hex digits of sha256(url), the URL's last path part."""
+    import hashlib
+    from urllib.parse import urlsplit
+
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    base = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+    base = re.sub(r"[^A-Za-z0-9._+-]+", "_", base).strip("._-")[:64] or "file"
+    return f"{digest}-{base}"
+
+
+class BootCacheError(Exception):
+    """A boot artefact could not be cached (the message says why, in words)."""
+
+
+class BootCache:
+    """Boot artefacts (kernels, initramfs) downloaded once into ``directory`` and served at ``<base>/<name>``.
+
+    ``base`` (a callable or a string) is the gateway's files URL as the DUTs reach it,
+    e.g. ``http://10.42.0.1:8000/files``. URLs already under it, and ``tftp://`` URLs, are used as they are.
+    """
+
+    def __init__(self, directory: Union[str, os.PathLike[str]], base: Any, max_bytes: int = 2 << 30,
+                 timeout: float = 60.0) -> None:
+        self.directory = Path(directory)
+        self._base = base
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.downloads = 0  # downloads done (for tests and metrics)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def base(self) -> str:
+        return str(self._base() if callable(self._base) else self._base).rstrip("/")
+
+    def is_local(self, url: str) -> bool:
+        return url.startswith(self.base + "/") or url.lower().startswith("tftp://")
+
+    async def localise(self, config: BootConfig) -> BootConfig:
+        """``config`` with its remote kernel/initrd URLs replaced by cached local ones (``BootCacheError``)."""
+        kernel = await self.local_url(config.kernel_url, "kernel")
+        initrd = await self.local_url(config.initrd_url, "initramfs") if config.initrd_url else None
+        return BootConfig(kernel_url=kernel, initrd_url=initrd, cmdline=config.cmdline)
+
+    async def local_url(self, url: str, what: str = "file") -> str:
+        if self.is_local(url):
+            return url
+        name = cache_name(url)
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            path = self.directory / name
+            if not await asyncio.to_thread(path.is_file):
+                await self._download(url, path, what)
+        return f"{self.base}/{name}"
+
+    async def _download(self, url: str, path: Path, what: str) -> None:
+        import httpx
+
+        await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
+        fd, tmp = await asyncio.to_thread(tempfile.mkstemp, prefix=f".{path.name}.", suffix=".part",
+                                          dir=self.directory)
+        handle = os.fdopen(fd, "wb")
+        size = 0
+        try:
+            try:
+                async with httpx.AsyncClient(follow_redirects=True, timeout=self.timeout) as client:
+                    async with client.stream("GET", url) as resp:
+                        if resp.status_code != 200:
+                            raise BootCacheError(f"cannot download the {what} {url}: HTTP {resp.status_code}")
+                        length = resp.headers.get("content-length")
+                        if length and length.isdigit() and int(length) > self.max_bytes:
+                            raise BootCacheError(
+                                f"the {what} {url} is {int(length)} bytes, more than the {self.max_bytes} allowed"
+                            )
+                        async for chunk in resp.aiter_bytes(1 << 20):
+                            size += len(chunk)
+                            if size > self.max_bytes:
+                                raise BootCacheError(
+                                    f"the {what} {url} is larger than the {self.max_bytes} bytes allowed"
+                                )
+                            await asyncio.to_thread(handle.write, chunk)
+            except httpx.HTTPError as exc:
+                raise BootCacheError(f"cannot download the {what} {url}: {type(exc).__name__}: {exc}") from None
+            await asyncio.to_thread(handle.close)
+            await asyncio.to_thread(os.chmod, tmp, 0o644)
+            await asyncio.to_thread(os.replace, tmp, path)
+            self.downloads += 1
+        except BaseException:
+            handle.close()
+            await asyncio.to_thread(_unlink_quietly, tmp)
+            raise
+
+
+# ---------------------------------------------------------------------------------- boot service
+
+_log = logging.getLogger(__name__)
+
+
+def pinned_hosts(machines: Iterable[Mapping[str, Any]]) -> tuple[str, list[str]]:
+    """(hosts file text, problems): the non-retired machines with an IP; conflicting ones are left out."""
+    hosts: list[DhcpHost] = []
+    seen: set[tuple[str, str]] = set()
+    problems: list[str] = []
+    for m in sorted(machines, key=lambda m: str(m.get("mac_address"))):
+        if m.get("is_retired"):
+            continue
+        try:
+            host = _as_host(m)
+        except ValueError as exc:
+            problems.append(f"{m.get('mac_address')}: {exc}")
+            continue
+        if host is None:
+            continue
+        keys = {("mac", host.mac), ("ip", host.ip), ("name", host.hostname)}
+        if keys & seen:
+            problems.append(f"{host.mac}: its IP or hostname is pinned already ({host.line()} left out)")
+            continue
+        seen |= keys
+        hosts.append(host)
+    return dhcp_hosts(hosts, comment="Written by valve-console: do not edit, it is rewritten on every change"), problems
+
+
+class BootService:
+    """Keeps ``<root>/hosts.dhcp`` in line with the machines and runs an optional managed dnsmasq.
+
+    - ``machines()``: the machines as JSON mappings (``MachineService.list_json().values()``);
+    - ``bus``: the event bus; every ``machine`` event schedules a rewrite after ``debounce`` seconds
+      (written only when the text changes, atomically, then SIGHUP to the managed dnsmasq);
+    - ``dnsmasq_conf``: the managed dnsmasq's config text, or None (off, the default).
+
+    ``state``/``reason`` are for the health report (``ok``, ``degraded``).
+    """
+
+    def __init__(
+        self,
+        bus: Any,
+        machines: Any,
+        root: Union[str, os.PathLike[str]],
+        debounce: float = 0.5,
+        dnsmasq_conf: Optional[str] = None,
+    ) -> None:
+        self.bus = bus
+        self.machines = machines
+        self.root = Path(root)
+        self.hosts_file = self.root / "hosts.dhcp"
+        self.debounce = debounce
+        self.dnsmasq_conf = dnsmasq_conf
+        self.state = "starting"
+        self.reason: Optional[str] = None
+        self.writes = 0
+        self.proc: Optional[asyncio.subprocess.Process] = None
+        self.on_health_change: Any = None
+        self._last: Optional[str] = None
+        self._sub: Any = None
+        self._task: Optional[asyncio.Task] = None
+
+    def _health(self, state: str, reason: Optional[str] = None) -> None:
+        self.state, self.reason = state, reason
+        if self.on_health_change is not None:
+            self.on_health_change()
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+        self._sub = self.bus.subscribe(["machine"])
+        await self.write_hosts()
+        if self.dnsmasq_conf is not None:
+            await self._start_dnsmasq()
+        else:
+            self._health("ok")
+        self._task = asyncio.create_task(self._follow(), name="boot-hosts")
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 3)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+    async def _follow(self) -> None:
+        while not self._sub.closed:
+            if not await self._sub.get_batch():
+                continue
+            await asyncio.sleep(self.debounce)
+            self._sub.drain()
+            try:
+                await self.write_hosts()
+            except Exception:  # noqa: BLE001 - logged; the next change tries again
+                _log.exception("cannot write %s", self.hosts_file)
+
+    async def write_hosts(self) -> bool:
+        """Rewrite the hosts file if the machines changed it; SIGHUP the managed dnsmasq. True if written."""
+        text, problems = pinned_hosts(list(self.machines()))
+        for problem in problems:
+            _log.warning("dnsmasq hosts file: %s", problem)
+        if text == self._last:
+            return False
+        await asyncio.to_thread(write_atomically, self.hosts_file, text)
+        self._last = text
+        self.writes += 1
+        if self.proc is not None and self.proc.returncode is None:
+            import signal
+
+            self.proc.send_signal(signal.SIGHUP)
+        return True
+
+    async def _start_dnsmasq(self) -> None:
+        assert self.dnsmasq_conf is not None
+        ok, out = await dnsmasq_test(self.dnsmasq_conf)
+        if not ok:
+            self._health("degraded", f"managed dnsmasq not started: the config check failed: {out[:300]}")
+            return
+        conf = self.root / "dnsmasq.conf"
+        await asyncio.to_thread(write_atomically, conf, self.dnsmasq_conf)
+        executable = find_dnsmasq() or "dnsmasq"
+        try:
+            log_file = await asyncio.to_thread(open, self.root / "dnsmasq.log", "ab")
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    *dnsmasq_command(conf, executable),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                )
+            finally:
+                log_file.close()
+        except OSError as exc:
+            self._health("degraded", f"cannot start dnsmasq: {exc}")
+            return
+        try:
+            await asyncio.wait_for(self.proc.wait(), 0.5)
+        except asyncio.TimeoutError:
+            self._health("ok")
+            return
+        self._health(
+            "degraded", f"dnsmasq exited at once with status {self.proc.returncode} (see {self.root / 'dnsmasq.log'})"
+        )

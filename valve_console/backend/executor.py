@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from sqlmodel import Session, select
 
 from ..drivers.pdu.base import PortState
-from .boot import BootConfig
+from .boot import BootCache, BootCacheError, BootConfig
 from .errors import BadRequest, Conflict, FarmError, NotFound
 from .jobs import Job, JobConsoleState, JobError, JobStatus, MachineInfo, Target, peek_target
 from .models import JobRow
@@ -103,6 +103,7 @@ class JobService:
         self._tasks: dict[str, asyncio.Task] = {}
         self._stopping = False
         self.drain_delay = settings.job_console_drain
+        self.boot_cache: Optional[BootCache] = None  # set by the farm when settings.boot_cache is on
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -450,6 +451,7 @@ class JobService:
         jc = parsed.make_console(timeouts)
         cancelled = False
         aborted: Optional[str] = None
+        setup_fail: Optional[str] = None
         try:
             timeouts.overall.start()
             self._log(job, "Power the machine off at the start of the session")
@@ -466,6 +468,16 @@ class JobService:
                     break
                 await self._set_power(job, pdu, port, PortState.OFF)
                 config = parsed.deployment_for_boot(boot)
+                if self.boot_cache is not None:
+                    try:
+                        config = await self._localise(job, config)
+                    except (BootCacheError, ValueError, OSError) as exc:
+                        if job.cancel.is_set():
+                            cancelled = True
+                            break
+                        setup_fail = str(exc)
+                        self._log(job, f"ERROR: {setup_fail}", severity=3)
+                        break
                 self._boot[mac] = config
                 while sub.chunks:  # bytes from before this boot belong to the previous one
                     await self._pump(job, jc, sub, 0)
@@ -529,10 +541,28 @@ class JobService:
             row.console_end = row.console_start + job.fed if row.console_start is not None else None
         if cancelled:
             await self._finish(job, JobStatus.INCOMPLETE, "cancelled", "cancelled")
+        elif setup_fail is not None:
+            await self._finish(job, JobStatus.SETUP_FAIL, "done", setup_fail)
         else:
             status = jc.job_status
             why = aborted or ("the session ended" if jc.session_ended else "stopped")
             await self._finish(job, status, "done", why)
+
+    async def _localise(self, job: RunningJob, config: BootConfig) -> BootConfig:
+        """The config with cached artefact URLs; a cancel of the job stops the download."""
+        assert self.boot_cache is not None
+        fetch = asyncio.ensure_future(self.boot_cache.localise(config))
+        cancelled = asyncio.ensure_future(job.cancel.wait())
+        try:
+            await asyncio.wait({fetch, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+            if not fetch.done():
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
+        if fetch.cancelled():
+            raise BootCacheError("the job was cancelled while its boot artefacts were downloaded")
+        return fetch.result()
 
     async def _pump(self, job: RunningJob, jc: Any, sub: Any, timeout: float, once: bool = True) -> None:
         """Feed the console bytes that arrive within ``timeout`` to the job console and its readers."""

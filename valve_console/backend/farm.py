@@ -21,6 +21,7 @@ import uvicorn
 from .. import __version__
 from ..config import Settings, parse_hostport
 from .auth import load_or_create_token
+from .boot import BootCache, BootService, dnsmasq_config
 from .consoles import ConsoleHub, build_device_sources
 from .discovery import DiscoveryService
 from .events import EventBus
@@ -123,6 +124,8 @@ class Farm:
         self.consoles: ConsoleHub | None = None
         self.journal: JournalFollower | None = None
         self.jobs: JobService | None = None
+        self.boot: BootService | None = None
+        self._dnsmasq_error: str | None = None
         self.token = ""
         self.started_at = time.time()
         self.api_address: tuple[str, int] | None = None
@@ -148,6 +151,7 @@ class Farm:
             ("consoles", self.consoles),
             ("registration", self.machines),
             ("journal", self.journal),
+            ("boot", self.boot),
         ):
             if svc is not None:
                 self._set_health(name, svc.state, svc.reason)
@@ -169,6 +173,34 @@ class Farm:
             "uptime": time.time() - self.started_at,
             "services": services,
         }
+
+    def _files_base(self) -> str:
+        from .executor import default_boot_urls
+
+        _, _, api_host = default_boot_urls(self.settings, self.api_address)
+        return f"http://{api_host}/files"
+
+    def _dnsmasq_conf(self) -> str | None:
+        """The managed dnsmasq's config (None: off, or bad settings: then ``_dnsmasq_error`` says why)."""
+        iface = self.settings.dnsmasq_interface.strip()
+        if not iface:
+            return None
+        root = self.settings.data_dir / "dnsmasq"
+        try:
+            return dnsmasq_config(
+                iface,
+                os.environ.get("VALVE_CONSOLE_PRIVATE_IP", "10.42.0.1"),
+                os.environ.get("VALVE_CONSOLE_DHCP_RANGE", "10.42.0.10,10.42.0.100"),
+                self.settings.data_dir / "tftp",
+                root / "hosts.dhcp",
+                root / "dnsmasq.leases",
+                "undionly.kpxe",
+                "ipxe.efi",
+                self._files_base().rsplit("/files", 1)[0],
+            )
+        except ValueError as exc:
+            self._dnsmasq_error = f"managed dnsmasq not started: invalid settings: {exc}"
+            return None
 
     @property
     def recent_log(self) -> list[dict[str, Any]]:
@@ -277,6 +309,24 @@ class Farm:
         self.jobs = JobService(self.store, self.bus, self.machines, self.power, self.consoles, self.settings)
         await self.jobs.start()
         self.machines.job_state = self.jobs.machine_state
+        if self.settings.boot_cache:
+            self.jobs.boot_cache = BootCache(
+                self.settings.data_dir / "files",
+                self._files_base,
+                max_bytes=self.settings.boot_cache_max_bytes,
+                timeout=self.settings.boot_cache_timeout,
+            )
+        self.boot = BootService(
+            self.bus,
+            lambda: machines.list_json().values(),
+            self.settings.data_dir / "dnsmasq",
+            debounce=self.settings.hosts_debounce,
+            dnsmasq_conf=self._dnsmasq_conf(),
+        )
+        self.boot.on_health_change = self._sync_health
+        await self.boot.start()
+        if self._dnsmasq_error:
+            self.boot._health("degraded", self._dnsmasq_error)
         self.journal = JournalFollower(self.bus, command=self.journal_command)
         self.journal.on_health_change = self._sync_health
         await self.journal.start()
@@ -318,6 +368,8 @@ class Farm:
             await self.journal.stop()
         if self.jobs is not None:
             await self.jobs.stop()
+        if self.boot is not None:
+            await self.boot.stop()
         if self.consoles is not None:
             await self.consoles.stop()
         if self.discovery is not None:
