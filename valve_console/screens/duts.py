@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Input, Static
 
 from ..widgets.state_badge import machine_state, yes_no
+from ..widgets.keyed_table import cursor_key, select_key
 from .base import FarmScreen
 from .model import Changes, FarmModel
 
@@ -153,22 +154,13 @@ class DutsScreen(FarmScreen):
         if keep is None:
             keep = self.cursor_mac()
         table.sort(COLUMN_KEYS[self.sort_index], key=lambda value: plain(value).lower(), reverse=self.sort_reverse)
-        if keep is not None and keep in table.rows:
-            table.move_cursor(row=table.get_row_index(keep), animate=False)
+        select_key(table, keep)
 
     def cursor_mac(self) -> str | None:
-        table = self.table
-        if table.row_count == 0:
-            return None
-        try:
-            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        except Exception:  # noqa: BLE001 - cursor outside the rows
-            return None
+        return cursor_key(self.table)
 
     def select_mac(self, mac: str) -> None:
-        table = self.table
-        if mac in table.rows:
-            table.move_cursor(row=table.get_row_index(mac), animate=False)
+        select_key(self.table, mac)
 
     def _update_status(self) -> None:
         shown = self.table.row_count

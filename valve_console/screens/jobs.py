@@ -21,6 +21,7 @@ from textual.widgets import DataTable, Static
 
 from ..client import FarmClientError
 from ..widgets.console_view import ConsoleView
+from ..widgets.keyed_table import cursor_key, select_key
 from .base import FarmScreen
 from .consoles import without_overlap
 from .model import Changes, FarmModel
@@ -183,8 +184,7 @@ class JobsScreen(FarmScreen):
         table.clear()
         for job_id in newest_first({j: model.jobs.get(j, {}) for j in self.rows}):
             table.add_row(*self.rows[job_id], key=job_id)
-        if cursor is not None and cursor in table.rows:
-            table.move_cursor(row=table.get_row_index(cursor), animate=False)
+        select_key(table, cursor)
 
     def _tick(self) -> None:
         """The durations of running jobs go on."""
@@ -214,18 +214,10 @@ class JobsScreen(FarmScreen):
         self.query_one("#job-status", Static).update(text)
 
     def cursor_job(self) -> str | None:
-        table = self.table
-        if table.row_count == 0:
-            return None
-        try:
-            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        except Exception:  # noqa: BLE001 - cursor outside the rows
-            return None
+        return cursor_key(self.table)
 
     def select_job(self, job_id: str) -> None:
-        table = self.table
-        if job_id in table.rows:
-            table.move_cursor(row=table.get_row_index(job_id), animate=False)
+        select_key(self.table, job_id)
 
     # ---------------------------------------------------------------- actions
     def action_cancel_job(self) -> None:
