@@ -72,17 +72,20 @@ def wait_all(farm: Farm, ids: list[str], done, timeout: float = 120) -> dict[str
     raise SystemExit("the jobs did not get there in time")
 
 
+def add_ready_machines(farm: Farm, count: int) -> None:
+    """Register the DUTs of outlets 0..count-1 and make them ready for service on their outlets."""
+    for i in range(count):
+        reg = {"base_name": "virtio", "tags": ["virtio"], "mac_address": mac(i), "ip_address": f"10.42.0.{10 + i}"}
+        farm.http.post("/api/v1/machine/", json=reg).raise_for_status()
+        patch = {"pdu": "vpdu1", "pdu_port_id": str(i), "ready_for_service": True, "pdu_off_delay": 0}
+        farm.http.patch(f"/api/v1/machine/{mac(i)}/", json=patch).raise_for_status()
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         farm = Farm(Path(tmp), outlets=DUTS)
         try:
-            for i in range(DUTS):
-                reg = {"base_name": "virtio", "tags": ["virtio"], "mac_address": mac(i)}
-                reg["ip_address"] = f"10.42.0.{10 + i}"
-
-                farm.http.post("/api/v1/machine/", json=reg).raise_for_status()
-                patch = {"pdu": "vpdu1", "pdu_port_id": str(i), "ready_for_service": True, "pdu_off_delay": 0}
-                farm.http.patch(f"/api/v1/machine/{mac(i)}/", json=patch).raise_for_status()
+            add_ready_machines(farm, DUTS)
             hang = [farm.http.post("/api/v1/jobs", json={"job": JOB.format(mac=mac(i), script="hang")}).json()["id"]
                     for i in range(DUTS)]
             wait_all(farm, hang, lambda j: j["status"] == "RUNNING")
@@ -159,12 +162,7 @@ def dispatch_and_throughput() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         farm = Farm(Path(tmp), outlets=MANY_DUTS)
         try:
-            for i in range(MANY_DUTS):
-                reg = {"base_name": "virtio", "tags": ["virtio"], "mac_address": mac(i)}
-                reg["ip_address"] = f"10.42.0.{10 + i}"
-                farm.http.post("/api/v1/machine/", json=reg).raise_for_status()
-                patch = {"pdu": "vpdu1", "pdu_port_id": str(i), "ready_for_service": True, "pdu_off_delay": 0}
-                farm.http.patch(f"/api/v1/machine/{mac(i)}/", json=patch).raise_for_status()
+            add_ready_machines(farm, MANY_DUTS)
             # (a) dispatch overhead through the real client, CLIENT_DUTS clients at a time
             results: list[dict[str, float]] = []
             with ThreadPoolExecutor(CLIENT_DUTS) as pool:

@@ -36,55 +36,33 @@ def test_sigint_also_stops_cleanly(tmp_path):
     assert backend.stop(signal.SIGINT) == 0
 
 
+def start_failure(data_dir, listen: str) -> str:
+    """Start the backend where it cannot start: it must exit 2 with exactly one line on stderr."""
+    proc = subprocess.run(
+        [*VALVE, "--backend-only", "--data-dir", str(data_dir), "--listen", listen,
+         "--netconsole", f"127.0.0.1:{free_port()}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("valve-console:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
 def test_port_in_use_is_one_line_and_exit_2(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = subprocess.run(
-            [
-                *VALVE,
-                "--backend-only",
-                "--data-dir",
-                str(tmp_path / "d"),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--netconsole",
-                f"127.0.0.1:{free_port()}",
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    assert proc.returncode == 2
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("valve-console:")]
-    assert len(lines) == 1 and "address already in use" in lines[0].lower(), proc.stderr
-    assert str(port) in lines[0]
+        line = start_failure(tmp_path / "d", f"127.0.0.1:{port}")
+    assert "address already in use" in line.lower()
+    assert str(port) in line
 
 
 def test_unwritable_data_dir_is_one_line_and_exit_2(tmp_path):
     target = tmp_path / "file-not-dir"
     target.write_text("x")
-    proc = subprocess.run(
-        [
-            *VALVE,
-            "--backend-only",
-            "--data-dir",
-            str(target / "sub"),
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-            "--netconsole",
-            f"127.0.0.1:{free_port()}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 2
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("valve-console:")]
-    assert len(lines) == 1 and "not writable" in lines[0], proc.stderr
+    assert "not writable" in start_failure(target / "sub", f"127.0.0.1:{free_port()}")
 
 
 def test_backend_never_imports_textual(tmp_path):
