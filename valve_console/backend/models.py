@@ -38,6 +38,10 @@ class Machine(SQLModel, table=True):
     comment: str = ""
     first_seen: float = Field(default_factory=now)
     last_seen: float = Field(default_factory=now)
+    # v4: per-machine Sgt. Hartman overrides (None: the farm's settings) and GitLab exposure
+    training_loops: Optional[int] = None
+    training_qualify: Optional[int] = None
+    gitlab_exposed: bool = True
 
 
 class OutletLog(SQLModel, table=True):
@@ -92,6 +96,57 @@ class JobRow(SQLModel, table=True):
     console_start: Optional[int] = None  # offsets in the machine's console stream
     console_end: Optional[int] = None
     position: int = 0  # jobs ahead of it when submitted
+
+
+class Training(SQLModel, table=True):
+    """A machine's Sgt. Hartman training: the current or last run, its loops and results (v4).
+
+    ``state``: registering, looping, cooldown, qualified, failed, stopped, skipped.
+    ``results``: one dict per finished step ``{"loop", "job", "status", "at", "why"}`` (loop 0 is
+    the registration job). ``attempt`` counts consecutive failed trainings (for the back-off).
+    """
+
+    mac_address: str = Field(primary_key=True)
+    state: str = "registering"
+    loop: int = 0
+    loops: int = 0
+    qualify: int = 0
+    passes: int = 0
+    results: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    attempt: int = 0
+    next_attempt_at: Optional[float] = None
+    started_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
+
+
+class GitlabInstance(SQLModel, table=True):
+    """A GitLab instance the farm exposes runners on (v4). ``token`` is a secret, never shown."""
+
+    __tablename__ = "gitlab_instance"
+
+    name: str = Field(primary_key=True)
+    url: str
+    token: str = ""  # an access token able to create runners (POST /user/runners)
+    registration_token: Optional[str] = None  # the legacy fallback (POST /runners)
+    farm_name: str
+    expose_runners: bool = True
+    farm_tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: float = Field(default_factory=now)
+
+
+class GitlabRunner(SQLModel, table=True):
+    """One runner of one machine on one GitLab instance (v4). ``token`` is a secret."""
+
+    __tablename__ = "gitlab_runner"
+
+    instance: str = Field(primary_key=True)
+    mac_address: str = Field(primary_key=True)
+    runner_id: int
+    token: str
+    description: str
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
 
 
 class SchemaVersion(SQLModel, table=True):

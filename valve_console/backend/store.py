@@ -21,7 +21,7 @@ from . import models
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # version -> function(connection) upgrading from version-1. Version 1 is create_all.
 
 
@@ -35,7 +35,24 @@ def _v3_jobs(conn: Any) -> None:
     models.JobRow.__table__.create(conn, checkfirst=True)
 
 
-MIGRATIONS: dict[int, Callable[[Any], None]] = {2: _v2_machine_console, 3: _v3_jobs}
+_V4_MACHINE_COLUMNS = {
+    "training_loops": "INTEGER",
+    "training_qualify": "INTEGER",
+    "gitlab_exposed": "BOOLEAN NOT NULL DEFAULT 1",
+}
+
+
+def _v4_training_gitlab(conn: Any) -> None:
+    """v4: per-machine training overrides and GitLab exposure; training and GitLab tables."""
+    have = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(machine)")}
+    for name, ddl in _V4_MACHINE_COLUMNS.items():
+        if name not in have:
+            conn.exec_driver_sql(f"ALTER TABLE machine ADD COLUMN {name} {ddl}")
+    for table in (models.Training, models.GitlabInstance, models.GitlabRunner):
+        table.__table__.create(conn, checkfirst=True)
+
+
+MIGRATIONS: dict[int, Callable[[Any], None]] = {2: _v2_machine_console, 3: _v3_jobs, 4: _v4_training_gitlab}
 
 
 class Store:
