@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import Footer
 
 from ..widgets.banner import Banner, StatusLine, TopBar
+from ..widgets.keybar import KeyBar
 from .model import Changes, FarmModel
 
 if TYPE_CHECKING:
@@ -22,6 +23,20 @@ if TYPE_CHECKING:
 
 class FarmScreen(Screen[None]):
     MODE = ""
+    _style_token: object = None
+
+    def _on_screen_resume(self, event: events.ScreenResume) -> None:
+        """Restyle on resume only when something styles depend on changed while suspended.
+
+        Textual restyles every node of a resumed screen, and a restyled DataTable throws away
+        all its rendered cells: that was most of a screen switch's cost (keypress → repaint).
+        Runs before ``Screen._on_screen_resume``, which reads ``refresh_styles``.
+        """
+        app = self.app
+        token = (app.theme, frozenset(app.classes), app.size, app.app_focus, app.ansi_color)
+        if token == self._style_token:
+            event.refresh_styles = False
+        self._style_token = token
 
     @property
     def console_app(self) -> "ConsoleApp":
@@ -37,7 +52,7 @@ class FarmScreen(Screen[None]):
             yield Banner()
         with Vertical(classes="frame-bottom"):
             yield StatusLine()
-            yield Footer()
+            yield KeyBar()
         yield from self.compose_body()
 
     def compose_body(self) -> ComposeResult:
