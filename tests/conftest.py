@@ -28,6 +28,7 @@ def make_settings(data_dir: Path, **overrides) -> Settings:
         pdu_timeout=2.0,
         console_tcp_base=0,  # any free port: fixed console ports clash between parallel runs
         boot_cache=False,  # test jobs name kernels that nothing serves; tests/jobs/test_boot_files.py turns it on
+        training=False,  # Sgt. Hartman would power and boot every configured machine; tests/training turns it on
     )
     values.update(overrides)
     return Settings(**values)

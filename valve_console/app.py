@@ -556,6 +556,20 @@ class ConsoleApp(App[int]):
             return
         self.report(str(answer).strip() or f"{name} {'retired' if retire else 'activated'}")
 
+    def remove_machine(self, mac: str) -> None:
+        name = self.model.machine_name(mac)
+        self._confirm(f"Remove {name} ({mac}) from the farm? It registers again if it boots.", lambda: self.run_worker(
+            self._remove_machine(mac), group=f"remove-{mac}", exit_on_error=False), label="Remove", danger=True)
+
+    async def _remove_machine(self, mac: str) -> None:
+        name = self.model.machine_name(mac)
+        try:
+            await self.client.remove_machine(mac)
+        except FarmClientError as exc:
+            self.report(f"removing {name} failed: {exc}", "error")
+            return
+        self.report(f"{name} removed")
+
     def add_pdu(self) -> None:
         def added(result: dict[str, Any] | None) -> None:
             if result:

@@ -19,7 +19,15 @@ kernel lines with the command line received, then what the test hooks of that co
   next boot of this DUT behaves like ``pass``); ``garbage`` prints binary garbage, then like ``pass``;
 - ``vivian.delay=<seconds>``: wait before the script's output;
 - ``vivian.lines=<N>``: how many numbered ``+ job output <n>`` lines ``pass``/``fail`` print (default 3);
-- ``vivian.reboot_line=<text>``: the reboot line (``_`` for spaces; default ``vivian: reboot requested``).
+- ``vivian.reboot_line=<text>``: the reboot line (``_`` for spaces; default ``vivian: reboot requested``);
+- ``vivian.script=unfit`` prints one output line, then ``vivian: GPU lost: machine unfit for service`` and hangs.
+
+Sgt. Hartman's boot loop (``machine_registration ... check`` in the command line) boots like a
+registration, checks the console (ping/pong) and its record (``GET <api>/api/v1/machine/<mac>/``), then
+prints valve-infra's ``Execution is over, pipeline status: 0|1`` and ``It's now safe to turn off your
+computer``. ``--flaky N`` makes every Nth check of this DUT fail (counted per vPDU and MAC), so a
+flaky machine does not qualify. The ``MaRS: Registration ...`` line ends with a bare ``\n`` (as
+machine_registration writes it), so that valve-infra's ``^MaRS: Registration complete$`` matches.
 
 SIGTERM (power off) ends it at once with exit code 0.
 """
@@ -331,8 +339,80 @@ async def register(console: Console, mac: str, ip: str, api: str, base_name: str
         "local_tty_device": "ttyS1",
     }
     ok = await asyncio.to_thread(post_registration, api, body)
-    await console.print("MaRS: Registration complete" if ok else "MaRS: Registration failed")
+    console.write_raw(("MaRS: Registration complete" if ok else "MaRS: Registration failed").encode() + b"\n")
+    await console.drain()
     return ok
+
+
+def fetch_record(api: str, mac: str, timeout: float = 5.0) -> dict[str, object] | None:
+    """The gateway's record of this machine (None: unreachable or unknown)."""
+    url = f"{api.rstrip('/')}/api/v1/machine/{mac}/"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            data = json.loads(response.read().decode("utf-8", "replace"))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        _err(f"no machine record from {url}: {exc}")
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _count_check(mac: str) -> int:
+    """This DUT's check boots so far, this one included (kept per vPDU and MAC, like the reboot marker)."""
+    path = _reboot_marker(mac).replace("reboot-", "checks-")
+    try:
+        with open(path) as handle:
+            count = int(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        count = 0
+    count += 1
+    with open(path, "w") as handle:
+        handle.write(f"{count}\n")
+    return count
+
+
+async def check(console: Console, mac: str, ip: str, api: str, cmdline: str, flaky: int,
+                base_name: str = "virtio") -> bool:
+    """``machine_registration check``: Sgt. Hartman's boot loop. True when everything matched."""
+    for line in firmware_lines(mac, ip):
+        await console.print(line)
+    for line in (
+        f"[    0.000000] Linux version {KERNEL} (vivian@builder) #1 SMP PREEMPT_DYNAMIC",
+        f"[    0.000000] Command line: {cmdline}",
+        "[    1.201877] Run /init as init process",
+        f"+ b2c: eth0 is up, address {ip}",
+        "+ b2c: running machine_registration check",
+    ):
+        await console.print(line)
+    problems: list[str] = []
+    if console.connected:
+        console.pong.clear()
+        await console.print("\nSALAD.ping")
+        try:
+            await asyncio.wait_for(console.pong.wait(), PONG_WAIT)
+        except TimeoutError:  # bare "\n", like the MaRS lines: valve-infra's job_warn pattern ends in "$"
+            console.write_raw(b"The configured console is not connected to SALAD\n")
+            await console.drain()
+    else:
+        problems.append("the console is not connected")
+    record = await asyncio.to_thread(fetch_record, api, mac)
+    if record is None:
+        problems.append("the gateway does not know this machine")
+    else:
+        expected = {"ip_address": ip, "base_name": base_name, "local_tty_device": "ttyS1"}
+        for key, value in expected.items():
+            if record.get(key) != value:
+                problems.append(f"{key} is {record.get(key)!r} in MaRS, {value!r} here")
+    count = _count_check(mac)
+    if flaky > 0 and count % flaky == 0:
+        problems.append(f"vivian: flaky DUT: check {count} fails (every {flaky})")
+    for problem in problems:
+        await console.print(f"MaRS: mismatch: {problem}")
+    if not problems:
+        await console.print("MaRS: the machine matches its record")
+    await console.print(f"Execution is over, pipeline status: {1 if problems else 0}")
+    await console.print("It's now safe to turn off your computer")
+    return not problems
 
 
 async def chatty(console: Console, rate: int) -> None:
@@ -381,6 +461,16 @@ def fetch_boot_cmdline(api: str, mac: str, timeout: float = 3.0) -> str | None:
 
 def is_registration(cmdline: str) -> bool:
     return "machine_registration" in cmdline or " register" in cmdline
+
+
+def registration_mode(cmdline: str) -> str | None:
+    """``register`` or ``check`` for a machine_registration boot, None for a job's own deployment."""
+    if not is_registration(cmdline):
+        return None
+    for word in cmdline.replace('"', " ").split():
+        if word in ("register", "check"):
+            return word
+    return "register"
 
 
 def boot_hooks(cmdline: str) -> dict[str, str]:
@@ -433,7 +523,13 @@ async def deploy(console: Console, mac: str, ip: str, cmdline: str, delay: float
                 handle.write("reboot pending\n")
             await console.print(hooks.get("reboot_line", "vivian:_reboot_requested").replace("_", " "))
             return
+    elif os.path.exists(_reboot_marker(mac)):  # the boot after a reboot runs another script: consumed
+        os.unlink(_reboot_marker(mac))
     if script == "hang":
+        return
+    if script == "unfit":
+        await console.print("+ job output 1")
+        await console.print("vivian: GPU lost: machine unfit for service")
         return
     if script == "garbage":
         console.write_raw(bytes(range(256)) + b"\xff\xfe\x00\x1b[999;999H\xc3\x28" + os.urandom(512) + b"\r\n")
@@ -444,10 +540,89 @@ async def deploy(console: Console, mac: str, ip: str, cmdline: str, delay: float
         count = max(0, min(int(hooks.get("lines", "3")), 100_000))
     except ValueError:
         count = 3
+    await run_container(console, cmdline, hooks)
     for n in range(1, count + 1):
         await console.print(f"+ job output {n}")
     await console.print(f"Execution is over, pipeline status: {status}")
     await console.print("It's now safe to turn off your computer")
+
+
+# ------------------------------------------------------------------ boot2container and the job share
+# What a valve-infra job's deployment expects of b2c (valve-infra.md §1.4, §4): the container named by
+# ``b2c.container="..."`` is "pulled" and "run"; a deqp-runner command prints what its watchdog patterns
+# follow. The job share (backend/share.py) is reached over HTTP with the job's ``job_share_url``:
+# - ``vivian.share=<job_share_url>``: the share's base URL;
+# - ``vivian.share_put=NAME:TEXT``: PUT TEXT (``_`` for spaces) as NAME;
+# - ``vivian.share_echo=SRC:DST``: GET SRC, PUT DST = ``vivian read SRC: <its text>``.
+
+
+def b2c_container(cmdline: str) -> str | None:
+    """The ``b2c.container`` argument of a command line (quotes removed), or None."""
+    import shlex
+
+    try:
+        words = shlex.split(cmdline)
+    except ValueError:
+        return None
+    for word in words:
+        if word.startswith("b2c.container="):
+            return word[len("b2c.container=") :]
+    return None
+
+
+def share_request(method: str, url: str, data: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    """(HTTP status, body) of a share request; proxies are never used."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/octet-stream")
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+async def share_hooks(console: Console, hooks: dict[str, str]) -> None:
+    """Run the ``vivian.share_*`` hooks against ``vivian.share``; each step is one console line."""
+    base = hooks.get("share", "").rstrip("/")
+    if not base:
+        return
+    steps: list[tuple[str, str, str]] = []  # (source to read or "", destination, text)
+    if "share_echo" in hooks:
+        src, _, dst = hooks["share_echo"].partition(":")
+        steps.append((src, dst or "results.txt", ""))
+    if "share_put" in hooks:
+        name, _, text = hooks["share_put"].partition(":")
+        steps.append(("", name, text.replace("_", " ")))
+    for src, dst, text in steps:
+        try:
+            if src:
+                status, body = await asyncio.to_thread(share_request, "GET", f"{base}/{src}")
+                if status != 200:
+                    await console.print(f"+ vivian: share GET {src}: HTTP {status} {body[:200]!r}")
+                    continue
+                await console.print(f"+ vivian: share GET {src}: {len(body)} bytes")
+                text = f"vivian read {src}: {body.decode('utf-8', 'replace')}"
+            status, body = await asyncio.to_thread(share_request, "PUT", f"{base}/{dst}", text.encode())
+            await console.print(f"+ vivian: share PUT {dst}: HTTP {status}")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            await console.print(f"+ vivian: share unreachable: {exc}")
+
+
+async def run_container(console: Console, cmdline: str, hooks: dict[str, str]) -> None:
+    """b2c's lines for the job's container (if any), the share hooks, and deqp-runner's output."""
+    container = b2c_container(cmdline)
+    if container is not None:
+        image = next((w for w in container.split() if "://" in w), "the image")
+        await console.print(f"+ b2c: pulling the container image {image}")
+        await console.print(f"+ b2c: running the container: {container}")
+    await share_hooks(console, hooks)
+    if container is not None and "deqp-runner" in container:
+        await console.print("+ deqp-runner: starting")
+        for n in range(1, 4):
+            await console.print(f"Pass: {n * 100}, Fail: 0, Skip: {n * 10}, Duration: {n}s")
+        await console.print("+ deqp-runner: done")
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -456,8 +631,14 @@ async def run(args: argparse.Namespace) -> None:
     console = Console()
     await console.connect(args.console)
     cmdline = None if args.no_boot_config else await asyncio.to_thread(fetch_boot_cmdline, args.api, args.mac)
-    if cmdline is not None and not is_registration(cmdline):
+    mode = registration_mode(cmdline) if cmdline is not None else None
+    if cmdline is not None and mode is None:
         await deploy(console, args.mac, ip, cmdline, args.boot_delay)
+        console.start_shell()
+        await console.drain()
+        await asyncio.Event().wait()
+    if cmdline is not None and mode == "check":
+        await check(console, args.mac, ip, args.api, cmdline, args.flaky, args.base_name)
         console.start_shell()
         await console.drain()
         await asyncio.Event().wait()
@@ -489,6 +670,9 @@ def _parser() -> argparse.ArgumentParser:
         "--boot-delay", type=float, default=0.05, metavar="SECONDS", help="pause between boot lines (default 0.05)"
     )
     p.add_argument("--no-register", action="store_true", help="skip the machine registration")
+    p.add_argument(
+        "--flaky", type=int, default=0, metavar="N", help="every Nth boot-loop check (machine_registration check) fails"
+    )
     p.add_argument("--no-boot-config", action="store_true", help="do not fetch the boot config: always register")
     return p
 

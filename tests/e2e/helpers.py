@@ -46,6 +46,9 @@ class Backend:
             "VALVE_CONSOLE_DEFAULT_PDU_OFF_DELAY": "0.2",
             "VALVE_CONSOLE_BOOT_CACHE": "false",
             "VALVE_CONSOLE_OUTLET_POLL_INTERVAL": "0.5",
+            # Sgt. Hartman would train every machine given an outlet; a test that wants it passes
+            # env={"VALVE_CONSOLE_TRAINING": "true", "VALVE_CONSOLE_TRAINING_LOOPS": "2", ...}
+            "VALVE_CONSOLE_TRAINING": "false",
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None

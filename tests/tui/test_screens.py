@@ -218,6 +218,25 @@ async def test_retire_and_activate_with_confirmation(farm: Farm, app: ConsoleApp
         await wait_for(pilot, lambda: table.get_cell(mac, "retired").plain == "no", 5, "the retired cell")
 
 
+async def test_remove_a_machine_with_confirmation(farm: Farm, app: ConsoleApp) -> None:
+    mac = await register(farm, 1)
+    other = await register(farm, 2)
+    async with app.run_test(size=SIZE) as pilot:
+        await connected(pilot, app)
+        await pilot.press("4")
+        table = app.screen.table
+        await wait_for(pilot, lambda: table.row_count == 2, 5, "the rows")
+        table.move_cursor(row=table.get_row_index(mac))
+        await pilot.press("delete")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "the confirmation")
+        assert "Remove test-virtio-1" in screen_text(app)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: mac not in farm.machines.machines, 5, "removed")
+        await wait_for(pilot, lambda: table.row_count == 1, 5, "the row gone")
+        assert other in table.rows
+        await wait_text(pilot, "test-virtio-1 removed")
+
+
 async def test_power_cycle_needs_a_pdu_then_reboots_the_outlet(farm: Farm, vivian, app: ConsoleApp) -> None:
     mac = await register(farm, 1)
     async with app.run_test(size=SIZE) as pilot:

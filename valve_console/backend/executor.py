@@ -12,6 +12,12 @@ Public API
 ``list_json()``, ``get(job_id)``, ``job_json(job)``, ``await cancel(job_id)``, ``boot_config(mac)``,
 ``machine_state(mac) -> "QUEUED" | "RUNNING" | None``, ``listen(job)``/``unlisten(job, queue)``,
 ``console_slice(job, start=None)``, ``input(job_id, data)``.
+``submit(..., share=<tar.gz bytes>)`` unpacks the client's share; ``shares`` (share.py) holds every job's
+share, removed with the history; ``share_variables(job_id, mac)`` gives ``job_bucket``/``job_share_url``.
+``await submit_training(mac, kind, text) -> RunningJob`` queues a Sgt. Hartman job (``register``/``bootloop``)
+on a machine that is not ready for service; ``training_jobs`` maps those job ids to their kind. A user job for
+a machine in training is refused (409). A job whose console matches ``machine_unfit_for_service`` ends
+INCOMPLETE (unless it failed already) and calls ``on_unfit(mac, job_id)`` (the farm wires Sgt. Hartman).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
 from sqlmodel import Session, select
 
@@ -36,6 +42,7 @@ from .errors import BadRequest, Conflict, FarmError, NotFound
 from .jobs import Job, JobConsoleState, JobError, JobStatus, MachineInfo, Target, peek_target
 from .models import JobRow
 from .registration import normalise_mac
+from .share import ShareError, ShareStore, bucket_name
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -104,6 +111,17 @@ class JobService:
         self._stopping = False
         self.drain_delay = settings.job_console_drain
         self.boot_cache: Optional[BootCache] = None  # set by the farm when settings.boot_cache is on
+        self.training_jobs: dict[str, str] = {}  # job id -> "register" | "bootloop" (Sgt. Hartman's jobs)
+        # Why a machine in training takes no user job (None: not training); set by the training service.
+        self.training_note: Callable[[str], Optional[str]] = lambda mac: None
+        # Called when a job's console matched machine_unfit_for_service (None: just clear ready_for_service).
+        self.on_unfit: Optional[Callable[[str, str], Awaitable[None]]] = None
+        # Job shares (share.py): <data_dir>/jobs/<id>/share; api_host() is host:port of the API for the DUTs.
+        self.shares = ShareStore(
+            settings.data_dir / "jobs", settings.job_share_max_bytes, settings.job_shares_max_total_bytes
+        )
+        self.api_host: Callable[[], str] = lambda: default_boot_urls(settings, None)[2]
+        self._share_tasks: set[asyncio.Future] = set()
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -121,6 +139,7 @@ class JobService:
             job = RunningJob(row)
             job.done.set()
             self.jobs[row.id] = job
+        await asyncio.to_thread(self.shares.prune, set(self.jobs))  # shares go with the job history
 
     async def stop(self) -> None:
         self._stopping = True
@@ -144,9 +163,11 @@ class JobService:
         return self._boot.get(mac)
 
     def machine_state(self, mac: str) -> Optional[str]:
-        if mac in self.running:
+        """RUNNING/QUEUED for user jobs; Sgt. Hartman's jobs show as the machine state TRAINING instead."""
+        running = self.running.get(mac)
+        if running is not None and running not in self.training_jobs:
             return "RUNNING"
-        if self.queues.get(mac):
+        if any(job_id not in self.training_jobs for job_id in self.queues.get(mac) or ()):
             return "QUEUED"
         return None
 
@@ -183,6 +204,7 @@ class JobService:
             "result": row.result,
             "console_start": row.console_start,
             "console_end": row.console_end,
+            "training": self.training_jobs.get(row.id) or _training_kind(row.id),
         }
         if with_text:
             data["job"] = row.job_text
@@ -193,15 +215,18 @@ class JobService:
         return [self.job_json(j) for j in jobs]
 
     # ---------------------------------------------------------------- submission
-    def _eligible(self, mac: str) -> Optional[str]:
-        """Why a machine cannot take jobs (None: it can)."""
+    def _eligible(self, mac: str, training: bool = False) -> Optional[str]:
+        """Why a machine cannot take jobs (None: it can). Training jobs run on machines not ready for service."""
         m = self.machines.machines[mac]
         if m.is_retired:
             return f"machine {mac} is retired"
         if not m.pdu or m.pdu_port_id is None:
             return f"machine {mac} has no PDU port (WAIT_FOR_CONFIG)"
+        if training:
+            return None
         if not m.ready_for_service:
-            return f"machine {mac} is not ready for service"
+            note = self.training_note(mac)
+            return f"machine {mac} is not ready for service" + (f" ({note})" if note else "")
         return None
 
     def _load(self, mac: str) -> int:
@@ -238,7 +263,11 @@ class JobService:
         return min(usable, key=lambda mac: (self._load(mac), usable.index(mac)))
 
     async def submit(
-        self, text: str, target: Optional[dict[str, Any]] = None, job_id: Optional[str] = None
+        self,
+        text: str,
+        target: Optional[dict[str, Any]] = None,
+        job_id: Optional[str] = None,
+        share: Optional[bytes] = None,
     ) -> dict[str, Any]:
         if self._stopping:
             raise Conflict("the gateway is stopping")
@@ -247,6 +276,8 @@ class JobService:
         if job_id is not None:
             if not _JOB_ID.match(job_id):
                 raise BadRequest(f"job_id {job_id[:40]!r}: 1-128 letters, digits and . _ : + - only")
+            if job_id.startswith("train-"):
+                raise BadRequest("job ids starting with 'train-' are Sgt. Hartman's (training jobs)")
             if job_id in self.jobs:
                 raise Conflict(f"a job with id {job_id!r} exists already")
         override: Optional[Target] = None
@@ -260,21 +291,58 @@ class JobService:
             raise BadRequest(f"invalid target: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - any other parser failure is still a bad job
             raise BadRequest(f"invalid job: {type(exc).__name__}: {exc}") from None
-        mac = self._pick(tgt)
-        machine_json = self.machines.to_json(self.machines.machines[mac])
+        # The share is unpacked first: no await may come between the pick and the queue (the load).
+        key = self.shares.new_key()
+        staged = await self._stage_share(key, share)
         try:
-            Job.parse(text, MachineInfo.from_json(machine_json), target=override)
-        except JobError as exc:
-            raise BadRequest(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - any other parser failure is still a bad job
-            raise BadRequest(f"invalid job: {type(exc).__name__}: {exc}") from None
-        job_id = job_id or f"job-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            if self._stopping:
+                raise Conflict("the gateway is stopping")
+            mac = self._pick(tgt)
+            machine_json = self.machines.to_json(self.machines.machines[mac])
+            job_id = job_id or f"job-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            if job_id in self.jobs:
+                raise Conflict(f"a job with id {job_id!r} exists already")
+            try:
+                variables = self.share_variables(job_id, mac, key)
+                Job.parse(text, MachineInfo.from_json(machine_json), target=override, variables=variables)
+            except JobError as exc:
+                raise BadRequest(str(exc)) from None
+            except Exception as exc:  # noqa: BLE001 - any other parser failure is still a bad job
+                raise BadRequest(f"invalid job: {type(exc).__name__}: {exc}") from None
+            self.shares.adopt(staged, job_id, key)
+        except BaseException:
+            self._remove_shares([], staged)
+            raise
+        try:
+            job = await self._enqueue(job_id, mac, text, tgt.model_dump(exclude_none=True), machine_json["full_name"])
+        except Exception:
+            self._remove_shares([job_id])
+            raise
+        return {"id": job.id, "status": "QUEUED", "position": job.row.position, "machine": mac}
+
+    async def submit_training(self, mac: str, kind: str, text: str) -> RunningJob:
+        """Queue one of Sgt. Hartman's jobs (already rendered for ``mac``) on a machine that is not ready."""
+        if self._stopping:
+            raise Conflict("the gateway is stopping")
+        why = self._eligible(mac, training=True)
+        if why is not None:
+            raise Conflict(why)
+        job_id = f"train-{kind}-{mac.replace(':', '')}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        self.training_jobs[job_id] = kind
+        name = self.machines.full_name(self.machines.machines[mac])
+        try:
+            return await self._enqueue(job_id, mac, text, {"id": mac}, name)
+        except Exception:
+            self.training_jobs.pop(job_id, None)
+            raise
+
+    async def _enqueue(self, job_id: str, mac: str, text: str, target: dict[str, Any], name: str) -> RunningJob:
         ahead = self._load(mac)
         row = JobRow(
             id=job_id,
             machine=mac,
             job_text=text,
-            target=tgt.model_dump(exclude_none=True),
+            target=target,
             position=ahead,
         )
         job = RunningJob(row)
@@ -290,19 +358,22 @@ class JobService:
             self.jobs.pop(job_id, None)
             raise
         self._trim()
-        self._log(job, f"Job queued for {machine_json['full_name']} ({mac}), {ahead} job(s) ahead")
+        self._log(job, f"Job queued for {name} ({mac}), {ahead} job(s) ahead")
         self._job_event(job)
         self._machine_event(mac)
         self._ensure_runner(mac)
         self._wakeups[mac].set()
-        return {"id": job_id, "status": "QUEUED", "position": ahead, "machine": mac}
+        return job
 
     def _trim(self) -> None:
         done = [j for j in self.jobs.values() if j.done.is_set()]
         if len(done) > HISTORY:
             done.sort(key=lambda j: j.row.submitted_at)
-            for j in done[: len(done) - HISTORY]:
+            gone = done[: len(done) - HISTORY]
+            self._remove_shares([j.id for j in gone])
+            for j in gone:
                 del self.jobs[j.id]
+                self.training_jobs.pop(j.id, None)
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         job = self.get(job_id)
@@ -423,14 +494,20 @@ class JobService:
         self._machine_event(mac)
         await self._save(job)
         self._job_event(job)
-        if machine is None or self._eligible(mac) is not None:
-            why = "the machine is gone" if machine is None else self._eligible(mac)
+        training = job.id in self.training_jobs
+        if machine is None or self._eligible(mac, training) is not None:
+            why = "the machine is gone" if machine is None else self._eligible(mac, training)
             self._log(job, f"ERROR: cannot run the job: {why}", severity=3)
             await self._finish(job, JobStatus.SETUP_FAIL, "done", str(why))
             return
         try:
             target = Target.model_validate(row.target) if row.target else None
-            parsed = Job.parse(row.job_text, MachineInfo.from_json(self.machines.to_json(machine)), target=target)
+            parsed = Job.parse(
+                row.job_text,
+                MachineInfo.from_json(self.machines.to_json(machine)),
+                target=target,
+                variables=self.share_variables(job.id, mac),
+            )
         except (JobError, ValueError) as exc:
             self._log(job, f"ERROR: invalid job: {exc}", severity=3)
             await self._finish(job, JobStatus.SETUP_FAIL, "done", str(exc))
@@ -543,10 +620,28 @@ class JobService:
             await self._finish(job, JobStatus.INCOMPLETE, "cancelled", "cancelled")
         elif setup_fail is not None:
             await self._finish(job, JobStatus.SETUP_FAIL, "done", setup_fail)
+        elif jc.unfit_for_service:
+            # valve-infra §13.1 fixed: only a match counts, and it ends the session; the job says why.
+            status = jc.job_status
+            if status in (JobStatus.PASS, JobStatus.WARN, JobStatus.COMPLETE):
+                status = JobStatus.INCOMPLETE
+            why = "the machine is unfit for service (machine_unfit_for_service matched): sent back to training"
+            self._log(job, f"The DUT reported it is unfit for service: {mac} is taken out of service", severity=3)
+            await self._unfit(job, mac)
+            await self._finish(job, status, "done", why)
         else:
             status = jc.job_status
             why = aborted or ("the session ended" if jc.session_ended else "stopped")
             await self._finish(job, status, "done", why)
+
+    async def _unfit(self, job: RunningJob, mac: str) -> None:
+        try:
+            if self.on_unfit is not None:
+                await self.on_unfit(mac, job.id)
+            elif mac in self.machines.machines:
+                await self.machines.set_ready(mac, False, f"unfit for service (job {job.id})")
+        except Exception:  # noqa: BLE001 - the job is over either way; the failure is logged
+            log.exception("cannot take %s out of service after job %s", mac, job.id)
 
     async def _localise(self, job: RunningJob, config: BootConfig) -> BootConfig:
         """The config with cached artefact URLs; a cancel of the job stops the download."""
@@ -605,6 +700,58 @@ class JobService:
             await self.store.run(write)
         except Exception:  # noqa: BLE001 - the history is best effort; the job goes on
             log.exception("cannot store job %s", job.id)
+
+
+    # ---------------------------------------------------------------- job shares (share.py)
+    def share_variables(self, job_id: str, mac: str, key: Optional[str] = None) -> dict[str, Any]:
+        """Template variables of a job's share: ``job_bucket`` (valve-infra's name) and ``job_share_url``
+        (``http://<api>/api/v1/job/<id>/share/<key>``: GET/PUT ``<url>/<path>`` while the job runs)."""
+        key = key or self.shares.known_key(job_id)
+        if key is None:  # Sgt. Hartman's jobs have no share
+            return {}
+        from urllib.parse import quote
+
+        url = f"http://{self.api_host()}/api/v1/job/{quote(job_id, safe='')}/share/{key}"
+        return {"job_bucket": bucket_name(mac, job_id), "job_share_url": url}
+
+    def finished_oldest_first(self) -> list[str]:
+        """Jobs whose shares may make room for new ones (over, oldest first)."""
+        done = [j for j in self.jobs.values() if j.done.is_set()]
+        return [j.id for j in sorted(done, key=lambda j: j.row.ended_at or j.row.submitted_at)]
+
+    async def _stage_share(self, key: str, tarball: Optional[bytes]) -> Any:
+        """Unpack the client's tarball (or make an empty share) in a staging directory."""
+        try:
+            return await asyncio.to_thread(self.shares.stage, key, tarball, self.finished_oldest_first())
+        except ShareError as exc:
+            raise FarmError(f"job share: {exc.message}", exc.status) from None
+        except OSError as exc:
+            raise FarmError(f"job share: cannot store it: {exc.strerror or exc}", 507) from None
+
+    def _remove_shares(self, job_ids: list[str], staged: Any = None) -> None:
+        """Remove shares (and a staged one) in a thread, in the background (the history trim is synchronous)."""
+        if not job_ids and staged is None:
+            return
+
+        async def remove() -> None:
+            try:
+                await asyncio.to_thread(self.shares.remove_many, job_ids)
+                if staged is not None:
+                    await asyncio.to_thread(self.shares.discard, staged)
+            except Exception:  # noqa: BLE001 - logged; prune() at the next start catches leftovers
+                log.exception("cannot remove the shares of %d job(s)", len(job_ids))
+
+        task = asyncio.ensure_future(remove())
+        self._share_tasks.add(task)
+        task.add_done_callback(self._share_tasks.discard)
+
+
+def _training_kind(job_id: str) -> Optional[str]:
+    """The kind of a Sgt. Hartman job from the history (its id is ``train-<kind>-<mac>-...``), for display."""
+    for kind in ("register", "bootloop"):
+        if job_id.startswith(f"train-{kind}-"):
+            return kind
+    return None
 
 
 def _next_wake(timeouts: Any) -> float:

@@ -632,6 +632,8 @@ def job_variables(
 
     From ``env`` (default ``os.environ``): ``MINIO_URL`` as ``minio_url`` and each ``EXECUTOR_JOB__<NAME>``
     as ``<name>`` (prefix removed, lower-cased: ``EXECUTOR_JOB__TOKEN`` → ``token``).
+    The executor passes the job share's ``job_bucket`` and ``job_share_url`` in ``variables`` (share.py);
+    valve-infra's MinIO credentials (``job_bucket_access_key``/``_secret_key``) do not exist here.
     """
     source = os.environ if env is None else env
     out: dict[str, Any] = {}

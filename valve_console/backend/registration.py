@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from sqlmodel import Session, select
 
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, Conflict, NotFound
 from .events import EventBus
-from .models import Machine
+from .models import Machine, Training
 from .store import Store
 
 if TYPE_CHECKING:
@@ -110,6 +110,10 @@ class MachineUpdate(BaseModel):
     pdu_off_delay: Optional[float] = Field(default=None, ge=0, le=3600)
     comment: Optional[str] = Field(default=None, max_length=4096)
     is_retired: Optional[StrictBool] = None
+    # Sgt. Hartman overrides (null: the farm's settings training_loops / training_qualify)
+    training_loops: Optional[int] = Field(default=None, ge=1, le=1000)
+    training_qualify: Optional[int] = Field(default=None, ge=1, le=1000)
+    gitlab_exposed: Optional[StrictBool] = None  # expose a GitLab runner when ready for service
 
     @field_validator("pdu_port_id", mode="before")
     @classmethod
@@ -144,6 +148,14 @@ class MachineService:
         self.discovery: "DiscoveryService | None" = None
         # The executor's view of a machine: "QUEUED"/"RUNNING" while it has jobs, else None.
         self.job_state: Callable[[str], Optional[str]] = lambda mac: None
+        # Sgt. Hartman (training.py): "TRAINING" while a machine trains, and its training JSON.
+        self.training_state: Callable[[str], Optional[str]] = lambda mac: None
+        self.training_json: Callable[[str], Optional[dict[str, Any]]] = lambda mac: None
+        self.training_defaults: tuple[int, int] = (20, 19)  # (loops, qualify) of the settings
+        # Called after every stored change with (new, old or None); they must not raise or block.
+        self.listeners: list[Callable[[Machine, Optional[Machine]], None]] = []
+        # GitLab runners (gitlab.py): a machine's runners for its JSON
+        self.runner_info: Callable[[str], list[dict[str, Any]]] = lambda mac: []
         self.state = "starting"
         self.reason: str | None = None
 
@@ -170,6 +182,8 @@ class MachineService:
         running = self.job_state(m.mac_address)
         if running is not None:
             return running
+        if not m.ready_for_service and self.training_state(m.mac_address) is not None:
+            return "TRAINING"
         return "IDLE" if m.ready_for_service else "NOT_READY"
 
     def off_delay(self, pdu: str, port_id: str) -> float | None:
@@ -203,7 +217,11 @@ class MachineService:
             "available": m.ready_for_service and not m.is_retired,
             "comment": m.comment,
             "state": self.state_of(m),
-            "training": None,
+            "training": self.training_json(m.mac_address),
+            "training_loops": m.training_loops,
+            "training_qualify": m.training_qualify,
+            "gitlab_exposed": m.gitlab_exposed,
+            "runners": self.runner_info(m.mac_address),
             "first_seen": m.first_seen,
             "last_seen": m.last_seen,
         }
@@ -234,7 +252,13 @@ class MachineService:
                     setattr(row, name, value)
 
         await self.store.run(write)
+        old = self.machines.get(machine.mac_address)
         self.machines[machine.mac_address] = machine
+        for listener in list(self.listeners):
+            try:
+                listener(machine, old)
+            except Exception:  # noqa: BLE001 - a listener's bug must not undo a stored change
+                log.exception("machine listener failed")
         data = self.to_json(machine)
         self.bus.publish("machine", {"action": action, "mac": machine.mac_address, "machine": data})
         return data
@@ -281,12 +305,50 @@ class MachineService:
             self._check_outlet(machine)
         elif machine.pdu_port_id is not None:
             raise BadRequest("pdu_port_id needs a pdu: set both")
-        for key in ("local_tty_device", "ready_for_service", "manual_tags", "pdu_off_delay", "comment", "is_retired"):
+        for key in (
+            "local_tty_device",
+            "ready_for_service",
+            "manual_tags",
+            "pdu_off_delay",
+            "comment",
+            "is_retired",
+            "training_loops",
+            "training_qualify",
+            "gitlab_exposed",
+        ):
             if key in fields:
                 value = fields[key]
-                if value is None and key in ("ready_for_service", "manual_tags", "comment", "is_retired"):
+                if value is None and key in (
+                    "ready_for_service",
+                    "manual_tags",
+                    "comment",
+                    "is_retired",
+                    "gitlab_exposed",
+                ):
                     raise BadRequest(f"{key} cannot be null")
                 setattr(machine, key, value)
+        loops, qualify = self.training_counts(machine)
+        if qualify > loops:
+            raise BadRequest(
+                f"training_qualify ({qualify}) cannot be more than training_loops ({loops}): "
+                "the machine could never qualify"
+            )
+        return await self._save(machine, "updated")
+
+    def training_counts(self, machine: Machine) -> tuple[int, int]:
+        """(boot loops, passes needed) of a machine: its overrides, else the farm's settings."""
+        loops = machine.training_loops if machine.training_loops is not None else self.training_defaults[0]
+        qualify = machine.training_qualify if machine.training_qualify is not None else self.training_defaults[1]
+        if machine.training_qualify is None:
+            qualify = min(qualify, loops)  # a smaller per-machine loop count lowers the default bar with it
+        return loops, qualify
+
+    async def set_ready(self, mac: str, ready: bool, why: str) -> dict[str, Any]:
+        """Set ready_for_service (training results, unfit for service, operator skip); logged with ``why``."""
+        machine = self.get(mac).model_copy()
+        machine.ready_for_service = ready
+        state = "ready for service" if ready else "not ready for service"
+        log.info("machine %s %s: %s", machine.mac_address, state, why)
         return await self._save(machine, "updated")
 
     def _check_outlet(self, machine: Machine) -> None:
@@ -306,6 +368,34 @@ class MachineService:
             raise BadRequest(
                 f"outlet {port} of PDU {pdu} is already used by {self.full_name(other)} ({other.mac_address})"
             )
+
+    async def remove(self, mac: str) -> dict[str, Any]:
+        """Forget a machine (its row and its training); its jobs' history and console log stay.
+
+        Refused while it has jobs or trains. Listeners are told with the machine gone from
+        ``machines``, so training halts and the GitLab service deletes its runners.
+        """
+        machine = self.get(mac)
+        busy = self.job_state(machine.mac_address) or self.training_state(machine.mac_address)
+        if busy:
+            raise Conflict(f"machine {machine.mac_address} is {busy}: cancel its jobs or stop its training first")
+
+        def delete(session: Session) -> None:
+            for model in (Machine, Training):
+                row = session.get(model, machine.mac_address)
+                if row is not None:
+                    session.delete(row)
+
+        await self.store.run(delete)
+        self.machines.pop(machine.mac_address, None)
+        for listener in list(self.listeners):
+            try:
+                listener(machine, machine)
+            except Exception:  # noqa: BLE001 - a listener's bug must not undo a stored change
+                log.exception("machine listener failed")
+        log.info("machine %s (%s) removed", machine.mac_address, self.full_name(machine))
+        self.bus.publish("machine", {"action": "removed", "mac": machine.mac_address, "machine": None})
+        return {"removed": machine.mac_address}
 
     async def set_retired(self, mac: str, retired: bool) -> str:
         machine = self.get(mac).model_copy()

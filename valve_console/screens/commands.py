@@ -1,7 +1,8 @@
 """Command palette (ctrl+p or ``:``, k9s style): the farm's actions by name.
 
 "power on vpdu1/3 (vivian-virtio-1)", "open console <machine>", "edit <machine>",
-"retire <machine>" / "activate <machine>", "go to <screen>", "discover <pdu>/<port>",
+"retire <machine>" / "activate <machine>", "details <machine>", "train <machine>", "stop training
+<machine>", "skip training <machine>", "go to <screen>", "discover <pdu>/<port>",
 "find outlets on <pdu>", "cancel discovery", "cancel job <id>". Power commands still ask for
 confirmation: they go through the same app actions as the keys.
 """
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, cast
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from ..widgets.banner import SCREENS
+from .machine_detail import open_details, training_action
 from .model import port_sort_key
 
 if TYPE_CHECKING:
@@ -55,6 +57,19 @@ class FarmCommands(Provider):
             yield f"{verb} {name}", partial(app.toggle_retired, mac), f"{verb} {mac} (asks first)"
             if machine.get("pdu", {}).get("name"):
                 yield f"power cycle {name}", partial(app.power_cycle, mac), "reboot its outlet (asks first)"
+            yield (f"details {name}", partial(open_details, app, mac),
+                   f"{mac}: its training, per-loop results and failures")
+            training = machine.get("training") or {}
+            if not machine.get("is_retired"):
+                if machine.get("state") == "TRAINING" and training.get("state") in ("registering", "looping"):
+                    yield (f"stop training {name}", partial(training_action, app, mac, "stop"),
+                           "stop Sgt. Hartman; it stays not ready for service (asks first)")
+                else:
+                    yield (f"train {name}", partial(training_action, app, mac, "start"),
+                           "run Sgt. Hartman's registration and boot loops now (asks first)")
+                if not machine.get("ready_for_service"):
+                    yield (f"skip training {name}", partial(training_action, app, mac, "skip"),
+                           "ready for service without boot loops (asks first)")
         for job_id, job in model.jobs.items():
             if job.get("status") in ("QUEUED", "RUNNING"):
                 yield (f"cancel job {job_id} ({model.job_machine_name(job)})", partial(app.cancel_job, job_id),

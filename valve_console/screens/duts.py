@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Input, Static
 from ..widgets.state_badge import machine_state, yes_no
 from ..widgets.keyed_table import cursor_key, select_key
 from .base import FarmScreen
+from .machine_detail import open_details, training_action
 from .model import Changes, FarmModel
 
 COLUMNS = (
@@ -25,13 +26,26 @@ COLUMNS = (
     ("TTY", "tty"),
     ("Ready", "ready"),
     ("Retired", "retired"),
+    ("Runner", "runner"),
 )
 COLUMN_KEYS = tuple(key for _, key in COLUMNS)
 
 
+TRAINING_WORDS = {"qualified": "ok", "stopped": "stopped", "skipped": "skipped", "cooldown": "failed"}
+
+
 def training_text(training: Any) -> str:
+    """The Training cell: ``n/N`` while training (``0/N`` registering), ``failed p/N`` in the back-off,
+    ``ok p/N`` once qualified, ``stopped``/``skipped``; ``-`` when never trained."""
     if not training:
         return "-"
+    if isinstance(training, dict) and "state" in training and "loops" in training:
+        state = training["state"]
+        if state in ("registering", "looping"):
+            return f"{training.get('loop', 0)}/{training['loops']}"
+        if state in ("qualified", "cooldown"):
+            return f"{TRAINING_WORDS[state]} {training.get('passes', 0)}/{training['loops']}"
+        return TRAINING_WORDS.get(state, str(state))
     if isinstance(training, dict):
         for done, total in (("n", "N"), ("loop", "loops"), ("current", "total"), ("done", "count")):
             if done in training and total in training:
@@ -55,7 +69,29 @@ def machine_cells(machine: dict[str, Any]) -> tuple[Any, ...]:
         str(machine.get("local_tty_device") or "-"),
         yes_no(machine.get("ready_for_service")),
         yes_no(machine.get("is_retired"), yes_style="bold yellow"),
+        runner_text(machine),
     )
+
+
+def runner_text(machine: dict[str, Any]) -> Text:
+    """The Runner cell: ``#<id>`` per GitLab runner, ``pending``/``deleting``/``error`` in colour, ``-`` none."""
+    runners = machine.get("runners") or []
+    if not runners:
+        return Text("-" if machine.get("gitlab_exposed", True) else "off", style="dim")
+    cell = Text()
+    for info in runners:
+        if cell:
+            cell.append(" ")
+        state = info.get("state")
+        if info.get("error"):
+            cell.append("error", style="bold red")
+        elif state == "ok" and info.get("runner_id") is not None:
+            cell.append(f"#{info['runner_id']}", style="green")
+        elif info.get("runner_id") is not None:
+            cell.append(f"#{info['runner_id']} {state}", style="yellow")
+        else:
+            cell.append(str(state or "?"), style="yellow")
+    return cell
 
 
 def plain(value: Any) -> str:
@@ -72,7 +108,12 @@ class DutsScreen(FarmScreen):
     BINDINGS = [
         Binding("e", "edit", "Edit"),
         Binding("R", "retire", "Retire"),
+        Binding("delete", "remove", "Remove", show=False),
         Binding("c", "power_cycle", "Cycle"),
+        Binding("i", "details", "Details"),
+        Binding("t", "training('start')", "Train"),
+        Binding("x", "training('stop')", "Stop training", show=False),
+        Binding("k", "training('skip')", "Skip training", show=False),
         Binding("s", "sort", "Sort"),
         Binding("slash", "filter", "Filter"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
@@ -234,9 +275,21 @@ class DutsScreen(FarmScreen):
         if (mac := self._selected()) is not None:
             self.console_app.toggle_retired(mac)
 
+    def action_remove(self) -> None:
+        if (mac := self._selected()) is not None:
+            self.console_app.remove_machine(mac)
+
     def action_power_cycle(self) -> None:
         if (mac := self._selected()) is not None:
             self.console_app.power_cycle(mac)
+
+    def action_details(self) -> None:
+        if (mac := self._selected()) is not None:
+            open_details(self.console_app, mac)
+
+    def action_training(self, action: str) -> None:
+        if (mac := self._selected()) is not None:
+            training_action(self.console_app, mac, action)
 
     @on(DataTable.RowSelected, "#dut-table")
     def _open_console(self, event: DataTable.RowSelected) -> None:

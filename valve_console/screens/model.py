@@ -77,6 +77,8 @@ class Changes:
             mac = data.get("mac") or (machine or {}).get("mac_address")
             if mac and machine:
                 self.machines[mac] = machine
+            elif mac and data.get("action") == "removed":
+                return True  # rare: refetch everything rather than unpick a machine from every view
         elif kind == "pdu":
             name = data.get("name")
             if name:

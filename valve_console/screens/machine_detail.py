@@ -1,0 +1,197 @@
+"""Machine detail: one machine's record and its Sgt. Hartman training (state, n/N, per-loop results,
+failures), opened with ``i`` on the DUT table or "details <machine>" in the command palette.
+
+Keys: ``t`` start (or retrain), ``x`` stop, ``k`` skip the training (each asks first), ``e`` edit,
+``escape`` closes. It follows the app's model, so progress shows as it happens.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Static
+
+from ..client import FarmClientError
+from .dialogs import ConfirmScreen
+
+if TYPE_CHECKING:
+    from ..app import ConsoleApp
+
+STATE_STYLE = {
+    "registering": "bold cyan",
+    "looping": "bold cyan",
+    "cooldown": "bold yellow",
+    "qualified": "bold green",
+    "stopped": "bold red",
+    "skipped": "yellow",
+}
+STATUS_STYLE = {"PASS": "green", "WARN": "yellow"}
+
+QUESTIONS = {
+    "start": ("Train {name} now? It is taken out of service until it qualifies.", "Train", False),
+    "stop": ("Stop the training of {name}? It stays not ready for service.", "Stop", True),
+    "skip": ("Skip the training of {name}? It becomes ready for service without boot loops.", "Skip", True),
+}
+DONE = {"start": "training started", "stop": "training stopped", "skip": "training skipped: ready for service"}
+
+
+def training_summary(training: Any) -> str:
+    """One line: the state and n/N, e.g. ``looping 2/20 (2 passed, 19 needed)``."""
+    if not isinstance(training, dict):
+        return "never trained"
+    state = training.get("state") or "?"
+    loop, loops = training.get("loop", 0), training.get("loops", 0)
+    passes, qualify = training.get("passes", 0), training.get("qualify", 0)
+    text = f"{state} {loop}/{loops} ({passes} passed, {qualify} needed)"
+    if state == "cooldown" and training.get("next_attempt_at"):
+        left = max(0.0, float(training["next_attempt_at"]) - time.time())
+        text += f", retried in {left:.0f} s"
+    if training.get("attempt"):
+        text += f", failed trainings: {training['attempt']}"
+    return text
+
+
+def training_action(app: "ConsoleApp", mac: str, action: str) -> None:
+    """Start/stop/skip a machine's training after a confirmation; the outcome is reported."""
+    name = app.model.machine_name(mac)
+    question, label, danger = QUESTIONS[action]
+
+    def answered(ok: bool | None) -> None:
+        if ok:
+            app.run_worker(_training(app, mac, action), group=f"training-{mac}", exit_on_error=False)
+
+    app.push_screen(ConfirmScreen(question.format(name=name), confirm_label=label, danger=danger), answered)
+
+
+def open_details(app: "ConsoleApp", mac: str) -> None:
+    app.push_screen(MachineDetailScreen(mac))
+
+
+async def _training(app: "ConsoleApp", mac: str, action: str) -> None:
+    name = app.model.machine_name(mac)
+    try:
+        machine = await app.client.training(mac, action)
+    except FarmClientError as exc:
+        app.report(f"{action} training of {name} failed: {exc}", "error")
+        return
+    app.report(f"{name}: {DONE[action]} (state {machine.get('state')})")
+
+
+class MachineDetailScreen(ModalScreen[None]):
+    BINDINGS = [
+        Binding("escape", "close", "Close"),
+        Binding("i", "close", "Close", show=False),
+        Binding("t", "training('start')", "Train"),
+        Binding("x", "training('stop')", "Stop training"),
+        Binding("k", "training('skip')", "Skip training"),
+        Binding("e", "edit", "Edit"),
+    ]
+
+    DEFAULT_CSS = """
+    MachineDetailScreen { align: center middle; }
+    #detail-dialog { width: 96%; height: 90%; border: thick $accent; background: $surface; padding: 0 1; }
+    #detail-head { height: auto; }
+    #detail-results { height: 1fr; }
+    #detail-failures { height: auto; max-height: 8; }
+    #detail-keys { height: 1; color: $text-muted; }
+    """
+
+    def __init__(self, mac: str) -> None:
+        super().__init__()
+        self.mac = mac
+        self._shown: Any = None
+
+    @property
+    def console_app(self) -> "ConsoleApp":
+        return cast("ConsoleApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="detail-dialog"):
+            yield Static("", id="detail-head")
+            yield DataTable(id="detail-results", cursor_type="row", zebra_stripes=True)
+            yield Static("", id="detail-failures")
+            yield Static("t train  x stop training  k skip training  e edit  esc close", id="detail-keys")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#detail-results", DataTable)
+        for label, key in (("Loop", "loop"), ("Status", "status"), ("Job", "job"), ("Why", "why")):
+            table.add_column(label, key=key)
+        self.refresh_view()
+        self.set_interval(0.25, self.refresh_view)
+        table.focus()
+
+    def refresh_view(self) -> None:
+        machine = self.console_app.model.machines.get(self.mac)
+        key = (id(machine), time.time() // 1 if machine and (machine.get("training") or {}).get("state") ==
+               "cooldown" else 0)
+        if key == self._shown:
+            return
+        self._shown = key
+        head = Text()
+        if machine is None:
+            head.append(f"{self.mac}: this machine is gone", style="bold red")
+            self.query_one("#detail-head", Static).update(head)
+            return
+        pdu = machine.get("pdu") or {}
+        head.append(f"{machine.get('full_name') or self.mac}", style="bold")
+        head.append(f"  {self.mac}  {machine.get('ip_address') or '-'}  state ")
+        head.append(str(machine.get("state")), style="bold")
+        head.append(f"\noutlet {pdu.get('name') or '-'}/{pdu.get('port_id') or '-'}"
+                    f"  tty {machine.get('local_tty_device') or '-'}"
+                    f"  ready {'yes' if machine.get('ready_for_service') else 'no'}"
+                    f"  retired {'yes' if machine.get('is_retired') else 'no'}")
+        head.append(f"\ntags {', '.join(machine.get('tags') or []) or '-'}", style="dim")
+        training = machine.get("training")
+        head.append("\nTraining: ")
+        state = training.get("state") if isinstance(training, dict) else None
+        head.append(training_summary(training), style=STATE_STYLE.get(state or "", ""))
+        if isinstance(training, dict):
+            if training.get("reason"):
+                head.append(f"\nwhy: {training['reason']}", style="dim")
+            if training.get("job"):
+                head.append(f"\nrunning job {training['job']}", style="dim")
+            override = (machine.get("training_loops"), machine.get("training_qualify"))
+            if override != (None, None):
+                head.append(f"\nper-machine override: loops {override[0] or 'default'}, "
+                            f"qualify {override[1] or 'default'}", style="dim")
+        self.query_one("#detail-head", Static).update(head)
+        table = self.query_one("#detail-results", DataTable)
+        table.clear()
+        results = training.get("results", []) if isinstance(training, dict) else []
+        for index, result in enumerate(results):
+            loop = result.get("loop")
+            status = str(result.get("status"))
+            table.add_row(
+                "registration" if loop == 0 else str(loop),
+                Text(status, style=STATUS_STYLE.get(status, "bold red")),
+                str(result.get("job") or "-"),
+                str(result.get("why") or ""),
+                key=str(index),
+            )
+        failures = training.get("failures", []) if isinstance(training, dict) else []
+        text = Text()
+        if failures:
+            text.append(f"Failures ({len(failures)}):\n", style="bold red")
+            for failure in failures[-6:]:
+                loop = failure.get("loop")
+                where = "registration" if loop == 0 else f"loop {loop}"
+                text.append(f"  {where}: {failure.get('status')} {failure.get('job') or ''}: {failure.get('why')}\n")
+        elif isinstance(training, dict):
+            text.append("No failures.", style="green")
+        self.query_one("#detail-failures", Static).update(text)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def action_training(self, action: str) -> None:
+        training_action(self.console_app, self.mac, action)
+
+    def action_edit(self) -> None:
+        self.dismiss(None)
+        self.console_app.edit_machine(self.mac)
