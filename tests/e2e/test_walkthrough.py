@@ -128,3 +128,63 @@ def test_seed_walkthrough_on_the_api(farm_processes):
         assert "Outlet   3: ON" in client(vport, "--status").stdout
         assert http.post(f"/api/v1/pdu/vpdu1/port/{port3}/state", json={"state": "off"}).json()["state"] == "OFF"
         assert "Outlet   3: OFF" in client(vport, "--status").stdout
+
+
+def test_seed_walkthrough_to_a_gitlab_runner(tmp_path):
+    """Steps 5 to 12 with Sgt. Hartman on: the operator only gives the DUT its outlet; it trains
+    (registration + 2 boot loops through the vPDU), becomes ready for service by itself, and a
+    runner for it appears on the (fake) GitLab, with its token in gitlab-runner's config.toml."""
+    import tomllib
+
+    from tests.gitlab.fake_gitlab import ADMIN_TOKEN, FakeGitlab
+
+    gitlab = FakeGitlab()
+    gitlab.start()
+    data = tmp_path / "data"
+    backend = Backend(data, env={"VALVE_CONSOLE_TRAINING": "true", "VALVE_CONSOLE_TRAINING_LOOPS": "2",
+                                 "VALVE_CONSOLE_TRAINING_QUALIFY": "2"}).start()
+    vport = free_port()
+    vpdu = subprocess.Popen(
+        [sys.executable, "vivian/vpdu.py", "--port", str(vport), "--num-ports", "16", "--api", backend.url,
+         "--console", f"127.0.0.1:{backend.netconsole_port}", "--log-dir", str(tmp_path / "vivian")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert "vPDU listening" in vpdu.stdout.readline()
+        with backend.http() as http:
+            r = http.post("/api/v1/pdu/", json={"name": "vpdu1", "pdu_model": "vpdu",
+                                                "config": {"hostname": f"127.0.0.1:{vport}"}})
+            assert r.status_code == 201, r.text
+            r = http.post("/api/v1/gitlab", json={"name": "fdo", "url": gitlab.url, "token": ADMIN_TOKEN,
+                                                  "farm_name": "valve", "farm_tags": ["farm:valve"]})
+            assert r.status_code == 201, r.text
+            # 5-6. Outlet 3 on from the vPDU client; the DUT boots and registers.
+            assert client(vport, "--outlet", "3", "--on").returncode == 0
+            poll(lambda: MAC in http.get("/api/v1/machines").json()["machines"], timeout=15)
+            assert gitlab.runners == {}  # 7. not ready for service: no runner
+            # 9. The operator sets its PDU and port, and nothing else.
+            r = http.patch(f"/api/v1/machine/{MAC}/", json={"pdu": "vpdu1", "pdu_port_id": 3})
+            assert r.status_code == 200, r.text
+            # Sgt. Hartman: TRAINING, with progress, then ready for service on its own (step 11).
+            poll(lambda: http.get(f"/api/v1/machine/{MAC}/").json()["state"] == "TRAINING", timeout=15)
+            m = poll(lambda: (m := http.get(f"/api/v1/machine/{MAC}/").json())["ready_for_service"] and m,
+                     timeout=90, interval=0.5)
+            training = m["training"]
+            assert (training["state"], training["loops"], training["passes"]) == ("qualified", 2, 2)
+            assert [r["status"] for r in training["results"]][-2:] == ["PASS", "PASS"]
+            # 12. A runner exists on GitLab for this DUT, with its tags and the farm's.
+            runner = poll(lambda: list(gitlab.runners.values()), timeout=20)[0]
+            assert runner["description"].startswith("valve-") and "farm:valve" in runner["tag_list"]
+            assert "virtio:family:VIRTIO" in runner["tag_list"]
+            config = poll(lambda: (p := data / "gitlab-runner" / "config.toml").exists()
+                          and tomllib.loads(p.read_text()), timeout=10)
+            [entry] = config["runners"]
+            assert entry["token"] == runner["token"] and entry["name"] == runner["description"]
+            # Retiring the machine removes its runner.
+            assert http.post(f"/api/v1/machine/{MAC}/retire").status_code == 200
+            poll(lambda: gitlab.runners == {}, timeout=20)
+    finally:
+        vpdu.terminate()
+        vpdu.wait(10)
+        gitlab.stop()
+        assert backend.stop() == 0

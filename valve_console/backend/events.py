@@ -14,7 +14,19 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterable
 
-EVENT_TYPES = ("machine", "pdu", "outlet", "discovery", "console", "health", "log", "journal", "job", "dropped")
+EVENT_TYPES = (
+    "machine",
+    "pdu",
+    "outlet",
+    "discovery",
+    "console",
+    "health",
+    "log",
+    "journal",
+    "job",
+    "gitlab",
+    "dropped",
+)
 
 
 @dataclass(frozen=True)

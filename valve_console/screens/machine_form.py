@@ -1,6 +1,6 @@
 """Machine form: what an operator configures on a DUT (PDU outlet, tty, tags, off delay, comment,
-ready for service, retired, console device, remote console). Keyboard only: tab/shift+tab, space
-toggles, ctrl+s or Save sends ONE PATCH with the changed machine fields, then, only when they
+ready for service, retired, exposed on GitLab, console device, remote console). Keyboard only:
+tab/shift+tab, space toggles, ctrl+s or Save sends ONE PATCH with the changed machine fields, then, only when they
 changed, the console device (``set_console_device``) and the remote console (``set_console_source``);
 escape or Cancel goes back. Problems are shown next to their field.
 """
@@ -23,7 +23,8 @@ from .base import FarmScreen
 from .model import Changes, FarmModel, outlet_of
 
 _TTY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
-FIELDS = ("machine", "pdu", "port", "tty", "tags", "delay", "comment", "ready", "retired", "condev", "remote")
+FIELDS = ("machine", "pdu", "port", "tty", "tags", "delay", "comment", "ready", "retired", "condev", "remote",
+          "training", "gitlab")
 
 
 def format_delay(value: Any) -> str:
@@ -46,6 +47,8 @@ def error_field(message: str) -> str | None:
     """Which form field an API error message is about, if it names one."""
     lowered = message.lower()
     for needle, field in (
+        ("training_qualify", "training"),
+        ("training_loops", "training"),
         ("pdu_off_delay", "delay"),
         ("off delay", "delay"),
         ("local_tty_device", "tty"),
@@ -55,6 +58,7 @@ def error_field(message: str) -> str | None:
         ("comment", "comment"),
         ("ready_for_service", "ready"),
         ("is_retired", "retired"),
+        ("gitlab_exposed", "gitlab"),
         ("pdu_port_id", "port"),
         ("port", "port"),
         ("outlet", "port"),
@@ -117,9 +121,20 @@ class MachineFormScreen(FarmScreen):
             yield FormRow("Comment", Input(placeholder="free text", id="form-comment"), "comment")
             yield FormRow("", Checkbox("Ready for service", id="form-ready"), "ready")
             yield FormRow("", Checkbox("Retired", id="form-retired"), "retired")
+            yield FormRow("", Checkbox("Exposed on GitLab", id="form-gitlab"), "gitlab")
             yield FormRow("Console device", Select([], id="form-condev", allow_blank=True, prompt="none"), "condev")
             yield FormRow("Remote console", Input(placeholder="tcp://HOST:PORT or rfc2217://HOST:PORT (empty: none)",
                                                   id="form-remote"), "remote")
+            # Sgt. Hartman overrides (ticking "ready for service" above skips the training)
+            training = Horizontal(
+                Input(placeholder="loops (empty: the farm's)", id="form-loops"),
+                Input(placeholder="passes needed (empty: the farm's)", id="form-qualify"),
+                id="form-training",
+            )
+            training.styles.height = "auto"
+            for box in training.children:
+                box.styles.width = "1fr"
+            yield FormRow("Training loops/pass", training, "training")
             yield Static("", id="form-error", classes="form-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save (ctrl+s)", id="form-save", variant="primary")
@@ -245,14 +260,25 @@ class MachineFormScreen(FarmScreen):
         if machine.get("pdu_off_delay_is_default"):
             delay_input.placeholder = f"empty: the farm default ({format_delay(machine.get('pdu_off_delay'))} s)"
         self.query_one("#form-comment", Input).value = machine.get("comment") or ""
-        for box_id, key in (("#form-ready", "ready_for_service"), ("#form-retired", "is_retired")):
+        for box_id, key in (
+            ("#form-ready", "ready_for_service"),
+            ("#form-retired", "is_retired"),
+            ("#form-gitlab", "gitlab_exposed"),
+        ):
             box = self.query_one(box_id, Checkbox)
-            box.value = bool(machine.get(key))
+            box.value = bool(machine.get(key, key == "gitlab_exposed"))
             self._label_checkbox(box)
         console = self.model.consoles.get(mac) or {}
         self.original_console = {"device": console.get("device") or None, "remote": console.get("remote") or None}
         self._update_device_options(self.model.devices, select_original=True)
         self.query_one("#form-remote", Input).value = self.original_console["remote"] or ""
+        training = machine.get("training") or {}
+        for key, name in (("training_loops", "loops"), ("training_qualify", "qualify")):
+            box = self.query_one(f"#form-{name}", Input)
+            box.value = "" if machine.get(key) is None else str(machine.get(key))
+            if training.get(name):
+                what = "loops" if name == "loops" else "passes needed"
+                box.placeholder = f"{what} (empty: the farm's; last training: {training.get(name)})"
         self.query_one("#form-pdu", Select).focus()
         self.refresh_devices()
 
@@ -294,7 +320,9 @@ class MachineFormScreen(FarmScreen):
 
     def _label_checkbox(self, box: Checkbox) -> None:
         """The state in words too: colour alone does not read on an 8-colour console."""
-        base = {"form-ready": "Ready for service", "form-retired": "Retired"}.get(box.id or "", "")
+        base = {"form-ready": "Ready for service", "form-retired": "Retired", "form-gitlab": "Exposed on GitLab"}.get(
+            box.id or "", ""
+        )
         if base:
             box.label = f"{base}: {'yes' if box.value else 'no'}"
 
@@ -387,8 +415,26 @@ class MachineFormScreen(FarmScreen):
         retired = self.query_one("#form-retired", Checkbox).value
         if retired != bool(original.get("is_retired")):
             fields["is_retired"] = retired
+        exposed = self.query_one("#form-gitlab", Checkbox).value
+        if exposed != bool(original.get("gitlab_exposed", True)):
+            fields["gitlab_exposed"] = exposed
+        for key, name in (("training_loops", "loops"), ("training_qualify", "qualify")):
+            text = self.query_one(f"#form-{name}", Input).value.strip()
+            before = original.get(key)
+            if text == ("" if before is None else str(before)):
+                continue
+            if not text:
+                fields[key] = None
+            elif not text.isdigit() or not 1 <= int(text) <= 1000:
+                self._field_error("training", "a whole number from 1 to 1000 (empty: the farm's default)")
+                ok = False
+            else:
+                fields[key] = int(text)
         if not ok:
             self.query_one("#form-error", Static).update(Text("fix the fields marked above", style="bold red"))
+            marked = [w for w in self.query(".field-error") if w.has_class("-error")]
+            if marked:  # the form may be longer than the screen: show the first problem
+                self.call_after_refresh(marked[0].scroll_visible, animate=False)
             return None
         return fields
 
@@ -429,6 +475,7 @@ class MachineFormScreen(FarmScreen):
             except FarmClientError as exc:
                 message = str(exc)
                 self.query_one("#form-error", Static).update(Text(f"the API refused: {message}", style="bold red"))
+                self.call_after_refresh(self.query_one("#form-error", Static).scroll_visible, animate=False)
                 field = error_field(message)
                 if field is not None:
                     self._field_error(field, message)

@@ -1,0 +1,838 @@
+"""GitLab runners: one runner per exposed machine per GitLab instance, and gitlab-runner's config.toml.
+
+- ``GitlabInstance`` rows (API ``/api/v1/gitlab``) name a GitLab URL, an access token able to create
+  runners (``POST /api/v4/user/runners``, scope ``create_runner``; listing every runner for the
+  clean-up needs an admin token), an optional legacy registration token (``POST /api/v4/runners``,
+  used when the user-runners call is refused with 403/404), the farm name and farm tags.
+- A machine is *exposed* when it is ready for service, not retired and ``gitlab_exposed``. Each exposed
+  machine gets one runner on every instance with ``expose_runners``: description ``<full_name>`` (with
+  the instance's farm name as prefix; the same as the farm's by default), tags = the machine's tags plus
+  the instance's farm tags, ``run_untagged`` false, locked. Its id and token are kept (``GitlabRunner``).
+- **Which GitLab runners are ours**: those whose description starts with ``<farm_name>-``. A runner
+  with that prefix that is not one of our stored runners is a stray and is deleted (at start and at
+  every periodic full sync).
+- python-gitlab is synchronous (requests): every call runs in a worker thread (``asyncio.to_thread``).
+- GitLab down (connection errors, timeouts, 5xx): the instance is ``unreachable`` with the reason,
+  retried with exponential back-off capped at ``gitlab_retry_max``; the farm keeps working and
+  config.toml leaves out machines that are no longer exposed at once, whatever GitLab says.
+- ``config.toml`` (custom executor calling ``valve-console gitlab-executor``) is rewritten atomically,
+  mode 0600 (it holds runner tokens), only when its text changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from sqlmodel import Session, select
+
+from .errors import BadRequest, Conflict, NotFound
+from .events import EventBus
+from .models import GitlabInstance, GitlabRunner, Machine
+from .store import Store
+
+if TYPE_CHECKING:
+    from .registration import MachineService
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MASK = "********"
+RETRY_BASE = 2.0  # seconds before the first retry of an unreachable instance; doubles up to the cap
+
+
+class GitlabDown(Exception):
+    """The instance cannot be talked to now (network, timeout, 5xx, token refused): retry later."""
+
+
+class RunnerRefused(Exception):
+    """GitLab refused one runner operation (4xx): recorded on that runner, the others go on."""
+
+
+# ---------------------------------------------------------------------------------------- API bodies
+def _check_url(v: str) -> str:
+    v = v.strip().rstrip("/")
+    if not re.match(r"^https?://[^\s/]+", v) or len(v) > 2048 or any(ord(c) < 33 or ord(c) == 127 for c in v):
+        raise ValueError(f"{v[:60]!r} is not an http(s):// URL")
+    return v
+
+
+def _check_tags(tags: list[str]) -> list[str]:
+    for tag in tags:
+        if not tag or len(tag) > 256 or "," in tag or any(ord(c) < 32 for c in tag):
+            raise ValueError(f"invalid tag {tag[:40]!r}: 1-256 printable characters, no comma")
+    return list(dict.fromkeys(tags))
+
+
+class GitlabInstanceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    url: str
+    token: str = Field(default="", max_length=1024)
+    registration_token: Optional[str] = Field(default=None, max_length=1024)
+    farm_name: Optional[str] = None  # default: the farm's name
+    expose_runners: StrictBool = True
+    farm_tags: list[str] = Field(default_factory=list, max_length=64)
+
+    @field_validator("name", "farm_name")
+    @classmethod
+    def _name(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not NAME.match(v):
+            raise ValueError(f"{v[:40]!r} is not a name (1-64 letters, digits, '.', '_' or '-')")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_url(v)
+
+    @field_validator("farm_tags")
+    @classmethod
+    def _tags(cls, v: list[str]) -> list[str]:
+        return _check_tags(v)
+
+
+class GitlabInstanceUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: Optional[str] = None
+    token: Optional[str] = Field(default=None, max_length=1024)
+    registration_token: Optional[str] = Field(default=None, max_length=1024)
+    farm_name: Optional[str] = None
+    expose_runners: Optional[StrictBool] = None
+    farm_tags: Optional[list[str]] = Field(default=None, max_length=64)
+
+    @field_validator("farm_name")
+    @classmethod
+    def _name(cls, v: Optional[str]) -> Optional[str]:
+        return GitlabInstanceCreate._name(v)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else _check_url(v)
+
+    @field_validator("farm_tags")
+    @classmethod
+    def _tags(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        return None if v is None else _check_tags(v)
+
+
+# ---------------------------------------------------------------------------------------- config.toml
+def toml_value(value: Any) -> str:
+    """A TOML value for str, bool, int, float or a list of those (JSON string escapes are TOML's)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=True)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def render_config_toml(global_values: dict[str, Any], runners: list[dict[str, Any]]) -> str:
+    """gitlab-runner's config.toml: top-level keys and tables (dict values), then ``[[runners]]``
+    entries whose dict values become sub-tables (``[runners.custom]``)."""
+    lines = ["# Written by valve-console: edits are overwritten. One [[runners]] per exposed machine.", ""]
+
+    def table(prefix: str, values: dict[str, Any]) -> None:
+        subs = []
+        for key, value in values.items():
+            if isinstance(value, dict):
+                subs.append((key, value))
+            elif value is not None:
+                lines.append(f"{key} = {toml_value(value)}")
+        for key, value in subs:
+            lines.append("")
+            lines.append(f"[{prefix}{key}]")
+            table(f"{prefix}{key}.", value)
+
+    table("", global_values)
+    for runner in runners:
+        lines.append("")
+        lines.append("[[runners]]")
+        table("runners.", runner)
+    return "\n".join(lines) + "\n"
+
+
+def executor_command() -> str:
+    """The ``valve-console`` program gitlab-runner calls: the one next to this Python, else on PATH."""
+    here = Path(sys.executable).parent / "valve-console"
+    if here.exists():
+        return str(here)
+    return shutil.which("valve-console") or "valve-console"
+
+
+# ---------------------------------------------------------------------------------------- GitLab calls
+class GitlabApi:
+    """python-gitlab for one instance. Every method blocks: call it through ``asyncio.to_thread``."""
+
+    def __init__(self, url: str, token: str, timeout: float) -> None:
+        import gitlab
+        from gitlab.v4.objects.users import CurrentUserRunnerManager
+
+        self.gl = gitlab.Gitlab(url, private_token=token or None, timeout=timeout, retry_transient_errors=False)
+        self.user_runners = CurrentUserRunnerManager(self.gl)
+
+    @staticmethod
+    def classify(exc: Exception, what: str) -> Exception:
+        """GitlabDown for outages and refused tokens, RunnerRefused for other 4xx answers."""
+        import gitlab
+        import requests
+
+        if isinstance(exc, requests.RequestException):
+            return GitlabDown(f"{what}: {type(exc).__name__}: {_short(exc)}")
+        if isinstance(exc, gitlab.GitlabError):
+            code = exc.response_code
+            message = _short(exc.error_message)
+            if code is None or code >= 500:
+                return GitlabDown(f"{what}: HTTP {code}: {message}")
+            if code == 401:
+                return GitlabDown(f"{what}: the token was refused (HTTP 401: {message})")
+            return RunnerRefused(f"{what}: HTTP {code}: {message}")
+        return exc
+
+    def create(self, inst: GitlabInstance, description: str, tags: list[str]) -> tuple[int, str]:
+        import gitlab
+
+        fields = {"description": description, "tag_list": tags, "run_untagged": False, "locked": True}
+        refused = None
+        if inst.token:
+            try:
+                r = self.user_runners.create({"runner_type": "instance_type", **fields})
+                return int(r.id), str(r.token)
+            except gitlab.GitlabError as exc:
+                if exc.response_code not in (403, 404):
+                    raise
+                refused = f"POST /user/runners refused (HTTP {exc.response_code}: {_short(exc.error_message)})"
+        if not inst.registration_token:
+            raise RunnerRefused(f"{refused or 'no access token'}, and no registration token to fall back on")
+        log.info("gitlab %s: %s; registering %s with the registration token", inst.name, refused, description)
+        r = self.gl.runners.create({"token": inst.registration_token, **fields})
+        return int(r.id), str(r.token)
+
+    def get(self, runner_id: int) -> Optional[dict[str, Any]]:
+        import gitlab
+
+        try:
+            return dict(self.gl.runners.get(runner_id).attributes)
+        except gitlab.GitlabGetError as exc:
+            if exc.response_code == 404:
+                return None
+            raise
+
+    def update(self, runner_id: int, description: str, tags: list[str]) -> bool:
+        """PUT /runners/:id; False if the runner is gone (404)."""
+        import gitlab
+
+        try:
+            self.gl.runners.update(runner_id, {"description": description, "tag_list": tags})
+            return True
+        except gitlab.GitlabUpdateError as exc:
+            if exc.response_code == 404:
+                return False
+            raise
+
+    def delete(self, runner_id: int, token: str) -> None:
+        """DELETE /runners/:id; a gone runner is fine; a 403 falls back to DELETE /runners?token=."""
+        import gitlab
+
+        try:
+            self.gl.runners.delete(runner_id)
+            return
+        except gitlab.GitlabDeleteError as exc:
+            if exc.response_code == 404:
+                return
+            if exc.response_code != 403 or not token:
+                raise
+        try:
+            self.gl.http_delete("/runners", query_data={"token": token})
+        except gitlab.GitlabHttpError as exc:
+            if exc.response_code not in (403, 404):  # 403: the token is unknown, so the runner is gone
+                raise
+
+    def list_ours(self, prefix: str) -> list[dict[str, Any]]:
+        """Runners whose description starts with ``prefix``: GET /runners/all (admin), else GET /runners."""
+        import gitlab
+
+        try:
+            items = self.gl.runners_all.list(get_all=True)
+        except gitlab.GitlabListError as exc:
+            if exc.response_code not in (403, 404):
+                raise
+            items = self.gl.runners.list(get_all=True)
+        out = []
+        for item in items:
+            attrs = dict(item.attributes)
+            if str(attrs.get("description") or "").startswith(prefix):
+                out.append(attrs)
+        return out
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------- the service
+class RunnerService:
+    """Keeps GitLab runners and config.toml in line with the machines; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        machines: "MachineService",
+        settings: Any,
+        api_url: Callable[[], str],
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.machines = machines
+        self.settings = settings
+        self.api_url = api_url
+        self.config_path = Path(settings.gitlab_runner_config or settings.data_dir / "gitlab-runner" / "config.toml")
+        self.builds_dir = self.config_path.parent / "builds"
+        self.instances: dict[str, GitlabInstance] = {}
+        self.runners: dict[tuple[str, str], GitlabRunner] = {}
+        self.runner_errors: dict[tuple[str, str], str] = {}
+        self.status: dict[str, dict[str, Any]] = {}
+        self.state = "starting"
+        self.reason: Optional[str] = None
+        self.on_health_change: Any = None
+        self.config_writes = 0
+        self._config_text: Optional[str] = None
+        self._apis: dict[str, tuple[tuple[str, str], GitlabApi]] = {}
+        self._lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._sub: Any = None
+        self._task: Optional[asyncio.Task] = None
+        self._last_event: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        def load(s: Session) -> tuple[list[GitlabInstance], list[GitlabRunner]]:
+            return list(s.exec(select(GitlabInstance)).all()), list(s.exec(select(GitlabRunner)).all())
+
+        instances, runners = await self.store.run(load)
+        self.instances = {i.name: i for i in instances}
+        self.runners = {(r.instance, r.mac_address): r for r in runners}
+        for name in self.instances:
+            self._new_status(name)
+        try:
+            self._config_text = await asyncio.to_thread(self.config_path.read_text, encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            self._config_text = None
+        await self.write_config()
+        self._health()
+        self._sub = self.bus.subscribe(["machine"])
+        self._task = asyncio.create_task(self._run(), name="gitlab-runners")
+        self._follow_task = asyncio.create_task(self._follow(), name="gitlab-machine-events")
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+        for task in (self._task, getattr(self, "_follow_task", None)):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in (self._task, getattr(self, "_follow_task", None)) if t is not None), return_exceptions=True
+        )
+
+    def _new_status(self, name: str) -> dict[str, Any]:
+        st = {
+            "state": "starting",
+            "reason": None,
+            "last_sync": None,
+            "last_attempt": None,
+            "failures": 0,
+            "retry_in": None,
+            "dirty": True,
+            "next_full": 0.0,  # monotonic time of the next full sync (listing, verification, clean-up)
+            "retry_at": None,  # monotonic time before which an unreachable instance is left alone
+        }
+        self.status[name] = st
+        return st
+
+    async def _follow(self) -> None:
+        """Every machine change (but our own ``runner`` notices) marks the instances for a sync."""
+        while not self._sub.closed:
+            batch = await self._sub.get_batch()
+            if any(ev.type == "dropped" or ev.data.get("action") != "runner" for ev in batch):
+                for st in self.status.values():
+                    st["dirty"] = True
+                self._wake.set()
+                await self.write_config()
+
+    async def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            waits = []
+            for st in self.status.values():
+                due = st["retry_at"] if st["retry_at"] is not None else (now if st["dirty"] else st["next_full"])
+                waits.append(max(0.0, due - now))
+            timeout = min(waits) if waits else None
+            if timeout is None or timeout > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+            self._wake.clear()
+            try:
+                await self.sync_due()
+            except Exception:  # noqa: BLE001 - logged; the loop must survive
+                log.exception("gitlab sync failed")
+                await asyncio.sleep(1)
+
+    async def sync_due(self) -> None:
+        now = time.monotonic()
+        for name in list(self.instances):
+            st = self.status.get(name)
+            if st is None:
+                continue
+            if st["retry_at"] is not None and now < st["retry_at"]:
+                continue
+            full = st["retry_at"] is not None or now >= st["next_full"]
+            if full or st["dirty"]:
+                try:
+                    await self.sync(name, full=full)
+                except NotFound:  # removed meanwhile
+                    continue
+
+    async def sync(self, name: str, full: bool = True) -> dict[str, Any]:
+        """Sync one instance now (full: also verify each runner and delete stray runners)."""
+        async with self._lock:
+            inst = self.instances.get(name)
+            if inst is None:
+                raise NotFound(f"no GitLab instance named {name!r}")
+            st = self.status[name]
+            st["dirty"] = False
+            st["last_attempt"] = time.time()
+            try:
+                await self._sync(inst, full)
+            except Exception as exc:  # noqa: BLE001 - GitlabDown, or a bug/odd answer: both retried later
+                if not isinstance(exc, GitlabDown):
+                    log.exception("gitlab %s: sync failed", name)
+                    exc = GitlabDown(f"{type(exc).__name__}: {_short(exc)}")
+                st["failures"] += 1
+                delay = min(self.settings.gitlab_retry_max, RETRY_BASE * 2 ** (st["failures"] - 1))
+                st.update(state="unreachable", reason=str(exc), retry_in=delay, retry_at=time.monotonic() + delay)
+                st["dirty"] = True
+                log.warning("gitlab %s unreachable (retry in %.0f s): %s", name, delay, exc)
+            else:
+                if st["state"] != "ok" and st["failures"]:
+                    log.info("gitlab %s reachable again", name)
+                st.update(state="ok" if inst.expose_runners else "not exposing", reason=None, failures=0)
+                st.update(retry_in=None, retry_at=None, last_sync=time.time())
+                if full:
+                    st["next_full"] = time.monotonic() + self.settings.gitlab_sync_interval
+            await self.write_config()
+            self._publish()
+            return self.instance_json(name)
+
+    # ------------------------------------------------------------------ desired state
+    def exposed(self, m: Machine) -> bool:
+        return m.ready_for_service and not m.is_retired and m.gitlab_exposed
+
+    def description(self, inst: GitlabInstance, m: Machine) -> str:
+        full = self.machines.full_name(m)
+        farm = self.machines.farm_name
+        return inst.farm_name + full[len(farm) :] if full.startswith(farm) else f"{inst.farm_name}-{full}"
+
+    def desired(self, inst: GitlabInstance) -> dict[str, tuple[str, list[str]]]:
+        """mac → (description, tags) for the runners this instance should have."""
+        if not inst.expose_runners:
+            return {}
+        out = {}
+        for mac, m in self.machines.machines.items():
+            if self.exposed(m):
+                tags = list(dict.fromkeys([*m.tags, *m.manual_tags, *inst.farm_tags]))
+                out[mac] = (self.description(inst, m), tags)
+        return out
+
+    def _api(self, inst: GitlabInstance) -> GitlabApi:
+        key = (inst.url, inst.token)
+        cached = self._apis.get(inst.name)
+        if cached is None or cached[0] != key:
+            cached = (key, GitlabApi(inst.url, inst.token, self.settings.gitlab_timeout))
+            self._apis[inst.name] = cached
+        return cached[1]
+
+    async def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except (GitlabDown, RunnerRefused):
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified below
+            raise GitlabApi.classify(exc, what) from exc
+
+    async def _sync(self, inst: GitlabInstance, full: bool) -> None:
+        api = self._api(inst)
+        want = self.desired(inst)
+        changed: set[str] = set()
+        # 1. runners of machines no longer exposed
+        for (iname, mac), row in list(self.runners.items()):
+            if iname != inst.name or mac in want:
+                continue
+            try:
+                await self._call(f"DELETE /runners/{row.runner_id}", api.delete, row.runner_id, row.token)
+            except RunnerRefused as exc:
+                self._runner_error(inst.name, mac, str(exc), changed)
+                continue
+            log.info("gitlab %s: runner %d of %s deleted", inst.name, row.runner_id, mac)
+            await self._forget(inst.name, mac)
+            changed.add(mac)
+        # 2. create missing runners, update changed ones
+        for mac, (description, tags) in want.items():
+            row = self.runners.get((inst.name, mac))
+            try:
+                if row is not None and full:
+                    remote = await self._call(f"GET /runners/{row.runner_id}", api.get, row.runner_id)
+                    if remote is None:
+                        log.warning("gitlab %s: runner %d of %s is gone, re-creating", inst.name, row.runner_id, mac)
+                        await self._forget(inst.name, mac)
+                        row = None
+                    elif remote.get("description") != description or sorted(remote.get("tag_list") or []) != sorted(
+                        tags
+                    ):
+                        row.tags = []  # forces the update below
+                if row is not None and (row.description != description or sorted(row.tags) != sorted(tags)):
+                    found = await self._call(
+                        f"PUT /runners/{row.runner_id}", api.update, row.runner_id, description, tags
+                    )
+                    if found:
+                        row.description, row.tags, row.updated_at = description, list(tags), time.time()
+                        await self._save(row)
+                        log.info("gitlab %s: runner %d of %s updated", inst.name, row.runner_id, mac)
+                    else:
+                        await self._forget(inst.name, mac)
+                        row = None
+                    changed.add(mac)
+                if row is None:
+                    runner_id, token = await self._call("POST /user/runners", api.create, inst, description, tags)
+                    row = GitlabRunner(
+                        instance=inst.name,
+                        mac_address=mac,
+                        runner_id=runner_id,
+                        token=token,
+                        description=description,
+                        tags=list(tags),
+                    )
+                    await self._save(row)
+                    log.info("gitlab %s: runner %d created for %s (%s)", inst.name, runner_id, mac, description)
+                    changed.add(mac)
+                if self.runner_errors.pop((inst.name, mac), None) is not None:
+                    changed.add(mac)
+            except RunnerRefused as exc:
+                self._runner_error(inst.name, mac, str(exc), changed)
+        # 3. stray runners of this farm
+        if full and inst.token:
+            known = {r.runner_id for (iname, _), r in self.runners.items() if iname == inst.name}
+            prefix = f"{inst.farm_name}-"
+            for remote in await self._call("GET /runners/all", api.list_ours, prefix):
+                if remote.get("id") in known:
+                    continue
+                try:
+                    await self._call(f"DELETE /runners/{remote['id']}", api.delete, int(remote["id"]), "")
+                    log.info("gitlab %s: stray runner %s (%s) deleted", inst.name, remote["id"], remote["description"])
+                except RunnerRefused as exc:
+                    log.warning("gitlab %s: cannot delete stray runner %s: %s", inst.name, remote["id"], exc)
+        for mac in changed:
+            self._machine_notice(mac)
+
+    def _runner_error(self, iname: str, mac: str, reason: str, changed: set[str]) -> None:
+        if self.runner_errors.get((iname, mac)) != reason:
+            log.warning("gitlab %s: runner of %s: %s", iname, mac, reason)
+            self.runner_errors[(iname, mac)] = reason
+            changed.add(mac)
+
+    async def _save(self, row: GitlabRunner) -> None:
+        values = {name: getattr(row, name) for name in GitlabRunner.model_fields}
+
+        def write(s: Session) -> None:
+            old = s.get(GitlabRunner, (row.instance, row.mac_address))
+            if old is None:
+                s.add(GitlabRunner(**values))
+            else:
+                for k, v in values.items():
+                    setattr(old, k, v)
+
+        await self.store.run(write)
+        self.runners[(row.instance, row.mac_address)] = row
+
+    async def _forget(self, iname: str, mac: str) -> None:
+        def delete(s: Session) -> None:
+            old = s.get(GitlabRunner, (iname, mac))
+            if old is not None:
+                s.delete(old)
+
+        await self.store.run(delete)
+        self.runners.pop((iname, mac), None)
+        self.runner_errors.pop((iname, mac), None)
+
+    def _machine_notice(self, mac: str) -> None:
+        m = self.machines.machines.get(mac)
+        if m is not None:
+            self.bus.publish("machine", {"action": "runner", "mac": mac, "machine": self.machines.to_json(m)})
+
+    # ------------------------------------------------------------------ views
+    def runner_info(self, mac: str) -> list[dict[str, Any]]:
+        """A machine's runners for its JSON: instance, runner_id (None: none yet), state, error."""
+        out = []
+        m = self.machines.machines.get(mac)
+        for name, inst in sorted(self.instances.items()):
+            row = self.runners.get((name, mac))
+            error = self.runner_errors.get((name, mac))
+            want = inst.expose_runners and m is not None and self.exposed(m)
+            if row is None and error is None and not want:
+                continue
+            if error:
+                state = "error"
+            elif row is not None and want:
+                state = "ok" if self.status[name]["state"] == "ok" else self.status[name]["state"]
+            elif row is not None:
+                state = "deleting"
+            else:
+                state = "pending"
+            out.append({"instance": name, "runner_id": row.runner_id if row else None, "state": state, "error": error})
+        return out
+
+    def instance_json(self, name: str) -> dict[str, Any]:
+        inst = self.instances.get(name)
+        if inst is None:
+            raise NotFound(f"no GitLab instance named {name!r}")
+        st = self.status[name]
+        return {
+            "name": inst.name,
+            "url": inst.url,
+            "token": MASK if inst.token else "",
+            "registration_token": MASK if inst.registration_token else None,
+            "farm_name": inst.farm_name,
+            "expose_runners": inst.expose_runners,
+            "farm_tags": list(inst.farm_tags),
+            "state": st["state"],
+            "reason": st["reason"],
+            "last_sync": st["last_sync"],
+            "last_attempt": st["last_attempt"],
+            "failures": st["failures"],
+            "retry_in": st["retry_in"],
+            "runners": sum(1 for (iname, _) in self.runners if iname == name),
+        }
+
+    def list_json(self) -> dict[str, Any]:
+        runners = [
+            {
+                "instance": r.instance,
+                "mac_address": r.mac_address,
+                "runner_id": r.runner_id,
+                "description": r.description,
+                "tags": list(r.tags),
+                "error": self.runner_errors.get(key),
+            }
+            for key, r in sorted(self.runners.items())
+        ]
+        return {
+            "instances": {name: self.instance_json(name) for name in sorted(self.instances)},
+            "runners": runners,
+            "config_path": str(self.config_path),
+            "state": self.state,
+            "reason": self.reason,
+        }
+
+    def _summary(self) -> tuple[str, Optional[str]]:
+        if not self.instances:
+            return "ok", "no GitLab instance configured"
+        parts, bad = [], False
+        for name in sorted(self.instances):
+            st = self.status[name]
+            n = sum(1 for (iname, _) in self.runners if iname == name)
+            if st["state"] in ("ok", "not exposing"):
+                when = time.strftime("%H:%M:%S", time.localtime(st["last_sync"])) if st["last_sync"] else "-"
+                parts.append(f"{name} {st['state']} ({n} runners, synced {when})")
+            else:
+                bad = bad or st["state"] != "starting"
+                parts.append(f"{name} {st['state']}" + (f": {st['reason']}" if st["reason"] else ""))
+        return ("degraded" if bad else "ok"), "; ".join(parts)
+
+    def _health(self) -> None:
+        self.state, self.reason = self._summary()
+        if self.on_health_change is not None:
+            self.on_health_change()
+
+    def _publish(self) -> None:
+        data = self.list_json()
+        key = json.dumps({k: v for k, v in data.items()}, sort_keys=True, default=str)
+        self._health()
+        if key != self._last_event:
+            self._last_event = key
+            self.bus.publish("gitlab", data)
+
+    # ------------------------------------------------------------------ instances (API)
+    async def add_instance(self, body: GitlabInstanceCreate) -> dict[str, Any]:
+        if body.name in self.instances:
+            raise Conflict(f"a GitLab instance named {body.name!r} exists already")
+        if not body.token and not body.registration_token:
+            raise BadRequest("give a token able to create runners (create_runner scope) or a registration_token")
+        inst = GitlabInstance(
+            name=body.name,
+            url=body.url,
+            token=body.token,
+            registration_token=body.registration_token or None,
+            farm_name=body.farm_name or self.machines.farm_name,
+            expose_runners=body.expose_runners,
+            farm_tags=list(body.farm_tags),
+        )
+        await self._store_instance(inst)
+        self._new_status(inst.name)
+        self._publish()
+        self._wake.set()
+        log.info("gitlab instance %s (%s) added", inst.name, inst.url)
+        return self.instance_json(inst.name)
+
+    async def update_instance(self, name: str, patch: GitlabInstanceUpdate) -> dict[str, Any]:
+        old = self.instances.get(name)
+        if old is None:
+            raise NotFound(f"no GitLab instance named {name!r}")
+        inst = old.model_copy()
+        fields = patch.model_dump(exclude_unset=True)
+        for key, value in fields.items():
+            if value is None and key in ("url", "token", "farm_name", "expose_runners", "farm_tags"):
+                raise BadRequest(f"{key} cannot be null")
+            setattr(inst, key, value)
+        if not inst.token and not inst.registration_token:
+            raise BadRequest("the instance needs a token or a registration_token")
+        async with self._lock:
+            if inst.url != old.url or inst.farm_name != old.farm_name:
+                # the runners belong to the old instance: forget them (full syncs clean leftovers up)
+                await self._delete_runners(old)
+            await self._store_instance(inst)
+            st = self.status[name]
+            st.update(dirty=True, next_full=0.0, retry_at=None, failures=0)
+        self._publish()
+        self._wake.set()
+        return self.instance_json(name)
+
+    async def remove_instance(self, name: str) -> dict[str, Any]:
+        inst = self.instances.get(name)
+        if inst is None:
+            raise NotFound(f"no GitLab instance named {name!r}")
+        async with self._lock:
+            left = await self._delete_runners(inst)
+
+            def delete(s: Session) -> None:
+                row = s.get(GitlabInstance, name)
+                if row is not None:
+                    s.delete(row)
+
+            await self.store.run(delete)
+            self.instances.pop(name, None)
+            self.status.pop(name, None)
+            self._apis.pop(name, None)
+        await self.write_config()
+        self._publish()
+        log.info("gitlab instance %s removed", name)
+        return {"removed": name, "runners_left_on_gitlab": left}
+
+    async def _delete_runners(self, inst: GitlabInstance) -> list[int]:
+        """Delete the instance's runners on GitLab (once, best effort) and forget them; the ids left."""
+        api = self._api(inst)
+        left = []
+        for (iname, mac), row in list(self.runners.items()):
+            if iname != inst.name:
+                continue
+            try:
+                await self._call(f"DELETE /runners/{row.runner_id}", api.delete, row.runner_id, row.token)
+            except (GitlabDown, RunnerRefused) as exc:
+                log.warning("gitlab %s: runner %d of %s not deleted: %s", inst.name, row.runner_id, mac, exc)
+                left.append(row.runner_id)
+            await self._forget(iname, mac)
+            self._machine_notice(mac)
+        return left
+
+    async def _store_instance(self, inst: GitlabInstance) -> None:
+        values = {k: getattr(inst, k) for k in GitlabInstance.model_fields}
+
+        def write(s: Session) -> None:
+            row = s.get(GitlabInstance, inst.name)
+            if row is None:
+                s.add(GitlabInstance(**values))
+            else:
+                for k, v in values.items():
+                    setattr(row, k, v)
+
+        await self.store.run(write)
+        self.instances[inst.name] = inst
+
+    # ------------------------------------------------------------------ config.toml
+    def config_text(self) -> str:
+        api = self.api_url()
+        exe = executor_command()
+        entries = []
+        for (iname, mac), row in sorted(self.runners.items(), key=lambda kv: (kv[0][0], kv[1].description, kv[0][1])):
+            inst = self.instances.get(iname)
+            m = self.machines.machines.get(mac)
+            if inst is None or m is None or not inst.expose_runners or not self.exposed(m):
+                continue
+            common = ["--machine", mac, "--api", api, "--data-dir", str(self.settings.data_dir)]
+            common += ["--builds-dir", str(self.builds_dir)]
+            custom: dict[str, Any] = {}
+            for stage in ("config", "prepare", "run", "cleanup"):
+                custom[f"{stage}_exec"] = exe
+                # the stage comes last: gitlab-runner appends "<script> <stage name>" to run's args
+                custom[f"{stage}_args"] = ["gitlab-executor", *common, stage]
+            entries.append(
+                {
+                    "name": row.description,
+                    "url": inst.url,
+                    "id": row.runner_id,
+                    "token": row.token,
+                    "limit": 1,
+                    "executor": "custom",
+                    "builds_dir": str(self.builds_dir),
+                    "cache_dir": str(self.config_path.parent / "cache"),
+                    "environment": [f"VALVE_CONSOLE_MACHINE={mac}", f"VALVE_CONSOLE_URL={api}"],
+                    "custom": custom,
+                }
+            )
+        head = {
+            "concurrent": max(1, len(entries)),
+            "check_interval": 0,
+            "session_server": {"session_timeout": 1800},
+        }
+        return render_config_toml(head, entries)
+
+    async def write_config(self) -> bool:
+        """Write config.toml (atomically, 0600) if its text changed; True if written."""
+        from .boot import write_atomically
+
+        async with self._write_lock:  # one writer: two callers must not both see the old text
+            text = self.config_text()
+            if text == self._config_text:
+                return False
+
+            def write() -> None:
+                os.makedirs(self.config_path.parent, exist_ok=True)
+                write_atomically(self.config_path, text, mode=0o600)
+
+            try:
+                await asyncio.to_thread(write)
+            except OSError as exc:
+                log.error("cannot write %s: %s", self.config_path, exc)
+                return False
+            self._config_text = text
+            self.config_writes += 1
+            return True

@@ -1,0 +1,197 @@
+"""``valve-console gitlab-executor config|prepare|run|cleanup``: gitlab-runner's custom executor driver.
+
+gitlab-runner (config.toml written by ``backend/gitlab.py``) calls one stage per process, with the
+machine, the API URL, the data directory and the builds root as arguments, and the job's variables
+as ``CUSTOM_ENV_*`` (``CUSTOM_ENV_CI_JOB_ID``, ``CUSTOM_ENV_CI_PROJECT_PATH``...):
+
+- ``config``: prints JSON (builds_dir ``<builds root>/<job id>``, cache_dir, builds_dir_is_shared false,
+  hostname, driver name/version, job_env naming the machine);
+- ``prepare``: the machine must exist, not be retired and be ready for service (asked from the API);
+  otherwise, or with the backend down, it exits with ``$SYSTEM_FAILURE_EXIT_CODE``;
+- ``run <script> <stage>``: runs the script gitlab-runner generated with bash, in the job's builds dir,
+  with ``VALVE_CONSOLE_MACHINE``, ``VALVE_CONSOLE_URL``/``_API`` and ``VALVE_CONSOLE_TOKEN`` set, so the
+  CI script's ``valve-console job run job.yml`` runs on this runner's DUT. A failing script exits with
+  ``$BUILD_FAILURE_EXIT_CODE``; a script that cannot be run with ``$SYSTEM_FAILURE_EXIT_CODE``;
+- ``cleanup``: removes the job's builds dir (never fails the job).
+
+Note: the CI script runs on the gateway as gitlab-runner's user and gets the operator token: only
+expose runners to projects you trust (valve-infra filtered users/namespaces in a pre-build script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+STAGES = ("config", "prepare", "run", "cleanup")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("gitlab-executor", help="gitlab-runner custom executor driver (called by gitlab-runner)")
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("script", nargs="?", help="run: the script gitlab-runner generated")
+    p.add_argument("stage_name", nargs="?", help="run: the sub-stage (step_script, after_script...)")
+    p.add_argument("--machine", help="the DUT's MAC (default: env VALVE_CONSOLE_MACHINE)")
+    p.add_argument("--api", help="the backend's API URL (default: env VALVE_CONSOLE_URL)")
+    p.add_argument("--data-dir", dest="gl_data_dir", type=Path, help="read the operator token from <DIR>/token")
+    p.add_argument("--builds-dir", dest="builds_dir", type=Path, help="the root of the job build dirs")
+
+
+def _code(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def _fail(message: str, code_var: str = "SYSTEM_FAILURE_EXIT_CODE") -> int:
+    print(f"valve-console gitlab-executor: {message}", file=sys.stderr, flush=True)
+    return _code(code_var, 2 if code_var == "SYSTEM_FAILURE_EXIT_CODE" else 1)
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or os.environ.get(f"CUSTOM_ENV_{name}")
+
+
+def _job_id() -> str:
+    job = os.environ.get("CUSTOM_ENV_CI_JOB_ID") or "nojob"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", job)[:64]
+
+
+def _builds_root(args: argparse.Namespace) -> Path:
+    if args.builds_dir:
+        return Path(args.builds_dir)
+    return Path(os.environ.get("TMPDIR") or "/tmp") / "valve-console-builds"
+
+
+def _job_dir(args: argparse.Namespace) -> Path:
+    return _builds_root(args) / _job_id()
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    token = os.environ.get("VALVE_CONSOLE_TOKEN")
+    if token:
+        return token
+    if args.gl_data_dir is not None:
+        try:
+            return (Path(args.gl_data_dir) / "token").read_text().strip()
+        except OSError:
+            return None
+    return None
+
+
+def _target(args: argparse.Namespace) -> tuple[str | None, str]:
+    machine = args.machine or _env("VALVE_CONSOLE_MACHINE")
+    api = args.api or _env("VALVE_CONSOLE_URL") or os.environ.get("VALVE_CONSOLE_API") or "http://127.0.0.1:8000"
+    return machine, api.rstrip("/")
+
+
+def stage_config(args: argparse.Namespace) -> int:
+    machine, api = _target(args)
+    root = _builds_root(args)
+    answer = {
+        "builds_dir": str(root / _job_id()),
+        "cache_dir": str(root.parent / "cache"),
+        "builds_dir_is_shared": False,
+        "hostname": socket.gethostname(),
+        "driver": {"name": "valve-console", "version": __version__},
+        "job_env": {"VALVE_CONSOLE_MACHINE": machine or "", "VALVE_CONSOLE_URL": api},
+    }
+    print(json.dumps(answer))
+    return 0
+
+
+def stage_prepare(args: argparse.Namespace) -> int:
+    import httpx
+
+    machine, api = _target(args)
+    if not machine:
+        return _fail("no machine: config.toml gives --machine (or set VALVE_CONSOLE_MACHINE)")
+    try:
+        r = httpx.get(f"{api}/api/v1/machine/{machine}/", timeout=10)
+    except httpx.HTTPError as exc:
+        return _fail(f"the valve-console backend is unreachable at {api}: {exc or type(exc).__name__}")
+    if r.status_code != 200:
+        try:
+            message = r.json().get("error") or r.text
+        except ValueError:
+            message = r.text
+        return _fail(f"machine {machine}: HTTP {r.status_code}: {message}")
+    m = r.json()
+    name = m.get("full_name") or machine
+    if m.get("is_retired"):
+        return _fail(f"machine {name} ({machine}) is retired")
+    if not m.get("ready_for_service"):
+        return _fail(f"machine {name} ({machine}) is not ready for service (state {m.get('state')})")
+    try:
+        _job_dir(args).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(f"cannot create the build dir {_job_dir(args)}: {exc.strerror or exc}")
+    project = os.environ.get("CUSTOM_ENV_CI_PROJECT_PATH") or "?"
+    print(
+        f"valve-console: job {_job_id()} of {project} runs on {name} ({machine}), tags "
+        f"{', '.join(m.get('tags') or []) or '-'}, via {api}",
+        flush=True,
+    )
+    return 0
+
+
+def stage_run(args: argparse.Namespace) -> int:
+    if not args.script or not args.stage_name:
+        return _fail("run needs <script path> <stage name>")
+    machine, api = _target(args)
+    script = Path(args.script)
+    if not script.is_file():
+        return _fail(f"the script {script} does not exist")
+    workdir = _job_dir(args)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(f"cannot create the build dir {workdir}: {exc.strerror or exc}")
+    env = dict(os.environ)
+    env.update({"VALVE_CONSOLE_URL": api, "VALVE_CONSOLE_API": api})
+    if machine:
+        env["VALVE_CONSOLE_MACHINE"] = machine
+    token = _token(args)
+    if token:
+        env["VALVE_CONSOLE_TOKEN"] = token
+    bash = shutil.which("bash") or "/bin/bash"
+    try:
+        code = subprocess.call([bash, str(script)], cwd=workdir, env=env)
+    except OSError as exc:
+        return _fail(f"cannot run {script} with {bash}: {exc.strerror or exc}")
+    if code != 0:
+        print(
+            f"valve-console gitlab-executor: stage {args.stage_name} failed (exit code {code})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return _code("BUILD_FAILURE_EXIT_CODE", 1)
+    return 0
+
+
+def stage_cleanup(args: argparse.Namespace) -> int:
+    root = _builds_root(args).resolve()
+    target = _job_dir(args).resolve()
+    if target.parent != root:  # never remove anything outside the builds root
+        return _fail(f"refusing to remove {target}: not under {root}")
+    shutil.rmtree(target, ignore_errors=True)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    stage = {"config": stage_config, "prepare": stage_prepare, "run": stage_run, "cleanup": stage_cleanup}
+    try:
+        return stage[args.stage](args)
+    except Exception as exc:  # noqa: BLE001 - any crash is an infrastructure failure for the runner
+        return _fail(f"{args.stage} failed: {type(exc).__name__}: {exc}")
