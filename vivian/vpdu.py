@@ -11,7 +11,9 @@ byte back, then the server closes the connection.
 Replies: port count as one byte (saturated at 255); 0x01 for a successful ON/OFF; 0x03 ON, 0x04 OFF,
 0x05 unknown for a status; 0x00 for anything wrong (short read, reserved bits, bad port, refused
 shutdown). Switching an outlet ON starts a simulated DUT process (``vivian/dut.py``) and switching
-it OFF kills that process, like cutting power.
+it OFF kills that process, like cutting power. With ``--dut qemu`` an outlet starts a QEMU virtual machine
+instead (``vivian/qemu.py``, TCG): it network-boots from the gateway (see that module for the gateway
+settings it needs) and its serial console goes to the netconsole; OFF kills QEMU the same way.
 
 Run it: ``python vivian/vpdu.py --port 9191 --api http://127.0.0.1:8000 --console 127.0.0.1:8100``.
 
@@ -55,7 +57,7 @@ REPLY_UNKNOWN = 0x05
 READ_TIMEOUT = 5.0
 KILL_GRACE = 2.0
 DUT_SCRIPT = Path(__file__).resolve().with_name("dut.py")
-QEMU_NOT_BUILT = "the qemu DUT is not built yet (vivian/qemu.py); use --dut sim"
+QEMU_SCRIPT = Path(__file__).resolve().with_name("qemu.py")  # --dut qemu: a QEMU VM that network-boots
 
 
 def outlet_mac(index: int) -> str:
@@ -100,10 +102,10 @@ class VirtualPDU:
         *,
         allow_remote_shutdown: bool = False,
     ) -> None:
-        if dut == "qemu":
-            raise ValueError(QEMU_NOT_BUILT)
-        if dut != "sim":
-            raise ValueError(f"unknown DUT kind {dut!r}: use --dut sim")
+        if dut not in ("sim", "qemu"):
+            raise ValueError(f"unknown DUT kind {dut!r}: use --dut sim or --dut qemu")
+        if dut == "qemu" and shutil.which("qemu-system-x86_64") is None:
+            raise ValueError("--dut qemu needs qemu-system-x86_64 (apt-get install qemu-system-x86 ipxe-qemu)")
         if not 1 <= num_ports <= MAX_PORTS:
             raise ValueError(f"num_ports must be between 1 and {MAX_PORTS}, not {num_ports}")
         self.num_ports = num_ports
@@ -163,6 +165,8 @@ class VirtualPDU:
             self.console,
             *self.dut_args,
         ]
+        if self.dut == "qemu":  # qemu.py sets PDEATHSIG, then execs QEMU in the DUT's process group
+            cmd[1:2] = [str(QEMU_SCRIPT), "--outlet", str(index)]
         log_path: Path | None = None
         out = asyncio.subprocess.DEVNULL
         if self.log_dir is not None:
@@ -377,7 +381,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-ports", type=_port_count, default=16, help="number of outlets (1..2047)")
     p.add_argument("--api", default="http://127.0.0.1:8000", help="gateway API URL given to the DUTs")
     p.add_argument("--console", default="127.0.0.1:8100", help="gateway netconsole HOST:PORT for the DUTs")
-    p.add_argument("--dut", choices=("sim", "qemu"), default="sim", help="kind of DUT behind each outlet")
+    p.add_argument(
+        "--dut",
+        choices=("sim", "qemu"),
+        default="sim",
+        help="DUT behind each outlet: sim (vivian/dut.py) or qemu (vivian/qemu.py, a VM that network-boots)",
+    )
     p.add_argument("--log-dir", help="write each DUT's stdout/stderr to a file in this directory")
     p.add_argument("--allow-remote-shutdown", action="store_true", help="honour the protocol's shutdown flag (bit 13)")
     p.add_argument(

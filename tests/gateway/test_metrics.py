@@ -1,0 +1,245 @@
+"""GET /metrics: Prometheus text format 0.0.4, parsed with prometheus-client's own parser, and the
+figures move when the farm does (a real backend, the real vPDU and its simulated DUT processes)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlmodel import Session
+
+from tests.conftest import api_url
+from tests.jobs import conftest as jobs_conftest
+from tests.jobs.conftest import job_yaml, wait_job
+from valve_console.backend import metrics as metrics_mod
+from valve_console.backend.metrics import Exposition, PduCommandStats
+from valve_console.backend.models import GitlabRunner
+
+http = jobs_conftest.http  # the job tests' fixtures: 4 ready machines on a dummy PDU, played by fake DUTs
+jobfarm = jobs_conftest.jobfarm
+
+
+async def scrape(farm) -> dict[str, dict[tuple, float]]:
+    """{sample name: {sorted label items: value}} from the farm's /metrics, through the real parser."""
+    async with httpx.AsyncClient(base_url=api_url(farm), timeout=10) as c:
+        r = await c.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            samples.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return samples
+
+
+def value(samples, name: str, **labels) -> float | None:
+    return samples.get(name, {}).get(tuple(sorted(labels.items())))
+
+
+async def until(predicate, timeout: float = 10.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_metrics_move_with_the_vivian_farm(farm, vivian):
+    """An outlet switched through the API, a DUT that boots, registers and prints: every figure follows."""
+    async def all_off():
+        s = await scrape(farm)
+        return s if value(s, "valve_console_pdu_outlets", pdu="vpdu1", state="off") == 16 else None
+
+    before = await until(all_off)
+    assert value(before, "valve_console_pdu_outlets", pdu="vpdu1", state="on") == 0
+    assert value(before, "valve_console_pdu_reachable", pdu="vpdu1", driver="vpdu") == 1
+    assert sum(before["valve_console_machines"].values()) == 0
+    assert value(before, "valve_console_machines", state="WAIT_FOR_CONFIG") == 0
+    polls = value(before, "valve_console_pdu_command_seconds_count", pdu="vpdu1")
+    assert polls and polls >= 1
+    assert value(before, "valve_console_pdu_command_seconds_bucket", pdu="vpdu1", le="+Inf") == polls
+
+    async with httpx.AsyncClient(base_url=api_url(farm), headers={"Authorization": f"Bearer {farm.token}"}) as c:
+        r = await c.post("/api/v1/pdu/vpdu1/port/3/state", json={"state": "on"})
+        assert r.status_code == 200, r.text
+    mac = vivian.running_duts[3].mac
+
+    after = await scrape(farm)  # the answer carried the read-back: the gauge has moved already
+    assert value(after, "valve_console_pdu_outlets", pdu="vpdu1", state="on") == 1
+    assert value(after, "valve_console_pdu_outlets", pdu="vpdu1", state="off") == 15
+    assert value(after, "valve_console_pdu_command_seconds_count", pdu="vpdu1") > polls
+
+    async def registered():
+        s = await scrape(farm)
+        ok = sum(s["valve_console_machines"].values()) == 1 and (value(s, "valve_console_console_bytes_total", mac=mac)
+                                                                 or 0) > 0
+        return s if ok else None
+
+    s1 = await until(registered)
+    # The DUT registered on its own: no PDU port is set on it yet, exactly as in the seed.
+    assert value(s1, "valve_console_machines", state="WAIT_FOR_CONFIG") == 1
+    assert value(s1, "valve_console_console_lines_total", mac=mac) >= 1
+    assert value(s1, "valve_console_console_connected", mac=mac) == 1
+    first = value(s1, "valve_console_console_bytes_total", mac=mac)
+
+    # The operator types on the console: the simulated DUT echoes, the byte counter grows.
+    async with httpx.AsyncClient(base_url=api_url(farm), headers={"Authorization": f"Bearer {farm.token}"}) as c:
+        r = await c.post(f"/api/v1/console/{mac}/input", json={"data": "uname -a\r"})
+        assert r.status_code == 200, r.text
+
+    async def grown():
+        s = await scrape(farm)
+        return s if value(s, "valve_console_console_bytes_total", mac=mac) > first else None
+
+    await until(grown)
+
+
+async def test_an_unreachable_pdu_is_0_with_errors_counted(farm):
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there
+    await farm.power.add_pdu("gone", "vpdu", {"hostname": f"127.0.0.1:{port}"})
+
+    async def failed():
+        s = await scrape(farm)
+        return s if (value(s, "valve_console_pdu_command_errors_total", pdu="gone") or 0) >= 1 else None
+
+    s = await until(failed)
+    assert value(s, "valve_console_pdu_reachable", pdu="gone", driver="vpdu") == 0
+    assert value(s, "valve_console_pdu_failures", pdu="gone") >= 1
+    assert value(s, "valve_console_service_ok", service="power") == 0
+
+
+async def test_jobs_are_counted_by_status_with_durations(jobfarm):
+    farm, api, macs, duts = jobfarm
+    s0 = await scrape(farm)
+    assert value(s0, "valve_console_jobs_total", status="PASS") is None
+    assert value(s0, "valve_console_jobs_active", status="QUEUED") == 0
+
+    for script in ("pass", "fail", "pass"):
+        r = await api.post("/api/v1/jobs", json={"job": job_yaml(script, target=f"id: '{macs[1]}'")})
+        assert r.status_code == 200, r.text
+        job = await wait_job(api, r.json()["id"])
+        assert job["status"] in ("PASS", "FAIL")
+
+    s1 = await scrape(farm)
+    assert value(s1, "valve_console_jobs_total", status="PASS") == 2
+    assert value(s1, "valve_console_jobs_total", status="FAIL") == 1
+    assert value(s1, "valve_console_job_duration_seconds_count", status="PASS") == 2
+    assert value(s1, "valve_console_job_duration_seconds_bucket", status="PASS", le="+Inf") == 2
+    assert value(s1, "valve_console_job_duration_seconds_sum", status="PASS") > 0
+    assert value(s1, "valve_console_jobs_active", status="RUNNING") == 0
+    # Buckets are cumulative: never decreasing along le.
+    buckets = sorted(
+        (float(dict(k)["le"]), v) for k, v in s1["valve_console_job_duration_seconds_bucket"].items()
+        if dict(k)["status"] == "PASS"
+    )
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)
+
+
+async def test_training_progress_is_exported(tmp_path):
+    """With Sgt. Hartman on, a machine given an outlet starts training: its loop and loops appear."""
+    from tests.conftest import make_settings
+    from valve_console.backend.farm import Farm
+
+    farm = Farm(make_settings(tmp_path / "data", training=True, training_loops=7, training_qualify=6))
+    await farm.start()
+    try:
+        await farm.power.add_pdu("d1", "dummy", {"ports": 2})
+        mac = "02:00:00:00:03:01"
+        async with httpx.AsyncClient(base_url=api_url(farm), headers={"Authorization": f"Bearer {farm.token}"}) as c:
+            reg = {"base_name": "fake", "tags": [], "mac_address": mac, "ip_address": "10.0.3.1"}
+            assert (await c.post("/api/v1/machine/", json=reg)).status_code == 200
+            s0 = await scrape(farm)
+            assert "valve_console_training_loop" not in s0  # no training yet: nothing exported
+            r = await c.patch(f"/api/v1/machine/{mac}/", json={"pdu": "d1", "pdu_port_id": "1"})
+            assert r.status_code == 200, r.text
+
+        async def training():
+            s = await scrape(farm)
+            return s if value(s, "valve_console_training_loop", mac=mac) is not None else None
+
+        s1 = await until(training)
+        assert value(s1, "valve_console_training_loops", mac=mac) == 7
+        assert value(s1, "valve_console_training_loop", mac=mac) == 0  # registering comes first
+        assert value(s1, "valve_console_training_passes", mac=mac) == 0
+        assert value(s1, "valve_console_machines", state="TRAINING") == 1
+    finally:
+        await farm.stop()
+
+
+async def test_training_progress_and_gitlab_runners_are_read_defensively(farm, monkeypatch):
+    machines = farm.machines
+    real = machines.to_json
+    r = httpx.AsyncClient(base_url=api_url(farm))
+    async with r as c:
+        for i in range(3):
+            reg = {"base_name": "fake", "tags": [], "mac_address": f"02:00:00:00:02:0{i}", "ip_address": f"10.0.1.{i}"}
+            assert (await c.post("/api/v1/machine/", json=reg)).status_code == 200
+
+    trainings = {
+        "02:00:00:00:02:00": {"loop": 2, "loops": 5, "passes": 1, "state": "looping"},
+        "02:00:00:00:02:01": {"loop": "two"},  # not a number: nothing exported
+        "02:00:00:00:02:02": None,  # no training: nothing exported
+    }
+
+    def to_json(m):
+        data = real(m)
+        data["training"] = trainings[m.mac_address]
+        return data
+
+    monkeypatch.setattr(machines, "to_json", to_json)
+    s = await scrape(farm)
+    assert s["valve_console_training_loop"] == {(("mac", "02:00:00:00:02:00"),): 2.0}
+    assert s["valve_console_training_loops"] == {(("mac", "02:00:00:00:02:00"),): 5.0}
+    assert s["valve_console_training_passes"] == {(("mac", "02:00:00:00:02:00"),): 1.0}
+
+    # No GitLab service: no runner metric. With one, runners are counted per instance from the database.
+    if getattr(farm, "gitlab", None) is None:
+        assert "valve_console_gitlab_runners" not in s
+        monkeypatch.setattr(farm, "gitlab", object(), raising=False)
+
+    def add(session: Session) -> None:
+        for i, mac in enumerate(trainings):
+            session.add(GitlabRunner(instance="fdo", mac_address=mac, runner_id=i, token="t", description=mac))
+
+    await farm.store.run(add)
+    s = await scrape(farm)
+    assert value(s, "valve_console_gitlab_runners", instance="fdo") == 3
+
+
+def test_label_values_are_escaped_and_round_trip():
+    nasty = 'a "quoted" back\\slash\nnew line'
+    exp = Exposition()
+    exp.add("valve_console_test", "gauge", "help with \\ and\nnewline", 1.5, {"name": nasty})
+    stats = PduCommandStats()
+    for seconds in (0.001, 0.02, 0.3, 99.0):
+        stats.observe("p", seconds, ok=seconds < 50)
+    hist = stats.latency
+    for (pdu,), (counts, total, count) in hist.series.items():
+        exp.histogram("valve_console_h", "h", {"pdu": pdu}, hist.buckets, counts, total, count)
+    families = {f.name: f for f in text_string_to_metric_families(exp.render())}
+    assert families["valve_console_test"].samples[0].labels == {"name": nasty}
+    assert families["valve_console_test"].documentation == "help with \\ and\nnewline"
+    samples = {(s.name, s.labels.get("le")): s.value for s in families["valve_console_h"].samples}
+    assert samples[("valve_console_h_bucket", "0.01")] == 1
+    assert samples[("valve_console_h_bucket", "0.5")] == 3
+    assert samples[("valve_console_h_bucket", "30.0")] == 3
+    assert samples[("valve_console_h_bucket", "+Inf")] == 4
+    assert samples[("valve_console_h_count", None)] == 4
+    assert stats.errors == {"p": 1}
+
+
+@pytest.mark.parametrize("raw", [float("nan"), float("inf"), 3, 2.5, True])
+def test_values_are_in_the_format(raw):
+    text = metrics_mod.format_value(raw)
+    parsed = next(iter(text_string_to_metric_families(f"# TYPE x gauge\nx {text}\n"))).samples[0].value
+    assert (parsed != parsed) if raw != raw else parsed == float(raw)

@@ -1,0 +1,306 @@
+"""``GET /metrics``: the farm in the Prometheus text exposition format 0.0.4.
+
+Everything is read at scrape time from the services' own state (machines, PDUs, consoles, health)
+or from the database (jobs, GitLab runners), so the figures survive restarts where the data does.
+The one thing measured as it happens is PDU command latency: ``PowerService`` owns a
+``PduCommandStats`` and records each queued PDU operation into it.
+
+Metric names and labels are listed in the README ("Metrics").
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+if TYPE_CHECKING:
+    from .farm import Farm
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Seconds. PDU commands: a vPDU answers in ms, SNMP in tens of ms, a set with read-back in seconds.
+PDU_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Seconds. Jobs: from a minute to a day.
+JOB_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 21600.0, 86400.0)
+
+MACHINE_STATES = ("WAIT_FOR_CONFIG", "NOT_READY", "TRAINING", "IDLE", "QUEUED", "RUNNING", "RETIRED")
+OUTLET_STATES = ("on", "off", "unknown")
+
+
+# --------------------------------------------------------------------------- text format
+def escape_label(value: Any) -> str:
+    """A label value as the text format wants it: backslash, double quote and newline escaped."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def format_value(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _labels(labels: dict[str, Any]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items()) + "}"
+
+
+class Exposition:
+    """Collects metric families and renders them; each family's HELP/TYPE is written once, first."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, tuple[str, str, list[str]]] = {}
+
+    def family(self, name: str, kind: str, help_text: str) -> list[str]:
+        if name not in self._families:
+            self._families[name] = (kind, help_text, [])
+        return self._families[name][2]
+
+    def sample(self, family: str, value: float, labels: dict[str, Any] | None = None, suffix: str = "") -> None:
+        self._families[family][2].append(f"{family}{suffix}{_labels(labels or {})} {format_value(value)}")
+
+    def add(self, name: str, kind: str, help_text: str, value: float, labels: dict[str, Any] | None = None) -> None:
+        self.family(name, kind, help_text)
+        self.sample(name, value, labels)
+
+    def histogram(
+        self,
+        name: str,
+        help_text: str,
+        labels: dict[str, Any],
+        buckets: Sequence[float],
+        cumulative: Sequence[int],
+        total: float,
+        count: int,
+    ) -> None:
+        self.family(name, "histogram", help_text)
+        for bound, n in zip(buckets, cumulative, strict=True):
+            self.sample(name, n, {**labels, "le": format_value(float(bound))}, "_bucket")
+        self.sample(name, count, {**labels, "le": "+Inf"}, "_bucket")
+        self.sample(name, total, labels, "_sum")
+        self.sample(name, count, labels, "_count")
+
+    def render(self) -> str:
+        out: list[str] = []
+        for name, (kind, help_text, samples) in self._families.items():
+            base = name[: -len("_total")] if kind == "counter" and name.endswith("_total") else name
+            out.append(f"# HELP {base} {escape_help(help_text)}")
+            out.append(f"# TYPE {base} {kind}")
+            out.extend(samples)
+        return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- live observations
+class Histogram:
+    """A cumulative histogram per label tuple, kept in memory (observations are O(buckets))."""
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self.buckets = tuple(sorted(buckets))
+        self.series: dict[tuple[str, ...], list[Any]] = {}  # labels -> [bucket counts, sum, count]
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        entry = self.series.get(labels)
+        if entry is None:
+            entry = self.series[labels] = [[0] * len(self.buckets), 0.0, 0]
+        counts = entry[0]
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                counts[i] += 1
+        entry[1] += value
+        entry[2] += 1
+
+
+class PduCommandStats:
+    """PDU command latency (one queued operation: a set with its read-back, a poll, a read) and errors."""
+
+    def __init__(self) -> None:
+        self.latency = Histogram(PDU_BUCKETS)
+        self.errors: dict[str, int] = {}
+
+    def observe(self, pdu: str, seconds: float, ok: bool) -> None:
+        self.latency.observe((pdu,), seconds)
+        if not ok:
+            self.errors[pdu] = self.errors.get(pdu, 0) + 1
+        else:
+            self.errors.setdefault(pdu, 0)
+
+
+# --------------------------------------------------------------------------- collection
+def _job_aggregates(session: Any) -> tuple[list[tuple[str, int]], list[tuple[Any, ...]]]:
+    """Jobs per status, and per finished status the duration histogram (cumulative buckets, sum, count)."""
+    from sqlalchemy import case, func
+    from sqlmodel import select
+
+    from .models import JobRow
+
+    counts = [(str(s), int(n)) for s, n in session.exec(select(JobRow.status, func.count()).group_by(JobRow.status))]
+    duration = JobRow.ended_at - JobRow.started_at
+    columns = [func.sum(case((duration <= bound, 1), else_=0)) for bound in JOB_BUCKETS]
+    query = (
+        select(JobRow.status, func.count(), func.sum(duration), *columns)
+        .where(JobRow.started_at.is_not(None), JobRow.ended_at.is_not(None))
+        .group_by(JobRow.status)
+    )
+    return counts, [tuple(row) for row in session.exec(query)]
+
+
+def _gitlab_runners(session: Any) -> list[tuple[str, int]]:
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from .models import GitlabRunner
+
+    query = select(GitlabRunner.instance, func.count()).group_by(GitlabRunner.instance)
+    return [(str(i), int(n)) for i, n in session.exec(query)]
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _machines(exp: Exposition, machines: Iterable[tuple[str, dict[str, Any]]]) -> None:
+    counts = dict.fromkeys(MACHINE_STATES, 0)
+    training: list[tuple[str, float, float | None, float | None]] = []
+    for mac, data in machines:
+        state = str(data.get("state") or "UNKNOWN")
+        counts[state] = counts.get(state, 0) + 1
+        info = data.get("training")
+        if isinstance(info, dict):  # {loop, loops, passes, ...} when training.py fills it; else nothing
+            loop = _number(info.get("loop"))
+            if loop is not None:
+                training.append((mac, loop, _number(info.get("loops")), _number(info.get("passes"))))
+    exp.family("valve_console_machines", "gauge", "Machines known to the farm, by state.")
+    for state, n in counts.items():
+        exp.sample("valve_console_machines", n, {"state": state})
+    if training:
+        exp.family("valve_console_training_loop", "gauge", "The Sgt. Hartman training loop a machine is at.")
+        exp.family("valve_console_training_loops", "gauge", "The training loops a machine must go through.")
+        exp.family("valve_console_training_passes", "gauge", "Training loops a machine passed in its current run.")
+        for mac, loop, loops, passes in training:
+            exp.sample("valve_console_training_loop", loop, {"mac": mac})
+            if loops is not None:
+                exp.sample("valve_console_training_loops", loops, {"mac": mac})
+            if passes is not None:
+                exp.sample("valve_console_training_passes", passes, {"mac": mac})
+
+
+def _pdus(exp: Exposition, farm: "Farm") -> None:
+    power = farm.power
+    if power is None:
+        return
+    exp.family("valve_console_pdu_outlets", "gauge", "Outlets per PDU by state (on, off, unknown).")
+    exp.family("valve_console_pdu_reachable", "gauge", "1 if the PDU answered its last command, 0 if not or not yet.")
+    exp.family("valve_console_pdu_failures", "gauge", "Consecutive failed commands of a PDU.")
+    for name, rt in sorted(power.pdus.items()):
+        counts = dict.fromkeys(OUTLET_STATES, 0)
+        for info in rt.outlets.values():
+            state = info.state.value.lower()
+            counts[state if state in counts else "unknown"] += 1
+        for state, n in counts.items():
+            exp.sample("valve_console_pdu_outlets", n, {"pdu": name, "state": state})
+        exp.sample("valve_console_pdu_reachable", 1 if rt.reachable else 0, {"pdu": name, "driver": rt.driver_name})
+        exp.sample("valve_console_pdu_failures", rt.failures, {"pdu": name})
+    stats = getattr(power, "command_stats", None)
+    if isinstance(stats, PduCommandStats):
+        help_text = "Time a PDU took for one command (a set with its read-back, a poll of its outlets, a read)."
+        exp.family("valve_console_pdu_command_seconds", "histogram", help_text)
+        hist = stats.latency
+        for labels, (counts, total, count) in sorted(hist.series.items()):
+            exp.histogram("valve_console_pdu_command_seconds", help_text, {"pdu": labels[0]}, hist.buckets, counts,
+                          total, count)
+        exp.family("valve_console_pdu_command_errors_total", "counter", "PDU commands that failed (no answer, error).")
+        for pdu, n in sorted(stats.errors.items()):
+            exp.sample("valve_console_pdu_command_errors_total", n, {"pdu": pdu})
+
+
+def _consoles(exp: Exposition, farm: "Farm") -> None:
+    hub = farm.consoles
+    if hub is None:
+        return
+    exp.family("valve_console_console_bytes_total", "counter", "Bytes received on a machine's console.")
+    exp.family("valve_console_console_lines_total", "counter", "Lines received on a machine's console since start.")
+    exp.family("valve_console_console_connected", "gauge", "1 if a byte source (netconsole, serial) feeds the console.")
+    exp.family("valve_console_console_viewers", "gauge", "Viewers of a machine's console (API streams, TCP port).")
+    for mac, console in sorted(hub.consoles.items()):
+        exp.sample("valve_console_console_bytes_total", console.total, {"mac": mac})
+        lines = getattr(console, "lines", None)
+        if isinstance(lines, int):
+            exp.sample("valve_console_console_lines_total", lines, {"mac": mac})
+        exp.sample("valve_console_console_connected", 1 if console.stream is not None else 0, {"mac": mac})
+        exp.sample("valve_console_console_viewers", len(console.viewers) + len(console.subscribers), {"mac": mac})
+
+
+async def _jobs(exp: Exposition, farm: "Farm") -> None:
+    if farm.store is None:
+        return
+    counts, durations = await farm.store.run(_job_aggregates)
+    exp.family("valve_console_jobs_total", "counter", "Jobs that ended, by status (PASS, FAIL, INCOMPLETE...).")
+    exp.family("valve_console_jobs_active", "gauge", "Jobs queued or running now.")
+    active = {"QUEUED": 0, "RUNNING": 0}
+    for status, n in sorted(counts):
+        if status in active:
+            active[status] = n
+        else:
+            exp.sample("valve_console_jobs_total", n, {"status": status})
+    for status, n in active.items():
+        exp.sample("valve_console_jobs_active", n, {"status": status})
+    help_text = "Time from a job's start on its machine to its end, by status."
+    exp.family("valve_console_job_duration_seconds", "histogram", help_text)
+    for status, count, total, *cumulative in sorted(durations, key=lambda row: str(row[0])):
+        exp.histogram(
+            "valve_console_job_duration_seconds",
+            help_text,
+            {"status": status},
+            JOB_BUCKETS,
+            [int(n or 0) for n in cumulative],
+            float(total or 0.0),
+            int(count),
+        )
+
+
+async def _gitlab(exp: Exposition, farm: "Farm") -> None:
+    if getattr(farm, "gitlab", None) is None or farm.store is None:
+        return
+    rows = await farm.store.run(_gitlab_runners)
+    exp.family("valve_console_gitlab_runners", "gauge", "GitLab runners registered for the farm's machines.")
+    for instance, n in sorted(rows):
+        exp.sample("valve_console_gitlab_runners", n, {"instance": instance})
+
+
+async def render(farm: "Farm") -> str:
+    """The whole exposition. SQL runs in the store thread; the rest reads in-memory state."""
+    from .. import __version__
+
+    exp = Exposition()
+    exp.add("valve_console_info", "gauge", "The gateway's version and farm name.", 1,
+            {"version": __version__, "farm": farm.settings.farm_name})
+    exp.add("valve_console_uptime_seconds", "gauge", "Seconds since the backend started.",
+            time.time() - farm.started_at)
+    health = farm.health()
+    exp.family("valve_console_service_ok", "gauge", "1 if a backend service reports ok.")
+    for service, info in sorted(health["services"].items()):
+        exp.sample("valve_console_service_ok", 1 if info["state"] == "ok" else 0, {"service": service})
+    if farm.machines is not None:
+        _machines(exp, farm.machines.list_json().items())
+    _pdus(exp, farm)
+    _consoles(exp, farm)
+    await _jobs(exp, farm)
+    await _gitlab(exp, farm)
+    exp.add("valve_console_events_published_total", "counter", "Events published on the farm's event bus.",
+            farm.bus.published)
+    exp.add("valve_console_event_subscribers", "gauge", "Subscribers of the event bus (TUIs, SSE streams).",
+            farm.bus.subscriber_count)
+    return exp.render()
