@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages that tests use as real peers (installed only when missing).
-DEB_TEST_PACKAGES := tmux socat procps snmpd snmp ser2net dnsmasq-base
+DEB_TEST_PACKAGES := tmux socat procps snmpd snmp ser2net dnsmasq-base chromium openssh-server \
+	qemu-system-x86 ipxe-qemu busybox-static podman mmdebstrap
 
-.PHONY: demo test venv deb-deps lint clean
+.PHONY: demo test venv deb-deps lint clean image-test vivian-image
 
 venv: $(STAMP)
 
@@ -27,7 +28,7 @@ deb-deps:
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
 
 demo: $(STAMP)
@@ -39,6 +40,18 @@ lint: $(STAMP)
 
 test: $(STAMP) deb-deps lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# The gateway image (containers/): podman build (vfs, chroot), then its files and config are checked.
+# Running containers does not work on these machines; the Debian base is made with mmdebstrap when
+# docker.io cannot be reached. About 2 minutes here (README "Gateway image").
+image-test: $(STAMP)
+	@command -v podman >/dev/null || { echo "podman is missing: apt-get install podman" >&2; exit 1; }
+	$(MAKE) -C containers image-test
+
+# Vivian's QEMU DUT image: Debian's cloud kernel + a busybox registration initramfs, in .cache/vivian/
+# (apt-get download; rebuilt when vivian/initramfs/ changes or Debian has newer packages).
+vivian-image: $(STAMP)
+	$(BIN)/python vivian/build_dut_image.py --refresh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -4,6 +4,8 @@ valve-console                      backend + API + TUI in one loop (the TUI uses
 valve-console --backend-only       backend + API, headless (never imports Textual)
 valve-console --attach URL         the TUI alone, as a client of a running backend
 valve-console demo                 a Vivian virtual farm (vPDU + simulated DUTs) with the console
+valve-console doctor               checks this gateway against what the seed requires (doctor.py)
+valve-console serve                the TUI in a browser (textual-serve behind a login), see serve.py
 """
 
 from __future__ import annotations
@@ -62,6 +64,25 @@ def _catch_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+def sd_notify(state: str) -> bool:
+    """Tell systemd (Type=notify) about our state, e.g. ``READY=1``: one datagram to $NOTIFY_SOCKET
+    (a path, or an abstract name starting with @). No socket set or a send error: False, nothing else."""
+    import socket
+
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address or address[0] not in "/@":
+        return False
+    if address[0] == "@":
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as exc:
+        logging.getLogger("valve_console").warning("sd_notify %s to %s failed: %s", state, address, exc)
+        return False
+    return True
+
+
 async def _run_until_signal(stop: asyncio.Event) -> None:
     _catch_signals(stop)
     await stop.wait()
@@ -81,9 +102,11 @@ async def _backend_main(settings) -> int:
         return EXIT_START_FAILURE
     host, port = farm.api_address
     print(f"valve-console backend: API http://{host}:{port}  token {settings.token_path}", flush=True)
+    sd_notify(f"READY=1\nSTATUS=API http://{host}:{port}")
     try:
         await _run_until_signal(stop)
     finally:
+        sd_notify("STOPPING=1")
         await farm.stop()
     return 0
 
@@ -102,6 +125,9 @@ async def _demo_main(args: argparse.Namespace) -> int:
         listen=args.listen or "127.0.0.1:0",
         netconsole=args.netconsole or "127.0.0.1:0",
         farm_name=args.farm_name or "vivian",
+        # Sgt. Hartman with 3 boot loops (all needed) so the demo shows a training; the environment wins
+        **{k: v for k, v in (("training_loops", 3), ("training_qualify", 3))
+           if f"VALVE_CONSOLE_{k.upper()}" not in os.environ},
     )
     _setup_logging(settings, to_stderr=False)
     from vivian.vpdu import VirtualPDU
@@ -167,7 +193,9 @@ def _job_main(args: argparse.Namespace) -> int:
     if args.job_command != "run":
         print("valve-console job: use 'valve-console job run JOB.yml'", file=sys.stderr)
         return JOB_EXIT["SETUP_FAIL"]
-    url = args.api or os.environ.get("VALVE_CONSOLE_API") or "http://127.0.0.1:8000"
+    url = args.api or os.environ.get("VALVE_CONSOLE_API") or os.environ.get("VALVE_CONSOLE_URL") or "http://127.0.0.1:8000"
+    if args.machine_id is None and os.environ.get("VALVE_CONSOLE_MACHINE"):
+        args.machine_id = os.environ["VALVE_CONSOLE_MACHINE"]  # set by the GitLab custom executor
     token = args.job_token or args.token or os.environ.get("VALVE_CONSOLE_TOKEN")
     data_dir = args.job_data_dir or args.data_dir
     if token is None and data_dir is not None:
@@ -176,7 +204,45 @@ def _job_main(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"valve-console: cannot read the token in {data_dir}: {exc.strerror or exc}", file=sys.stderr)
             return JOB_EXIT["SETUP_FAIL"]
-    return asyncio.run(run_job_file(url, token, args.job_file, args.tags, args.machine_id, args.job_id))
+    return asyncio.run(
+        run_job_file(url, token, args.job_file, args.tags, args.machine_id, args.job_id, args.share_dir)
+    )
+
+
+def _serve_main(args: argparse.Namespace) -> int:
+    from .config import parse_hostport
+    from .serve import GuardedServer, ServeError, attach_command, read_new_password, run, store_password
+
+    data_dir = args.serve_data_dir or args.data_dir
+    try:
+        if data_dir is None:
+            data_dir = _settings(args).data_dir
+        if args.set_password:
+            path = store_password(data_dir, read_new_password())
+            print(f"valve-console serve: password stored in {path}", file=sys.stderr)
+            return 0
+        host, port = parse_hostport(args.serve_listen)
+        if args.max_sessions < 1:
+            raise ServeError("--max-sessions must be at least 1")
+        token = args.serve_token or args.token or os.environ.get("VALVE_CONSOLE_TOKEN")
+        if token:
+            os.environ["VALVE_CONSOLE_TOKEN"] = token  # each tab's --attach reads it from there
+        api = args.api or os.environ.get("VALVE_CONSOLE_API") or "http://127.0.0.1:8000"
+        server = GuardedServer(
+            attach_command(api, data_dir),
+            data_dir=data_dir,
+            host=host,
+            port=port,
+            token=token,
+            public_url=args.public_url,
+            allowed_hosts=args.allow_host,
+            max_sessions=args.max_sessions,
+        )
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return asyncio.run(run(server, notify=sd_notify))
+    except (ServeError, ValueError) as exc:
+        print(f"valve-console serve: {exc}", file=sys.stderr)
+        return EXIT_START_FAILURE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,13 +279,81 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("job_file", metavar="JOB.yml", help="the job description (- for stdin)")
     run.add_argument("-t", "--machine-tag", dest="tags", action="append", default=[], help="required tag (repeatable)")
-    run.add_argument("-i", "--machine-id", dest="machine_id", metavar="MAC", help="run on this machine")
+    run.add_argument(
+        "-i", "--machine-id", dest="machine_id", metavar="MAC", help="run on this machine (env VALVE_CONSOLE_MACHINE)"
+    )
     run.add_argument("-j", "--job-id", dest="job_id", help="the job's id (default: generated)")
+    run.add_argument(
+        "-s",
+        "--share-directory",
+        dest="share_dir",
+        metavar="SHARE_DIR",
+        help="send this directory (created if missing) with the job; the job's share comes back into it at the end",
+    )
     run.add_argument("-w", "--wait", action="store_true", help="wait for a machine (always done: jobs are queued)")
     run.add_argument("-e", "--api", "--executor", dest="api", help="the API URL (or env VALVE_CONSOLE_API)")
     run.add_argument("--token", dest="job_token", help="operator token (or env VALVE_CONSOLE_TOKEN)")
     run.add_argument("--data-dir", dest="job_data_dir", type=Path, help="read the token from <DIR>/token")
+    from .gitlab_executor import add_parser as add_gitlab_executor
+
+    add_gitlab_executor(sub)
+    serve = sub.add_parser(
+        "serve",
+        help="the console in a browser (textual-serve behind a login)",
+        description="Each browser tab runs 'valve-console --attach API'. Log in with the password set by "
+        "--set-password (its scrypt hash is kept in <data>/web-password) or the operator token.",
+    )
+    serve.add_argument("--api", help="the backend API URL (or env VALVE_CONSOLE_API; default http://127.0.0.1:8000)")
+    serve.add_argument(
+        "--listen", dest="serve_listen", metavar="HOST:PORT", default="127.0.0.1:8080",
+        help="where to serve (default 127.0.0.1:8080)",
+    )
+    serve.add_argument(
+        "--data-dir", dest="serve_data_dir", metavar="DIR", type=Path, help="data directory (token, web-password)"
+    )
+    serve.add_argument(
+        "--token", dest="serve_token", metavar="TOKEN", help="operator token (default: read <data>/token)"
+    )
+    serve.add_argument("--public-url", help="the URL browsers use, when behind a proxy (e.g. https://gw.lab)")
+    serve.add_argument(
+        "--allow-host", action="append", default=[], metavar="NAME", help="another host name browsers may use"
+    )
+    serve.add_argument("--max-sessions", type=int, metavar="N", default=8, help="consoles open at once (default 8)")
+    serve.add_argument(
+        "--set-password", action="store_true", help="read a new password from the terminal or stdin, store its hash"
+    )
+    doctor = sub.add_parser(
+        "doctor",
+        help="check this gateway against what the seed requires",
+        description="Checks two NICs (public with the default route, private for the DUTs), the volumes "
+        "/mnt/permanent and /mnt/tmp, privileges (dnsmasq, serial devices), tools (dnsmasq, iPXE files, "
+        "gitlab-runner, ser2net), the API and netconsole ports, and the database. One line per check: "
+        "ok, WARN or FAIL with how to fix it. Exit status 1 if any check FAILs.",
+    )
+    doctor.add_argument("--data-dir", dest="doctor_data_dir", type=Path, help="the data directory to check")
+    doctor.add_argument("--listen", dest="doctor_listen", help="the API address to check (default: the setting)")
+    doctor.add_argument("--netconsole", dest="doctor_netconsole", help="the netconsole address to check")
     return parser
+
+
+def _doctor_main(args: argparse.Namespace) -> int:
+    from .doctor import main as doctor_main
+
+    overrides = {
+        key: value
+        for key, value in (
+            ("data_dir", args.doctor_data_dir),
+            ("listen", args.doctor_listen),
+            ("netconsole", args.doctor_netconsole),
+        )
+        if value is not None
+    }
+    try:
+        settings = _settings(args, **overrides)
+    except Exception as exc:  # noqa: BLE001 - pydantic's report, in one line
+        print(f"valve-console doctor: invalid setting: {exc}", file=sys.stderr)
+        return EXIT_START_FAILURE
+    return doctor_main(settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "job":
             return _job_main(args)
+        if args.command == "gitlab-executor":
+            from .gitlab_executor import main as gitlab_executor_main
+
+            return gitlab_executor_main(args)
+        if args.command == "serve":
+            return _serve_main(args)
+        if args.command == "doctor":
+            return _doctor_main(args)
         if args.command == "demo":
             if not 1 <= args.duts <= 255:
                 print("valve-console: --duts must be between 1 and 255", file=sys.stderr)

@@ -122,11 +122,27 @@ class FarmClient:
     async def update_machine(self, mac: str, **fields: Any) -> dict[str, Any]:
         return await self.request("PATCH", f"/api/v1/machine/{mac}/", json=fields)
 
+    async def remove_machine(self, mac: str) -> dict[str, Any]:
+        return await self.request("DELETE", f"/api/v1/machine/{mac}/")
+
     async def retire(self, mac: str) -> str:
         return await self.request("POST", f"/api/v1/machine/{mac}/retire")
 
     async def activate(self, mac: str) -> str:
         return await self.request("POST", f"/api/v1/machine/{mac}/activate")
+
+    async def training(self, mac: str, action: str) -> dict[str, Any]:
+        """Sgt. Hartman: ``start``, ``stop`` or ``skip`` a machine's training; returns the machine."""
+        return await self.request("POST", f"/api/v1/machine/{mac}/training/{action}")
+
+    async def start_training(self, mac: str) -> dict[str, Any]:
+        return await self.training(mac, "start")
+
+    async def stop_training(self, mac: str) -> dict[str, Any]:
+        return await self.training(mac, "stop")
+
+    async def skip_training(self, mac: str) -> dict[str, Any]:
+        return await self.training(mac, "skip")
 
     async def set_outlet(self, pdu: str, port_id: str, state: str) -> str:
         """Switch an outlet (``on``, ``off``, ``reboot``); returns the state read back."""
@@ -138,6 +154,22 @@ class FarmClient:
 
     async def remove_pdu(self, name: str) -> dict[str, Any]:
         return await self.request("DELETE", f"/api/v1/pdu/{name}")
+
+    async def gitlab(self) -> dict[str, Any]:
+        """GitLab instances (tokens masked) with their state, and the runners."""
+        return await self.request("GET", "/api/v1/gitlab")
+
+    async def add_gitlab(self, name: str, url: str, token: str = "", **fields: Any) -> dict[str, Any]:
+        return await self.request("POST", "/api/v1/gitlab", json={"name": name, "url": url, "token": token, **fields})
+
+    async def update_gitlab(self, name: str, **fields: Any) -> dict[str, Any]:
+        return await self.request("PATCH", f"/api/v1/gitlab/{name}", json=fields)
+
+    async def remove_gitlab(self, name: str) -> dict[str, Any]:
+        return await self.request("DELETE", f"/api/v1/gitlab/{name}")
+
+    async def sync_gitlab(self, name: str) -> dict[str, Any]:
+        return await self.request("POST", f"/api/v1/gitlab/{name}/sync")
 
     async def discover(self, pdu: str, port_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Power a free outlet on; the next machine registering without an outlet gets it."""
@@ -255,6 +287,9 @@ JOB_EXIT = {"PASS": 0, "WARN": 1, "COMPLETE": 2, "FAIL": 3, "INCOMPLETE": 4, "UN
 CTRL_A, CTRL_C = b"\x01", b"\x03"
 
 
+SHARE_UNPACK_MAX = 1 << 36  # the gateway limits shares; this only bounds a broken or hostile answer
+
+
 class JobClient:
     """``valve-console job run``: submit a job, stream its console (stdout, raw) and control messages
     (stderr), forward a tty's keystrokes, and return the job status as exit code.
@@ -275,13 +310,21 @@ class JobClient:
         self._escape = False
         self._quit: asyncio.Future[int] | None = None
         self._inputs: set[asyncio.Task] = set()
+        self._ended = False
 
     def say(self, text: str) -> None:
         print(text, file=self.err, flush=True)
 
     async def run(
-        self, job_text: str, tags: list[str] | None = None, machine_id: str | None = None, job_id: str | None = None
+        self,
+        job_text: str,
+        tags: list[str] | None = None,
+        machine_id: str | None = None,
+        job_id: str | None = None,
+        share_dir: Path | None = None,
     ) -> int:
+        """Submit, follow, return the exit code. With ``share_dir`` (created if missing) its files go with
+        the job (valve-infra's multipart form) and the job's share comes back into it when the job ends."""
         body: dict[str, Any] = {"job": job_text}
         target: dict[str, Any] = {}
         if tags:
@@ -295,7 +338,13 @@ class JobClient:
         async with httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=30) as http:
             self._http = http
             try:
-                response = await http.post("/api/v1/jobs", json=body)
+                if share_dir is not None:
+                    files = await self._share_form(body, share_dir)
+                    if files is None:
+                        return JOB_EXIT["SETUP_FAIL"]
+                    response = await http.post("/api/v1/jobs", files=files)
+                else:
+                    response = await http.post("/api/v1/jobs", json=body)
             except httpx.HTTPError as exc:
                 self.say(f"valve-console: backend unreachable at {self.url}: {exc or type(exc).__name__}")
                 return JOB_EXIT["SETUP_FAIL"]
@@ -318,7 +367,10 @@ class JobClient:
                 done, _ = await asyncio.wait({stream, self._quit}, return_when=asyncio.FIRST_COMPLETED)
                 if self._quit in done:
                     return self._quit.result()
-                return stream.result()
+                code = stream.result()
+                if share_dir is not None and self._ended:
+                    await self._fetch_share(share_dir)
+                return code
             except asyncio.CancelledError:
                 await self.cancel()
                 return JOB_EXIT["INCOMPLETE"]
@@ -326,6 +378,47 @@ class JobClient:
                 stream.cancel()
                 restore()
                 await asyncio.gather(stream, *self._inputs, return_exceptions=True)
+
+    async def _share_form(self, body: dict[str, Any], share_dir: Path) -> dict[str, Any] | None:
+        """valve-infra's v1 multipart form: metadata, job and the share directory as a tar.gz."""
+        from .backend.share import pack_dir
+
+        try:
+            await asyncio.to_thread(share_dir.mkdir, parents=True, exist_ok=True)
+            tarball = await asyncio.to_thread(pack_dir, share_dir)
+        except OSError as exc:
+            self.say(f"valve-console: cannot read the share directory {share_dir}: {exc.strerror or exc}")
+            return None
+        meta = {"version": 1, **{k: v for k, v in body.items() if k in ("target", "job_id")}}
+        return {
+            "metadata": (None, json.dumps(meta).encode(), "application/json"),
+            "job": (None, body["job"].encode("utf-8"), "application/x-yaml"),
+            "job_bucket_initial_state_tarball_file": ("share.tar.gz", tarball, "application/octet-stream"),
+        }
+
+    async def _fetch_share(self, share_dir: Path) -> None:
+        """Download the job's share (a tar.gz) and unpack it safely into ``share_dir``."""
+        from .backend.share import ShareError, safe_extract
+
+        assert self._http is not None
+        try:
+            response = await self._http.get(f"/api/v1/job/{self.job_id}/share", timeout=httpx.Timeout(30, read=300))
+        except httpx.HTTPError as exc:
+            self.say(f"valve-console: could not download the job share: {exc or type(exc).__name__}")
+            return
+        if response.status_code != 200:
+            try:
+                message = response.json().get("error") or response.text
+            except ValueError:
+                message = response.text
+            self.say(f"valve-console: the job share was not given back (HTTP {response.status_code}): {message}")
+            return
+        try:
+            names = await asyncio.to_thread(safe_extract, response.content, share_dir, SHARE_UNPACK_MAX)
+        except (ShareError, OSError) as exc:
+            self.say(f"valve-console: could not unpack the job share into {share_dir}: {exc}")
+            return
+        self.say(f"valve-console: the job share ({len(names)} entries) is in {share_dir}")
 
     async def cancel(self) -> None:
         if self._http is None or self.job_id is None:
@@ -372,6 +465,7 @@ class JobClient:
                         elif kind == "queue":
                             self.say(f"valve-console: waiting in the queue, position {data.get('position')}")
                         elif kind == "session_end":
+                            self._ended = True
                             status = str(data.get("status", "UNKNOWN"))
                             return JOB_EXIT.get(status, JOB_EXIT["UNKNOWN"])
             except httpx.HTTPError as exc:
@@ -469,6 +563,7 @@ async def run_job_file(
     tags: list[str] | None = None,
     machine_id: str | None = None,
     job_id: str | None = None,
+    share_dir: str | Path | None = None,
 ) -> int:
     """``valve-console job run``: returns the exit code."""
     import signal
@@ -480,7 +575,8 @@ async def run_job_file(
         print(f"valve-console: cannot read the job {path}: {exc}", file=sys.stderr)
         return JOB_EXIT["SETUP_FAIL"]
     client = JobClient(url, token)
-    task = asyncio.ensure_future(client.run(text, tags, machine_id, job_id))
+    share = Path(share_dir) if share_dir is not None else None
+    task = asyncio.ensure_future(client.run(text, tags, machine_id, job_id, share))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, task.cancel)

@@ -79,6 +79,25 @@ class Settings(BaseSettings):
     dnsmasq_interface: str = ""
     hosts_debounce: float = Field(default=0.5, ge=0, le=30)  # seconds between a machine change and the write
     job_console_drain: float = Field(default=0.5, ge=0, le=30)  # seconds of console kept after a job ends
+    # Job shares (<data_dir>/jobs/<id>/share, valve-infra's job bucket): one job's files (the client's upload
+    # unpacked plus what the DUT writes), and all shares together (older finished jobs' shares go first).
+    job_share_max_bytes: int = Field(default=64 << 20, ge=1)
+    job_shares_max_total_bytes: int = Field(default=2 << 30, ge=1)
+    # Sgt. Hartman pre-service training (valve-infra §3.2): a machine with a PDU port that is neither ready for
+    # service nor retired runs a registration job, then training_loops boot loops; it is ready when at least
+    # training_qualify pass. A failed training is retried after training_retry_delay × 2^(failures-1) seconds,
+    # at most training_retry_max. Machine.training_loops/training_qualify override the loops per machine.
+    training: bool = True  # False: no automatic training (ready for service is set by hand)
+    training_loops: int = Field(default=20, ge=1, le=1000)
+    training_qualify: int = Field(default=19, ge=1, le=1000)
+    training_retry_delay: float = Field(default=120.0, ge=0, le=86400)
+    training_retry_max: float = Field(default=3600.0, ge=0, le=7 * 86400)
+    # GitLab runners (backend/gitlab.py): gitlab-runner's config.toml (default <data_dir>/gitlab-runner/config.toml),
+    # the full sync period (verification, stray clean-up), the back-off cap and one call's timeout, in seconds.
+    gitlab_runner_config: Path | None = None
+    gitlab_sync_interval: float = Field(default=300.0, gt=0)
+    gitlab_retry_max: float = Field(default=300.0, gt=0)
+    gitlab_timeout: float = Field(default=10.0, gt=0)
     log_level: str = "INFO"
 
     @field_validator("serial", mode="before")

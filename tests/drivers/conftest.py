@@ -27,6 +27,7 @@ VARIATIONS = HERE / "snmpsim_variation"
 APC_OUTLETS = 8
 CPS_OUTLETS = 4
 V3_PASS = ("authpass123", "privpass123")
+SYNC_OIDS = {"apc": "1.3.6.1.4.1.318.1.1.4.4.1", "cyberpower": "1.3.6.1.4.1.3808.1.1.3.1.8"}  # next: outlet counts
 
 
 def free_udp_port() -> int:
@@ -120,11 +121,39 @@ class SnmpdAgent:
             self.write(vendor, {"names": names[vendor], "on": [False] * len(names[vendor]), "frozen": False})
 
     def read(self, vendor: str) -> dict:
+        self.sync(vendor)
         return json.loads(self.files[vendor].read_text())
 
+    def sync(self, vendor: str) -> None:
+        """Send the agent one GETNEXT for ``vendor``: the helper writes the sets it has not written yet
+        (it writes its file when a GET or GETNEXT follows sets, not per var-bind; see pp_pdu.py).
+        A GETNEXT, so the agent's GET counter (snmpInGetRequests, which tests count) does not move."""
+        from valve_console.drivers.pdu import snmp_ber
+
+        oid = SYNC_OIDS[vendor]
+        request = snmp_ber.encode_message(1, b"public", snmp_ber.GET_NEXT, 4242, [(oid, None)])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(1.0)
+            s.connect(("127.0.0.1", self.port))
+            for _ in range(5):
+                s.send(request)
+                try:
+                    while snmp_ber.decode_message(s.recv(65536)).request_id != 4242:
+                        pass
+                    return
+                except TimeoutError:
+                    continue
+        raise RuntimeError(f"snmpd on port {self.port} did not answer a GETNEXT of {oid}")
+
     def write(self, vendor: str, state: dict) -> None:
+        if getattr(self, "process", None) is not None:
+            self.sync(vendor)  # the helper has written its sets: it cannot overwrite this write later
         tmp = self.files[vendor].with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
+        # A fine-grained mtime of our own: the helper notices a change by (inode, mtime, size), and
+        # inode numbers are reused and the kernel's own file times are coarse.
+        stamp = time.time_ns() + 1
+        os.utime(tmp, ns=(stamp, stamp))
         os.replace(tmp, self.files[vendor])
 
     def outlets(self, vendor: str) -> list[bool]:
@@ -289,3 +318,12 @@ class DelayProxy:
             if transport is not None:
                 transport.close()
         self.front = self.back = None
+
+
+@pytest.fixture(params=["ber", "pysnmp"])
+def snmp_engine(request, monkeypatch):
+    """Run a test once with the built-in BER codec and once with pysnmp (engine "auto" picks this one)."""
+    from valve_console.drivers.pdu import snmp
+
+    monkeypatch.setattr(snmp, "DEFAULT_ENGINE", request.param)
+    return request.param

@@ -1,7 +1,8 @@
 """Small HTTP servers (real sockets, a thread each) that answer like Tasmota and Shelly devices.
 
 They follow the devices' documented APIs: Tasmota ``/cm?cmnd=...`` (credentials in the query),
-Shelly Gen1 ``/shelly``, ``/relay/<i>``, ``/settings/relay/<i>`` (HTTP basic auth), Shelly Gen2
+Tasmota ``State`` for all relays, Shelly Gen1 ``/shelly``, ``/status``, ``/relay/<i>``,
+``/settings/relay/<i>`` (HTTP basic auth), Shelly Gen2
 ``/rpc/<Method>`` (HTTP digest auth, SHA-256, user ``admin``).
 """
 
@@ -76,6 +77,10 @@ class FakeDevice:
         if self.password is not None and (q.get("user"), q.get("password")) != (self.user, self.password):
             return 401, {"WARNING": "Need user=<username>&password=<password>"}, {}
         words = q.get("cmnd", "").split()
+        if words and words[0].lower() == "state":  # every relay at once, with other status fields
+            powers = {("POWER" if len(self.on) == 1 else f"POWER{n}"): "ON" if on else "OFF"
+                      for n, on in enumerate(self.on, 1)}
+            return 200, {"Time": "2026-11-25T10:00:00", "Uptime": "0T00:01:00", **powers}, {}
         match = re.fullmatch(r"(?i)(power|friendlyname)(\d*)", words[0]) if words else None
         if not match:
             return 200, {"Command": "Unknown"}, {}
@@ -99,6 +104,9 @@ class FakeDevice:
             expected = "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
             if req.headers.get("Authorization") != expected:
                 return 401, "401 Unauthorized", {"WWW-Authenticate": 'Basic realm="shelly"'}
+        if path == "/status":  # every relay at once
+            return 200, {"relays": [{"ison": on, "has_timer": False, "source": "http"} for on in self.on],
+                         "uptime": 60}, {}
         m = re.fullmatch(r"/(settings/)?relay/(\d+)", path)
         i = self._relay(m.group(2)) if m else None
         if i is None:

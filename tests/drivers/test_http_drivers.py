@@ -133,3 +133,26 @@ async def test_power_service_drives_a_shelly(farm, devices):
     assert await farm.power.set_outlet("plug", "1", "on") == PortState.ON
     assert shelly.on == [False, True]
     assert await farm.power.set_outlet("plug", "1", "off") == PortState.OFF
+
+
+@pytest.mark.parametrize("kind, driver, first, status_path", [
+    ("tasmota", "tasmota", 1, "/cm?cmnd=State"),
+    ("gen1", "shelly_gen1", 0, "/status"),
+    ("gen2", "shelly_gen2", 0, "/rpc/Shelly.GetStatus"),
+])
+async def test_get_many_reads_every_relay_in_one_request(devices, kind, driver, first, status_path):
+    device = devices(kind, 4)
+    device.on = [True, False, True, False]
+    drv = create_driver(driver, {"hostname": device.hostname, "outlets": 4})
+    ids = [str(first + i) for i in (3, 0, 2)]  # any order, a subset
+    try:
+        device.requests.clear()
+        states = await drv.get_many(ids)
+        assert list(states) == ids
+        assert [s.value for s in states.values()] == ["OFF", "ON", "ON"]
+        assert device.requests == [status_path]
+        device.requests.clear()
+        await drv.set_many({str(first): PortState.OFF, str(first + 1): PortState.ON})  # one request per relay
+        assert device.on == [False, True, True, False] and len(device.requests) == 2
+    finally:
+        await drv.close()

@@ -10,7 +10,9 @@ import pytest
 from tests.drivers.conftest import APC_OUTLETS, CPS_OUTLETS, V3_PASS, DelayProxy, free_udp_port
 from valve_console.backend import power as power_module
 from valve_console.backend.power import PowerError
-from valve_console.drivers.pdu import DriverError, PortState, create_driver
+from valve_console.drivers.pdu import DriverError, OutletError, PortState, create_driver
+
+pytestmark = pytest.mark.usefixtures("snmp_engine")  # each test on the BER codec and on pysnmp
 
 V3_PRIV = {"version": "3", "username": "v3priv", "auth_key": V3_PASS[0], "priv_key": V3_PASS[1],
            "auth_protocol": "SHA", "priv_protocol": "AES"}
@@ -244,3 +246,18 @@ async def test_power_service_switches_through_every_snmp_version(farm, snmpd):
     assert snmpd.outlets("apc")[4:6] == [True, True]
     assert await farm.power.set_outlet("v3", "5", "off") == PortState.OFF
     assert snmpd.outlets("apc")[4] is False
+
+
+@pytest.mark.parametrize("version", ["1", "2c"])
+async def test_set_many_names_the_outlet_the_agent_refuses(snmpd, version):
+    snmpd.update("apc", refuse=[3])
+    drv = create_driver("apc_masterswitch", {"hostname": snmpd.hostname, "version": version})
+    try:
+        with pytest.raises(OutletError) as err:
+            await drv.set_many({"1": PortState.ON, "3": PortState.ON, "4": PortState.ON})
+        assert err.value.port_id == "3" and err.value.applied == []
+        assert "refused the write for 3 outlets" in str(err.value)
+        await drv.set_many({"1": PortState.ON, "4": PortState.ON})
+        assert (await drv.get_many(["1", "3", "4"])) == {"1": PortState.ON, "3": PortState.OFF, "4": PortState.ON}
+    finally:
+        await drv.close()

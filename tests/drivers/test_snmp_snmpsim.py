@@ -7,6 +7,8 @@ import pytest
 from tests.drivers.conftest import SIM_OUTLETS
 from valve_console.drivers.pdu import DriverError, PortState, create_driver
 
+pytestmark = pytest.mark.usefixtures("snmp_engine")  # each test on the BER codec and on pysnmp
+
 CASES = [
     ("raritan_px2", "px2", {"version": "2c"}),
     ("eaton_epdu", "eaton", {"version": "1"}),

@@ -17,6 +17,8 @@ from tests.drivers.conftest import free_tcp_port, free_udp_port
 from valve_console.drivers.pdu import PortState
 from vivian.client import CMD_STATUS, make_word, send_command
 
+pytestmark = pytest.mark.usefixtures("snmp_engine")  # each test on the BER codec and on pysnmp
+
 ROOT = Path(__file__).resolve().parents[2]
 MAC2 = "52:54:00:11:22:02"  # vPDU outlet 2 = APC outlet 3
 

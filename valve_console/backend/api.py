@@ -10,6 +10,7 @@ import asyncio
 import codecs
 import json
 import logging
+import re
 from typing import TYPE_CHECKING, Any, AsyncIterator, Literal, Optional
 
 import psutil
@@ -23,6 +24,7 @@ from .. import __version__
 from ..drivers.pdu import driver_names
 from .consoles import SLICE_MAX
 from .errors import BadRequest, FarmError
+from .gitlab import GitlabInstanceCreate, GitlabInstanceUpdate
 from .events import EVENT_TYPES
 from .registration import MachineUpdate, Registration, normalise_mac
 
@@ -111,7 +113,11 @@ JOB_SUBMIT_SCHEMA = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"metadata": {"type": "string"}, "job": {"type": "string"}},
+                    "properties": {
+                        "metadata": {"type": "string"},
+                        "job": {"type": "string"},
+                        "job_bucket_initial_state_tarball_file": {"type": "string", "format": "binary"},
+                    },
                 }
             },
         },
@@ -141,12 +147,23 @@ def _parse_multipart(content_type: bytes, body: bytes) -> dict[str, bytes]:
     return parts
 
 
-async def read_job_submission(request: Request) -> tuple[str, Optional[dict[str, Any]], Optional[str]]:
-    """(job text, target override, job id) from a JSON body or valve-infra's v1 multipart form."""
+SHARE_PART = "job_bucket_initial_state_tarball_file"  # valve-infra's name of the share's tar(.gz) part
+
+
+async def read_job_submission(
+    request: Request,
+) -> tuple[str, Optional[dict[str, Any]], Optional[str], Optional[bytes]]:
+    """(job text, target override, job id, share tarball) from a JSON body or valve-infra's v1 multipart
+    form (parts ``metadata``, ``job`` and optionally ``job_bucket_initial_state_tarball_file``)."""
     body = await request.body()
     ctype = request.headers.get("content-type", "").encode("latin-1", "replace")
+    share: Optional[bytes] = None
     if ctype.lower().startswith(b"multipart/"):
-        parts = _parse_multipart(ctype, body)
+        if len(body) > 256 * 1024:  # a share tarball: parse it off the event loop
+            parts = await asyncio.to_thread(_parse_multipart, ctype, body)
+        else:
+            parts = _parse_multipart(ctype, body)
+        share = parts.get(SHARE_PART)
         if "metadata" not in parts or "job" not in parts:
             raise BadRequest("the form needs a 'metadata' part (JSON, version 1) and a 'job' part (YAML)")
         try:
@@ -177,7 +194,7 @@ async def read_job_submission(request: Request) -> tuple[str, Optional[dict[str,
         raise BadRequest("target must be an object {id?, tags?}")
     if job_id is not None and not isinstance(job_id, str):
         raise BadRequest("job_id must be a string")
-    return text, target, job_id
+    return text, target, job_id, share
 
 
 class ConsoleDevice(BaseModel):
@@ -223,18 +240,27 @@ class BodyLimit:
     It also reads an API body sent without a JSON content type (``curl -d``) as JSON.
     """
 
-    def __init__(self, app: Any, limit: int) -> None:
+    def __init__(self, app: Any, limit: int, overrides: Optional[list[tuple[str, str, int]]] = None) -> None:
         self.app = app
         self.limit = limit
+        # (method, path regex, limit): larger bodies where they are expected (job shares)
+        self.overrides = [(m, re.compile(p), n) for m, p, n in overrides or ()]
+
+    def _limit_for(self, scope: dict) -> int:
+        for method, pattern, limit in self.overrides:
+            if scope["method"] == method and pattern.fullmatch(scope["path"]):
+                return limit
+        return self.limit
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = scope.get("headers", [])
+        limit = self._limit_for(scope)
         for name, value in headers:
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await self._refuse(send)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._refuse(send, limit)
                 return
         if scope["method"] in ("POST", "PUT", "PATCH") and scope["path"].startswith("/api/"):
             ctype = next((v for n, v in headers if n == b"content-type"), b"")
@@ -254,8 +280,8 @@ class BodyLimit:
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
-            if len(body) > self.limit:
-                await self._refuse(send)
+            if len(body) > limit:
+                await self._refuse(send, limit)
                 return
             if not message.get("more_body", False):
                 break
@@ -270,8 +296,8 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Any) -> None:
-        body = json.dumps({"error": f"request body too large (limit {self.limit} bytes)"}).encode()
+    async def _refuse(self, send: Any, limit: Optional[int] = None) -> None:
+        body = json.dumps({"error": f"request body too large (limit {limit or self.limit} bytes)"}).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -384,6 +410,18 @@ def create_app(farm: "Farm") -> Any:
         dependencies=[Depends(operator)],
     )
 
+    @app.delete("/api/v1/machine/{mac}/", responses=ERRORS, tags=["machines"], dependencies=[Depends(operator)])
+    async def delete_machine(mac: str) -> dict[str, Any]:
+        return await machines().remove(mac)
+
+    app.add_api_route(
+        "/api/v1/machine/{mac}",
+        delete_machine,
+        methods=["DELETE"],
+        include_in_schema=False,
+        dependencies=[Depends(operator)],
+    )
+
     @app.post(
         "/api/v1/machine/{mac}/retire",
         responses=ERRORS,
@@ -403,6 +441,25 @@ def create_app(farm: "Farm") -> Any:
     )
     async def activate(mac: str) -> str:
         return await machines().set_retired(mac, False) + "\n"
+
+    # ------------------------------------------------------------------ Sgt. Hartman (training.py)
+    @app.post(
+        "/api/v1/machine/{mac}/training/{action}",
+        responses=ERRORS,
+        tags=["machines"],
+        dependencies=[Depends(operator)],
+        summary="Start, stop or skip a machine's pre-service training",
+    )
+    async def training_action(mac: str, action: Literal["start", "stop", "skip"]) -> dict[str, Any]:
+        """start: (re)train now; stop: no training until started; skip: ready for service without loops."""
+        service = farm.training
+        if service is None:
+            raise FarmError("the training service is not running", 503)
+        if action == "start":
+            return await service.start_training(mac)
+        if action == "stop":
+            return await service.stop_training(mac)
+        return await service.skip_training(mac)
 
     # ------------------------------------------------------------------ PDUs
     @app.post("/api/v1/pdu/", status_code=201, responses=ERRORS, tags=["pdus"], dependencies=[Depends(operator)])
@@ -565,8 +622,8 @@ def create_app(farm: "Farm") -> Any:
         jobs are ahead of it. 404 unknown target id, 406 no machine with the tags, 409 retired or not
         ready for service, 400 invalid job (line and field named).
         """
-        text, target, job_id = await read_job_submission(request)
-        answer = await jobs().submit(text, target, job_id)
+        text, target, job_id, share = await read_job_submission(request)
+        answer = await jobs().submit(text, target, job_id, share=share)
         return {**answer, "version": 1, "error_msg": None}
 
     @app.get("/api/v1/jobs", tags=["jobs"])
@@ -650,6 +707,80 @@ def create_app(farm: "Farm") -> Any:
 
         return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    # ------------------------------------------------------------------ job shares (share.py)
+    if farm.jobs is not None:
+        from .executor import default_boot_urls as _boot_urls
+
+        farm.jobs.api_host = lambda: _boot_urls(farm.settings, farm.api_address)[2]
+
+    async def _share_call(func: Any, *args: Any) -> Any:
+        from .share import ShareError
+
+        try:
+            return await asyncio.to_thread(func, *args)
+        except ShareError as exc:
+            raise FarmError(exc.message, exc.status) from None
+        except OSError as exc:
+            raise FarmError(f"job share: {exc.strerror or exc}", 507) from None
+
+    async def _dut_share(job_id: str, key: str) -> Any:
+        service = jobs()
+        job = service.get(job_id)
+        if not await asyncio.to_thread(service.shares.check_key, job_id, key):
+            raise FarmError("wrong key for this job's share (the job's DUT gets its key in job_share_url)", 403)
+        if job.row.status != "RUNNING":
+            raise FarmError(f"job {job_id} is {job.row.status}: its share is open to the DUT only while it runs", 409)
+        return service
+
+    @app.get(
+        "/api/v1/job/{job_id}/share",
+        tags=["jobs"],
+        responses={200: {"content": {"application/gzip": {}}}, **ERRORS, 410: {"model": ErrorBody}},
+        response_class=Response,
+        dependencies=[Depends(operator)],
+    )
+    async def job_share_tarball(job_id: str) -> Response:
+        """The job's share as a tar.gz, once the job is over (not when it was cancelled, like valve-infra)."""
+        service = jobs()
+        job = service.get(job_id)
+        if not job.done.is_set():
+            raise FarmError(f"job {job_id} is {job.row.status}: its share is given back when it ends", 409)
+        if job.row.state == "cancelled":
+            raise FarmError(f"job {job_id} was cancelled: its share is not given back", 409)
+        data = await _share_call(service.shares.pack, job_id)
+        disposition = f'attachment; filename="{job_id}-share.tar.gz"'
+        return Response(data, media_type="application/gzip", headers={"Content-Disposition": disposition})
+
+    @app.get(
+        "/api/v1/job/{job_id}/share/{key}/{path:path}",
+        tags=["jobs"],
+        responses={200: {"content": {"application/octet-stream": {}}}, **ERRORS, 403: {"model": ErrorBody}},
+        response_class=Response,
+    )
+    async def job_share_get(job_id: str, key: str, path: str) -> Response:
+        """DUT-facing (the key is the secret): a file of the job's share, or with an empty path the list
+        of its files as JSON. Only while the job runs."""
+        from fastapi.responses import FileResponse
+
+        service = await _dut_share(job_id, key)
+        if not path.strip("/"):
+            return JSONResponse({"files": await _share_call(service.shares.listing, job_id)})
+        target = await _share_call(service.shares.read_path, job_id, path)
+        return FileResponse(target, media_type="application/octet-stream")
+
+    @app.put(
+        "/api/v1/job/{job_id}/share/{key}/{path:path}",
+        tags=["jobs"],
+        responses={**ERRORS, 403: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+        openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string"}}}}},
+    )
+    async def job_share_put(job_id: str, key: str, path: str, request: Request) -> dict[str, Any]:
+        """DUT-facing: write (replace) a file of the job's share, within its size limit. Only while it runs."""
+        service = await _dut_share(job_id, key)
+        data = await request.body()
+        size = await _share_call(service.shares.write, job_id, path, data, service.finished_oldest_first())
+        return {"path": path, "size": size}
+
     # ------------------------------------------------------------------ network boot (open, DUT-facing)
     @app.get("/boot/{mac}/boot.ipxe", tags=["boot"], response_class=PlainTextResponse)
     async def boot_ipxe(
@@ -723,6 +854,36 @@ def create_app(farm: "Farm") -> Any:
 
         return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    # ------------------------------------------------------------------ GitLab runners
+    gitlab = lambda: farm.gitlab  # noqa: E731
+
+    @app.get("/api/v1/gitlab", tags=["gitlab"])
+    async def list_gitlab() -> dict[str, Any]:
+        """GitLab instances (tokens masked) with their state (ok, unreachable: reason, last sync) and runners."""
+        return gitlab().list_json()
+
+    @app.post("/api/v1/gitlab", status_code=201, responses=ERRORS, tags=["gitlab"], dependencies=[Depends(operator)])
+    async def add_gitlab(body: GitlabInstanceCreate) -> dict[str, Any]:
+        return await gitlab().add_instance(body)
+
+    @app.get("/api/v1/gitlab/{name}", responses=ERRORS, tags=["gitlab"])
+    async def get_gitlab(name: str) -> dict[str, Any]:
+        return gitlab().instance_json(name)
+
+    @app.patch("/api/v1/gitlab/{name}", responses=ERRORS, tags=["gitlab"], dependencies=[Depends(operator)])
+    async def patch_gitlab(name: str, body: GitlabInstanceUpdate) -> dict[str, Any]:
+        return await gitlab().update_instance(name, body)
+
+    @app.delete("/api/v1/gitlab/{name}", responses=ERRORS, tags=["gitlab"], dependencies=[Depends(operator)])
+    async def delete_gitlab(name: str) -> dict[str, Any]:
+        """Remove an instance; its runners are deleted on GitLab (once, best effort: the ids left are listed)."""
+        return await gitlab().remove_instance(name)
+
+    @app.post("/api/v1/gitlab/{name}/sync", responses=ERRORS, tags=["gitlab"], dependencies=[Depends(operator)])
+    async def sync_gitlab(name: str) -> dict[str, Any]:
+        """A full sync now (create, update, verify, clean strays); answers the instance's state after it."""
+        return await gitlab().sync(name, full=True)
+
     @app.get("/api/v1/health", tags=["health"])
     async def health() -> dict[str, Any]:
         return farm.health()
@@ -745,10 +906,16 @@ def create_app(farm: "Farm") -> Any:
         return {"interfaces": await asyncio.to_thread(network_interfaces)}
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
-    async def metrics() -> str:
-        return prometheus(farm)
+    async def metrics() -> Response:
+        from .metrics import CONTENT_TYPE, render
 
-    return BodyLimit(app, farm.settings.max_body_bytes) if farm.settings.max_body_bytes else app
+        return Response(await render(farm), media_type=CONTENT_TYPE)
+
+    if not farm.settings.max_body_bytes:
+        return app
+    share_limit = farm.settings.job_share_max_bytes + farm.settings.max_body_bytes
+    overrides = [("POST", r"/api/v1/jobs/?", share_limit), ("PUT", r"/api/v1/job/[^/]+/share/[^/]+/.+", share_limit)]
+    return BodyLimit(app, farm.settings.max_body_bytes, overrides)
 
 
 def _sse(event: str, data: dict[str, Any], seq: int | None = None) -> bytes:
@@ -773,28 +940,3 @@ def network_interfaces() -> list[dict[str, Any]]:
             }
         )
     return result
-
-
-def prometheus(farm: "Farm") -> str:
-    lines = ["# TYPE valve_console_machines gauge"]
-    counts: dict[str, int] = {}
-    for m in farm.machines.machines.values():
-        state = farm.machines.state_of(m)
-        counts[state] = counts.get(state, 0) + 1
-    for state, n in sorted(counts.items()):
-        lines.append(f'valve_console_machines{{state="{state}"}} {n}')
-    lines.append("# TYPE valve_console_outlets gauge")
-    for name, rt in sorted(farm.power.pdus.items()):
-        per: dict[str, int] = {}
-        for info in rt.outlets.values():
-            per[info.state.value] = per.get(info.state.value, 0) + 1
-        for state, n in sorted(per.items()):
-            lines.append(f'valve_console_outlets{{pdu="{name}",state="{state}"}} {n}')
-        lines.append(f'valve_console_pdu_reachable{{pdu="{name}"}} {1 if rt.reachable else 0}')
-    lines.append("# TYPE valve_console_console_bytes_total counter")
-    for mac, console in sorted(farm.consoles.consoles.items()):
-        lines.append(f'valve_console_console_bytes_total{{mac="{mac}"}} {console.total}')
-    lines.append("# TYPE valve_console_events_published_total counter")
-    lines.append(f"valve_console_events_published_total {farm.bus.published}")
-    lines.append(f"valve_console_event_subscribers {farm.bus.subscriber_count}")
-    return "\n".join(lines) + "\n"

@@ -336,6 +336,7 @@ class Console:
             self.total = logfile.end  # stream offsets carry on from the log of an earlier run
         except OSError:
             self.total = 0
+        self.lines = 0  # newlines received since this process started
         self.stream: "Stream | None" = None
         self.subscribers: set[Subscriber] = set()
         self.viewers: set[TcpViewer] = set()
@@ -368,6 +369,7 @@ class Console:
         self.last_activity = now
         at = self.total
         self.total += len(data)
+        self.lines += data.count(b"\n")  # for /metrics
         ring = self.ring
         if ring and len(data) < COALESCE and len(ring[-1][1]) < COALESCE and now - ring[-1][0] < 1.0:
             ring[-1][1] = ring[-1][1] + data

@@ -26,10 +26,12 @@ from .consoles import ConsoleHub, build_device_sources
 from .discovery import DiscoveryService
 from .events import EventBus
 from .executor import JobService
+from .gitlab import RunnerService
 from .journal import JournalFollower
 from .power import PowerService
 from .registration import MachineService
 from .store import Store
+from .training import TrainingService
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,8 @@ class Farm:
         self.consoles: ConsoleHub | None = None
         self.journal: JournalFollower | None = None
         self.jobs: JobService | None = None
+        self.training: TrainingService | None = None
+        self.gitlab: RunnerService | None = None
         self.boot: BootService | None = None
         self._dnsmasq_error: str | None = None
         self.token = ""
@@ -152,6 +156,7 @@ class Farm:
             ("registration", self.machines),
             ("journal", self.journal),
             ("boot", self.boot),
+            ("gitlab", self.gitlab),
         ):
             if svc is not None:
                 self._set_health(name, svc.state, svc.reason)
@@ -201,6 +206,17 @@ class Farm:
         except ValueError as exc:
             self._dnsmasq_error = f"managed dnsmasq not started: invalid settings: {exc}"
             return None
+
+    def _local_api_url(self) -> str:
+        """The API as programs on this gateway reach it (gitlab-runner's custom executor)."""
+        host, port = self.api_address or parse_hostport(self.settings.listen)
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def _training_boot_urls(self) -> tuple[str, str, str]:
+        from .executor import default_boot_urls
+
+        return default_boot_urls(self.settings, self.api_address)
 
     @property
     def recent_log(self) -> list[dict[str, Any]]:
@@ -309,6 +325,10 @@ class Farm:
         self.jobs = JobService(self.store, self.bus, self.machines, self.power, self.consoles, self.settings)
         await self.jobs.start()
         self.machines.job_state = self.jobs.machine_state
+        self.training = TrainingService(
+            self.store, self.bus, self.machines, self.jobs, self.settings, self._training_boot_urls
+        )
+        await self.training.start()
         if self.settings.boot_cache:
             self.jobs.boot_cache = BootCache(
                 self.settings.data_dir / "files",
@@ -327,6 +347,10 @@ class Farm:
         await self.boot.start()
         if self._dnsmasq_error:
             self.boot._health("degraded", self._dnsmasq_error)
+        self.gitlab = RunnerService(self.store, self.bus, self.machines, self.settings, self._local_api_url)
+        self.gitlab.on_health_change = self._sync_health
+        self.machines.runner_info = self.gitlab.runner_info
+        await self.gitlab.start()
         self.journal = JournalFollower(self.bus, command=self.journal_command)
         self.journal.on_health_change = self._sync_health
         await self.journal.start()
@@ -366,6 +390,10 @@ class Farm:
         self._servers.clear()
         if self.journal is not None:
             await self.journal.stop()
+        if self.gitlab is not None:
+            await self.gitlab.stop()
+        if self.training is not None:
+            await self.training.stop()
         if self.jobs is not None:
             await self.jobs.stop()
         if self.boot is not None:

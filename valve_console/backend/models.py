@@ -101,7 +101,8 @@ class JobRow(SQLModel, table=True):
 class Training(SQLModel, table=True):
     """A machine's Sgt. Hartman training: the current or last run, its loops and results (v4).
 
-    ``state``: registering, looping, cooldown, qualified, failed, stopped, skipped.
+    ``state``: registering, looping, cooldown (failed, retried at ``next_attempt_at``), qualified, stopped,
+    skipped.
     ``results``: one dict per finished step ``{"loop", "job", "status", "at", "why"}`` (loop 0 is
     the registration job). ``attempt`` counts consecutive failed trainings (for the back-off).
     """
@@ -115,6 +116,7 @@ class Training(SQLModel, table=True):
     results: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     attempt: int = 0
     next_attempt_at: Optional[float] = None
+    reason: str = ""  # why this training run started (new machine, unfit for service, operator...)
     started_at: float = Field(default_factory=now)
     updated_at: float = Field(default_factory=now)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .base import DriverConfigError, DriverError, Outlet, PDUDriver, PortState
+from .base import BatchFallback, DriverConfigError, DriverError, Outlet, OutletError, PDUDriver, PortState
 
 DriverFactory = Callable[[dict[str, Any]], PDUDriver]
 
@@ -45,9 +45,11 @@ def create_driver(driver: str, config: dict[str, Any] | None) -> PDUDriver:
 
 
 __all__ = [
+    "BatchFallback",
     "DriverConfigError",
     "DriverError",
     "Outlet",
+    "OutletError",
     "PDUDriver",
     "PortState",
     "create_driver",

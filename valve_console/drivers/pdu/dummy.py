@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from .base import DriverConfig, DriverError, Outlet, PortState, parse_config
+from .base import BatchFallback, DriverConfig, DriverError, Outlet, PortState, parse_config
 
 
 class DummyConfig(DriverConfig):
@@ -14,7 +14,7 @@ class DummyConfig(DriverConfig):
     initial_state: str = Field(default="ON", pattern="(?i)^(on|off)$")
 
 
-class DummyPDU:
+class DummyPDU(BatchFallback):
     name: ClassVar[str] = "dummy"
 
     def __init__(self, config: DummyConfig) -> None:

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import Field, field_validator
 
-from .base import DriverConfig, DriverError, parse_config
+from .base import BatchFallback, DriverConfig, DriverError, parse_config
 
 REBOOT_OFF_SECONDS = 5  # how long a device-side power cycle keeps the outlet off
 
@@ -56,7 +56,7 @@ class HttpConfig(DriverConfig):
         return value.strip()
 
 
-class HttpPDU:
+class HttpPDU(BatchFallback):
     """Base of the HTTP drivers; subclasses set ``name``, ``model`` and ``config_model``."""
 
     name: ClassVar[str]

@@ -7,6 +7,9 @@
   (user ``admin``) if a password is set.
 
 REBOOT uses the device's own flip-back timer: off, then on again after 5 s.
+
+``get_many`` reads every relay in one request (Gen1 ``/status``, Gen2 ``Shelly.GetStatus``);
+switching is one request per relay, as both APIs have no multi-relay command.
 """
 
 from __future__ import annotations
@@ -77,6 +80,17 @@ class ShellyGen1PDU(_Shelly):
         what = f"state of relay {i}"
         return self._ison(await self.request_json(f"/relay/{i}", None, what), what)
 
+    async def get_many(self, port_ids: list[str]) -> dict[str, PortState]:
+        ids = [self._switch(p) for p in port_ids]
+        if len(ids) < 2:
+            return await super().get_many(port_ids)
+        what = f"state of relays {','.join(map(str, ids))}"
+        body = await self.request_json("/status", None, what)
+        relays = body.get("relays") if isinstance(body, dict) else None
+        if not isinstance(relays, list) or any(i >= len(relays) for i in ids):
+            raise self.bad_answer(what, body)
+        return {p: self._ison(relays[i], what) for p, i in zip(port_ids, ids, strict=True)}
+
     async def set(self, port_id: str, state: PortState) -> None:
         i = self._switch(port_id)
         if state == PortState.REBOOT:
@@ -132,6 +146,21 @@ class ShellyGen2PDU(_Shelly):
         if not isinstance(body.get("output"), bool):
             raise self.bad_answer(what, body)
         return PortState.ON if body["output"] else PortState.OFF
+
+    async def get_many(self, port_ids: list[str]) -> dict[str, PortState]:
+        ids = [self._switch(p) for p in port_ids]
+        if len(ids) < 2:
+            return await super().get_many(port_ids)
+        what = f"state of switches {','.join(map(str, ids))}"
+        body = await self.rpc("Shelly.GetStatus", None, what)
+        states: dict[str, PortState] = {}
+        for port_id, i in zip(port_ids, ids, strict=True):
+            entry = body.get(f"switch:{i}")
+            output = entry.get("output") if isinstance(entry, dict) else None
+            if not isinstance(output, bool):
+                raise self.bad_answer(what, body)
+            states[port_id] = PortState.ON if output else PortState.OFF
+        return states
 
     async def set(self, port_id: str, state: PortState) -> None:
         i = self._switch(port_id)

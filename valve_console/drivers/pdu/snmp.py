@@ -1,4 +1,7 @@
-"""SNMP PDUs on pysnmp 7 (asyncio): the shared client, config model and base driver, plus ``snmp``.
+"""SNMP PDUs: the shared client, config model and base driver, plus ``snmp``.
+
+v1/v2c GET and SET go through the built-in codec of :mod:`.snmp_ber` (one UDP endpoint per driver
+and event loop) unless the config says ``engine: pysnmp``; SNMPv3 and column walks use pysnmp 7.
 
 Each vendor driver is a table on :class:`SnmpPDU`: the column of outlet names, the column of outlet
 states and how its values read, and the command written for ON, OFF and REBOOT. OIDs are numeric
@@ -20,11 +23,17 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import DriverConfig, DriverError, Outlet, PortState, parse_config
+from . import snmp_ber
+from .base import BatchFallback, DriverConfig, DriverError, Outlet, OutletError, PortState, parse_config
 
 ENTERPRISES = "1.3.6.1.4.1"
 MAX_OUTLETS = 1024
 MAX_VARBINDS = 16  # per request in get_many/set_many; small enough for any PDU's buffer
+# Error statuses that say the request as a whole may not be made (credentials), not that one var-bind is bad.
+REQUEST_ERRORS = {"noAccess", "authorizationError", "readOnly", "genErr", "tooBig"}
+# The engine used for v1/v2c GET and SET when the config says engine "auto": "ber" is the codec of
+# snmp_ber.py, "pysnmp" is pysnmp (tests set this to run the same agent tests on both).
+DEFAULT_ENGINE: Literal["ber", "pysnmp"] = "ber"
 REBOOT_PAUSE = 5.0  # seconds off when a table has no reboot command of its own
 OID_RE = re.compile(r"^\.?\d+(\.\d+)*$")
 
@@ -154,6 +163,9 @@ class SnmpConfig(DriverConfig):
     context: str = Field(default="", description="SNMPv3 context name")
     timeout: float = Field(default=2.0, gt=0, le=60, description="seconds to wait for each answer")
     retries: int = Field(default=1, ge=0, le=10, description="resends after a timeout")
+    engine: Literal["auto", "ber", "pysnmp"] = Field(
+        default="auto", description='v1/v2c GET/SET: "ber" (the fast built-in codec; the "auto" default) or "pysnmp"'
+    )
 
     @field_validator("version", mode="before")
     @classmethod
@@ -186,6 +198,8 @@ class SnmpConfig(DriverConfig):
             raise ValueError(f"hostname says port {host_port} but port says {self.port}: give it once")
         v3_keys = [k for k in ("username", "auth_key", "priv_key", "auth_protocol", "priv_protocol")
                    if getattr(self, k) is not None]
+        if self.version == "3" and self.engine == "ber":
+            raise ValueError('engine "ber" only speaks SNMP versions 1 and 2c: use "auto" or "pysnmp" with version 3')
         if self.version != "3":
             if v3_keys:
                 verb = "applies" if len(v3_keys) == 1 else "apply"
@@ -218,6 +232,15 @@ class SnmpConfig(DriverConfig):
 # --------------------------------------------------------------------------- client
 
 
+class SnmpStatusError(DriverError):
+    """The agent answered with an error status; ``varbind`` is the 0-based position of the var-bind
+    it blames, or None when the error concerns the whole request (e.g. credentials)."""
+
+    def __init__(self, message: str, varbind: int | None) -> None:
+        super().__init__(message)
+        self.varbind = varbind
+
+
 def _is_ipv6(host: str) -> bool:
     try:
         return isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
@@ -227,6 +250,8 @@ def _is_ipv6(host: str) -> bool:
 
 def _text(value: Any) -> str:
     """An OctetString (or anything) as display text."""
+    if isinstance(value, (int, str)):
+        return str(value)
     try:
         raw = bytes(value)
     except Exception:  # noqa: BLE001 - not an octet string
@@ -245,6 +270,55 @@ class SnmpClient:
         self._target: Any = None
         self._auth: dict[str, Any] = {}
         self._varbinds: dict[tuple[str, int | None], Any] = {}
+        self._endpoints: dict[asyncio.AbstractEventLoop, snmp_ber.Endpoint] = {}
+        self._opening: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        engine = DEFAULT_ENGINE if config.engine == "auto" else config.engine
+        self.fast = config.version != "3" and engine == "ber"
+
+    # -- the built-in BER codec (v1/v2c GET and SET)
+    async def _endpoint(self) -> snmp_ber.Endpoint:
+        """This loop's UDP endpoint to the agent, opened on first use."""
+        loop = asyncio.get_running_loop()
+        endpoint = self._endpoints.get(loop)
+        if endpoint is not None and not endpoint.closed:
+            return endpoint
+        for old in [lp for lp in self._endpoints if lp.is_closed()]:
+            self._endpoints.pop(old, None)
+            self._opening.pop(old, None)
+        async with self._opening.setdefault(loop, asyncio.Lock()):
+            endpoint = self._endpoints.get(loop)
+            if endpoint is None or endpoint.closed:
+                try:
+                    endpoint = self._endpoints[loop] = await snmp_ber.Endpoint.open(self.host, self.port)
+                except OSError as exc:
+                    raise DriverError(f"SNMP agent {self.where}: cannot resolve {self.host!r} ({exc})") from None
+            return endpoint
+
+    async def _ber(self, pdu: int, varbinds: list[Any], oids: list[str], what: str, write: bool) -> list[Any]:
+        """One GET or SET with the built-in codec: the answer's values as (tag, value), errors as DriverError."""
+        endpoint = await self._endpoint()
+        cfg = self.config
+        text = cfg.community if write else (cfg.read_community or cfg.community)
+        try:
+            community = text.encode("latin-1")  # as pysnmp (pyasn1's OctetString) sends it
+        except UnicodeEncodeError:
+            community = text.encode()
+        try:
+            answer = await endpoint.request(snmp_ber.VERSIONS[cfg.version], community, pdu, varbinds,
+                                            cfg.timeout, cfg.retries)
+        except snmp_ber.SnmpTimeout:
+            raise DriverError(self._timeout_message()) from None
+        except (OSError, snmp_ber.BerError) as exc:
+            raise DriverError(f"SNMP request to {self.where} failed: {exc}") from None
+        if answer.error_status:
+            raise self._status(snmp_ber.error_name(answer.error_status), answer.error_index, oids, what, write=write)
+        if len(answer.varbinds) != len(oids):
+            raise DriverError(f"SNMP agent {self.where} answered {len(answer.varbinds)} values for {len(oids)} "
+                              f"({what})")
+        for oid, (name, _) in zip(oids, answer.varbinds, strict=True):
+            if name != oid.lstrip("."):
+                raise DriverError(f"SNMP agent {self.where} answered for {name} when asked for {oid} ({what})")
+        return [value for _, value in answer.varbinds]
 
     # -- pysnmp objects
     def _auth_data(self, write: bool) -> Any:
@@ -320,13 +394,16 @@ class SnmpClient:
 
     def _status(self, status: Any, index: Any, oids: list[str], what: str, write: bool) -> DriverError:
         name = status.prettyPrint() if hasattr(status, "prettyPrint") else str(status)
+        position: int | None
         try:
-            oid = oids[int(index) - 1]
+            position = int(index) - 1
+            oid = oids[position] if position >= 0 else oids[0]
         except (ValueError, IndexError, TypeError):
-            oid = oids[0]
+            position, oid = None, oids[0]
         hint = (WRITE_HINTS if write else READ_HINTS).get(name)
-        return DriverError(
-            f"SNMP agent {self.where} refused {what} ({oid}): {name}" + (f" ({hint})" if hint else "")
+        blamed = None if position is None or position < 0 or name in REQUEST_ERRORS else position
+        return SnmpStatusError(
+            f"SNMP agent {self.where} refused {what} ({oid}): {name}" + (f" ({hint})" if hint else ""), blamed
         )
 
     @staticmethod
@@ -352,7 +429,18 @@ class SnmpClient:
 
     # -- operations
     async def get(self, oids: list[str], what: str) -> list[Any]:
-        """GET ``oids`` in one request and return their values; a missing one is a DriverError."""
+        """GET ``oids`` in one request and return their values; a missing one is a DriverError.
+
+        With the built-in codec the values are plain Python (int, bytes, str); with pysnmp, pysnmp's types."""
+        if self.fast:
+            values = []
+            for oid, (tag, value) in zip(oids, await self._ber(snmp_ber.GET, [(o, None) for o in oids], oids,
+                                                               f"to read {what}", write=False), strict=True):
+                if tag in snmp_ber.EXCEPTIONS:
+                    raise DriverError(f"SNMP agent {self.where} has nothing at {oid} ({snmp_ber.EXCEPTIONS[tag]}) "
+                                      f"for {what}: wrong PDU model or no such outlet?")
+                values.append(value)
+            return values
         import pysnmp.hlapi.v3arch.asyncio as api
 
         target = await self._transport()
@@ -382,6 +470,10 @@ class SnmpClient:
 
     async def set_ints(self, writes: list[tuple[str, int]], what: str) -> None:
         """SET integers in one request (the agent applies all or none)."""
+        if self.fast:
+            varbinds = [(oid, (snmp_ber.INTEGER, value)) for oid, value in writes]
+            await self._ber(snmp_ber.SET, varbinds, [oid for oid, _ in writes], what, write=True)
+            return
         import pysnmp.hlapi.v3arch.asyncio as api
 
         target = await self._transport()
@@ -450,6 +542,10 @@ class SnmpClient:
 
     def close(self) -> None:
         _release(id(self))
+        for endpoint in self._endpoints.values():
+            endpoint.close()
+        self._endpoints.clear()
+        self._opening.clear()
 
 
 # --------------------------------------------------------------------------- base driver
@@ -465,7 +561,7 @@ def as_int(value: Any) -> int | None:
             return None
 
 
-class SnmpPDU:
+class SnmpPDU(BatchFallback):
     """An SNMP PDU described by a table. Subclasses set the class attributes below.
 
     Column and OID templates may use ``{field}`` placeholders filled from the config (e.g. a unit).
@@ -558,19 +654,38 @@ class SnmpPDU:
         return {p: states[i] for p, i in zip(port_ids, indexes, strict=True)}
 
     async def set_many(self, states: dict[str, PortState]) -> None:
-        """Switch several outlets, MAX_VARBINDS per SET (a REBOOT without a device command goes alone)."""
-        writes: list[tuple[str, int]] = []
+        """Switch several outlets, MAX_VARBINDS per SET (a REBOOT without a device command goes alone).
+
+        The agent applies each SET whole or not at all. When it blames one var-bind, OutletError
+        names that outlet and the outlets of the SETs before (``applied``); the rest were not sent.
+        """
+        writes: list[tuple[str, str, int]] = []
+        alone: list[tuple[str, PortState]] = []
         for port_id, state in states.items():
             if state == PortState.REBOOT and PortState.REBOOT not in self.commands:
-                await self.set(port_id, state)
+                alone.append((port_id, state))
                 continue
             if state not in self.commands:
                 raise DriverError(f"cannot set outlet {port_id} to {state.value}: use ON, OFF or REBOOT")
             column, value = self.commands[state]
-            writes.append((f"{self.oid(column)}.{self._index(port_id)}", value))
+            writes.append((port_id, f"{self.oid(column)}.{self._index(port_id)}", value))
+        applied: list[str] = []
         for start in range(0, len(writes), MAX_VARBINDS):
             chunk = writes[start:start + MAX_VARBINDS]
-            await self.client.set_ints(chunk, f"the write for {len(chunk)} outlet(s)")
+            if len(chunk) == 1:
+                port_id, _, value = chunk[0]
+                what = f"the write of {value} for outlet {self._index(port_id)} {states[port_id].value}"
+            else:
+                what = f"the write for {len(chunk)} outlets"
+            try:
+                await self.client.set_ints([(oid, value) for _, oid, value in chunk], what)
+            except SnmpStatusError as exc:
+                if exc.varbind is None or exc.varbind >= len(chunk):
+                    raise
+                raise OutletError(chunk[exc.varbind][0], str(exc), applied) from None
+            applied += [port_id for port_id, _, _ in chunk]
+        for port_id, state in alone:
+            await self.set(port_id, state)
 
     async def close(self) -> None:
         self.client.close()

@@ -1,4 +1,9 @@
-"""Tasmota smart plugs and relay boards: ``GET /cm?cmnd=Power<N> On|Off``; outlets "1".."N"."""
+"""Tasmota smart plugs and relay boards: ``GET /cm?cmnd=Power<N> On|Off``; outlets "1".."N".
+
+``get_many`` reads every relay with one ``State`` command. ``set_many`` goes relay by relay:
+Tasmota's ``Backlog`` would carry several commands in one request, but runs them later, 200 ms
+apart by default, and answers none of them.
+"""
 
 from __future__ import annotations
 
@@ -71,6 +76,14 @@ class TasmotaPDU(HttpPDU):
         relay = self._relay(port_id)
         what = f"state of relay {relay}"
         return self._state(await self.command(f"Power{relay}", what), relay, what)
+
+    async def get_many(self, port_ids: list[str]) -> dict[str, PortState]:
+        relays = [self._relay(p) for p in port_ids]
+        if len(relays) < 2:
+            return await super().get_many(port_ids)
+        what = f"state of relays {','.join(map(str, relays))}"
+        body = await self.command("State", what)
+        return {p: self._state(body, relay, what) for p, relay in zip(port_ids, relays, strict=True)}
 
     async def set(self, port_id: str, state: PortState) -> None:
         relay = self._relay(port_id)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from .base import DriverConfig, DriverError, Outlet, PortState, parse_config
+from .base import BatchFallback, DriverConfig, DriverError, Outlet, PortState, parse_config
 
 CMD_COUNT, CMD_ON, CMD_OFF, CMD_STATUS = 0, 1, 2, 3
 MAX_PORT = 2047  # the port field is 11 bits wide
@@ -55,8 +55,9 @@ def _reason(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
-class VirtualPDU:
-    """A vPDU reached over TCP; its outlets are "0".."N-1"."""
+class VirtualPDU(BatchFallback):
+    """A vPDU reached over TCP; its outlets are "0".."N-1". One outlet per command, so batches go
+    outlet by outlet (``BatchFallback``)."""
 
     name: ClassVar[str] = "vpdu"
 
