@@ -27,7 +27,9 @@ def mac(outlet: int) -> str:
     return f"52:54:00:11:22:{outlet:02x}"
 
 
-def job_yaml(script: str, *, target: str = "tags: ['virtio:family:VIRTIO']", timeouts: str = "", cont: str = "") -> str:
+def job_yaml(script: str, *, target: str = "tags: ['virtio:family:VIRTIO']", timeouts: str = "", cont: str = "",
+             patterns: str = "") -> str:
+    """A job for Vivian DUTs: ``vivian.script=<script>``; ``patterns``: more console_patterns lines."""
     text = f"""version: 1
 target:
   {target}
@@ -37,7 +39,7 @@ timeouts:
   session_end: {{regex: "It's now safe to turn off your computer"}}
   job_success: {{regex: "Execution is over, pipeline status: 0"}}
   session_reboot: {{regex: "vivian: reboot requested"}}
-deployment:
+{patterns}deployment:
   start:
     kernel:
       url: http://127.0.0.1/kernel

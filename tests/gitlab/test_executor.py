@@ -9,28 +9,10 @@ import os
 import tomllib
 from pathlib import Path
 
+from tests.e2e.test_jobs_e2e import job_yaml
 from tests.gitlab.conftest import TAGS, add_instance, eventually, mac_of
 
 BUILD_FAILURE, SYSTEM_FAILURE = 37, 42
-
-
-def job_yaml(script: str) -> str:
-    return f"""version: 1
-target:
-  tags: ['virtio:family:VIRTIO']
-timeouts:
-  overall: {{seconds: 30}}
-console_patterns:
-  session_end: {{regex: "It's now safe to turn off your computer"}}
-  job_success: {{regex: "Execution is over, pipeline status: 0"}}
-deployment:
-  start:
-    kernel:
-      url: http://127.0.0.1/kernel
-      cmdline: vivian.script={script} console=ttyS1 SALAD.machine_id={{{{ machine_id }}}}
-    initramfs:
-      url: http://127.0.0.1/initrd
-"""
 
 
 def ci_script(tmp: Path, script: str, valve_console: str) -> Path:

@@ -6,25 +6,14 @@ import httpx
 import pytest
 
 from tests.conftest import api_url
+from tests.e2e.test_jobs_e2e import job_yaml
 from tests.training.conftest import RETRY, add_machine, mac, machine, wait_machine
 
-USER_JOB = """version: 1
-target:
-  id: '{mac}'
-timeouts:
-  overall: {{seconds: 20}}
-console_patterns:
-  session_end: {{regex: "It's now safe to turn off your computer"}}
-  job_success: {{regex: "Execution is over, pipeline status: 0"}}
-  machine_unfit_for_service: {{regex: "machine unfit for service"}}
-deployment:
-  start:
-    kernel:
-      url: http://127.0.0.1/kernel
-      cmdline: vivian.script={script} console=ttyS1 SALAD.machine_id={{{{ machine_id }}}}
-    initramfs:
-      url: http://127.0.0.1/initrd
-"""
+UNFIT = '  machine_unfit_for_service: {regex: "machine unfit for service"}\n'
+
+
+def user_job(machine_mac: str, script: str) -> str:
+    return job_yaml(script, target=f"id: '{machine_mac}'", patterns=UNFIT)
 
 
 def trained(m: dict) -> bool:
@@ -38,7 +27,7 @@ async def test_a_dut_trains_to_ready(tfarm, vpdu, http):
     assert m["training"]["state"] == "registering" and m["training"]["loops"] == 2
     assert m["training"]["reason"] == "a new machine"
     # a user job for a machine in training is refused, and says why
-    r = await http.post("/api/v1/jobs", json={"job": USER_JOB.format(mac=mac(1), script="pass")})
+    r = await http.post("/api/v1/jobs", json={"job": user_job(mac(1), "pass")})
     assert r.status_code == 409 and "in training" in r.json()["error"], r.text
     m = await wait_machine(http, 1, trained, "qualified")
     t = m["training"]
@@ -56,7 +45,7 @@ async def test_a_dut_trains_to_ready(tfarm, vpdu, http):
     assert ("TRAINING", 1) in progress and ("TRAINING", 2) in progress
     assert progress[-1][0] == "IDLE"
     # now it takes user jobs
-    r = await http.post("/api/v1/jobs", json={"job": USER_JOB.format(mac=mac(1), script="pass")})
+    r = await http.post("/api/v1/jobs", json={"job": user_job(mac(1), "pass")})
     assert r.status_code == 200, r.text
 
 
@@ -77,7 +66,7 @@ async def test_a_flaky_dut_does_not_qualify_and_retraining_backs_off(tfarm, flak
     first_delay = t["next_attempt_at"] - t["updated_at"]
     assert first_delay == pytest.approx(RETRY, abs=0.05)
     # a user job is refused with the reason
-    r = await http.post("/api/v1/jobs", json={"job": USER_JOB.format(mac=mac(2), script="pass")})
+    r = await http.post("/api/v1/jobs", json={"job": user_job(mac(2), "pass")})
     assert r.status_code == 409 and "training failed" in r.json()["error"], r.text
     # it trains again after the back-off, fails again, and waits twice as long
     m = await wait_machine(http, 2, failed(2), "second failed training")
@@ -93,7 +82,7 @@ async def test_a_flaky_dut_does_not_qualify_and_retraining_backs_off(tfarm, flak
 async def test_unfit_for_service_sends_a_machine_back_to_training(tfarm, vpdu, http):
     await add_machine(http, 3)
     await wait_machine(http, 3, trained, "qualified")
-    r = await http.post("/api/v1/jobs", json={"job": USER_JOB.format(mac=mac(3), script="unfit")})
+    r = await http.post("/api/v1/jobs", json={"job": user_job(mac(3), "unfit")})
     assert r.status_code == 200, r.text
     job_id = r.json()["id"]
     m = await wait_machine(http, 3, lambda m: m["state"] == "TRAINING", "back to training")
@@ -110,7 +99,7 @@ async def test_a_job_that_only_defines_the_unfit_pattern_keeps_the_machine(tfarm
     await add_machine(http, 4, ready_for_service=True)  # ticking "ready for service" skips training
     m = await machine(http, 4)
     assert m["state"] == "IDLE" and m["training"] is None
-    r = await http.post("/api/v1/jobs", json={"job": USER_JOB.format(mac=mac(4), script="pass")})
+    r = await http.post("/api/v1/jobs", json={"job": user_job(mac(4), "pass")})
     job_id = r.json()["id"]
     m = await wait_machine(http, 4, lambda m: m["state"] == "IDLE" and
                            tfarm.jobs.jobs[job_id].done.is_set(), "job done")
@@ -129,7 +118,7 @@ async def test_start_stop_skip_through_the_api(tfarm, vpdu, http):
     assert m["training"]["state"] == "stopped" and m["state"] == "NOT_READY" and not m["ready_for_service"]
     r = await http.post(f"{base}/stop")
     assert r.status_code == 409 and "not training (stopped)" in r.json()["error"]
-    r = await http.post("/api/v1/jobs", json={"job": USER_JOB.format(mac=mac(5), script="pass")})
+    r = await http.post("/api/v1/jobs", json={"job": user_job(mac(5), "pass")})
     assert r.status_code == 409 and "training stopped" in r.json()["error"]
     # the training job that ran was cancelled, and nothing more is queued on the machine
     await wait_machine(http, 5, lambda m: not tfarm.jobs.running.get(mac(5)), "the cancelled job ended")
