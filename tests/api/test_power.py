@@ -215,3 +215,26 @@ async def test_pdu_secrets_are_not_shown(http):
     assert r.status_code == 201, r.text
     assert r.json()["config"]["community"] == "********"
     assert "s3cret" not in (await http.get("/api/v1/pdus")).text
+
+
+async def test_a_burst_through_the_api_switches_all_but_the_reserved_outlet(farm, http, vivian):
+    r = await http.post("/api/v1/pdu/", json={"name": "rack", "driver": "vpdu", "reserved_ports": [3],
+                                              "config": {"hostname": f"127.0.0.1:{vivian.port}"}})
+    assert r.status_code == 201, r.text
+    sub = farm.bus.subscribe(["outlet"])
+    replies = await asyncio.gather(*(http.post(f"/api/v1/pdu/rack/port/{i}/state", json={"state": "on"})
+                                     for i in range(6)))
+    by_port = dict(enumerate(replies))
+    assert by_port[3].status_code == 409 and "reserved" in by_port[3].json()["error"]
+    for i in (0, 1, 2, 4, 5):
+        assert by_port[i].status_code == 200 and by_port[i].json()["state"] == "ON", by_port[i].text
+        assert vivian.state(i) is True
+    assert vivian.state(3) is False
+    events = []
+    while batch := await sub.get_batch(timeout=0.3):
+        events += batch
+    sub.close()
+    assert {e.data["port_id"] for e in events if e.data["pdu"] == "rack" and e.data["state"] == "ON"} == {
+        "0", "1", "2", "4", "5"}
+    await asyncio.gather(*(http.post(f"/api/v1/pdu/rack/port/{i}/state", json={"state": "off"})
+                           for i in (0, 1, 2, 4, 5)))

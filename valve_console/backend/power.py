@@ -5,22 +5,37 @@ set is read back and a mismatch is an error; an outlet stays off for its minimum
 machine's ``pdu_off_delay``), also across restarts (``OutletLog``); a reboot is off, wait, on; a
 PDU that stops answering is marked unreachable with the reason and polled again with back-off
 while the other PDUs keep working; outlet changes are published as ``outlet`` events.
+
+Batching: the switch commands waiting in a PDU's queue are taken together, in arrival order, as
+one batch (at most one per outlet; a second command for an outlet already in the batch starts the
+next one), sent with one ``set_many`` and read back with ``get_many`` (re-read until every outlet
+matches or READBACK_SETTLE passes). Each caller gets its own answer: a read-back mismatch or a
+refusal of one outlet fails only that outlet's caller; a PDU that does not answer fails them all.
+
+Cost per batch, not per outlet: the OutletLog rows of batches that finish while a write is in
+flight go to the store together (one transaction, one commit for several PDUs' batches; callers
+are answered once their rows are committed), and a batch logs one line, not one per outlet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
 
+from sqlalchemy import insert
 from sqlmodel import Session, delete, func, select
 
-from ..drivers.pdu import DriverConfigError, DriverError, Outlet, PDUDriver, PortState, create_driver
+from ..drivers.pdu import DriverConfigError, DriverError, Outlet, OutletError, PDUDriver, PortState, create_driver
+from ..drivers.pdu.base import get_many, set_many
 from .errors import BadRequest, Conflict, FarmError, NotFound
 from .events import EventBus
+from .metrics import PduCommandStats
 from .models import Machine, OutletLog, Pdu
 from .store import Store
 
@@ -29,7 +44,12 @@ T = TypeVar("T")
 
 PDU_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 READBACK_SETTLE = 5.0  # seconds a PDU gets to report the state it was asked for
+READBACK_PAUSE = 0.2  # seconds between read-backs that do not match yet
 MAX_BACKOFF = 60.0
+MAX_BATCH = 64  # switch commands sent to one PDU together
+_LOG_COLUMNS = ("pdu", "port_id", "state", "at", "source")
+_LOG_INSERT = (f"INSERT INTO {OutletLog.__table__.name} ({', '.join(_LOG_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})")
 
 
 SECRET_KEYS = {"community", "read_community", "auth_key", "priv_key", "password", "token"}
@@ -57,6 +77,12 @@ class BrokenDriver:
     async def set(self, port_id: str, state: PortState) -> None:
         raise DriverError(self.reason)
 
+    async def get_many(self, port_ids: list[str]) -> dict[str, PortState]:
+        raise DriverError(self.reason)
+
+    async def set_many(self, states: dict[str, PortState]) -> None:
+        raise DriverError(self.reason)
+
     async def close(self) -> None:
         return None
 
@@ -76,6 +102,24 @@ class OutletInfo:
 
 
 @dataclass
+class _Op:
+    """A queued job that is not a switch (a poll, a read): runs alone."""
+
+    run: Callable[[], Awaitable[Any]]
+    fut: asyncio.Future
+
+
+@dataclass
+class _Switch:
+    """A queued switch of one outlet to ON or OFF; answered with the state read back."""
+
+    port_id: str
+    target: PortState
+    source: str
+    fut: asyncio.Future
+
+
+@dataclass
 class PduRuntime:
     name: str
     driver_name: str
@@ -86,7 +130,8 @@ class PduRuntime:
     discovered: bool = False
     reachable: bool | None = None
     error: str | None = None
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    queue: deque[_Op | _Switch] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
     port_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     failures: int = 0
@@ -119,6 +164,11 @@ class PowerService:
         self.state = "starting"
         self.reason: str | None = None
         self.on_health_change: Callable[[], None] = lambda: None
+        self.command_stats = PduCommandStats()  # latency of each queued command, for /metrics
+        # OutletLog group commit: rows waiting for the next write, the future that write resolves.
+        self._log_rows: list[dict[str, Any]] = []
+        self._log_done: asyncio.Future[None] | None = None
+        self._log_task: asyncio.Task | None = None
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -147,6 +197,8 @@ class PowerService:
         for rt in list(self.pdus.values()):
             await self._shutdown(rt)
         self.pdus.clear()
+        if self._log_task is not None:  # rows already handed over are written before the store closes
+            await asyncio.gather(self._log_task, return_exceptions=True)
         from ..drivers.pdu.snmp import close_engines
 
         await close_engines()  # the loop's SNMP engine, even if a driver was never closed
@@ -159,11 +211,16 @@ class PowerService:
         ]
 
     async def _shutdown(self, rt: PduRuntime) -> None:
-        for task in rt.tasks:
-            task.cancel()
-        await asyncio.gather(*rt.tasks, return_exceptions=True)
-        while not rt.queue.empty():
-            _, fut = rt.queue.get_nowait()
+        # Cancel until they end: on Python 3.11, asyncio.wait_for swallows a cancel that arrives
+        # just as the command it waits for finishes, and the worker would wait for work for ever.
+        pending = set(rt.tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.2)
+        await asyncio.gather(*rt.tasks, return_exceptions=True)  # collect their outcomes
+        while rt.queue:
+            fut = rt.queue.popleft().fut
             if not fut.done():
                 fut.set_exception(PowerError(f"PDU {rt.name} was removed"))
         try:
@@ -174,37 +231,120 @@ class PowerService:
     # ---------------------------------------------------------------- worker
     async def _worker(self, rt: PduRuntime) -> None:
         while True:
-            op, fut = await rt.queue.get()
-            if fut.cancelled():
+            while not rt.queue:
+                rt.wake.clear()
+                await rt.wake.wait()
+            first = rt.queue.popleft()
+            started = time.monotonic()  # for /metrics: one op, or one batch of switches
+            if isinstance(first, _Op):
+                if not first.fut.done():
+                    await self._run_op(rt, first)
+                    self.command_stats.observe(rt.name, time.monotonic() - started, rt.failures == 0)
                 continue
+            # The switches waiting at the head of the queue, in order, one per outlet.
+            batch, ports = [first], {first.port_id}
+            while rt.queue and len(batch) < MAX_BATCH:
+                head = rt.queue[0]
+                if not isinstance(head, _Switch) or head.port_id in ports:
+                    break
+                batch.append(rt.queue.popleft())
+                ports.add(head.port_id)
+            batch = [cmd for cmd in batch if not cmd.fut.done()]
+            if batch:
+                await self._run_batch(rt, batch)
+                self.command_stats.observe(rt.name, time.monotonic() - started, rt.failures == 0)
+
+    def _fail(self, rt: PduRuntime, futs: list[asyncio.Future], exc: BaseException) -> PowerError:
+        """Mark the PDU after ``exc`` and fail every waiting future with the reason."""
+        if isinstance(exc, PowerError):  # the PDU answered, but not as asked
+            self._mark(rt, None)
+            error = exc
+        elif isinstance(exc, asyncio.TimeoutError):
+            err = DriverError(f"PDU {rt.name} did not answer in time")
+            self._mark(rt, err)
+            error = PowerError(str(err))
+        else:
+            if not isinstance(exc, DriverError):  # a driver bug must not kill the worker
+                log.error("PDU %s command failed", rt.name, exc_info=exc)
+            self._mark(rt, exc)
+            error = PowerError(f"PDU {rt.name}: {exc}")
+        for fut in futs:
+            if not fut.done():
+                fut.set_exception(error)
+        return error
+
+    async def _run_op(self, rt: PduRuntime, item: _Op) -> None:
+        try:
+            result = await asyncio.wait_for(item.run(), timeout=self.timeout * 4 + READBACK_SETTLE)
+        except Exception as exc:  # noqa: BLE001 - every failure goes to the caller
+            self._fail(rt, [item.fut], exc)
+        else:
+            self._mark(rt, None)
+            if not item.fut.done():
+                item.fut.set_result(result)
+
+    async def _run_batch(self, rt: PduRuntime, batch: list[_Switch]) -> None:
+        budget = self.timeout * (4 + 2 * math.ceil(len(batch) / 16)) + READBACK_SETTLE
+        try:
+            await asyncio.wait_for(self._switch_batch(rt, batch), timeout=budget)
+        except Exception as exc:  # noqa: BLE001 - every failure goes to the callers
+            self._fail(rt, [cmd.fut for cmd in batch], exc)
+        else:
+            self._mark(rt, None)
+
+    async def _switch_batch(self, rt: PduRuntime, batch: list[_Switch]) -> None:
+        """One set_many for the batch, then get_many until every outlet reads its target (or time
+        is up); answer each command's caller. Futures are only resolved at the end, so a
+        DriverError raised here fails every caller still waiting."""
+        commands = {cmd.port_id: cmd for cmd in batch}
+        refused: dict[str, str] = {}
+        todo = dict(commands)
+        while todo:
             try:
-                result = await asyncio.wait_for(op(), timeout=self.timeout * 4 + READBACK_SETTLE)
-            except PowerError as exc:  # the PDU answered, but not as asked
-                self._mark(rt, None)
-                if not fut.done():
-                    fut.set_exception(exc)
-            except asyncio.TimeoutError:
-                err = DriverError(f"PDU {rt.name} did not answer in time")
-                self._mark(rt, err)
-                if not fut.done():
-                    fut.set_exception(PowerError(str(err)))
-            except DriverError as exc:
-                self._mark(rt, exc)
-                if not fut.done():
-                    fut.set_exception(PowerError(f"PDU {rt.name}: {exc}"))
-            except Exception as exc:  # noqa: BLE001 - a driver bug must not kill the worker
-                log.exception("PDU %s command failed", rt.name)
-                self._mark(rt, exc)
-                if not fut.done():
-                    fut.set_exception(PowerError(f"PDU {rt.name}: {exc}"))
+                await set_many(rt.driver, {port_id: cmd.target for port_id, cmd in todo.items()})
+                todo = {}
+            except OutletError as exc:  # one outlet refused: its caller fails, the others go again
+                if exc.port_id not in todo:
+                    raise
+                for port_id in exc.applied:
+                    todo.pop(port_id, None)
+                todo.pop(exc.port_id)
+                refused[exc.port_id] = f"PDU {rt.name}: {exc}"
+        sent = {port_id: cmd for port_id, cmd in commands.items() if port_id not in refused}
+        got: dict[str, PortState] = {}
+        if sent:
+            waiting = list(sent)
+            deadline = time.monotonic() + READBACK_SETTLE
+            while True:
+                got.update(await get_many(rt.driver, waiting))
+                waiting = [port_id for port_id in waiting if got[port_id] != sent[port_id].target]
+                if not waiting or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(READBACK_PAUSE)
+            await self._record_many(rt, [(port_id, got[port_id], cmd.source) for port_id, cmd in sent.items()])
+            if log.isEnabledFor(logging.INFO):
+                log.info("PDU %s: %s", rt.name, ", ".join(
+                    f"outlet {port_id} is {got[port_id].value} ({cmd.source})" for port_id, cmd in sent.items()))
+        self._mark(rt, None)  # the PDU answered; before the callers resume, so they see it reachable
+        for port_id, cmd in commands.items():
+            if cmd.fut.done():
+                continue
+            if port_id in refused:
+                cmd.fut.set_exception(PowerError(refused[port_id]))
+            elif got[port_id] != cmd.target:
+                cmd.fut.set_exception(PowerError(
+                    f"outlet {port_id} of PDU {rt.name} reads {got[port_id].value} after switching {cmd.target.value}"
+                ))
             else:
-                self._mark(rt, None)
-                if not fut.done():
-                    fut.set_result(result)
+                cmd.fut.set_result(got[port_id])
+
+    def _enqueue(self, rt: PduRuntime, item: _Op | _Switch) -> None:
+        rt.queue.append(item)
+        rt.wake.set()
 
     async def _submit(self, rt: PduRuntime, op: Callable[[], Awaitable[T]]) -> T:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await rt.queue.put((op, fut))
+        self._enqueue(rt, _Op(op, fut))
         return await fut
 
     def _mark(self, rt: PduRuntime, error: BaseException | None) -> None:
@@ -252,27 +392,96 @@ class PowerService:
             rt.outlets = {o.port_id: OutletInfo(o.port_id, o.label) for o in outlets}
             rt.discovered = True
             self.bus.publish("pdu", {"action": "updated", "name": rt.name, "pdu": self.pdu_json(rt.name)})
-        for port_id in list(rt.outlets):
-            state = await rt.driver.get(port_id)
-            await self._record(rt, port_id, state, source="poll")
+        if rt.outlets:
+            states = await get_many(rt.driver, list(rt.outlets))
+            await self._record_many(rt, [(port_id, state, "poll") for port_id, state in states.items()])
 
     async def _record(self, rt: PduRuntime, port_id: str, state: PortState, source: str) -> None:
-        info = rt.outlets.get(port_id)
-        if info is None:
-            info = rt.outlets[port_id] = OutletInfo(port_id, "")
-        if info.state == state:
+        await self._record_many(rt, [(port_id, state, source)])
+
+    async def _record_many(self, rt: PduRuntime, readings: list[tuple[str, PortState, str]]) -> None:
+        """Take outlet states read from the PDU: the changes are logged (one store transaction for
+        all of them) and published, one ``outlet`` event per outlet."""
+        changed: list[OutletInfo] = []
+        entries: list[dict[str, Any]] = []
+        now = time.time()
+        for port_id, state, source in readings:
+            info = rt.outlets.get(port_id)
+            if info is None:
+                info = rt.outlets[port_id] = OutletInfo(port_id, "")
+            if info.state == state:
+                continue
+            previous, info.state, info.changed_at = info.state, state, now
+            changed.append(info)
+            key = (rt.name, port_id)
+            if previous == PortState.UNKNOWN and state == PortState.OFF and key in self._last_off:
+                # First sight after a start of an outlet we saw go off before: it has been off since then.
+                info.changed_at = self._last_off[key]
+            else:
+                if state == PortState.OFF:
+                    self._last_off[key] = now
+                entries.append({"pdu": rt.name, "port_id": port_id, "state": state.value, "at": now, "source": source})
+        if entries:
+            await self._write_log(entries)
+        for info in changed:
+            self.bus.publish("outlet", self.outlet_json(rt, info))
+
+    async def _write_log(self, entries: list[dict[str, Any]]) -> None:
+        """Store OutletLog rows and wait until they are committed. Rows that arrive while a write is
+        in flight (other PDUs' batches) are written together by the next one: one transaction and
+        one commit for all of them, rows as plain dicts in one INSERT (no ORM object per row)."""
+        self._log_rows.extend(entries)
+        done = self._log_done
+        if done is None:
+            done = self._log_done = asyncio.get_running_loop().create_future()
+        if self._log_task is None or self._log_task.done():
+            self._log_task = asyncio.create_task(self._log_writer(), name="outlet-log-writer")
+        await asyncio.shield(done)  # a caller's timeout must not cancel the others' write
+
+    async def _log_writer(self) -> None:
+        done: asyncio.Future[None] | None = None
+        try:
+            while self._log_rows:
+                rows, done = self._log_rows, self._log_done
+                self._log_rows, self._log_done = [], None
+                assert done is not None
+                try:
+                    await self.store.run_raw(self._insert_log, rows)
+                except Exception as exc:  # noqa: BLE001 - every waiting batch gets the error
+                    done.set_exception(exc)
+                    done.exception()  # retrieved: waiters that were cancelled must not warn
+                else:
+                    done.set_result(None)
+                done = None
+        finally:
+            for fut in (done, self._log_done):  # cancelled (the service stops): nobody waits for ever
+                if fut is not None and not fut.done():
+                    fut.set_exception(PowerError("the outlet log was not written: the power service stopped"))
+                    fut.exception()
+            if self._log_done is not None and self._log_done.done():
+                self._log_rows, self._log_done = [], None
+
+    def _insert_log(self, rows: list[dict[str, Any]]) -> None:
+        """In the store thread: one executemany of plain tuples on a pooled DB-API connection, one
+        commit (SQLAlchemy's Session/Core around it cost more than SQLite's own insert and commit).
+        Other databases than SQLite go through SQLAlchemy Core."""
+        engine = self.store.engine
+        assert engine is not None, "store not open"
+        if engine.dialect.paramstyle != "qmark":  # not SQLite: the portable way
+            with engine.begin() as connection:
+                connection.execute(insert(OutletLog.__table__), rows)
             return
-        previous, info.state, info.changed_at = info.state, state, time.time()
-        key = (rt.name, port_id)
-        if previous == PortState.UNKNOWN and state == PortState.OFF and key in self._last_off:
-            # First sight after a start of an outlet we saw go off before: it has been off since then.
-            info.changed_at = self._last_off[key]
-        else:
-            if state == PortState.OFF:
-                self._last_off[key] = info.changed_at
-            entry = OutletLog(pdu=rt.name, port_id=port_id, state=state.value, at=info.changed_at, source=source)
-            await self.store.run(lambda s: s.add(entry))
-        self.bus.publish("outlet", self.outlet_json(rt, info))
+        conn = engine.raw_connection()
+        try:
+            cursor = conn.cursor()
+            cursor.executemany(_LOG_INSERT, [tuple(row[c] for c in _LOG_COLUMNS) for row in rows])
+            cursor.close()
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            conn.close()  # back to the pool
 
     # ---------------------------------------------------------------- commands
     def _runtime(self, name: str) -> PduRuntime:
@@ -343,22 +552,9 @@ class PowerService:
                     log.info("outlet %s/%s: enforcing %.1f s of down time before power on", rt.name, port_id, wait)
                     await asyncio.sleep(wait)
 
-        async def op() -> PortState:
-            await rt.driver.set(port_id, target)
-            deadline = time.monotonic() + READBACK_SETTLE
-            while True:
-                got = await rt.driver.get(port_id)
-                if got == target or time.monotonic() >= deadline:
-                    break
-                await asyncio.sleep(0.2)
-            await self._record(rt, port_id, got, source=source)
-            if got != target:
-                raise PowerError(f"outlet {port_id} of PDU {rt.name} reads {got.value} after switching {target.value}")
-            return got
-
-        result = await self._submit(rt, op)
-        log.info("outlet %s/%s is %s (%s)", rt.name, port_id, result.value, source)
-        return result
+        fut: asyncio.Future[PortState] = asyncio.get_running_loop().create_future()
+        self._enqueue(rt, _Switch(port_id, target, source, fut))
+        return await fut  # the batch logged it
 
     async def read_outlet(self, pdu: str, port_id: str) -> PortState:
         """Read one outlet's state from the PDU now (through its queue) and record it."""
