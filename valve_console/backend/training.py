@@ -309,7 +309,7 @@ class TrainingService:
 
     async def _failed(self, mac: str, row: Training, why: str) -> None:
         attempt = row.attempt + 1
-        delay = min(self.base_delay * 2 ** (attempt - 1), self.max_delay)
+        delay = min(self.base_delay * 2 ** min(attempt - 1, 40), self.max_delay)  # no float overflow, ever
         self._set(row, state="cooldown", attempt=attempt, next_attempt_at=time.time() + delay)
         await self._save(row)
         log.warning("machine %s did not qualify (%s); training again in %g s (failed trainings: %d)",
