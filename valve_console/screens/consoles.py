@@ -156,7 +156,7 @@ class ConsolesScreen(FarmScreen):
             elif self.current_mac() == mac:
                 self._mount_view(mac)
                 if self.focused is None:
-                    self.views[mac].focus()
+                    self._focus(mac)
             try:
                 log = await self.console_app.client.console_log(mac)
             except FarmClientError as exc:
@@ -291,23 +291,48 @@ class ConsolesScreen(FarmScreen):
         info.update(text)
 
     @on(TabbedContent.TabActivated, "#console-tabs")
-    def _tab_changed(self) -> None:
+    def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
         self._update_info()
         mac = self.current_mac()
-        if mac is not None:
-            self._mount_view(mac)
-        if mac is not None and (self.focused is None or isinstance(self.focused, ConsoleView)):
-            self.views[mac].focus()
+        if mac is None:
+            return
+        self._mount_view(mac)
+        if event.pane is None or event.pane.id != self.tabs.active:
+            # Stale: another tab became active since this message was posted, and its own message
+            # focuses it. Focusing here would activate this message's pane again (a focused
+            # descendant activates its pane), and two such messages could chase each other forever.
+            return
+        if self.focused is None or isinstance(self.focused, ConsoleView):
+            self._focus(mac)
 
     def on_screen_resume(self) -> None:
         self.call_after_refresh(self._focus_view)
+
+    def _focus(self, mac: str) -> None:
+        """Focus ``mac``'s view after this refresh, if its tab is still the active one then.
+
+        Focusing a widget activates the tab pane it is in, so a focus that lands after another
+        tab was activated would switch tabs back (and two such focuses can chase each other for
+        ever); Widget.focus() is deferred, hence the check at the time it applies.
+        """
+
+        def apply(tries: int) -> None:
+            view = self.views.get(mac)
+            if view is None or self.current_mac() != mac or self.focused is view:
+                return
+            if view.is_mounted:
+                self.set_focus(view)
+            elif tries:  # still being mounted into its pane: look again shortly (at most ~2 s)
+                self.set_timer(0.02, lambda: apply(tries - 1))
+
+        self.call_later(apply, 100)
 
     def _focus_view(self) -> None:
         mac = self.current_mac()
         if mac is not None:
             self._mount_view(mac)
         if mac is not None and self.focused is None:
-            self.views[mac].focus()
+            self._focus(mac)
 
     # ---------------------------------------------------------------- navigation
     def show_console(self, mac: str) -> None:
@@ -323,7 +348,7 @@ class ConsolesScreen(FarmScreen):
             return
         self.tabs.active = pane_id(mac)
         self._mount_view(mac)
-        self.views[mac].focus()
+        self._focus(mac)
         self._target = None
         self._update_info()
 
