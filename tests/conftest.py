@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import sys
+import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import pytest
 
@@ -15,6 +18,24 @@ if str(ROOT) not in sys.path:
 from valve_console.backend.farm import Farm  # noqa: E402
 from valve_console.client import FarmClient  # noqa: E402
 from valve_console.config import Settings  # noqa: E402
+
+
+async def eventually(check: Callable[[], Any], what: str = "condition", timeout: float = 10.0,
+                     every: float = 0.05) -> Any:
+    """Poll ``check`` (sync, or returning an awaitable) until it gives something truthy; return it.
+
+    Fails with ``what`` after ``timeout`` seconds. The one polling helper of the async tests.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(every)
 
 
 def make_settings(data_dir: Path, **overrides) -> Settings:

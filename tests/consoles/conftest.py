@@ -18,7 +18,7 @@ from typing import AsyncIterator
 import httpx
 import pytest
 
-from tests.conftest import api_url, make_settings
+from tests.conftest import api_url, eventually, make_settings
 from valve_console.backend.farm import Farm
 from valve_console.drivers.serial import FakeDeviceSource, SerialDeviceInfo
 
@@ -36,17 +36,7 @@ def free_port() -> int:
 
 async def wait_for(predicate, timeout: float = 5.0, what: str = "condition"):
     """Poll ``predicate`` (sync or async) until it returns something truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        await asyncio.sleep(0.02)
+    return await eventually(predicate, what, timeout, every=0.02)
 
 
 async def device_open(hub, identity: str, timeout: float = 5.0):

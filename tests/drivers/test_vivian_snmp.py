@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import api_url, netconsole_address
+from tests.conftest import api_url, eventually, netconsole_address
 from tests.drivers.conftest import free_tcp_port, free_udp_port
 from valve_console.drivers.pdu import PortState
 from vivian.client import CMD_STATUS, make_word, send_command
@@ -25,14 +25,6 @@ MAC2 = "52:54:00:11:22:02"  # vPDU outlet 2 = APC outlet 3
 
 def dut_pids(vpdu: psutil.Process, mac: str) -> list[int]:
     return [p.pid for p in vpdu.children(recursive=True) if "dut.py" in " ".join(p.cmdline()) and mac in p.cmdline()]
-
-
-async def eventually(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -78,13 +70,13 @@ async def test_apc_masterswitch_driver_switches_a_vpdu_outlet(farm, vpdu_snmp):
     assert await farm.power.set_outlet("vapc", "3", "on") == PortState.ON
     assert await asyncio.to_thread(vpdu_status, 2) == 0x03  # the vPDU itself reports outlet 2 ON
     assert await asyncio.to_thread(vpdu_status, 3) == 0x04
-    await eventually(lambda: len(dut_pids(vpdu, MAC2)) == 1, what="the DUT process behind outlet 2")
+    await eventually(lambda: len(dut_pids(vpdu, MAC2)) == 1, what="the DUT process behind outlet 2", timeout=5.0)
     dut = dut_pids(vpdu, MAC2)[0]
 
     assert await farm.power.set_outlet("vapc", "3", "off") == PortState.OFF
     assert await asyncio.to_thread(vpdu_status, 2) == 0x04
     await eventually(lambda: not psutil.pid_exists(dut) or psutil.Process(dut).status() == psutil.STATUS_ZOMBIE,
-                     what="the DUT process to die")
+                     what="the DUT process to die", timeout=5.0)
 
     # Stopping the vPDU stops its snmpd and pass_persist helper too.
     helpers = [p for p in vpdu.children(recursive=True) if "snmpd" in p.name() or "snmp_agent" in " ".join(p.cmdline())]

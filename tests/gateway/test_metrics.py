@@ -3,14 +3,13 @@ figures move when the farm does (a real backend, the real vPDU and its simulated
 
 from __future__ import annotations
 
-import asyncio
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session
 
-from tests.conftest import api_url
+from tests.conftest import api_url, eventually
 from tests.jobs import conftest as jobs_conftest
 from tests.jobs.conftest import job_yaml, wait_job
 from valve_console.backend import metrics as metrics_mod
@@ -39,14 +38,7 @@ def value(samples, name: str, **labels) -> float | None:
 
 
 async def until(predicate, timeout: float = 10.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
+    return await eventually(predicate, "the metrics to move", timeout, every=0.1)
 
 
 async def test_metrics_move_with_the_vivian_farm(farm, vivian):

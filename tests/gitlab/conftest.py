@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 import httpx
 import pytest
@@ -67,17 +65,3 @@ async def add_machine(
     r = await http.patch(f"/api/v1/machine/{mac_of(i)}/", json={"ready_for_service": ready, **patch})
     assert r.status_code == 200, r.text
     return r.json()
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy; fail with ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        await asyncio.sleep(0.05)

@@ -10,7 +10,8 @@ import tomllib
 from pathlib import Path
 
 from tests.e2e.test_jobs_e2e import job_yaml
-from tests.gitlab.conftest import TAGS, add_instance, eventually, mac_of
+from tests.conftest import eventually
+from tests.gitlab.conftest import TAGS, add_instance, mac_of
 
 BUILD_FAILURE, SYSTEM_FAILURE = 37, 42
 

@@ -10,7 +10,8 @@ import httpx
 
 from sqlmodel import select
 
-from tests.gitlab.conftest import TAGS, add_instance, add_machine, eventually, mac_of
+from tests.conftest import eventually
+from tests.gitlab.conftest import TAGS, add_instance, add_machine, mac_of
 from tests.gitlab.fake_gitlab import REG_TOKEN, USER_TOKEN
 from valve_console.backend.gitlab import render_config_toml
 from valve_console.backend.models import GitlabRunner

@@ -8,7 +8,8 @@ import pytest
 from textual.widgets import Checkbox
 
 from tests.conftest import api_url
-from tests.gitlab.conftest import add_instance, add_machine, eventually, mac_of
+from tests.conftest import eventually
+from tests.gitlab.conftest import add_instance, add_machine, mac_of
 from tests.tui.helpers import screen_text, wait_for, wait_text
 from valve_console.app import ConsoleApp, make_app
 from valve_console.client import FarmClient

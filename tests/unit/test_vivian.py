@@ -14,13 +14,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Self
 
 import pytest
 
+from tests.conftest import eventually
 from valve_console.drivers.pdu import DriverConfigError, DriverError, PortState, create_driver
 from valve_console.drivers.pdu.vpdu import VirtualPDU as VpduDriver
 from vivian.client import make_word, send_command
@@ -45,14 +46,6 @@ def free_port() -> int:
 async def ask(port: int, word: int) -> int:
     """Send one word with the blocking client helper, off the event loop that runs the vPDU."""
     return await asyncio.to_thread(send_command, "127.0.0.1", port, word)
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def pid_alive(pid: int) -> bool:
