@@ -41,6 +41,8 @@ import aiohttp_jinja2
 from aiohttp import web
 from textual_serve.server import Server
 
+from .backend.boot import write_atomically
+
 log = logging.getLogger("valve_console.serve")
 
 PASSWORD_FILE = "web-password"
@@ -97,11 +99,7 @@ def store_password(data_dir: Path, password: str) -> Path:
     path = data_dir / PASSWORD_FILE
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(PASSWORD_FILE + ".new")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(hash_password(password) + "\n")
-        os.replace(tmp, path)
+        write_atomically(path, hash_password(password) + "\n", mode=0o600)
     except OSError as exc:
         raise ServeError(f"cannot store the password in {path}: {exc.strerror or exc}") from None
     return path
