@@ -44,7 +44,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 PROMPT = "/ # "
 PONG = "SALAD.pong"
@@ -440,16 +440,22 @@ async def chatty(console: Console, rate: int) -> None:
             await console.drain()
 
 
-def fetch_boot_cmdline(api: str, mac: str, timeout: float = 3.0) -> str | None:
-    """The kernel command line of the DUT's iPXE boot script, or None when there is no answer."""
+def fetch_boot_script(api: str, mac: str, timeout: float = 3.0,
+                      report: Callable[[str], None] | None = _err) -> str | None:
+    """The gateway's iPXE boot script for ``mac`` (what iPXE fetches), or None when there is no answer."""
     url = f"{api.rstrip('/')}/boot/{mac}/boot.ipxe?platform=pcbios&buildarch=x86_64"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(url, timeout=timeout) as response:
-            script = response.read().decode("utf-8", "replace")
+            return response.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        _err(f"no boot script from {url}: {exc}")
+        if report is not None:
+            report(f"no boot script from {url}: {exc}")
         return None
+
+
+def kernel_cmdline(script: str) -> str | None:
+    """The kernel command line of an iPXE script's ``kernel`` line (None: no such line)."""
     for line in script.splitlines():
         words = line.split(None, 2)
         if words and words[0] == "kernel":
@@ -457,6 +463,12 @@ def fetch_boot_cmdline(api: str, mac: str, timeout: float = 3.0) -> str | None:
             rest = rest.removeprefix("initrd=initrd").strip()
             return rest.replace("${semicolon:string}", ";")
     return None
+
+
+def fetch_boot_cmdline(api: str, mac: str, timeout: float = 3.0) -> str | None:
+    """The kernel command line of the DUT's iPXE boot script, or None when there is no answer."""
+    script = fetch_boot_script(api, mac, timeout)
+    return None if script is None else kernel_cmdline(script)
 
 
 def is_registration(cmdline: str) -> bool:

@@ -35,10 +35,13 @@ import os
 import shutil
 import signal
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from urllib.parse import urlsplit
+
+try:
+    from vivian.dut import fetch_boot_script, kernel_cmdline
+except ImportError:  # run as a script (by the vPDU): the module is next to this one
+    from dut import fetch_boot_script, kernel_cmdline  # type: ignore[no-redef]
 
 HOST_FROM_GUEST = "10.0.2.2"  # slirp's address of the host
 LOOPBACK = ("127.0.0.1", "localhost", "0.0.0.0", "::1", "::", "")
@@ -71,32 +74,20 @@ def registration_cmdline(api_host: str) -> str:
     )
 
 
+def _report(message: str) -> None:
+    print(f"qemu-dut: {message}", file=sys.stderr, flush=True)
+
+
 def fetch_cmdline(api: str, mac: str, timeout: float = 3.0) -> str | None:
     """The kernel command line of the gateway's boot script for ``mac`` (None: no answer)."""
-    url = f"{api.rstrip('/')}/boot/{mac}/boot.ipxe?platform=pcbios&buildarch=x86_64"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout) as response:
-            script = response.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"qemu-dut: no boot script from {url}: {exc}", file=sys.stderr, flush=True)
-        return None
-    for line in script.splitlines():
-        words = line.split(None, 2)
-        if words and words[0] == "kernel":
-            rest = (words[2] if len(words) > 2 else "").removeprefix("initrd=initrd").strip()
-            return rest.replace("${semicolon:string}", ";")
-    return None
+    script = fetch_boot_script(api, mac, timeout, report=_report)
+    return None if script is None else kernel_cmdline(script)
 
 
 def unreachable_boot_urls(api: str, mac: str, timeout: float = 3.0) -> list[str]:
     """URLs of the gateway's boot script for ``mac`` that a slirp guest cannot reach (loopback hosts)."""
-    url = f"{api.rstrip('/')}/boot/{mac}/boot.ipxe?platform=pcbios&buildarch=x86_64"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout) as response:
-            script = response.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError, ValueError):
+    script = fetch_boot_script(api, mac, timeout, report=None)
+    if script is None:
         return []
     bad = []
     for line in script.splitlines():
