@@ -139,7 +139,10 @@ class PduRuntime:
     wake_poll: asyncio.Event = field(default_factory=asyncio.Event)
 
     def lock(self, port_id: str) -> asyncio.Lock:
-        return self.port_locks.setdefault(port_id, asyncio.Lock())
+        lock = self.port_locks.get(port_id)
+        if lock is None:
+            lock = self.port_locks[port_id] = asyncio.Lock()
+        return lock
 
 
 class PowerService:
@@ -275,7 +278,8 @@ class PowerService:
 
     async def _run_op(self, rt: PduRuntime, item: _Op) -> None:
         try:
-            result = await asyncio.wait_for(item.run(), timeout=self.timeout * 4 + READBACK_SETTLE)
+            async with asyncio.timeout(self.timeout * 4 + READBACK_SETTLE):
+                result = await item.run()
         except Exception as exc:  # noqa: BLE001 - every failure goes to the caller
             self._fail(rt, [item.fut], exc)
         else:
@@ -286,7 +290,8 @@ class PowerService:
     async def _run_batch(self, rt: PduRuntime, batch: list[_Switch]) -> None:
         budget = self.timeout * (4 + 2 * math.ceil(len(batch) / 16)) + READBACK_SETTLE
         try:
-            await asyncio.wait_for(self._switch_batch(rt, batch), timeout=budget)
+            async with asyncio.timeout(budget):  # no task per batch, unlike wait_for
+                await self._switch_batch(rt, batch)
         except Exception as exc:  # noqa: BLE001 - every failure goes to the callers
             self._fail(rt, [cmd.fut for cmd in batch], exc)
         else:

@@ -145,6 +145,11 @@ class MachineService:
         self.farm_name = farm_name
         self.power = power
         self.machines: dict[str, Machine] = {}
+        # (pdu, port) -> the machine on that outlet: PowerService asks on every outlet change
+        # (min-off time, the machine to tell), so it must not scan every machine. Rebuilt whenever
+        # self.machines changes (start, _save, remove: the only writers; Machines are replaced, not
+        # changed in place).
+        self._by_outlet: dict[tuple[str, str], Machine] = {}
         self.discovery: "DiscoveryService | None" = None
         # The executor's view of a machine: "QUEUED"/"RUNNING" while it has jobs, else None.
         self.job_state: Callable[[str], Optional[str]] = lambda mac: None
@@ -162,7 +167,15 @@ class MachineService:
     async def start(self) -> None:
         rows = await self.store.run(lambda s: list(s.exec(select(Machine)).all()))
         self.machines = {m.mac_address: m for m in rows}
+        self._index_outlets()
         self.state = "ok"
+
+    def _index_outlets(self) -> None:
+        index: dict[tuple[str, str], Machine] = {}
+        for m in self.machines.values():
+            if m.pdu is not None and m.pdu_port_id is not None:
+                index.setdefault((m.pdu, m.pdu_port_id), m)  # the first one, as a scan would find
+        self._by_outlet = index
 
     # ---------------------------------------------------------------- derived values
     def full_name(self, machine: Machine) -> str:
@@ -187,13 +200,11 @@ class MachineService:
         return "IDLE" if m.ready_for_service else "NOT_READY"
 
     def off_delay(self, pdu: str, port_id: str) -> float | None:
-        for m in self.machines.values():
-            if m.pdu == pdu and m.pdu_port_id == port_id:
-                return m.pdu_off_delay
-        return None
+        m = self._by_outlet.get((pdu, port_id))
+        return None if m is None else m.pdu_off_delay
 
     def machine_on(self, pdu: str, port_id: str) -> Machine | None:
-        return next((m for m in self.machines.values() if m.pdu == pdu and m.pdu_port_id == port_id), None)
+        return self._by_outlet.get((pdu, port_id))
 
     def to_json(self, m: Machine) -> dict[str, Any]:
         delay = m.pdu_off_delay
@@ -254,6 +265,7 @@ class MachineService:
         await self.store.run(write)
         old = self.machines.get(machine.mac_address)
         self.machines[machine.mac_address] = machine
+        self._index_outlets()
         for listener in list(self.listeners):
             try:
                 listener(machine, old)
@@ -388,6 +400,7 @@ class MachineService:
 
         await self.store.run(delete)
         self.machines.pop(machine.mac_address, None)
+        self._index_outlets()
         for listener in list(self.listeners):
             try:
                 listener(machine, machine)
