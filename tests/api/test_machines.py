@@ -137,6 +137,19 @@ async def test_patch_validates_operator_fields(http):
     pdu = (await http.get("/api/v1/pdu/d1")).json()
     assert pdu["ports"]["2"]["min_off_time"] == 12.5
 
+    # Moved to outlet 3, the machine takes its off delay along and frees outlet 2 for another.
+    assert (await http.patch(url, json={"pdu_port_id": "3"})).status_code == 200
+    ports = (await http.get("/api/v1/pdu/d1")).json()["ports"]
+    assert (ports["2"]["min_off_time"], ports["3"]["min_off_time"]) == (0.2, 12.5)
+    r = await http.patch("/api/v1/machine/52:54:00:11:22:04/", json={"pdu": "d1", "pdu_port_id": "2"})
+    assert r.status_code == 200, r.text
+    # Removed, it holds no outlet any more.
+    assert (await http.delete(url)).status_code == 200
+    ports = (await http.get("/api/v1/pdu/d1")).json()["ports"]
+    assert ports["3"]["min_off_time"] == 0.2
+    r = await http.patch("/api/v1/machine/52:54:00:11:22:04/", json={"pdu_port_id": "3"})
+    assert r.status_code == 200, r.text
+
 
 async def test_retire_and_activate(http):
     await http.post("/api/v1/machine/", json=REG)
