@@ -13,11 +13,13 @@ from valve_console.backend import power as power_module
 from valve_console.backend.errors import Conflict
 from valve_console.backend.events import EventBus
 from valve_console.backend.models import OutletLog
-from valve_console.backend.power import PowerError, PowerService
+from valve_console.backend.power import PowerError, PowerService, _Switch
 from valve_console.backend.store import Store
 from valve_console.drivers.pdu import DriverError, OutletError, PortState
 from valve_console.drivers.pdu.base import BatchFallback
 from valve_console.drivers.pdu.dummy import DummyConfig, DummyPDU
+
+from tests.conftest import eventually
 
 
 class RecordingPDU(DummyPDU):
@@ -91,10 +93,15 @@ async def test_a_reboot_burst_is_an_off_batch_then_an_on_batch(setup):
 async def test_one_outlet_twice_goes_in_two_batches_in_order(setup):
     power, driver = setup
     rt = power.pdus["p"]
-    # _switch bypasses set_outlet's per-outlet lock: the worker itself must keep one entry per outlet.
+
+    def switch(port_id: str, state: PortState) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        power._queue_switch(rt, _Switch(port_id, state, "t", fut))
+        return fut
+
+    # _queue_switch bypasses set_outlet's per-outlet lock: the worker itself must keep one entry per outlet.
     results = await asyncio.gather(
-        power._switch(rt, "1", PortState.ON, "t"), power._switch(rt, "2", PortState.ON, "t"),
-        power._switch(rt, "1", PortState.OFF, "t"), power._switch(rt, "3", PortState.ON, "t"),
+        switch("1", PortState.ON), switch("2", PortState.ON), switch("1", PortState.OFF), switch("3", PortState.ON),
     )
     assert results == [PortState.ON, PortState.ON, PortState.OFF, PortState.ON]
     assert driver.sets() == [{"1": "ON", "2": "ON"}, {"1": "OFF", "3": "ON"}]
@@ -168,6 +175,42 @@ async def test_min_off_wait_happens_before_queueing_so_it_delays_no_other_outlet
     results = await asyncio.gather(*(power.set_outlet("p", str(i), "on") for i in range(3)))
     assert results == [PortState.ON] * 3
     assert driver.sets() == [dict.fromkeys("12", "ON"), {"0": "ON"}]
+
+
+async def test_a_reboot_waits_the_min_off_time_between_off_and_on(setup):
+    power, driver = setup
+    await power.set_outlet("p", "0", "on")
+    power.default_off_delay = 0.3
+    driver.calls.clear()
+    started = time.monotonic()
+    assert await power.set_outlet("p", "0", "reboot") == PortState.ON
+    assert time.monotonic() - started >= 0.3
+    assert driver.sets() == [{"0": "OFF"}, {"0": "ON"}]
+
+
+async def test_a_power_on_given_up_during_its_min_off_wait_never_happens(setup):
+    power, driver = setup
+    await power.set_outlet("p", "0", "off")
+    power._last_off[("p", "0")] = time.time()
+    power.default_off_delay = 0.3
+    driver.calls.clear()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(power.set_outlet("p", "0", "on"), 0.05)
+    await asyncio.sleep(0.4)
+    assert driver.sets() == [] and driver._state["0"] == PortState.OFF
+    assert await power.set_outlet("p", "1", "on") == PortState.ON  # the queue still serves others
+    assert not power.pdus["p"].delayed
+
+
+async def test_removing_a_pdu_fails_a_power_on_waiting_for_its_min_off_time(setup):
+    power, driver = setup
+    await power.set_outlet("p", "0", "on")
+    power.default_off_delay = 30
+    reboot = asyncio.create_task(power.set_outlet("p", "0", "reboot"))
+    await eventually(lambda: power.pdus["p"].delayed, "the power-on waiting")
+    await power.remove_pdu("p")
+    with pytest.raises(PowerError, match="was removed"):
+        await asyncio.wait_for(reboot, 2)
 
 
 class PlainPDU:

@@ -109,14 +109,19 @@ class _Op:
     fut: asyncio.Future
 
 
-@dataclass
+@dataclass(slots=True)
 class _Switch:
-    """A queued switch of one outlet to ON or OFF; answered with the state read back."""
+    """A queued switch of one outlet to ON or OFF; answered with the state read back.
+
+    ``then_on`` makes it a reboot's first half: once the outlet reads OFF, the worker queues the
+    ON for the same caller (after the outlet's min-off time), without waking the caller between.
+    """
 
     port_id: str
     target: PortState
     source: str
     fut: asyncio.Future
+    then_on: bool = False
 
 
 @dataclass
@@ -134,6 +139,8 @@ class PduRuntime:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
     port_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # Power-ons waiting for their outlet's min-off time, queued when it has passed.
+    delayed: dict[asyncio.TimerHandle, _Switch] = field(default_factory=dict)
     failures: int = 0
     locked_by: dict[str, str] = field(default_factory=dict)
     wake_poll: asyncio.Event = field(default_factory=asyncio.Event)
@@ -222,8 +229,12 @@ class PowerService:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.2)
         await asyncio.gather(*rt.tasks, return_exceptions=True)  # collect their outcomes
-        while rt.queue:
-            fut = rt.queue.popleft().fut
+        for handle in rt.delayed:
+            handle.cancel()
+        waiting = [item.fut for item in (*rt.queue, *rt.delayed.values())]
+        rt.queue.clear()
+        rt.delayed.clear()
+        for fut in waiting:
             if not fut.done():
                 fut.set_exception(PowerError(f"PDU {rt.name} was removed"))
         try:
@@ -340,6 +351,8 @@ class PowerService:
                 cmd.fut.set_exception(PowerError(
                     f"outlet {port_id} of PDU {rt.name} reads {got[port_id].value} after switching {cmd.target.value}"
                 ))
+            elif cmd.then_on:  # a reboot: now the ON, for the same caller
+                self._queue_switch(rt, _Switch(port_id, PortState.ON, cmd.source, cmd.fut))
             else:
                 cmd.fut.set_result(got[port_id])
 
@@ -542,24 +555,34 @@ class PowerService:
             raise Conflict(f"outlet {port_id} of PDU {pdu} is reserved: the farm never switches it")
         if rt.reachable is False and not rt.discovered:
             raise PowerError(f"PDU {pdu} is unreachable: {rt.error}")
-        async with rt.lock(port_id):
-            if target == PortState.REBOOT:
-                await self._switch(rt, port_id, PortState.OFF, source)
-                return await self._switch(rt, port_id, PortState.ON, source)
-            return await self._switch(rt, port_id, target, source)
-
-    async def _switch(self, rt: PduRuntime, port_id: str, target: PortState, source: str) -> PortState:
-        if target == PortState.ON:
-            last_off = self._last_off.get((rt.name, port_id))
-            if last_off is not None:
-                wait = last_off + self.min_off_time(rt.name, port_id) - time.time()
-                if wait > 0:
-                    log.info("outlet %s/%s: enforcing %.1f s of down time before power on", rt.name, port_id, wait)
-                    await asyncio.sleep(wait)
-
         fut: asyncio.Future[PortState] = asyncio.get_running_loop().create_future()
-        self._enqueue(rt, _Switch(port_id, target, source, fut))
-        return await fut  # the batch logged it
+        async with rt.lock(port_id):
+            if target == PortState.REBOOT:  # off, read back; the worker then queues the on
+                self._queue_switch(rt, _Switch(port_id, PortState.OFF, source, fut, then_on=True))
+            else:
+                self._queue_switch(rt, _Switch(port_id, target, source, fut))
+            return await fut  # the batch logged it
+
+    def _queue_switch(self, rt: PduRuntime, item: _Switch) -> None:
+        """Queue a switch now, or a power-on once its outlet has been off for its min-off time
+        (the PDU's queue serves others meanwhile)."""
+        if item.target == PortState.ON:
+            last_off = self._last_off.get((rt.name, item.port_id))
+            if last_off is not None:
+                wait = last_off + self.min_off_time(rt.name, item.port_id) - time.time()
+                if wait > 0:
+                    log.info("outlet %s/%s: enforcing %.1f s of down time before power on",
+                             rt.name, item.port_id, wait)
+
+                    def due() -> None:
+                        rt.delayed.pop(handle, None)
+                        if not item.fut.done():  # the caller may have given up meanwhile
+                            self._enqueue(rt, item)
+
+                    handle = asyncio.get_running_loop().call_later(wait, due)
+                    rt.delayed[handle] = item
+                    return
+        self._enqueue(rt, item)
 
     async def read_outlet(self, pdu: str, port_id: str) -> PortState:
         """Read one outlet's state from the PDU now (through its queue) and record it."""
