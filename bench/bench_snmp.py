@@ -1,8 +1,12 @@
 """SNMP power control: PowerService + its SNMP drivers vs the net-snmp CLI, same agents, same run.
 
-Two kinds of agent, three of each (one per PDU, 16 outlets each), on loopback, SNMPv1 by default,
+Three kinds of agent, three of each (one per PDU, 16 outlets each), on loopback, SNMPv1 by default,
 community private, measured one kind after the other in the same run:
 
+* ``memory``: Debian net-snmp ``snmpd`` serving an APC MasterSwitch outlet table from its own
+  memory (``override -rw`` lines in snmpd.conf: sPDUOutletCtl reads back what was written), driver
+  ``apc_masterswitch``. snmpd's C code answers a var-bind in microseconds, as PDU firmware that
+  keeps outlet states in RAM does, so this agent measures the client, not a helper process.
 * ``snmpd``: Debian net-snmp ``snmpd`` with the tests' pass_persist helper
   (``tests/drivers/pp_pdu.py``) playing an APC MasterSwitch (driver ``apc_masterswitch``). snmpd
   hands the helper each var-bind in turn (a SET var-bind is four pipe round trips: PING, GET,
@@ -26,11 +30,11 @@ community private, measured one kind after the other in the same run:
     the floor this agent puts under the (b) ratio, however fast the client.
 
 Run: ``.venv/bin/python bench/bench_snmp.py [--version 1|2c] [--engine ber|pysnmp]
-[--agents snmpd,snmpsim] [--runs N] [--profile]`` (needs snmpd and snmp: ``apt-get install snmpd
-snmp``; snmpsim and pysmi from the dev dependencies). ``--engine`` picks the drivers' SNMP codec for
+[--agents memory,snmpd,snmpsim] [--runs N] [--profile]`` (needs snmpd and snmp: ``apt-get install
+snmpd snmp``; snmpsim and pysmi from the dev dependencies). ``--engine`` picks the drivers' SNMP codec for
 GET/SET: the built-in BER codec (default) or pysnmp. ``--runs`` repeats the whole measurement, the
 kinds alternating, and prints the median and range of the ratios. ``--profile`` prints cProfile's
-top functions (by own time) for ten (b) cycles of the first run.
+top functions for ten (b) cycles of the first run (by own time; PROFILE_SORT=cumulative to change).
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ from valve_console.drivers.pdu.snmp import close_engines  # noqa: E402
 
 HELPER = ROOT / "tests" / "drivers" / "pp_pdu.py"
 VARIATIONS = ROOT / "tests" / "drivers" / "snmpsim_variation"
-CTL = "1.3.6.1.4.1.318.1.1.4.4.2.1.3"  # sPDUOutletCtl
+SPDU = "1.3.6.1.4.1.318.1.1.4"  # APC PowerNet sPDU
+CTL = SPDU + ".4.2.1.3"  # sPDUOutletCtl
 OUTLETS = 16
 PDUS = 3
 ROUNDS_A = 200
@@ -88,13 +93,9 @@ class Agent:
         workdir.mkdir()
         self.port = free_udp_port()
         self.counter_reads = 0
-        state = workdir / "apc.json"
-        state.write_text(json.dumps({"names": [f"o{i}" for i in range(1, OUTLETS + 1)], "on": [False] * OUTLETS}))
         conf = workdir / "snmpd.conf"
-        conf.write_text(
-            "rwcommunity private 127.0.0.1\ndontLogTCPWrappersConnects yes\n"
-            f"pass_persist .1.3.6.1.4.1.318 {sys.executable} {HELPER} apc {state}\n"
-        )
+        conf.write_text("\n".join(["rwcommunity private 127.0.0.1", "dontLogTCPWrappersConnects yes",
+                                    *self.outlets(workdir)]) + "\n")
         self.log = workdir / "snmpd.log"
         self.process = subprocess.Popen(
             [shutil.which("snmpd") or "/usr/sbin/snmpd", "-f", "-Lf", str(self.log), "-C", "-c", str(conf),
@@ -108,6 +109,12 @@ class Agent:
                 raise RuntimeError(f"snmpd did not start: {self.log.read_text() if self.log.exists() else ''}")
             time.sleep(0.05)
 
+    def outlets(self, workdir: Path) -> list[str]:
+        """snmpd.conf lines that serve the outlet table."""
+        state = workdir / "apc.json"
+        state.write_text(json.dumps({"names": [f"o{i}" for i in range(1, OUTLETS + 1)], "on": [False] * OUTLETS}))
+        return [f"pass_persist .1.3.6.1.4.1.318 {sys.executable} {HELPER} apc {state}"]
+
     def requests(self) -> tuple[int, int] | None:
         """(GET, SET) requests this agent has processed, from its own SNMP MIB counters."""
         gets, sets = cli("snmpget", self.port, SNMP_IN_GETS, SNMP_IN_SETS, version="2c").split()
@@ -120,6 +127,21 @@ class Agent:
             self.process.wait(5)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+class MemoryAgent(Agent):
+    """snmpd answering the MasterSwitch outlet table from its own memory (``override -rw``): each
+    outlet's sPDUOutletCtl is a writable integer that reads back what was written, as a PDU that
+    keeps its outlet states in RAM does; no helper process, so a var-bind costs snmpd's own C code."""
+
+    kind = "memory"
+
+    def outlets(self, workdir: Path) -> list[str]:
+        lines = [f"override {SPDU}.4.1.0 integer {OUTLETS}"]  # sPDUOutletControlTableSize
+        for n in range(1, OUTLETS + 1):
+            lines += [f"override -rw {CTL}.{n} integer 2",  # off
+                      f'override {SPDU}.4.2.1.4.{n} octet_str "o{n}"']  # sPDUOutletCtlName
+        return lines
 
 
 RARITAN = "1.3.6.1.4.1.13742.6"
@@ -168,7 +190,7 @@ class SimAgent(Agent):
         return None  # snmpsim keeps no SNMP counters of its own
 
 
-AGENTS = {"snmpd": Agent, "snmpsim": SimAgent}
+AGENTS = {"memory": MemoryAgent, "snmpd": Agent, "snmpsim": SimAgent}
 
 
 VERSION = "1"
@@ -266,7 +288,8 @@ async def run(kind: type[Agent], profile: bool) -> dict:
             for _ in range(10):
                 await cycle_all()
             prof.disable()
-            pstats.Stats(prof).sort_stats("tottime").print_stats(os.environ.get("PROFILE_FILTER", ""), 45)
+            stats = pstats.Stats(prof).sort_stats(os.environ.get("PROFILE_SORT", "tottime"))
+            stats.print_stats(os.environ.get("PROFILE_FILTER", ""), 45)
 
         # (c) the drivers' batch calls alone, no PowerService ------------------------------
         from valve_console.drivers.pdu import create_driver
@@ -354,7 +377,7 @@ async def main(kinds: list[str], runs: int, profile: bool) -> None:
         sys.exit("needs snmpd and the snmp CLI: apt-get install snmpd snmp")
     unknown = [k for k in kinds if k not in AGENTS]
     if unknown:
-        sys.exit(f"unknown agent kind {', '.join(unknown)}: use snmpd, snmpsim")
+        sys.exit(f"unknown agent kind {', '.join(unknown)}: use {', '.join(AGENTS)}")
     if "snmpsim" in kinds and not (shutil.which("snmpsim-command-responder")
                                    or Path(sys.executable).with_name("snmpsim-command-responder").exists()):
         sys.exit("needs snmpsim for --agents snmpsim: pip install snmpsim pysmi (or leave it out: --agents snmpd)")
@@ -384,7 +407,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--version", choices=["1", "2c"], default="1", help="SNMP version of driver and CLI")
     parser.add_argument("--engine", choices=["ber", "pysnmp"], default="ber", help="the drivers' SNMP GET/SET codec")
-    parser.add_argument("--agents", default="snmpd,snmpsim", help="agent kinds, comma-separated: snmpd, snmpsim")
+    parser.add_argument("--agents", default=",".join(AGENTS), help=f"agent kinds, comma-separated: {', '.join(AGENTS)}")
     parser.add_argument("--runs", type=int, default=1, help="full runs of each agent kind (alternating)")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions for (b)")
     options = parser.parse_args()
