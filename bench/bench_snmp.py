@@ -66,7 +66,7 @@ OUTLETS = 16
 PDUS = 3
 ROUNDS_A = 200
 ROUNDS_A_CLI = 60
-ROUNDS_B = 11
+ROUNDS_B = 31
 CLI_ENV = {**os.environ, "MIBS": ""}
 
 

@@ -200,6 +200,69 @@ def test_random_and_truncated_bytes_only_ever_raise_ber_error():
     assert decoded < len(samples)  # most are refused; whatever decodes, decoded without another exception
 
 
+def _with_varbinds(vbs: bytes, version: int = 1) -> bytes:
+    """A RESPONSE around raw var-bind bytes (the list's own length in short form)."""
+    pdu = b"\x02\x01\x01\x02\x01\x00\x02\x01\x00\x30" + bytes([len(vbs)]) + vbs
+    body = b"\x02\x01" + bytes([version]) + b"\x04\x01c\xa2" + bytes([len(pdu)]) + pdu
+    return b"\x30" + bytes([len(body)]) + body
+
+
+def test_long_form_lengths_inside_var_binds_read_like_short_ones():
+    oid, value = b"\x06\x03\x2b\x06\x01", b"\x02\x01\x05"
+    short = _with_varbinds(b"\x30\x08" + oid + value)
+    for vb in (b"\x30\x81\x08" + oid + value,  # net-snmp's redundant long forms
+               b"\x30\x82\x00\x09" + b"\x06\x81\x03\x2b\x06\x01" + value,
+               b"\x30\x84\x00\x00\x00\x09" + oid + b"\x02\x81\x01\x05"):
+        for _ in range(2):  # decoded, then known
+            assert ber.decode_message(_with_varbinds(vb)).varbinds == ber.decode_message(short).varbinds \
+                == [("1.3.6.1", (ber.INTEGER, 5))]
+
+
+@pytest.mark.parametrize("vbs, why", [
+    (b"\x30\x09\x06\x03\x2b\x06\x01\x02\x01\x05", "runs past the end"),  # one byte longer than the list
+    (b"\x30\x08\x06\x03\x2b\x06\x01\x02\x01\x05\x30", "truncated"),  # a lone byte after the last var-bind
+    (b"\x30\x08\x06\x03\x2b\x06\x01\x02\x01\x05\x30\x00", "truncated"),  # an empty var-bind
+    (b"\x30\x06\x06\x03\x2b\x06\x01\x02\x01\x05", "truncated"),  # the value's header half outside
+    (b"\x30\x09\x06\x03\x2b\x06\x01\x02\x01\x05\x00", "trailing bytes in a var-bind"),
+    (b"\x31\x08\x06\x03\x2b\x06\x01\x02\x01\x05", "expected tag 0x30"),  # a SET OF, not a SEQUENCE
+    (b"\x30\x08\x04\x03\x2b\x06\x01\x02\x01\x05", "expected tag 0x06"),  # a name that is no OID
+    (b"\x30\x80\x06\x03\x2b\x06\x01\x02\x01\x05\x00\x00", "indefinite"),
+])
+def test_truncated_or_odd_var_binds_are_refused(vbs, why):
+    good = b"\x30\x08\x06\x03\x2b\x06\x01\x02\x01\x05"
+    assert ber.decode_message(_with_varbinds(good)).varbinds == [("1.3.6.1", (ber.INTEGER, 5))]
+    for _ in range(2):  # the good var-bind is known by now; the bad ones must still be refused
+        with pytest.raises(ber.BerError, match=why):
+            ber.decode_message(_with_varbinds(good + vbs))
+
+
+def test_a_known_var_bind_is_still_checked_against_the_message_version():
+    vb = b"\x30\x07\x06\x03\x2b\x06\x01\x80\x00"  # noSuchObject
+    assert ber.decode_message(_with_varbinds(vb)).varbinds == [("1.3.6.1", (ber.NO_SUCH_OBJECT, None))]
+    with pytest.raises(ber.BerError, match="does not exist in SNMPv1"):
+        ber.decode_message(_with_varbinds(vb, version=0))
+
+
+def test_sent_var_binds_are_remembered_by_oid_type_and_value():
+    def sent(varbinds):
+        return ber.decode_message(ber.encode_message(1, b"c", ber.SET, 1, varbinds)).varbinds
+
+    for _ in range(2):
+        assert sent([(f"{OID}.1", None), (f"{OID}.1", (ber.INTEGER, 1)), (f"{OID}.1", (ber.INTEGER, 2)),
+                     (f"{OID}.1", (ber.GAUGE32, 2)), (f"{OID}.1", (ber.OCTET_STRING, b"2"))]) == [
+            (f"{OID}.1", (ber.NULL, None)), (f"{OID}.1", (ber.INTEGER, 1)), (f"{OID}.1", (ber.INTEGER, 2)),
+            (f"{OID}.1", (ber.GAUGE32, 2)), (f"{OID}.1", (ber.OCTET_STRING, b"2"))]
+    assert sent([(f"{OID}.1", (ber.INTEGER, True))]) == [(f"{OID}.1", (ber.INTEGER, 1))]
+    with pytest.raises(ber.BerError, match="out of range"):  # a refused value is not remembered either
+        sent([(f"{OID}.1", (ber.INTEGER, 2**31))])
+    with pytest.raises(ber.BerError, match="out of range"):
+        sent([(f"{OID}.1", (ber.INTEGER, 2**31))])
+    for n in range(ber.CACHE_SIZE + 10):  # bounded
+        ber.encode_message(1, b"c", ber.GET, 1, [(f"{OID}.{n}", None)])
+        ber.decode_message(ber.encode_message(1, b"c", ber.RESPONSE, 1, [(f"{OID}.{n}", (ber.INTEGER, 1))]))
+    assert len(ber._sent_varbinds) <= ber.CACHE_SIZE and len(ber._known_varbinds) <= ber.CACHE_SIZE
+
+
 # --------------------------------------------------------------------------- the UDP client
 
 
@@ -271,6 +334,134 @@ async def test_timeout_resends_the_same_request_and_says_what_pysnmp_says():
         message = ber.decode_message(agent.requests[0])
         assert (message.version, message.community, message.pdu) == (0, b"private", ber.SET)
         assert message.varbinds == [(f"{OID}.1", (ber.INTEGER, 1))]
+    finally:
+        await drv.close()
+        transport.close()
+
+
+class LateAgent(asyncio.DatagramProtocol):
+    """Answers only the first try of each request, after ``delay`` (longer than the client's timeout)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.requests: list[bytes] = []
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.requests.append(data)
+        if data in self.requests[:-1]:
+            return
+        request = ber.decode_message(data)
+        answer = ber.encode_message(request.version, request.community, ber.RESPONSE, request.request_id,
+                                    [(oid, (ber.INTEGER, 1)) for oid, _ in request.varbinds])
+        asyncio.get_running_loop().call_later(self.delay, self.transport.sendto, answer, addr)
+
+
+async def test_a_late_answer_to_the_first_try_is_taken():
+    loop = asyncio.get_running_loop()
+    transport, agent = await loop.create_datagram_endpoint(lambda: LateAgent(0.3), local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    drv = create_driver("apc_masterswitch", {"hostname": f"127.0.0.1:{port}", "timeout": 0.1, "retries": 10})
+    try:
+        assert await drv.get_many(["1", "2"]) == {"1": PortState.ON, "2": PortState.ON}
+        assert 2 <= len(agent.requests) < 11 and len(set(agent.requests)) == 1  # resent, the same request-id
+        (endpoint,) = drv.client._endpoints.values()
+        assert endpoint.pending == {}
+    finally:
+        await drv.close()
+        transport.close()
+
+
+async def test_a_cancelled_request_stops_resending_and_is_forgotten():
+    loop = asyncio.get_running_loop()
+    transport, agent = await loop.create_datagram_endpoint(SilentAgent, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    drv = create_driver("apc_masterswitch", {"hostname": f"127.0.0.1:{port}", "timeout": 0.05, "retries": 10})
+    try:
+        task = asyncio.create_task(drv.get("1"))
+        while len(agent.requests) < 2:
+            await asyncio.sleep(0.01)
+        (endpoint,) = drv.client._endpoints.values()
+        assert len(endpoint.pending) == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert endpoint.pending == {}
+        sent = len(agent.requests)
+        await asyncio.sleep(0.2)  # four timeouts: a resend timer left behind would have sent by now
+        assert len(agent.requests) == sent
+    finally:
+        await drv.close()
+        transport.close()
+
+
+async def test_closing_the_socket_ends_a_waiting_request():
+    loop = asyncio.get_running_loop()
+    transport, agent = await loop.create_datagram_endpoint(SilentAgent, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    endpoint = await ber.Endpoint.open("127.0.0.1", port)
+    try:
+        task = asyncio.create_task(endpoint.request(1, b"c", ber.GET, [(OID, None)], 5.0, 3))
+        while not agent.requests:
+            await asyncio.sleep(0.01)
+        endpoint.close()
+        with pytest.raises(ConnectionError, match="closed"):
+            await task
+        assert endpoint.pending == {}
+        with pytest.raises(ConnectionError, match="closed"):
+            await endpoint.request(1, b"c", ber.GET, [(OID, None)], 5.0, 3)
+    finally:
+        endpoint.close()
+        transport.close()
+
+
+class RecordingAgent(asyncio.DatagramProtocol):
+    """Answers every request at once with INTEGER 7 for each var-bind, and keeps what it was asked."""
+
+    def __init__(self) -> None:
+        self.requests: list[ber.Message] = []
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        request = ber.decode_message(data)
+        self.requests.append(request)
+        self.transport.sendto(ber.encode_message(request.version, request.community, ber.RESPONSE,
+                                                 request.request_id,
+                                                 [(oid, (ber.INTEGER, 7)) for oid, _ in request.varbinds]), addr)
+
+
+async def test_set_many_sends_each_outlet_its_command_and_a_reboot_without_one_alone(monkeypatch):
+    monkeypatch.setattr(snmp, "REBOOT_PAUSE", 0)
+    loop = asyncio.get_running_loop()
+    transport, agent = await loop.create_datagram_endpoint(RecordingAgent, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    drv = create_driver("snmp", {"hostname": f"127.0.0.1:{port}", "outlet_labels": "1.3.6.9.1",
+                                 "outlet_status": "1.3.6.9.2", "outlet_ctrl": "1.3.6.9.3",
+                                 "state_mapping": {"on": 7, "off": 8}})
+    try:
+        with pytest.raises(DriverError, match="cannot set outlet 5 to UNKNOWN"):
+            await drv.set_many({"1": PortState.ON, "5": PortState.UNKNOWN})
+        assert agent.requests == []  # refused before anything was sent
+        await drv.set_many({"01": PortState.ON, "2": PortState.OFF, "3": PortState.REBOOT, "4": PortState.OFF,
+                            " 6": PortState.ON})
+        assert [(m.pdu, m.varbinds) for m in agent.requests] == [
+            (ber.SET, [("1.3.6.9.3.1", (ber.INTEGER, 7)), ("1.3.6.9.3.2", (ber.INTEGER, 8)),
+                       ("1.3.6.9.3.4", (ber.INTEGER, 8)), ("1.3.6.9.3.6", (ber.INTEGER, 7))]),
+            (ber.SET, [("1.3.6.9.3.3", (ber.INTEGER, 8))]),
+            (ber.SET, [("1.3.6.9.3.3", (ber.INTEGER, 7))]),
+        ]
+        assert await drv.get_many(["01", "1", " 6"]) == {"01": PortState.ON, "1": PortState.ON, " 6": PortState.ON}
+        assert [oid for oid, _ in agent.requests[-1].varbinds] == ["1.3.6.9.2.1", "1.3.6.9.2.1", "1.3.6.9.2.6"]
+        for bad in ("0", "x", "01x"):
+            for _ in range(2):  # a refused id is not remembered
+                with pytest.raises(DriverError, match=f"has no outlet '{bad}'"):
+                    await drv.get_many(["1", bad])
     finally:
         await drv.close()
         transport.close()

@@ -272,6 +272,7 @@ class SnmpClient:
         self._varbinds: dict[tuple[str, int | None], Any] = {}
         self._endpoints: dict[asyncio.AbstractEventLoop, snmp_ber.Endpoint] = {}
         self._opening: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._communities = {write: self._community(write) for write in (False, True)}
         engine = DEFAULT_ENGINE if config.engine == "auto" else config.engine
         self.fast = config.version != "3" and engine == "ber"
 
@@ -294,17 +295,22 @@ class SnmpClient:
                     raise DriverError(f"SNMP agent {self.where}: cannot resolve {self.host!r} ({exc})") from None
             return endpoint
 
-    async def _ber(self, pdu: int, varbinds: list[Any], oids: list[str], what: str, write: bool) -> list[Any]:
-        """One GET or SET with the built-in codec: the answer's values as (tag, value), errors as DriverError."""
-        endpoint = await self._endpoint()
+    def _community(self, write: bool) -> bytes:
         cfg = self.config
         text = cfg.community if write else (cfg.read_community or cfg.community)
         try:
-            community = text.encode("latin-1")  # as pysnmp (pyasn1's OctetString) sends it
+            return text.encode("latin-1")  # as pysnmp (pyasn1's OctetString) sends it
         except UnicodeEncodeError:
-            community = text.encode()
+            return text.encode()
+
+    async def _ber(self, pdu: int, varbinds: list[Any], oids: list[str], what: str, write: bool) -> list[Any]:
+        """One GET or SET with the built-in codec: the answer's values as (tag, value), errors as DriverError."""
+        endpoint = self._endpoints.get(asyncio.get_running_loop())
+        if endpoint is None or endpoint.closed:
+            endpoint = await self._endpoint()
+        cfg = self.config
         try:
-            answer = await endpoint.request(snmp_ber.VERSIONS[cfg.version], community, pdu, varbinds,
+            answer = await endpoint.request(snmp_ber.VERSIONS[cfg.version], self._communities[write], pdu, varbinds,
                                             cfg.timeout, cfg.retries)
         except snmp_ber.SnmpTimeout:
             raise DriverError(self._timeout_message()) from None
@@ -315,9 +321,11 @@ class SnmpClient:
         if len(answer.varbinds) != len(oids):
             raise DriverError(f"SNMP agent {self.where} answered {len(answer.varbinds)} values for {len(oids)} "
                               f"({what})")
-        for oid, (name, _) in zip(oids, answer.varbinds, strict=True):
-            if name != oid.lstrip("."):
-                raise DriverError(f"SNMP agent {self.where} answered for {name} when asked for {oid} ({what})")
+        names = [name for name, _ in answer.varbinds]
+        if names != oids:  # one list compare in the usual case; a leading "." in a request OID is fine
+            for oid, name in zip(oids, names, strict=True):
+                if name != oid.lstrip("."):
+                    raise DriverError(f"SNMP agent {self.where} answered for {name} when asked for {oid} ({what})")
         return [value for _, value in answer.varbinds]
 
     # -- pysnmp objects
@@ -433,14 +441,12 @@ class SnmpClient:
 
         With the built-in codec the values are plain Python (int, bytes, str); with pysnmp, pysnmp's types."""
         if self.fast:
-            values = []
-            for oid, (tag, value) in zip(oids, await self._ber(snmp_ber.GET, [(o, None) for o in oids], oids,
-                                                               f"to read {what}", write=False), strict=True):
+            answer = await self._ber(snmp_ber.GET, [(o, None) for o in oids], oids, f"to read {what}", write=False)
+            for oid, (tag, _) in zip(oids, answer, strict=True):
                 if tag in snmp_ber.EXCEPTIONS:
                     raise DriverError(f"SNMP agent {self.where} has nothing at {oid} ({snmp_ber.EXCEPTIONS[tag]}) "
                                       f"for {what}: wrong PDU model or no such outlet?")
-                values.append(value)
-            return values
+            return [value for _, value in answer]
         import pysnmp.hlapi.v3arch.asyncio as api
 
         target = await self._transport()
@@ -581,6 +587,10 @@ class SnmpPDU(BatchFallback):
         self.client = SnmpClient(config)
         self.hostname = self.client.where
         self._params = config.model_dump()
+        # Filled on first use: a batch names the same outlets and columns cycle after cycle.
+        self._oids: dict[str, str] = {}
+        self._indexes: dict[str, str] = {}
+        self._outlet_oids: dict[tuple[str, str], str] = {}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "SnmpPDU":
@@ -589,13 +599,34 @@ class SnmpPDU(BatchFallback):
         return cls(cfg)
 
     def oid(self, template: str) -> str:
-        return template.format(**self._params)
+        oid = self._oids.get(template)
+        if oid is None:
+            oid = self._oids[template] = template.format(**self._params)
+        return oid
 
     def _index(self, port_id: str) -> str:
+        index = self._indexes.get(port_id) if type(port_id) is str else None
+        if index is not None:
+            return index
         text = str(port_id).strip()
         if not text.isdigit() or not 1 <= int(text) <= 1_000_000:
             raise DriverError(f"{self.model} PDU at {self.hostname} has no outlet {port_id!r}: outlets are 1..N")
-        return str(int(text))
+        index = str(int(text))
+        if type(port_id) is str:
+            if len(self._indexes) >= 4 * MAX_OUTLETS:
+                self._indexes.clear()
+            self._indexes[port_id] = index
+        return index
+
+    def _outlet_oid(self, column: str, index: str) -> str:
+        """The OID of one outlet in a column template (``index`` from :meth:`_index`)."""
+        key = (column, index)
+        oid = self._outlet_oids.get(key)
+        if oid is None:
+            if len(self._outlet_oids) >= 4 * MAX_OUTLETS:
+                self._outlet_oids.clear()
+            oid = self._outlet_oids[key] = f"{self.oid(column)}.{index}"
+        return oid
 
     async def ports(self) -> list[Outlet]:
         outlets: list[Outlet] = []
@@ -616,6 +647,8 @@ class SnmpPDU(BatchFallback):
         return outlets
 
     def decode(self, value: Any) -> PortState:
+        if type(value) is int:  # what the built-in codec gives for an INTEGER
+            return self.states.get(value, PortState.UNKNOWN)
         number = as_int(value)
         if number is None:
             raise DriverError(
@@ -626,7 +659,7 @@ class SnmpPDU(BatchFallback):
 
     async def get(self, port_id: str) -> PortState:
         index = self._index(port_id)
-        (value,) = await self.client.get([f"{self.oid(self.status)}.{index}"], f"the state of outlet {index}")
+        (value,) = await self.client.get([self._outlet_oid(self.status, index)], f"the state of outlet {index}")
         return self.decode(value)
 
     async def set(self, port_id: str, state: PortState) -> None:
@@ -639,17 +672,18 @@ class SnmpPDU(BatchFallback):
             await self.set(port_id, PortState.ON)
             return
         column, value = self.commands[state]
-        await self.client.set_int(f"{self.oid(column)}.{index}", value, f"outlet {index} {state.value}")
+        await self.client.set_int(self._outlet_oid(column, index), value, f"outlet {index} {state.value}")
 
     # Optional batch operations: one request for many outlets (PowerService may use them when present).
     async def get_many(self, port_ids: list[str]) -> dict[str, PortState]:
         """The states of several outlets, MAX_VARBINDS per GET."""
         indexes = [self._index(p) for p in port_ids]
-        status = self.oid(self.status)
+        status = self.status
         states: dict[str, PortState] = {}
         for start in range(0, len(indexes), MAX_VARBINDS):
             chunk = indexes[start:start + MAX_VARBINDS]
-            values = await self.client.get([f"{status}.{i}" for i in chunk], f"the state of outlets {','.join(chunk)}")
+            values = await self.client.get([self._outlet_oid(status, i) for i in chunk],
+                                           f"the state of outlets {','.join(chunk)}")
             states.update(zip(chunk, map(self.decode, values), strict=True))
         return {p: states[i] for p, i in zip(port_ids, indexes, strict=True)}
 
@@ -659,31 +693,38 @@ class SnmpPDU(BatchFallback):
         The agent applies each SET whole or not at all. When it blames one var-bind, OutletError
         names that outlet and the outlets of the SETs before (``applied``); the rest were not sent.
         """
-        writes: list[tuple[str, str, int]] = []
+        ports: list[str] = []
+        writes: list[tuple[str, int]] = []  # (oid, value), one per port in ``ports``
         alone: list[tuple[str, PortState]] = []
+        last: Any = None  # the state of the outlet before, and its command: a batch mostly asks one state
+        command: tuple[str, int] | None = None
         for port_id, state in states.items():
-            if state == PortState.REBOOT and PortState.REBOOT not in self.commands:
+            if state is not last:
+                last = state
+                command = self.commands.get(state)
+                if command is None and state != PortState.REBOOT:
+                    raise DriverError(f"cannot set outlet {port_id} to {state.value}: use ON, OFF or REBOOT")
+            if command is None:  # a REBOOT without a device command
                 alone.append((port_id, state))
                 continue
-            if state not in self.commands:
-                raise DriverError(f"cannot set outlet {port_id} to {state.value}: use ON, OFF or REBOOT")
-            column, value = self.commands[state]
-            writes.append((port_id, f"{self.oid(column)}.{self._index(port_id)}", value))
+            ports.append(port_id)
+            writes.append((self._outlet_oid(command[0], self._index(port_id)), command[1]))
         applied: list[str] = []
         for start in range(0, len(writes), MAX_VARBINDS):
             chunk = writes[start:start + MAX_VARBINDS]
+            chunk_ports = ports[start:start + MAX_VARBINDS]
             if len(chunk) == 1:
-                port_id, _, value = chunk[0]
-                what = f"the write of {value} for outlet {self._index(port_id)} {states[port_id].value}"
+                port_id = chunk_ports[0]
+                what = f"the write of {chunk[0][1]} for outlet {self._index(port_id)} {states[port_id].value}"
             else:
                 what = f"the write for {len(chunk)} outlets"
             try:
-                await self.client.set_ints([(oid, value) for _, oid, value in chunk], what)
+                await self.client.set_ints(chunk, what)
             except SnmpStatusError as exc:
                 if exc.varbind is None or exc.varbind >= len(chunk):
                     raise
-                raise OutletError(chunk[exc.varbind][0], str(exc), applied) from None
-            applied += [port_id for port_id, _, _ in chunk]
+                raise OutletError(chunk_ports[exc.varbind], str(exc), applied) from None
+            applied += chunk_ports
         for port_id, state in alone:
             await self.set(port_id, state)
 

@@ -4,7 +4,9 @@ Only what outlet control needs: a message (version, community, one PDU), the Get
 GetNextRequest, Response and SetRequest PDUs, and var-binds of INTEGER, OCTET STRING, NULL,
 OBJECT IDENTIFIER, IpAddress, Counter32, Gauge32, TimeTicks, Counter64 and the v2c exceptions
 noSuchObject, noSuchInstance and endOfMibView. pysnmp/pyasn1 spend ~0.2 ms of CPU per var-bind;
-this spends a few microseconds, and caches the encoding of OIDs it sends again and again.
+this spends well under a microsecond for a var-bind it has seen before: it remembers the var-binds it
+sends (an outlet's OID with NULL or a command) and the well-formed ones it receives (the same OIDs
+with the same few states), both by exact value or bytes, in bounded caches.
 
 Decoding is strict: definite lengths only, every length checked against what is left, no
 trailing bytes, no unknown tags, integers in their type's range. Anything else is a
@@ -57,15 +59,20 @@ def error_name(status: int) -> str:
 # --------------------------------------------------------------------------- encoding
 
 
+_TAGS = tuple(bytes((n,)) for n in range(256))  # one byte object per tag and short length, made once
+CACHE_SIZE = 4096  # entries per cache below; a full cache starts again (outlet OIDs are a few hundred at most)
+CACHED_VARBIND = 96  # bytes: longer var-binds (e.g. long strings) are never cached
+
+
 def _length(n: int) -> bytes:
     if n < 0x80:
-        return bytes((n,))
+        return _TAGS[n]
     body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((0x80 | len(body),)) + body
+    return _TAGS[0x80 | len(body)] + body
 
 
 def _tlv(tag: int, content: bytes) -> bytes:
-    return bytes((tag,)) + _length(len(content)) + content
+    return _TAGS[tag] + _length(len(content)) + content
 
 
 def _signed(value: int) -> bytes:
@@ -120,6 +127,35 @@ def encode_value(tag: int, value: Any) -> bytes:
 
 
 _NULL = bytes((NULL, 0))
+_NO_ERRORS = _int_tlv(INTEGER, 0) * 2
+# Whole var-bind TLVs sent before: a GET sends (oid, NULL) and a SET (oid, INTEGER) for the same outlets
+# again and again, so each costs one dict look-up instead of three TLVs.
+_sent_varbinds: dict[tuple[str, int, int] | str, bytes] = {}
+
+
+def _encode_varbind(oid: str, value: tuple[int, Any] | None) -> bytes:
+    if value is None:
+        key: Any = oid
+    else:
+        tag, number = value
+        # Only exact ints: True and 1.0 are equal to 1 as keys, but not the same value to encode (or refuse).
+        key = (oid, tag, number) if type(number) is int else None
+    if key is not None:
+        tlv = _sent_varbinds.get(key)
+        if tlv is not None:
+            return tlv
+    tlv = _tlv(SEQUENCE, encode_oid(oid) + (_NULL if value is None else encode_value(*value)))
+    if key is not None:
+        if len(_sent_varbinds) >= CACHE_SIZE:
+            _sent_varbinds.clear()
+        _sent_varbinds[key] = tlv
+    return tlv
+
+
+@lru_cache(maxsize=64)
+def _head(version: int, community: bytes) -> bytes:
+    """The version and community TLVs, the same in every message to one agent."""
+    return _int_tlv(INTEGER, version) + _tlv(OCTET_STRING, community)
 
 
 def encode_message(version: int, community: bytes, pdu: int, request_id: int,
@@ -128,13 +164,18 @@ def encode_message(version: int, community: bytes, pdu: int, request_id: int,
     """One SNMP message. A var-bind is ``(oid, (tag, value))``, or ``(oid, None)`` for NULL."""
     if pdu not in PDU_TAGS:
         raise BerError(f"unknown PDU tag 0x{pdu:02x}")
-    body = b"".join(
-        _tlv(SEQUENCE, encode_oid(oid) + (_NULL if value is None else encode_value(*value)))
-        for oid, value in varbinds
-    )
-    pdu_content = (_int_tlv(INTEGER, request_id) + _int_tlv(INTEGER, error_status)
-                   + _int_tlv(INTEGER, error_index) + _tlv(SEQUENCE, body))
-    return _tlv(SEQUENCE, _int_tlv(INTEGER, version) + _tlv(OCTET_STRING, community) + _tlv(pdu, pdu_content))
+    parts = [_encode_varbind(oid, value) for oid, value in varbinds]
+    size = sum(map(len, parts))
+    list_length = _length(size)
+    head = _tlv(INTEGER, _signed(request_id)) + (
+        _NO_ERRORS if error_status == 0 and error_index == 0
+        else _int_tlv(INTEGER, error_status) + _int_tlv(INTEGER, error_index))
+    size += len(head) + 1 + len(list_length)
+    pdu_length = _length(size)
+    prefix = _head(version, bytes(community) if type(community) is not bytes else community)
+    size += len(prefix) + 1 + len(pdu_length)
+    return b"".join((_TAGS[SEQUENCE], _length(size), prefix, _TAGS[pdu], pdu_length, head, _TAGS[SEQUENCE],
+                     list_length, *parts))
 
 
 # --------------------------------------------------------------------------- decoding
@@ -189,6 +230,11 @@ def _integer(content: bytes, limit: int = 9) -> int:
 
 
 def _read_int(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """An INTEGER of at most 5 bytes (version, request-id, error status and index) and the offset after it."""
+    if pos + 2 < end and data[pos] == INTEGER and 0 < data[pos + 1] <= 5:  # short form: the usual case, inline
+        stop = pos + 2 + data[pos + 1]
+        if stop <= end:
+            return int.from_bytes(data[pos + 2:stop], "big", signed=True), stop
     start, stop = _expect(data, pos, end, INTEGER)
     return _integer(data[start:stop], 5), stop
 
@@ -253,6 +299,31 @@ def decode_message(data: bytes) -> Message:
         raise BerError(f"undecodable message ({type(exc).__name__})") from None
 
 
+_NOT_IN_V1 = frozenset({COUNTER64, *EXCEPTIONS})
+# Var-binds decoded before, by their bytes: an agent answers the same outlets with the same few values, so
+# a repeated var-bind costs a slice and a dict look-up. Only well-formed ones get in (a var-bind's
+# decoding depends on nothing but its own bytes; the SNMPv1 check, which depends on the message, is
+# made on every var-bind, cached or not).
+_known_varbinds: dict[bytes, tuple[str, tuple[int, Any]]] = {}
+
+
+def _varbind(data: bytes, pos: int, end: int) -> tuple[str, tuple[int, Any]]:
+    """The var-bind TLV at data[pos:end] (its outer length already checked to end exactly at ``end``)."""
+    bstart, bend = _expect(data, pos, end, SEQUENCE)
+    if bend != end:  # cannot happen when the caller found ``end`` from the same header; kept as a guard
+        raise BerError(f"var-bind at offset {pos} does not end where its length says")
+    ostart, opos = _expect(data, bstart, bend, OID)
+    tag, tstart, tend = _header(data, opos, bend)
+    if tend != bend:
+        raise BerError("trailing bytes in a var-bind")
+    varbind = (decode_oid(data[ostart:opos]), (tag, _value(tag, data[tstart:tend])))
+    if end - pos <= CACHED_VARBIND:
+        if len(_known_varbinds) >= CACHE_SIZE:
+            _known_varbinds.clear()
+        _known_varbinds[data[pos:end]] = varbind
+    return varbind
+
+
 def _decode(data: bytes) -> Message:
     if len(data) > MAX_MESSAGE:
         raise BerError("message too long")
@@ -278,16 +349,24 @@ def _decode(data: bytes) -> Message:
     if vend != pend:
         raise BerError("trailing bytes after the var-binds")
     varbinds: list[tuple[str, tuple[int, Any]]] = []
+    append = varbinds.append
+    known = _known_varbinds.get
+    v1 = version == 0
     pos = vstart
     while pos < vend:
-        bstart, bend = _expect(data, pos, vend, SEQUENCE)
-        ostart, opos = _expect(data, bstart, bend, OID)
-        tag, tstart, tend = _header(data, opos, bend)
-        if tend != bend:
-            raise BerError("trailing bytes in a var-bind")
-        if version == 0 and (tag == COUNTER64 or tag in EXCEPTIONS):
-            raise BerError(f"tag 0x{tag:02x} does not exist in SNMPv1")
-        varbinds.append((decode_oid(data[ostart:opos]), (tag, _value(tag, data[tstart:tend]))))
+        # The var-bind's extent: its short-form length inline, anything else by _header's checks.
+        if pos + 2 <= vend and data[pos + 1] < 0x80:
+            bend = pos + 2 + data[pos + 1]
+            if bend > vend:
+                raise BerError(f"length {data[pos + 1]} at offset {pos + 2} runs past the end")
+        else:
+            bend = _header(data, pos, vend)[2]
+        varbind = known(data[pos:bend])
+        if varbind is None:
+            varbind = _varbind(data, pos, bend)
+        if v1 and varbind[1][0] in _NOT_IN_V1:
+            raise BerError(f"tag 0x{varbind[1][0]:02x} does not exist in SNMPv1")
+        append(varbind)
         pos = bend
     return Message(version, community, pdu, request_id, error_status, error_index, varbinds)
 
@@ -354,23 +433,47 @@ class Endpoint:
 
     async def request(self, version: int, community: bytes, pdu: int,
                       varbinds: list[Any], timeout: float, retries: int) -> Message:
-        """Send one request and wait for its answer, resending it ``retries`` times after ``timeout``."""
+        """Send one request and wait for its answer, resending it ``retries`` times after ``timeout``.
+
+        Every try sends the same bytes (the same request-id), so a late answer to an earlier try is
+        taken too. The resends run from a timer on the loop rather than a ``wait_for`` per try: the
+        caller awaits one future, which costs a fraction of ``wait_for(shield(...))``."""
         request_id = self.next_id
         self.next_id = self.next_id + 1 if self.next_id < 2**31 - 1 else 1
         data = encode_message(version, community, pdu, request_id, varbinds)
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        if self.transport.is_closing():
+            raise ConnectionError("the SNMP socket was closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Message] = loop.create_future()
+        resends = retries
+        timer: asyncio.TimerHandle | None = None
+
+        def expired() -> None:
+            nonlocal timer, resends
+            if future.done():
+                return
+            if resends <= 0:
+                future.set_exception(SnmpTimeout())
+                return
+            if self.transport.is_closing():
+                future.set_exception(ConnectionError("the SNMP socket was closed"))
+                return
+            resends -= 1
+            try:
+                self.transport.sendto(data)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, as a send in request() would be
+                future.set_exception(exc)
+                return
+            timer = loop.call_later(timeout, expired)
+
         self.pending[request_id] = (version, community, future)
         try:
-            for _ in range(retries + 1):
-                if self.transport.is_closing():
-                    raise ConnectionError("the SNMP socket was closed")
-                self.transport.sendto(data)
-                try:
-                    return await asyncio.wait_for(asyncio.shield(future), timeout)
-                except TimeoutError:
-                    continue
-            raise SnmpTimeout()
+            self.transport.sendto(data)
+            timer = loop.call_later(timeout, expired)
+            return await future
         finally:
+            if timer is not None:
+                timer.cancel()
             self.pending.pop(request_id, None)
             if not future.done():
                 future.cancel()
