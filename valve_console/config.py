@@ -98,6 +98,14 @@ class Settings(BaseSettings):
     gitlab_sync_interval: float = Field(default=300.0, gt=0)
     gitlab_retry_max: float = Field(default=300.0, gt=0)
     gitlab_timeout: float = Field(default=10.0, gt=0)
+    # Runner tokens are checked with POST /runners/verify at most this often (seconds, on full syncs); a token
+    # GitLab refuses (403) or that is about to expire is replaced by a new runner.
+    gitlab_verify_interval: float = Field(default=3600.0, gt=0)
+    # Pre-build filter of the custom executor (valve-infra's pre-build ACL): with both lists empty every job
+    # runs; otherwise only jobs of these GitLab users, or of projects in these namespaces (or their
+    # sub-namespaces), compared case-insensitively. Env: JSON lists.
+    gitlab_allowed_users: list[str] = Field(default_factory=list)
+    gitlab_allowed_namespaces: list[str] = Field(default_factory=list)
     log_level: str = "INFO"
 
     @field_validator("serial", mode="before")
@@ -118,6 +126,18 @@ class Settings(BaseSettings):
             for spec in value:
                 parse_serial_spec(str(spec))
         return value
+
+    @field_validator("gitlab_allowed_users", "gitlab_allowed_namespaces")
+    @classmethod
+    def _gitlab_names(cls, value: list[str]) -> list[str]:
+        """An empty or spaced name would match nothing (or, for a namespace, everything): refuse it in words."""
+        out = []
+        for name in value:
+            text = name.strip().strip("/")
+            if not text or any(c.isspace() for c in text):
+                raise ValueError(f"{name!r} is not a GitLab user or namespace (empty, or with spaces)")
+            out.append(text)
+        return out
 
     @property
     def db_path(self) -> Path:

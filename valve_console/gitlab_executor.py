@@ -6,8 +6,13 @@ as ``CUSTOM_ENV_*`` (``CUSTOM_ENV_CI_JOB_ID``, ``CUSTOM_ENV_CI_PROJECT_PATH``...
 
 - ``config``: prints JSON (builds_dir ``<builds root>/<job id>``, cache_dir, builds_dir_is_shared false,
   hostname, driver name/version, job_env naming the machine);
-- ``prepare``: the machine must exist, not be retired and be ready for service (asked from the API);
-  otherwise, or with the backend down, it exits with ``$SYSTEM_FAILURE_EXIT_CODE``;
+- ``prepare``: first the pre-build filter (valve-infra's pre-build ACL): when config.toml gives
+  ``--allow-user``/``--allow-namespace`` (from the ``gitlab_allowed_users``/``_namespaces`` settings), a job
+  runs only if ``CUSTOM_ENV_GITLAB_USER_LOGIN`` is an allowed user or ``CUSTOM_ENV_CI_PROJECT_NAMESPACE`` is
+  an allowed namespace or under one (``ns/...``); otherwise ``Access denied: ...`` and
+  ``$BUILD_FAILURE_EXIT_CODE`` (the job's fault, not the farm's: gitlab-runner must not retry it). Then the
+  machine must exist, not be retired and be ready for service (asked from the API); otherwise, or with the
+  backend down, it exits with ``$SYSTEM_FAILURE_EXIT_CODE``;
 - ``run <script> <stage>``: runs the script gitlab-runner generated with bash, in the job's builds dir,
   with ``VALVE_CONSOLE_MACHINE``, ``VALVE_CONSOLE_URL``/``_API`` and ``VALVE_CONSOLE_TOKEN`` set, so the
   CI script's ``valve-console job run job.yml`` runs on this runner's DUT. A failing script exits with
@@ -15,7 +20,7 @@ as ``CUSTOM_ENV_*`` (``CUSTOM_ENV_CI_JOB_ID``, ``CUSTOM_ENV_CI_PROJECT_PATH``...
 - ``cleanup``: removes the job's builds dir (never fails the job).
 
 Note: the CI script runs on the gateway as gitlab-runner's user and gets the operator token: only
-expose runners to projects you trust (valve-infra filtered users/namespaces in a pre-build script).
+expose runners to projects you trust, and set the pre-build filter.
 """
 
 from __future__ import annotations
@@ -45,6 +50,22 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--api", help="the backend's API URL (default: env VALVE_CONSOLE_URL)")
     p.add_argument("--data-dir", dest="gl_data_dir", type=Path, help="read the operator token from <DIR>/token")
     p.add_argument("--builds-dir", dest="builds_dir", type=Path, help="the root of the job build dirs")
+    p.add_argument(
+        "--allow-user",
+        dest="allow_users",
+        action="append",
+        default=[],
+        metavar="LOGIN",
+        help="prepare: admit jobs of this GitLab user (repeatable; with no --allow-* every job is admitted)",
+    )
+    p.add_argument(
+        "--allow-namespace",
+        dest="allow_namespaces",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="prepare: admit jobs of projects in this namespace or under it (repeatable)",
+    )
 
 
 def _code(name: str, default: int) -> int:
@@ -111,9 +132,31 @@ def stage_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def admitted(user: str, namespace: str, users: list[str], namespaces: list[str]) -> bool:
+    """The pre-build filter: no lists admit everyone; else a listed user, or a namespace equal to or under
+    a listed one. GitLab user and namespace paths are unique case-insensitively, so the case is ignored."""
+    users = [u.strip().casefold() for u in users if u.strip()]
+    namespaces = [n.strip().strip("/").casefold() for n in namespaces if n.strip().strip("/")]
+    if not users and not namespaces:
+        return True
+    user, namespace = user.strip().casefold(), namespace.strip().strip("/").casefold()
+    if user and user in users:
+        return True
+    return bool(namespace) and any(namespace == ns or namespace.startswith(ns + "/") for ns in namespaces)
+
+
 def stage_prepare(args: argparse.Namespace) -> int:
     import httpx
 
+    if args.allow_users or args.allow_namespaces:
+        user = os.environ.get("CUSTOM_ENV_GITLAB_USER_LOGIN") or ""
+        namespace = os.environ.get("CUSTOM_ENV_CI_PROJECT_NAMESPACE") or ""
+        if not admitted(user, namespace, args.allow_users, args.allow_namespaces):
+            return _fail(
+                f"Access denied: user {user or '(unknown)'} in namespace {namespace or '(unknown)'} "
+                "may not run jobs on this farm",
+                "BUILD_FAILURE_EXIT_CODE",
+            )
     machine, api = _target(args)
     if not machine:
         return _fail("no machine: config.toml gives --machine (or set VALVE_CONSOLE_MACHINE)")

@@ -3,8 +3,11 @@
 It answers what python-gitlab sends for runners, with GitLab's payload shapes: ``POST /user/runners``
 (201 ``{id, token: "glrt-...", token_expires_at}``), ``POST /runners`` (registration token),
 ``GET /runners``, ``GET /runners/all`` (admin only), ``GET/PUT/DELETE /runners/:id``,
-``DELETE /runners?token=``, ``POST /runners/verify``; errors are ``{"message": "401 Unauthorized"}``
-and the like. ``stop()`` closes the socket (GitLab down); ``start()`` serves again on the same port.
+``DELETE /runners?token=``, ``POST /runners/verify`` (200 ``{id, token, token_expires_at}`` for a live
+token, 403 otherwise); errors are ``{"message": "401 Unauthorized"}`` and the like. ``stop()`` closes the
+socket (GitLab down); ``start()`` serves again on the same port. Knobs: ``token_lifetime`` (seconds: new
+tokens get a ``token_expires_at``), ``revoke(id)`` (the runner stays, its token changes, as after an
+admin's token reset), ``verify_status`` (answer every verify with this HTTP error, e.g. 500).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import itertools
 import json
 import secrets
 import threading
+import time
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -27,6 +32,8 @@ class FakeGitlab:
         self.runners: dict[int, dict[str, Any]] = {}
         self.requests: list[tuple[str, str]] = []
         self.user_runners_refused = False  # True: POST /user/runners answers 403 (old GitLab, no scope)
+        self.token_lifetime: float | None = None  # seconds a new runner token lives (None: no expiry)
+        self.verify_status: int | None = None  # POST /runners/verify answers this error code (e.g. 500)
         self._ids = itertools.count(101)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -98,9 +105,27 @@ class FakeGitlab:
                 "projects": [],
                 "groups": [],
                 "token": "glrt-" + secrets.token_urlsafe(15),
+                "token_expires_at": self._expiry(),
             }
             self.runners[rid] = runner
             return runner
+
+    def _expiry(self) -> str | None:
+        if self.token_lifetime is None:
+            return None
+        when = datetime.fromtimestamp(time.time() + self.token_lifetime, timezone.utc)
+        return when.strftime("%Y-%m-%dT%H:%M:%S.000Z")  # GitLab's form
+
+    def revoke(self, runner_id: int) -> str:
+        """The runner's token is reset (the old one is refused from now on); the old token is returned."""
+        with self._lock:
+            runner = self.runners[runner_id]
+            old = runner["token"]
+            runner["token"] = "glrt-" + secrets.token_urlsafe(15)
+            return old
+
+    def by_token(self, token: str) -> dict[str, Any] | None:
+        return next((r for r in self.runners.values() if r["token"] == token), None)
 
     def by_description(self, description: str) -> list[dict[str, Any]]:
         return [r for r in self.runners.values() if r["description"] == description]
@@ -111,7 +136,7 @@ class FakeGitlab:
         keys += ("online", "status")
         out = {k: runner[k] for k in keys}
         if details:
-            out.update({k: v for k, v in runner.items() if k != "token"})
+            out.update({k: v for k, v in runner.items() if k not in ("token", "token_expires_at")})
         return out
 
     def _handle(self, req: BaseHTTPRequestHandler, method: str) -> None:
@@ -155,12 +180,12 @@ class FakeGitlab:
             if body.get("runner_type") == "instance_type" and token != ADMIN_TOKEN:
                 return forbidden
             r = self.add_runner(body.get("description") or "", tags, body["runner_type"])
-            return 201, {"id": r["id"], "token": r["token"], "token_expires_at": None}
+            return 201, {"id": r["id"], "token": r["token"], "token_expires_at": r["token_expires_at"]}
         if path == "/runners" and method == "POST":
             if body.get("token") != REG_TOKEN:
                 return forbidden
             r = self.add_runner(body.get("description") or "", tags)
-            return 201, {"id": r["id"], "token": r["token"], "token_expires_at": None}
+            return 201, {"id": r["id"], "token": r["token"], "token_expires_at": r["token_expires_at"]}
         if path == "/runners" and method == "DELETE":
             found = [r for r in self.runners.values() if r["token"] == query.get("token")]
             if not found:
@@ -168,9 +193,13 @@ class FakeGitlab:
             del self.runners[found[0]["id"]]
             return 204, None
         if path == "/runners/verify" and method == "POST":
-            if any(r["token"] == body.get("token") for r in self.runners.values()):
-                return 200, {"id": 1, "token": body["token"], "token_expires_at": None}
-            return forbidden
+            if self.verify_status is not None:
+                return self.verify_status, {"message": f"{self.verify_status} Internal Server Error"}
+            token_of = body.get("token") or query.get("token")
+            runner = next((r for r in self.runners.values() if r["token"] == token_of), None) if token_of else None
+            if runner is None:
+                return forbidden
+            return 200, {"id": runner["id"], "token": runner["token"], "token_expires_at": runner["token_expires_at"]}
         if path == "/runners/all" and method == "GET":
             if not user:
                 return unauthorized

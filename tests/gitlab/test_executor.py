@@ -87,6 +87,9 @@ async def test_custom_executor_stages_run_the_ci_job_on_this_runners_dut(farm, v
     assert build_dir == Path(runner["builds_dir"]) / "4242" and config["builds_dir_is_shared"] is False
     assert config["driver"]["name"] == "valve-console" and config["job_env"]["VALVE_CONSOLE_MACHINE"] == mac_of(2)
 
+    # no pre-build filter set (gitlab_allowed_users/_namespaces empty): any user's job is admitted
+    assert not any(arg.startswith("--allow-") for arg in custom["prepare_args"])
+    stage["prepare"].env.update({"CUSTOM_ENV_GITLAB_USER_LOGIN": "eve", "CUSTOM_ENV_CI_PROJECT_NAMESPACE": "eve"})
     rc, out, err = await stage["prepare"]()
     assert rc == 0, err
     assert "test-virtio-2" in out and "mesa/mesa" in out and build_dir.is_dir()

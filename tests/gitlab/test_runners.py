@@ -65,7 +65,14 @@ async def test_runner_lifecycle_follows_the_machine(farm, http, fake):
     row = (await eventually(lambda: stored_runners(farm), "runner stored"))[mac_of(1)]
     assert row.runner_id == runner["id"] and row.token == runner["token"] and row.token.startswith("glrt-")
     machine = (await http.get(f"/api/v1/machine/{mac_of(1)}/")).json()
-    assert machine["runners"] == [{"instance": "fdo", "runner_id": runner["id"], "state": "ok", "error": None}]
+    (info,) = machine["runners"]
+    assert {k: info[k] for k in ("instance", "runner_id", "state", "error")} == {
+        "instance": "fdo",
+        "runner_id": runner["id"],
+        "state": "ok",
+        "error": None,
+    }
+    assert info["verify"] == "valid (new)" and info["verified_at"] and info["token_expires_at"] is None
 
     # tags follow the machine's tags (manual ones included): PUT /runners/:id
     await http.patch(f"/api/v1/machine/{mac_of(1)}/", json={"manual_tags": ["ram:16G"]})
@@ -234,6 +241,8 @@ async def test_config_toml_matches_the_machines_and_is_written_only_on_change(fa
     # a change that does: a new file renamed over the old one (atomic), no temp file left
     await http.patch(f"/api/v1/machine/{mac_of(2)}/", json={"ready_for_service": False})
     await eventually(lambda: len(read_config(farm)["runners"]) == 1, "config rewritten")
+    # the file is renamed in a worker thread; the count goes up when the loop hears back
+    await eventually(lambda: farm.gitlab.config_writes > before, "the write counted")
     assert farm.gitlab.config_writes == before + 1 and path.stat().st_ino != inode
     assert sorted(p.name for p in path.parent.iterdir() if p.is_file()) == ["config.toml"]
 
@@ -291,6 +300,9 @@ async def test_a_sync_without_changes_calls_nothing_and_a_restart_keeps_the_runn
         assert state["state"] == "ok" and state["runners"] == 1
         assert list(fake.runners) == [runner["id"]]
         assert ("GET", f"/api/v4/runners/{runner['id']}") in fake.requests
+        # tokens checks live in memory: after a restart each token is verified once more (and stays)
+        assert ("POST", "/api/v4/runners/verify") in fake.requests
+        assert state["verify_result"] == "1 valid" and state["last_verify"]
         assert second.gitlab.config_writes == 0 and second.gitlab.config_path.read_text() == text
     finally:
         await second.stop()

@@ -16,7 +16,13 @@
   retried with exponential back-off capped at ``gitlab_retry_max``; the farm keeps working and
   config.toml leaves out machines that are no longer exposed at once, whatever GitLab says.
 - ``config.toml`` (custom executor calling ``valve-console gitlab-executor``) is rewritten atomically,
-  mode 0600 (it holds runner tokens), only when its text changes.
+  mode 0600 (it holds runner tokens), only when its text changes. The prepare stage's args carry the
+  pre-build filter (``gitlab_allowed_users``/``gitlab_allowed_namespaces``: ``--allow-user``/``--allow-namespace``).
+- **Tokens** (valve-infra's verify_or_renew_token): on full syncs, each runner's token is checked with
+  ``POST /runners/verify`` at most every ``gitlab_verify_interval``. Only a 403 means invalid (an outage or
+  any other answer keeps the token); an invalid token, or one whose ``token_expires_at`` is within a day
+  (or half its lifetime), is replaced: the old runner is deleted (best effort), a new one is created with the
+  same description and tags. The last check is in the runner and instance JSON (in memory: no column).
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ log = logging.getLogger(__name__)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MASK = "********"
 RETRY_BASE = 2.0  # seconds before the first retry of an unreachable instance; doubles up to the cap
+TOKEN_RENEW_MARGIN = 86400.0  # a token expiring within this (or half its lifetime, if shorter) is renewed
 
 
 class GitlabDown(Exception):
@@ -204,7 +211,8 @@ class GitlabApi:
             return RunnerRefused(f"{what}: HTTP {code}: {message}")
         return exc
 
-    def create(self, inst: GitlabInstance, description: str, tags: list[str]) -> tuple[int, str]:
+    def create(self, inst: GitlabInstance, description: str, tags: list[str]) -> tuple[int, str, Optional[float]]:
+        """A new runner: (id, token, the token's expiry as a Unix time, None when it does not expire)."""
         import gitlab
 
         fields = {"description": description, "tag_list": tags, "run_untagged": False, "locked": True}
@@ -212,7 +220,7 @@ class GitlabApi:
         if inst.token:
             try:
                 r = self.user_runners.create({"runner_type": "instance_type", **fields})
-                return int(r.id), str(r.token)
+                return int(r.id), str(r.token), parse_gitlab_time(r.attributes.get("token_expires_at"))
             except gitlab.GitlabError as exc:
                 if exc.response_code not in (403, 404):
                     raise
@@ -221,7 +229,25 @@ class GitlabApi:
             raise RunnerRefused(f"{refused or 'no access token'}, and no registration token to fall back on")
         log.info("gitlab %s: %s; registering %s with the registration token", inst.name, refused, description)
         r = self.gl.runners.create({"token": inst.registration_token, **fields})
-        return int(r.id), str(r.token)
+        return int(r.id), str(r.token), parse_gitlab_time(r.attributes.get("token_expires_at"))
+
+    def verify(self, token: str) -> tuple[Optional[bool], Any, str]:
+        """POST /runners/verify: (valid, expiry, detail). Only a 403 is a refused token (False); an outage,
+        a timeout or any other answer is inconclusive (None), so a token is never dropped because GitLab is
+        down. expiry is the answer's ``token_expires_at`` (Unix time or None), or NO_EXPIRY_INFO."""
+        import gitlab
+
+        try:
+            answer = self.gl.http_post("/runners/verify", post_data={"token": token})
+        except gitlab.GitlabError as exc:
+            if exc.response_code == 403:
+                return False, NO_EXPIRY_INFO, f"HTTP 403: {_short(exc.error_message)}"
+            return None, NO_EXPIRY_INFO, f"HTTP {exc.response_code}: {_short(exc.error_message)}"
+        except Exception as exc:  # noqa: BLE001 - network errors and odd answers are inconclusive
+            return None, NO_EXPIRY_INFO, f"{type(exc).__name__}: {_short(exc)}"
+        if isinstance(answer, dict) and "token_expires_at" in answer:
+            return True, parse_gitlab_time(answer.get("token_expires_at")), "valid"
+        return True, NO_EXPIRY_INFO, "valid"
 
     def get(self, runner_id: int) -> Optional[dict[str, Any]]:
         import gitlab
@@ -281,6 +307,32 @@ class GitlabApi:
         return out
 
 
+NO_EXPIRY_INFO = object()  # verify's answer said nothing about the token's expiry
+
+
+def parse_gitlab_time(value: Any) -> Optional[float]:
+    """GitLab's ``2024-02-20T10:08:17.000Z`` as a Unix time; None for null or what does not parse."""
+    if not value or not isinstance(value, str):
+        return None
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def _iso(when: Optional[float]) -> Optional[str]:
+    if when is None:
+        return None
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _short(value: Any, limit: int = 200) -> str:
     text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
     text = " ".join(text.split())
@@ -309,6 +361,10 @@ class RunnerService:
         self.instances: dict[str, GitlabInstance] = {}
         self.runners: dict[tuple[str, str], GitlabRunner] = {}
         self.runner_errors: dict[tuple[str, str], str] = {}
+        # per runner, in memory (no column for it; a restart verifies every token once more): obtained (when
+        # the token was got), expires (Unix time or None), verified_at, verify (the last result in words)
+        self.tokens: dict[tuple[str, str], dict[str, Any]] = {}
+        self.clock: Callable[[], float] = time.time  # the token checks' clock (interval, expiry): tests move it
         self.status: dict[str, dict[str, Any]] = {}
         self.state = "starting"
         self.reason: Optional[str] = None
@@ -364,6 +420,8 @@ class RunnerService:
             "dirty": True,
             "next_full": 0.0,  # monotonic time of the next full sync (listing, verification, clean-up)
             "retry_at": None,  # monotonic time before which an unreachable instance is left alone
+            "last_verify": None,  # when tokens were last checked (POST /runners/verify), and what came out
+            "verify_result": None,
         }
         self.status[name] = st
         return st
@@ -484,6 +542,7 @@ class RunnerService:
         api = self._api(inst)
         want = self.desired(inst)
         changed: set[str] = set()
+        tally: dict[str, int] = {}
         # 1. runners of machines no longer exposed
         for (iname, mac), row in list(self.runners.items()):
             if iname != inst.name or mac in want:
@@ -500,6 +559,8 @@ class RunnerService:
         for mac, (description, tags) in want.items():
             row = self.runners.get((inst.name, mac))
             try:
+                if row is not None and full:
+                    row = await self._check_token(inst, api, row, tally)
                 if row is not None and full:
                     remote = await self._call(f"GET /runners/{row.runner_id}", api.get, row.runner_id)
                     if remote is None:
@@ -523,7 +584,9 @@ class RunnerService:
                         row = None
                     changed.add(mac)
                 if row is None:
-                    runner_id, token = await self._call("POST /user/runners", api.create, inst, description, tags)
+                    runner_id, token, expires = await self._call(
+                        "POST /user/runners", api.create, inst, description, tags
+                    )
                     row = GitlabRunner(
                         instance=inst.name,
                         mac_address=mac,
@@ -533,12 +596,38 @@ class RunnerService:
                         tags=list(tags),
                     )
                     await self._save(row)
-                    log.info("gitlab %s: runner %d created for %s (%s)", inst.name, runner_id, mac, description)
+                    renewed = self.tokens.pop((inst.name, mac), {}).get("renewing")
+                    now = self.clock()
+                    self.tokens[(inst.name, mac)] = {
+                        "obtained": now,
+                        "expires": expires,
+                        "verified_at": now,  # a token GitLab has just given is valid
+                        "verify": f"renewed: {renewed}" if renewed else "valid (new)",
+                    }
+                    log.info(
+                        "gitlab %s: runner %d created for %s (%s)%s",
+                        inst.name,
+                        runner_id,
+                        mac,
+                        description,
+                        " to replace the old one" if renewed else "",
+                    )
                     changed.add(mac)
                 if self.runner_errors.pop((inst.name, mac), None) is not None:
                     changed.add(mac)
             except RunnerRefused as exc:
                 self._runner_error(inst.name, mac, str(exc), changed)
+        for key in [k for k in self.tokens if k[0] == inst.name and k not in self.runners and k[1] not in want]:
+            del self.tokens[key]  # a replacement that was never created: its machine is no longer exposed
+        if tally:
+            st = self.status[inst.name]
+            st["last_verify"] = self.clock()
+            words = {
+                "refused": "refused (replaced)",
+                "expiring": "expiring (replaced)",
+                "unverified": "unverified (kept)",
+            }
+            st["verify_result"] = ", ".join(f"{n} {words.get(what, what)}" for what, n in sorted(tally.items()))
         # 3. stray runners of this farm
         if full and inst.token:
             known = {r.runner_id for (iname, _), r in self.runners.items() if iname == inst.name}
@@ -553,6 +642,62 @@ class RunnerService:
                     log.warning("gitlab %s: cannot delete stray runner %s: %s", inst.name, remote["id"], exc)
         for mac in changed:
             self._machine_notice(mac)
+
+    def _token_info(self, key: tuple[str, str], row: GitlabRunner) -> dict[str, Any]:
+        info = self.tokens.get(key)
+        if info is None:  # a runner from the database: its token is as old as the row
+            info = {"obtained": row.created_at, "expires": None, "verified_at": None, "verify": None}
+            self.tokens[key] = info
+        return info
+
+    async def _check_token(
+        self, inst: GitlabInstance, api: GitlabApi, row: GitlabRunner, tally: dict[str, int]
+    ) -> Optional[GitlabRunner]:
+        """Verify the runner's token (at most every ``gitlab_verify_interval``) and look at its expiry; a
+        refused (403) or expiring token: delete the old runner (best effort) and forget it, so that the
+        caller creates a new one with the same description and tags. None then, else the row."""
+        key = (row.instance, row.mac_address)
+        info = self._token_info(key, row)
+        now = self.clock()
+        reason = None
+        if info["verified_at"] is None or now - info["verified_at"] >= self.settings.gitlab_verify_interval:
+            valid, expires, detail = await asyncio.to_thread(api.verify, row.token)
+            if expires is not NO_EXPIRY_INFO:
+                info["expires"] = expires
+            if valid is False:
+                # verified_at is left alone: if the replacement fails now, the next full sync tries again
+                reason = f"GitLab refused its token ({detail} on POST /runners/verify)"
+                tally["refused"] = tally.get("refused", 0) + 1
+            else:
+                info["verified_at"] = now
+                info["verify"] = "valid" if valid else f"unverified: {detail}"
+                what = "valid" if valid else "unverified"
+                tally[what] = tally.get(what, 0) + 1
+                if not valid:
+                    log.info("gitlab %s: token of runner %d not verified, kept: %s", inst.name, row.runner_id, detail)
+        expires = info["expires"]
+        if reason is None and expires is not None:
+            margin = min(TOKEN_RENEW_MARGIN, max(0.0, expires - info["obtained"]) / 2)
+            if expires - now <= margin:
+                reason = f"its token expires at {_iso(expires)}"
+                tally["expiring"] = tally.get("expiring", 0) + 1
+        if reason is None:
+            return row
+        log.warning(
+            "gitlab %s: runner %d of %s (%s): %s; replacing it",
+            inst.name,
+            row.runner_id,
+            row.mac_address,
+            row.description,
+            reason,
+        )
+        try:
+            await self._call(f"DELETE /runners/{row.runner_id}", api.delete, row.runner_id, row.token)
+        except RunnerRefused as exc:
+            log.warning("gitlab %s: old runner %d not deleted: %s", inst.name, row.runner_id, exc)
+        await self._forget(row.instance, row.mac_address)
+        self.tokens[key] = {"renewing": reason}
+        return None
 
     def _runner_error(self, iname: str, mac: str, reason: str, changed: set[str]) -> None:
         if self.runner_errors.get((iname, mac)) != reason:
@@ -583,6 +728,7 @@ class RunnerService:
         await self.store.run(delete)
         self.runners.pop((iname, mac), None)
         self.runner_errors.pop((iname, mac), None)
+        self.tokens.pop((iname, mac), None)
 
     def _machine_notice(self, mac: str) -> None:
         m = self.machines.machines.get(mac)
@@ -590,8 +736,18 @@ class RunnerService:
             self.bus.publish("machine", {"action": "runner", "mac": mac, "machine": self.machines.to_json(m)})
 
     # ------------------------------------------------------------------ views
+    def token_json(self, key: tuple[str, str]) -> dict[str, Any]:
+        """The token's last check for the JSON views: verified_at (Unix time), verify (words), expiry (ISO)."""
+        info = self.tokens.get(key) or {}
+        return {
+            "verified_at": info.get("verified_at"),
+            "verify": info.get("verify"),
+            "token_expires_at": _iso(info.get("expires")),
+        }
+
     def runner_info(self, mac: str) -> list[dict[str, Any]]:
-        """A machine's runners for its JSON: instance, runner_id (None: none yet), state, error."""
+        """A machine's runners for its JSON: instance, runner_id (None: none yet), state, error, and the
+        token's last verification (verified_at, verify, token_expires_at)."""
         out = []
         m = self.machines.machines.get(mac)
         for name, inst in sorted(self.instances.items()):
@@ -608,7 +764,9 @@ class RunnerService:
                 state = "deleting"
             else:
                 state = "pending"
-            out.append({"instance": name, "runner_id": row.runner_id if row else None, "state": state, "error": error})
+            entry = {"instance": name, "runner_id": row.runner_id if row else None, "state": state, "error": error}
+            entry.update(self.token_json((name, mac)) if row is not None else self.token_json(("", "")))
+            out.append(entry)
         return out
 
     def instance_json(self, name: str) -> dict[str, Any]:
@@ -631,6 +789,8 @@ class RunnerService:
             "failures": st["failures"],
             "retry_in": st["retry_in"],
             "runners": sum(1 for (iname, _) in self.runners if iname == name),
+            "last_verify": st["last_verify"],
+            "verify_result": st["verify_result"],
         }
 
     def list_json(self) -> dict[str, Any]:
@@ -642,6 +802,7 @@ class RunnerService:
                 "description": r.description,
                 "tags": list(r.tags),
                 "error": self.runner_errors.get(key),
+                **self.token_json(key),
             }
             for key, r in sorted(self.runners.items())
         ]
@@ -781,6 +942,9 @@ class RunnerService:
     def config_text(self) -> str:
         api = self.api_url()
         exe = executor_command()
+        # the pre-build filter goes to the prepare stage's args (none: every job is admitted)
+        acl = [arg for user in self.settings.gitlab_allowed_users for arg in ("--allow-user", user)]
+        acl += [arg for ns in self.settings.gitlab_allowed_namespaces for arg in ("--allow-namespace", ns)]
         entries = []
         for (iname, mac), row in sorted(self.runners.items(), key=lambda kv: (kv[0][0], kv[1].description, kv[0][1])):
             inst = self.instances.get(iname)
@@ -793,7 +957,7 @@ class RunnerService:
             for stage in ("config", "prepare", "run", "cleanup"):
                 custom[f"{stage}_exec"] = exe
                 # the stage comes last: gitlab-runner appends "<script> <stage name>" to run's args
-                custom[f"{stage}_args"] = ["gitlab-executor", *common, stage]
+                custom[f"{stage}_args"] = ["gitlab-executor", *common, *(acl if stage == "prepare" else []), stage]
             entries.append(
                 {
                     "name": row.description,
