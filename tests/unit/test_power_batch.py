@@ -4,6 +4,7 @@ tests/drivers/test_power_snmpd.py)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -175,6 +176,29 @@ async def test_min_off_wait_happens_before_queueing_so_it_delays_no_other_outlet
     results = await asyncio.gather(*(power.set_outlet("p", str(i), "on") for i in range(3)))
     assert results == [PortState.ON] * 3
     assert driver.sets() == [dict.fromkeys("12", "ON"), {"0": "ON"}]
+
+
+async def test_the_pdu_goes_on_while_the_log_is_written_and_callers_wait_for_the_commit(setup, monkeypatch):
+    power, driver = setup
+    await power.set_outlet("p", "0", "on")
+    driver.calls.clear()
+    gate = threading.Event()
+    insert = power._insert_log
+
+    def slow_insert(rows):
+        gate.wait(5)  # the store thread is stuck in a commit
+        insert(rows)
+
+    monkeypatch.setattr(power, "_insert_log", slow_insert)
+    reboot = asyncio.create_task(power.set_outlet("p", "0", "reboot"))
+    # The OFF's rows are not committed, yet the PDU already got the ON: a slow disk does not hold it up.
+    await eventually(lambda: driver.sets() == [{"0": "OFF"}, {"0": "ON"}], "the ON sent")
+    await asyncio.sleep(0.05)
+    assert not reboot.done()  # but the caller hears back only once its rows are stored
+    gate.set()
+    assert await asyncio.wait_for(reboot, 5) == PortState.ON
+    rows = await power.store.run(lambda s: s.exec(select(OutletLog).where(OutletLog.source == "api")).all())
+    assert [r.state for r in rows][-2:] == ["OFF", "ON"]
 
 
 async def test_a_reboot_waits_the_min_off_time_between_off_and_on(setup):

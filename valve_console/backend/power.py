@@ -13,8 +13,11 @@ matches or READBACK_SETTLE passes). Each caller gets its own answer: a read-back
 refusal of one outlet fails only that outlet's caller; a PDU that does not answer fails them all.
 
 Cost per batch, not per outlet: the OutletLog rows of batches that finish while a write is in
-flight go to the store together (one transaction, one commit for several PDUs' batches; callers
-are answered once their rows are committed), and a batch logs one line, not one per outlet.
+flight go to the store together (one transaction, one commit for several PDUs' batches), and a
+batch logs one line, not one per outlet. Callers are answered (and the outlet events published)
+once their rows are committed, but the PDU's worker does not wait for that commit: it goes on
+with the next batch (a reboot's ON, queued by the worker itself as soon as the OFF reads back)
+while the store thread writes.
 """
 
 from __future__ import annotations
@@ -176,9 +179,10 @@ class PowerService:
         self.on_health_change: Callable[[], None] = lambda: None
         self.command_stats = PduCommandStats()  # latency of each queued command, for /metrics
         # OutletLog group commit: rows waiting for the next write, the future that write resolves.
-        self._log_rows: list[dict[str, Any]] = []
+        self._log_rows: list[tuple[Any, ...]] = []
         self._log_done: asyncio.Future[None] | None = None
         self._log_task: asyncio.Task | None = None
+        self._answering: set[asyncio.Task] = set()  # batches whose callers wait for their rows' commit
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -209,6 +213,7 @@ class PowerService:
         self.pdus.clear()
         if self._log_task is not None:  # rows already handed over are written before the store closes
             await asyncio.gather(self._log_task, return_exceptions=True)
+        await asyncio.gather(*self._answering, return_exceptions=True)  # and their callers answered
         from ..drivers.pdu.snmp import close_engines
 
         await close_engines()  # the loop's SNMP engine, even if a driver was never closed
@@ -328,6 +333,8 @@ class PowerService:
                 refused[exc.port_id] = f"PDU {rt.name}: {exc}"
         sent = {port_id: cmd for port_id, cmd in commands.items() if port_id not in refused}
         got: dict[str, PortState] = {}
+        changed: list[OutletInfo] = []
+        written: asyncio.Future[None] | None = None
         if sent:
             waiting = list(sent)
             deadline = time.monotonic() + READBACK_SETTLE
@@ -337,24 +344,64 @@ class PowerService:
                 if not waiting or time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(READBACK_PAUSE)
-            await self._record_many(rt, [(port_id, got[port_id], cmd.source) for port_id, cmd in sent.items()])
+            changed, entries = self._take_readings(rt, [(port_id, got[port_id], cmd.source)
+                                                        for port_id, cmd in sent.items()])
+            if entries:
+                written = self._hand_to_log(entries)
             if log.isEnabledFor(logging.INFO):
                 log.info("PDU %s: %s", rt.name, ", ".join(
                     f"outlet {port_id} is {got[port_id].value} ({cmd.source})" for port_id, cmd in sent.items()))
         self._mark(rt, None)  # the PDU answered; before the callers resume, so they see it reachable
+        # Each caller's answer (a state or an error), given once the batch's rows are committed; a
+        # reboot whose OFF read back goes on with its ON at once (None here: only a failed write of
+        # the OFF's row reaches its caller from this batch).
+        answers: list[tuple[asyncio.Future, PortState | PowerError | None]] = []
         for port_id, cmd in commands.items():
             if cmd.fut.done():
                 continue
             if port_id in refused:
-                cmd.fut.set_exception(PowerError(refused[port_id]))
+                answers.append((cmd.fut, PowerError(refused[port_id])))
             elif got[port_id] != cmd.target:
-                cmd.fut.set_exception(PowerError(
+                answers.append((cmd.fut, PowerError(
                     f"outlet {port_id} of PDU {rt.name} reads {got[port_id].value} after switching {cmd.target.value}"
-                ))
+                )))
             elif cmd.then_on:  # a reboot: now the ON, for the same caller
                 self._queue_switch(rt, _Switch(port_id, PortState.ON, cmd.source, cmd.fut))
+                answers.append((cmd.fut, None))
             else:
-                cmd.fut.set_result(got[port_id])
+                answers.append((cmd.fut, got[port_id]))
+        if written is None:
+            self._answer(rt, changed, answers, None)
+        else:
+            # The worker goes on with the PDU's next batch while the store commits this one: the
+            # commit (another thread, another core) no longer holds up the PDU.
+            task = asyncio.create_task(self._answer_when_logged(rt, changed, answers, written))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+
+    async def _answer_when_logged(self, rt: PduRuntime, changed: list[OutletInfo],
+                                  answers: list[tuple[asyncio.Future, Any]], written: asyncio.Future[None]) -> None:
+        try:
+            await asyncio.shield(written)
+        except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the reason
+            self._answer(rt, [], answers, PowerError(f"PDU {rt.name}: the outlet log was not written: {exc}"))
+        else:
+            self._answer(rt, changed, answers, None)
+
+    def _answer(self, rt: PduRuntime, changed: list[OutletInfo], answers: list[tuple[asyncio.Future, Any]],
+                error: PowerError | None) -> None:
+        """Publish the batch's outlet changes and answer its callers (after its rows are committed)."""
+        for info in changed:
+            self.bus.publish("outlet", self.outlet_json(rt, info))
+        for fut, answer in answers:
+            if fut.done():
+                continue
+            if error is not None:
+                fut.set_exception(error)
+            elif isinstance(answer, PowerError):
+                fut.set_exception(answer)
+            elif answer is not None:
+                fut.set_result(answer)
 
     def _enqueue(self, rt: PduRuntime, item: _Op | _Switch) -> None:
         rt.queue.append(item)
@@ -420,8 +467,19 @@ class PowerService:
     async def _record_many(self, rt: PduRuntime, readings: list[tuple[str, PortState, str]]) -> None:
         """Take outlet states read from the PDU: the changes are logged (one store transaction for
         all of them) and published, one ``outlet`` event per outlet."""
+        changed, entries = self._take_readings(rt, readings)
+        if entries:
+            await asyncio.shield(self._hand_to_log(entries))  # a caller's timeout must not cancel the others' write
+        for info in changed:
+            self.bus.publish("outlet", self.outlet_json(rt, info))
+
+    def _take_readings(self, rt: PduRuntime, readings: list[tuple[str, PortState, str]]
+                       ) -> tuple[list[OutletInfo], list[tuple[Any, ...]]]:
+        """Update the outlets' states from readings; return the outlets that changed and the
+        OutletLog rows to write, as tuples in _LOG_COLUMNS order (a first sight of an outlet known to
+        be off since before is not one)."""
         changed: list[OutletInfo] = []
-        entries: list[dict[str, Any]] = []
+        entries: list[tuple[Any, ...]] = []
         now = time.time()
         for port_id, state, source in readings:
             info = rt.outlets.get(port_id)
@@ -438,23 +496,21 @@ class PowerService:
             else:
                 if state == PortState.OFF:
                     self._last_off[key] = now
-                entries.append({"pdu": rt.name, "port_id": port_id, "state": state.value, "at": now, "source": source})
-        if entries:
-            await self._write_log(entries)
-        for info in changed:
-            self.bus.publish("outlet", self.outlet_json(rt, info))
+                entries.append((rt.name, port_id, state.value, now, source))
+        return changed, entries
 
-    async def _write_log(self, entries: list[dict[str, Any]]) -> None:
-        """Store OutletLog rows and wait until they are committed. Rows that arrive while a write is
-        in flight (other PDUs' batches) are written together by the next one: one transaction and
-        one commit for all of them, rows as plain dicts in one INSERT (no ORM object per row)."""
+    def _hand_to_log(self, entries: list[tuple[Any, ...]]) -> asyncio.Future[None]:
+        """Hand OutletLog rows to the writer; the future is done when they are committed. Rows that
+        arrive while a write is in flight (other batches) are written together by the next one: one
+        transaction and one commit for all of them, rows as plain tuples in one executemany (no
+        ORM object per row). Writes happen in the order rows were handed over."""
         self._log_rows.extend(entries)
         done = self._log_done
         if done is None:
             done = self._log_done = asyncio.get_running_loop().create_future()
         if self._log_task is None or self._log_task.done():
             self._log_task = asyncio.create_task(self._log_writer(), name="outlet-log-writer")
-        await asyncio.shield(done)  # a caller's timeout must not cancel the others' write
+        return done
 
     async def _log_writer(self) -> None:
         done: asyncio.Future[None] | None = None
@@ -479,20 +535,22 @@ class PowerService:
             if self._log_done is not None and self._log_done.done():
                 self._log_rows, self._log_done = [], None
 
-    def _insert_log(self, rows: list[dict[str, Any]]) -> None:
+    def _insert_log(self, rows: list[tuple[Any, ...]]) -> None:
         """In the store thread: one executemany of plain tuples on a pooled DB-API connection, one
         commit (SQLAlchemy's Session/Core around it cost more than SQLite's own insert and commit).
-        Other databases than SQLite go through SQLAlchemy Core."""
+        (A multi-row INSERT cost more store CPU here than executemany.) Other databases than SQLite
+        go through SQLAlchemy Core."""
         engine = self.store.engine
         assert engine is not None, "store not open"
         if engine.dialect.paramstyle != "qmark":  # not SQLite: the portable way
             with engine.begin() as connection:
-                connection.execute(insert(OutletLog.__table__), rows)
+                values = [dict(zip(_LOG_COLUMNS, row, strict=True)) for row in rows]
+                connection.execute(insert(OutletLog.__table__), values)
             return
         conn = engine.raw_connection()
         try:
             cursor = conn.cursor()
-            cursor.executemany(_LOG_INSERT, [tuple(row[c] for c in _LOG_COLUMNS) for row in rows])
+            cursor.executemany(_LOG_INSERT, rows)
             cursor.close()
             conn.commit()
         except BaseException:
