@@ -195,8 +195,11 @@ async def test_the_pdu_goes_on_while_the_log_is_written_and_callers_wait_for_the
     await eventually(lambda: driver.sets() == [{"0": "OFF"}, {"0": "ON"}], "the ON sent")
     await asyncio.sleep(0.05)
     assert not reboot.done()  # but the caller hears back only once its rows are stored
+    sub = power.bus.subscribe(["outlet"])
     gate.set()
     assert await asyncio.wait_for(reboot, 5) == PortState.ON
+    # Each event carries the state it announces, though the ON was done before the OFF was stored.
+    assert [e.data["state"] for e in sub.drain() if e.data["port_id"] == "0"] == ["OFF", "ON"]
     rows = await power.store.run(lambda s: s.exec(select(OutletLog).where(OutletLog.source == "api")).all())
     assert [r.state for r in rows][-2:] == ["OFF", "ON"]
 

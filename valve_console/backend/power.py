@@ -333,7 +333,7 @@ class PowerService:
                 refused[exc.port_id] = f"PDU {rt.name}: {exc}"
         sent = {port_id: cmd for port_id, cmd in commands.items() if port_id not in refused}
         got: dict[str, PortState] = {}
-        changed: list[OutletInfo] = []
+        changed: list[dict[str, Any]] = []
         written: asyncio.Future[None] | None = None
         if sent:
             waiting = list(sent)
@@ -379,7 +379,7 @@ class PowerService:
             self._answering.add(task)
             task.add_done_callback(self._answering.discard)
 
-    async def _answer_when_logged(self, rt: PduRuntime, changed: list[OutletInfo],
+    async def _answer_when_logged(self, rt: PduRuntime, changed: list[dict[str, Any]],
                                   answers: list[tuple[asyncio.Future, Any]], written: asyncio.Future[None]) -> None:
         try:
             await asyncio.shield(written)
@@ -388,11 +388,11 @@ class PowerService:
         else:
             self._answer(rt, changed, answers, None)
 
-    def _answer(self, rt: PduRuntime, changed: list[OutletInfo], answers: list[tuple[asyncio.Future, Any]],
+    def _answer(self, rt: PduRuntime, changed: list[dict[str, Any]], answers: list[tuple[asyncio.Future, Any]],
                 error: PowerError | None) -> None:
         """Publish the batch's outlet changes and answer its callers (after its rows are committed)."""
-        for info in changed:
-            self.bus.publish("outlet", self.outlet_json(rt, info))
+        for data in changed:
+            self.bus.publish("outlet", data)
         for fut, answer in answers:
             if fut.done():
                 continue
@@ -470,14 +470,15 @@ class PowerService:
         changed, entries = self._take_readings(rt, readings)
         if entries:
             await asyncio.shield(self._hand_to_log(entries))  # a caller's timeout must not cancel the others' write
-        for info in changed:
-            self.bus.publish("outlet", self.outlet_json(rt, info))
+        for data in changed:
+            self.bus.publish("outlet", data)
 
     def _take_readings(self, rt: PduRuntime, readings: list[tuple[str, PortState, str]]
-                       ) -> tuple[list[OutletInfo], list[tuple[Any, ...]]]:
-        """Update the outlets' states from readings; return the outlets that changed and the
-        OutletLog rows to write, as tuples in _LOG_COLUMNS order (a first sight of an outlet known to
-        be off since before is not one)."""
+                       ) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
+        """Update the outlets' states from readings; return the ``outlet`` events of those that
+        changed (their JSON now: a reboot's ON may change the outlet again before the OFF's event is
+        published) and the OutletLog rows to write, as tuples in _LOG_COLUMNS order (a first sight
+        of an outlet known to be off since before is not one)."""
         changed: list[OutletInfo] = []
         entries: list[tuple[Any, ...]] = []
         now = time.time()
@@ -497,7 +498,7 @@ class PowerService:
                 if state == PortState.OFF:
                     self._last_off[key] = now
                 entries.append((rt.name, port_id, state.value, now, source))
-        return changed, entries
+        return [self.outlet_json(rt, info) for info in changed], entries
 
     def _hand_to_log(self, entries: list[tuple[Any, ...]]) -> asyncio.Future[None]:
         """Hand OutletLog rows to the writer; the future is done when they are committed. Rows that
