@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     # sub-namespaces), compared case-insensitively. Env: JSON lists.
     gitlab_allowed_users: list[str] = Field(default_factory=list)
     gitlab_allowed_namespaces: list[str] = Field(default_factory=list)
+    # The generic gateway runner (valve-infra's <farm>-gateway, tags <farm>-gateway and CI-gateway): one more
+    # runner per exposing instance, for CI jobs that need no particular DUT. Off by default: valve-infra ran
+    # its jobs in a container, ours run the CI script on the gateway itself with the operator token.
+    gitlab_gateway_runner: bool = False
     log_level: str = "INFO"
 
     @field_validator("serial", mode="before")

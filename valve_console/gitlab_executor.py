@@ -19,6 +19,12 @@ as ``CUSTOM_ENV_*`` (``CUSTOM_ENV_CI_JOB_ID``, ``CUSTOM_ENV_CI_PROJECT_PATH``...
   ``$BUILD_FAILURE_EXIT_CODE``; a script that cannot be run with ``$SYSTEM_FAILURE_EXIT_CODE``;
 - ``cleanup``: removes the job's builds dir (never fails the job).
 
+``--gateway`` instead of ``--machine`` is the gateway runner's mode (setting ``gitlab_gateway_runner``): no
+DUT. ``prepare`` applies the same pre-build filter, then only checks that the backend answers; ``run`` sets
+the same variables but never ``VALVE_CONSOLE_MACHINE`` (not even from gitlab-runner's own environment), so a
+CI script's ``valve-console job run`` needs ``-i MAC`` or a job target, as on any host. Both options at once
+are refused.
+
 Note: the CI script runs on the gateway as gitlab-runner's user and gets the operator token: only
 expose runners to projects you trust, and set the pre-build filter.
 """
@@ -47,6 +53,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("script", nargs="?", help="run: the script gitlab-runner generated")
     p.add_argument("stage_name", nargs="?", help="run: the sub-stage (step_script, after_script...)")
     p.add_argument("--machine", help="the DUT's MAC (default: env VALVE_CONSOLE_MACHINE)")
+    p.add_argument(
+        "--gateway",
+        action="store_true",
+        help="the gateway runner: no DUT (the CI script's `job run` needs -i or a target); not with --machine",
+    )
     p.add_argument("--api", help="the backend's API URL (default: env VALVE_CONSOLE_URL)")
     p.add_argument("--data-dir", dest="gl_data_dir", type=Path, help="read the operator token from <DIR>/token")
     p.add_argument("--builds-dir", dest="builds_dir", type=Path, help="the root of the job build dirs")
@@ -112,7 +123,8 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 def _target(args: argparse.Namespace) -> tuple[str | None, str]:
-    machine = args.machine or _env("VALVE_CONSOLE_MACHINE")
+    """(machine, API URL); the gateway runner has no machine, whatever the environment says."""
+    machine = None if getattr(args, "gateway", False) else args.machine or _env("VALVE_CONSOLE_MACHINE")
     api = args.api or _env("VALVE_CONSOLE_URL") or os.environ.get("VALVE_CONSOLE_API") or "http://127.0.0.1:8000"
     return machine, api.rstrip("/")
 
@@ -126,8 +138,10 @@ def stage_config(args: argparse.Namespace) -> int:
         "builds_dir_is_shared": False,
         "hostname": socket.gethostname(),
         "driver": {"name": "valve-console", "version": __version__},
-        "job_env": {"VALVE_CONSOLE_MACHINE": machine or "", "VALVE_CONSOLE_URL": api},
+        "job_env": {"VALVE_CONSOLE_URL": api},
     }
+    if not args.gateway:
+        answer["job_env"]["VALVE_CONSOLE_MACHINE"] = machine or ""
     print(json.dumps(answer))
     return 0
 
@@ -158,6 +172,8 @@ def stage_prepare(args: argparse.Namespace) -> int:
                 "BUILD_FAILURE_EXIT_CODE",
             )
     machine, api = _target(args)
+    if args.gateway:
+        return _prepare_gateway(args, api)
     if not machine:
         return _fail("no machine: config.toml gives --machine (or set VALVE_CONSOLE_MACHINE)")
     try:
@@ -189,6 +205,30 @@ def stage_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_gateway(args: argparse.Namespace, api: str) -> int:
+    """The gateway runner's prepare (after the filter): no DUT to check, only that the backend answers, so a
+    job does not start its script against a farm that is down."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{api}/api/v1/health", timeout=10)
+    except httpx.HTTPError as exc:
+        return _fail(f"the valve-console backend is unreachable at {api}: {exc or type(exc).__name__}")
+    if r.status_code != 200:
+        return _fail(f"the valve-console backend at {api} answers HTTP {r.status_code} to /api/v1/health")
+    try:
+        _job_dir(args).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(f"cannot create the build dir {_job_dir(args)}: {exc.strerror or exc}")
+    project = os.environ.get("CUSTOM_ENV_CI_PROJECT_PATH") or "?"
+    print(
+        f"valve-console: job {_job_id()} of {project} runs on the gateway {socket.gethostname()} (no DUT: "
+        f"`valve-console job run` needs -i MAC or a target), via {api}",
+        flush=True,
+    )
+    return 0
+
+
 def stage_run(args: argparse.Namespace) -> int:
     if not args.script or not args.stage_name:
         return _fail("run needs <script path> <stage name>")
@@ -203,6 +243,7 @@ def stage_run(args: argparse.Namespace) -> int:
         return _fail(f"cannot create the build dir {workdir}: {exc.strerror or exc}")
     env = dict(os.environ)
     env.update({"VALVE_CONSOLE_URL": api, "VALVE_CONSOLE_API": api})
+    env.pop("VALVE_CONSOLE_MACHINE", None)  # only ever this runner's DUT; none for the gateway runner
     if machine:
         env["VALVE_CONSOLE_MACHINE"] = machine
     token = _token(args)
@@ -234,6 +275,11 @@ def stage_cleanup(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     stage = {"config": stage_config, "prepare": stage_prepare, "run": stage_run, "cleanup": stage_cleanup}
+    if getattr(args, "gateway", False) and args.machine:
+        return _fail(
+            f"--machine {args.machine} and --gateway together: a runner is either a DUT's (--machine MAC) "
+            "or the gateway runner (--gateway), not both"
+        )
     try:
         return stage[args.stage](args)
     except Exception as exc:  # noqa: BLE001 - any crash is an infrastructure failure for the runner

@@ -21,9 +21,16 @@ def mac_of(i: int) -> str:
 
 
 @pytest.fixture
-async def farm(tmp_path: Path) -> AsyncIterator[Farm]:
+def farm_overrides() -> dict[str, Any]:
+    """Settings a module's farm gets on top of the ones below: a module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture
+async def farm(tmp_path: Path, farm_overrides: dict[str, Any]) -> AsyncIterator[Farm]:
     """The farm of these tests: GitLab retries capped at 0.4 s, no Sgt. Hartman (ready is set by hand)."""
-    settings = make_settings(tmp_path / "data", gitlab_retry_max=0.4, gitlab_timeout=2.0, training=False)
+    settings = make_settings(tmp_path / "data", **{
+        "gitlab_retry_max": 0.4, "gitlab_timeout": 2.0, "training": False, **farm_overrides})
     f = Farm(settings)
     await f.start()
     try:

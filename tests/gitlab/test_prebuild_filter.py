@@ -6,34 +6,20 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any
 
 import pytest
 
-from tests.conftest import eventually, make_settings
+from tests.conftest import eventually
 from tests.gitlab.conftest import add_instance, add_machine, mac_of
 from tests.gitlab.test_executor import BUILD_FAILURE, Stage
-from valve_console.backend.farm import Farm
 from valve_console.gitlab_executor import admitted
 
 
 @pytest.fixture
-async def farm(tmp_path: Path) -> AsyncIterator[Farm]:
-    """This module's farm (the conftest's ``http`` uses it): jobs of marge-bot, or of mesa and gfx-ci/drivers."""
-    settings = make_settings(
-        tmp_path / "data",
-        gitlab_retry_max=0.4,
-        gitlab_timeout=2.0,
-        training=False,
-        gitlab_allowed_users=["marge-bot"],
-        gitlab_allowed_namespaces=["mesa", "gfx-ci/drivers/"],
-    )
-    f = Farm(settings)
-    await f.start()
-    try:
-        yield f
-    finally:
-        await f.stop()
+def farm_overrides() -> dict[str, Any]:
+    """This module's farm admits jobs of marge-bot, or of mesa and gfx-ci/drivers."""
+    return {"gitlab_allowed_users": ["marge-bot"], "gitlab_allowed_namespaces": ["mesa", "gfx-ci/drivers/"]}
 
 
 def test_the_filter_rule():

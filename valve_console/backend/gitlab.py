@@ -23,6 +23,13 @@
   any other answer keeps the token); an invalid token, or one whose ``token_expires_at`` is within a day
   (or half its lifetime), is replaced: the old runner is deleted (best effort), a new one is created with the
   same description and tags. The last check is in the runner and instance JSON (in memory: no column).
+- **The gateway runner** (valve-infra's generic gateway runner, setting ``gitlab_gateway_runner``, off by
+  default): every exposing instance also gets ``<farm_name>-gateway`` with tags ``<farm_name>-gateway`` and
+  ``CI-gateway``, for CI jobs that need no particular DUT. It is stored like a machine's runner under the
+  reserved key ``GATEWAY`` (never a MAC, so no schema change), which also keeps the stray clean-up off it,
+  and goes through the same create/update/verify/renew/delete paths; views that list a machine's runners
+  skip it. Its config.toml entry calls the executor with ``--gateway`` (no machine) and
+  ``limit = max(1, cpu_count // 8)``. Turned off, the next sync deletes it like an un-exposed machine's.
 """
 
 from __future__ import annotations
@@ -55,6 +62,9 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MASK = "********"
 RETRY_BASE = 2.0  # seconds before the first retry of an unreachable instance; doubles up to the cap
 TOKEN_RENEW_MARGIN = 86400.0  # a token expiring within this (or half its lifetime, if shorter) is renewed
+# The gateway runner's key in place of a MAC (GitlabRunner.mac_address): normalise_mac never yields it
+GATEWAY = "gateway"
+GATEWAY_TAG = "CI-gateway"
 
 
 class GitlabDown(Exception):
@@ -152,7 +162,11 @@ def toml_value(value: Any) -> str:
 def render_config_toml(global_values: dict[str, Any], runners: list[dict[str, Any]]) -> str:
     """gitlab-runner's config.toml: top-level keys and tables (dict values), then ``[[runners]]``
     entries whose dict values become sub-tables (``[runners.custom]``)."""
-    lines = ["# Written by valve-console: edits are overwritten. One [[runners]] per exposed machine.", ""]
+    lines = [
+        "# Written by valve-console: edits are overwritten. One [[runners]] per exposed machine and instance",
+        "# (and <farm>-gateway per instance when gitlab_gateway_runner is on).",
+        "",
+    ]
 
     def table(prefix: str, values: dict[str, Any]) -> None:
         subs = []
@@ -172,6 +186,12 @@ def render_config_toml(global_values: dict[str, Any], runners: list[dict[str, An
         lines.append("[[runners]]")
         table("runners.", runner)
     return "\n".join(lines) + "\n"
+
+
+def gateway_limit() -> int:
+    """Jobs the gateway runner takes at once (valve-infra's ``max(1, cpu_count/8)``): its CI scripts share the
+    gateway's CPUs with the farm itself."""
+    return max(1, (os.cpu_count() or 1) // 8)
 
 
 def executor_command() -> str:
@@ -520,7 +540,16 @@ class RunnerService:
             if self.exposed(m):
                 tags = list(dict.fromkeys([*m.tags, *m.manual_tags, *inst.farm_tags]))
                 out[mac] = (self.description(inst, m), tags)
+        if self.settings.gitlab_gateway_runner:
+            out[GATEWAY] = self.gateway_runner(inst)
         return out
+
+    @staticmethod
+    def gateway_runner(inst: GitlabInstance) -> tuple[str, list[str]]:
+        """The gateway runner's (description, tags): valve-infra's, with the instance's farm name. Its name
+        has our prefix (so it is ours) and cannot be a machine's (those end in ``-<n>``)."""
+        name = f"{inst.farm_name}-gateway"
+        return name, [name, GATEWAY_TAG]
 
     def _api(self, inst: GitlabInstance) -> GitlabApi:
         key = (inst.url, inst.token)
@@ -731,6 +760,8 @@ class RunnerService:
         self.tokens.pop((iname, mac), None)
 
     def _machine_notice(self, mac: str) -> None:
+        if mac == GATEWAY:  # not a machine: the gitlab event (published after every sync) carries it
+            return
         m = self.machines.machines.get(mac)
         if m is not None:
             self.bus.publish("machine", {"action": "runner", "mac": mac, "machine": self.machines.to_json(m)})
@@ -748,7 +779,9 @@ class RunnerService:
     def runner_info(self, mac: str) -> list[dict[str, Any]]:
         """A machine's runners for its JSON: instance, runner_id (None: none yet), state, error, and the
         token's last verification (verified_at, verify, token_expires_at)."""
-        out = []
+        out: list[dict[str, Any]] = []
+        if mac == GATEWAY:  # the reserved key is no machine's
+            return out
         m = self.machines.machines.get(mac)
         for name, inst in sorted(self.instances.items()):
             row = self.runners.get((name, mac))
@@ -767,6 +800,26 @@ class RunnerService:
             entry = {"instance": name, "runner_id": row.runner_id if row else None, "state": state, "error": error}
             entry.update(self.token_json((name, mac)) if row is not None else self.token_json(("", "")))
             out.append(entry)
+        return out
+
+    def gateway_json(self, name: str) -> Optional[dict[str, Any]]:
+        """The instance's gateway runner for its JSON (None: neither wanted nor stored): runner_id, description,
+        tags, state (ok, pending, deleting, error, or the instance's state), error and the token's last check."""
+        inst = self.instances[name]
+        key = (name, GATEWAY)
+        row, error = self.runners.get(key), self.runner_errors.get(key)
+        want = inst.expose_runners and bool(self.settings.gitlab_gateway_runner)
+        if row is None and error is None and not want:
+            return None
+        if error:
+            state = "error"
+        elif row is not None:
+            state = self.status[name]["state"] if want else "deleting"
+        else:
+            state = "pending"
+        description, tags = (row.description, list(row.tags)) if row is not None else self.gateway_runner(inst)
+        out = {"runner_id": row.runner_id if row else None, "description": description, "tags": tags}
+        out.update(state=state, error=error, **self.token_json(key if row is not None else ("", "")))
         return out
 
     def instance_json(self, name: str) -> dict[str, Any]:
@@ -788,7 +841,8 @@ class RunnerService:
             "last_attempt": st["last_attempt"],
             "failures": st["failures"],
             "retry_in": st["retry_in"],
-            "runners": sum(1 for (iname, _) in self.runners if iname == name),
+            "runners": sum(1 for (iname, _) in self.runners if iname == name),  # the gateway's included
+            "gateway_runner": self.gateway_json(name),
             "last_verify": st["last_verify"],
             "verify_result": st["verify_result"],
         }
@@ -797,7 +851,9 @@ class RunnerService:
         runners = [
             {
                 "instance": r.instance,
-                "mac_address": r.mac_address,
+                # the gateway runner is no machine's: no MAC, and flagged
+                "mac_address": None if key[1] == GATEWAY else r.mac_address,
+                "gateway": key[1] == GATEWAY,
                 "runner_id": r.runner_id,
                 "description": r.description,
                 "tags": list(r.tags),
@@ -948,10 +1004,20 @@ class RunnerService:
         entries = []
         for (iname, mac), row in sorted(self.runners.items(), key=lambda kv: (kv[0][0], kv[1].description, kv[0][1])):
             inst = self.instances.get(iname)
-            m = self.machines.machines.get(mac)
-            if inst is None or m is None or not inst.expose_runners or not self.exposed(m):
+            if inst is None or not inst.expose_runners:
                 continue
-            common = ["--machine", mac, "--api", api, "--data-dir", str(self.settings.data_dir)]
+            if mac == GATEWAY:
+                # the gateway runner: no machine, so the CI script's `job run` needs a target (-i, tags)
+                if not self.settings.gitlab_gateway_runner:
+                    continue
+                target, limit, environment = ["--gateway"], gateway_limit(), [f"VALVE_CONSOLE_URL={api}"]
+            else:
+                m = self.machines.machines.get(mac)
+                if m is None or not self.exposed(m):
+                    continue
+                target, limit = ["--machine", mac], 1
+                environment = [f"VALVE_CONSOLE_MACHINE={mac}", f"VALVE_CONSOLE_URL={api}"]
+            common = [*target, "--api", api, "--data-dir", str(self.settings.data_dir)]
             common += ["--builds-dir", str(self.builds_dir)]
             custom: dict[str, Any] = {}
             for stage in ("config", "prepare", "run", "cleanup"):
@@ -964,16 +1030,17 @@ class RunnerService:
                     "url": inst.url,
                     "id": row.runner_id,
                     "token": row.token,
-                    "limit": 1,
+                    "limit": limit,
                     "executor": "custom",
                     "builds_dir": str(self.builds_dir),
                     "cache_dir": str(self.config_path.parent / "cache"),
-                    "environment": [f"VALVE_CONSOLE_MACHINE={mac}", f"VALVE_CONSOLE_URL={api}"],
+                    "environment": environment,
                     "custom": custom,
                 }
             )
         head = {
-            "concurrent": max(1, len(entries)),
+            # every runner may use its whole limit at once (the gateway runner's is above 1 on big gateways)
+            "concurrent": max(1, sum(entry["limit"] for entry in entries)),
             "check_interval": 0,
             "session_server": {"session_timeout": 1800},
         }

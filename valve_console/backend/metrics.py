@@ -275,7 +275,7 @@ async def _gitlab(exp: Exposition, farm: "Farm") -> None:
     if getattr(farm, "gitlab", None) is None or farm.store is None:
         return
     rows = await farm.store.run(_gitlab_runners)
-    exp.family("valve_console_gitlab_runners", "gauge", "GitLab runners registered for the farm's machines.")
+    exp.family("valve_console_gitlab_runners", "gauge", "GitLab runners registered (machines' and gateway).")
     for instance, n in sorted(rows):
         exp.sample("valve_console_gitlab_runners", n, {"instance": instance})
 
