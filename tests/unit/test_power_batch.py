@@ -240,6 +240,25 @@ async def test_removing_a_pdu_fails_a_power_on_waiting_for_its_min_off_time(setu
         await asyncio.wait_for(reboot, 2)
 
 
+async def test_removing_a_pdu_during_a_batch_fails_its_callers_instead_of_leaving_them_waiting(setup):
+    power, driver = setup
+    entered, release = asyncio.Event(), asyncio.Event()
+    set_many = driver.set_many
+
+    async def slow_set_many(states):
+        entered.set()
+        await release.wait()  # a PDU that takes its time
+        await set_many(states)
+
+    driver.set_many = slow_set_many
+    switches = [asyncio.create_task(power.set_outlet("p", str(i), "on")) for i in range(2)]
+    await asyncio.wait_for(entered.wait(), 2)
+    await power.remove_pdu("p")
+    for task in switches:
+        with pytest.raises(PowerError, match="was removed"):
+            await asyncio.wait_for(task, 2)
+
+
 class PlainPDU:
     """A driver written against the old interface: get and set only."""
 

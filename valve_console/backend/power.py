@@ -239,9 +239,7 @@ class PowerService:
         waiting = [item.fut for item in (*rt.queue, *rt.delayed.values())]
         rt.queue.clear()
         rt.delayed.clear()
-        for fut in waiting:
-            if not fut.done():
-                fut.set_exception(PowerError(f"PDU {rt.name} was removed"))
+        self._stopped(rt, waiting)
         try:
             await rt.driver.close()
         except Exception:  # noqa: BLE001 - closing a broken driver must not stop the farm
@@ -273,6 +271,12 @@ class PowerService:
                 await self._run_batch(rt, batch)
                 self.command_stats.observe(rt.name, time.monotonic() - started, rt.failures == 0)
 
+    @staticmethod
+    def _stopped(rt: PduRuntime, futs: list[asyncio.Future]) -> None:
+        for fut in futs:
+            if not fut.done():
+                fut.set_exception(PowerError(f"PDU {rt.name} was removed, or the power service stopped"))
+
     def _fail(self, rt: PduRuntime, futs: list[asyncio.Future], exc: BaseException) -> PowerError:
         """Mark the PDU after ``exc`` and fail every waiting future with the reason."""
         if isinstance(exc, PowerError):  # the PDU answered, but not as asked
@@ -296,6 +300,9 @@ class PowerService:
         try:
             async with asyncio.timeout(self.timeout * 4 + READBACK_SETTLE):
                 result = await item.run()
+        except asyncio.CancelledError:  # the PDU is removed or the service stops: nobody waits for ever
+            self._stopped(rt, [item.fut])
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure goes to the caller
             self._fail(rt, [item.fut], exc)
         else:
@@ -308,6 +315,9 @@ class PowerService:
         try:
             async with asyncio.timeout(budget):  # no task per batch, unlike wait_for
                 await self._switch_batch(rt, batch)
+        except asyncio.CancelledError:  # the PDU is removed or the service stops: nobody waits for ever
+            self._stopped(rt, [cmd.fut for cmd in batch])
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure goes to the callers
             self._fail(rt, [cmd.fut for cmd in batch], exc)
         else:
