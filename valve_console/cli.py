@@ -356,8 +356,24 @@ def _doctor_main(args: argparse.Namespace) -> int:
     return doctor_main(settings)
 
 
+def _no_terminal() -> str | None:
+    """Why the console cannot start here, or None. Without a terminal (``ssh host`` with no tty, a
+    pipe) it would draw into the pipe and wait for keys for ever: one stuck process per such login."""
+    if os.environ.get("TEXTUAL_DRIVER"):  # textual-serve's web driver (or another) brings its own screen
+        return None
+    screen = sys.__stderr__  # where Textual draws
+    if sys.stdin is not None and sys.stdin.isatty() and screen is not None and screen.isatty():
+        return None
+    return "the console needs a terminal (over ssh: ssh -t; without a console: --backend-only)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in (None, "demo") and not args.backend_only:
+        problem = _no_terminal()
+        if problem is not None:
+            print(f"valve-console: {problem}", file=sys.stderr)
+            return EXIT_START_FAILURE
     try:
         if args.command == "job":
             return _job_main(args)

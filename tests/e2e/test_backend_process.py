@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sqlite3
@@ -63,6 +64,19 @@ def test_unwritable_data_dir_is_one_line_and_exit_2(tmp_path):
     target = tmp_path / "file-not-dir"
     target.write_text("x")
     assert "not writable" in start_failure(target / "sub", f"127.0.0.1:{free_port()}")
+
+
+def test_the_console_without_a_terminal_is_one_line_and_exit_2(tmp_path):
+    """``ssh host`` without -t: the console would draw into a pipe and wait for keys for ever."""
+    env = {k: v for k, v in os.environ.items() if k != "TEXTUAL_DRIVER"}
+    for args in (["--attach", f"http://127.0.0.1:{free_port()}"], ["demo", "--data-dir", str(tmp_path / "d")],
+                 ["--data-dir", str(tmp_path / "d")]):
+        result = subprocess.run([*VALVE, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=30, env=env, cwd=ROOT)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.strip().splitlines() == [
+            "valve-console: the console needs a terminal (over ssh: ssh -t; without a console: --backend-only)"]
+    assert not (tmp_path / "d").exists()  # refused before anything started
 
 
 def test_backend_never_imports_textual(tmp_path):
