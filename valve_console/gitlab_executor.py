@@ -192,16 +192,17 @@ def stage_prepare(args: argparse.Namespace) -> int:
         return _fail(f"machine {name} ({machine}) is retired")
     if not m.get("ready_for_service"):
         return _fail(f"machine {name} ({machine}) is not ready for service (state {m.get('state')})")
+    return _prepared(args, f"{name} ({machine}), tags {', '.join(m.get('tags') or []) or '-'}", api)
+
+
+def _prepared(args: argparse.Namespace, where: str, api: str) -> int:
+    """prepare's end, for a DUT's runner and the gateway's: the job's build dir, and one line saying where it runs."""
     try:
         _job_dir(args).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return _fail(f"cannot create the build dir {_job_dir(args)}: {exc.strerror or exc}")
     project = os.environ.get("CUSTOM_ENV_CI_PROJECT_PATH") or "?"
-    print(
-        f"valve-console: job {_job_id()} of {project} runs on {name} ({machine}), tags "
-        f"{', '.join(m.get('tags') or []) or '-'}, via {api}",
-        flush=True,
-    )
+    print(f"valve-console: job {_job_id()} of {project} runs on {where}, via {api}", flush=True)
     return 0
 
 
@@ -216,17 +217,8 @@ def _prepare_gateway(args: argparse.Namespace, api: str) -> int:
         return _fail(f"the valve-console backend is unreachable at {api}: {exc or type(exc).__name__}")
     if r.status_code != 200:
         return _fail(f"the valve-console backend at {api} answers HTTP {r.status_code} to /api/v1/health")
-    try:
-        _job_dir(args).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return _fail(f"cannot create the build dir {_job_dir(args)}: {exc.strerror or exc}")
-    project = os.environ.get("CUSTOM_ENV_CI_PROJECT_PATH") or "?"
-    print(
-        f"valve-console: job {_job_id()} of {project} runs on the gateway {socket.gethostname()} (no DUT: "
-        f"`valve-console job run` needs -i MAC or a target), via {api}",
-        flush=True,
-    )
-    return 0
+    where = f"the gateway {socket.gethostname()} (no DUT: `valve-console job run` needs -i MAC or a target)"
+    return _prepared(args, where, api)
 
 
 def stage_run(args: argparse.Namespace) -> int:

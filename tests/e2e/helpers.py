@@ -86,3 +86,42 @@ class Backend:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class Vpdu:
+    """``vivian/vpdu.py`` as a child process for a Backend: 16 outlets whose DUTs report to it.
+    ``snmp=True`` also answers SNMP (as an APC MasterSwitch) on ``snmp_port``."""
+
+    def __init__(self, backend: Backend, log_dir: Path, outlets: int = 16, snmp: bool = False) -> None:
+        self.backend = backend
+        self.port = free_port()
+        self.snmp_port = free_port() if snmp else None
+        self.args = [
+            sys.executable, "vivian/vpdu.py", "--port", str(self.port), "--num-ports", str(outlets),
+            "--api", backend.url, "--console", f"127.0.0.1:{backend.netconsole_port}", "--log-dir", str(log_dir),
+            *(["--snmp-port", str(self.snmp_port)] if snmp else []),
+        ]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Vpdu":
+        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert "vPDU listening" in line, line
+        return self
+
+    def add_to(self, http: httpx.Client, name: str = "vpdu1") -> dict:
+        """Register it with the backend (its own driver), and wait until its outlets are listed."""
+        r = http.post("/api/v1/pdu/", json={"name": name, "pdu_model": "vpdu",
+                                            "config": {"hostname": f"127.0.0.1:{self.port}"}})
+        assert r.status_code == 201, r.text
+        deadline = time.monotonic() + 30
+        while not (pdu := http.get(f"/api/v1/pdu/{name}").json())["ports"]:
+            assert time.monotonic() < deadline, f"PDU {name} lists no outlets: {pdu}"
+            time.sleep(0.1)
+        return pdu
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)

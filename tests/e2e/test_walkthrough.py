@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import ROOT, Backend, free_port
+from tests.e2e.helpers import ROOT, Backend, Vpdu
 
 MAC = "52:54:00:11:22:03"
 SNMPD = shutil.which("snmpd") or ("/usr/sbin/snmpd" if Path("/usr/sbin/snmpd").exists() else None)
@@ -41,28 +41,20 @@ def farm_processes(request, tmp_path):
     if request.param == "snmp" and SNMPD is None:
         pytest.skip("net-snmp snmpd is not installed (apt-get install snmpd)")
     backend = Backend(tmp_path / "data").start()
-    vport, snmp_port = free_port(), free_port()
-    extra = ["--snmp-port", str(snmp_port)] if request.param == "snmp" else []
-    vpdu = subprocess.Popen(
-        [sys.executable, "vivian/vpdu.py", "--port", str(vport), "--num-ports", "16", "--api", backend.url,
-         "--console", f"127.0.0.1:{backend.netconsole_port}", "--log-dir", str(tmp_path / "vivian"), *extra],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert "vPDU listening" in vpdu.stdout.readline()
-    if request.param == "snmp":
-        pdu = {"name": "vpdu1", "driver": "apc_masterswitch",
-               "config": {"hostname": f"127.0.0.1:{snmp_port}", "version": "2c", "community": "private"}}
-    else:
-        pdu = {"name": "vpdu1", "pdu_model": "vpdu", "config": {"hostname": f"127.0.0.1:{vport}"}}
+    vpdu = Vpdu(backend, tmp_path / "vivian", snmp=request.param == "snmp").start()
     try:
         with backend.http() as http:
-            r = http.post("/api/v1/pdu/", json=pdu)
-            assert r.status_code == 201, r.text
-            assert len(poll(lambda: http.get("/api/v1/pdu/vpdu1").json()["ports"])) == 16
-        yield backend, vport, 1 if request.param == "snmp" else 0
+            if request.param == "snmp":
+                r = http.post("/api/v1/pdu/", json={
+                    "name": "vpdu1", "driver": "apc_masterswitch",
+                    "config": {"hostname": f"127.0.0.1:{vpdu.snmp_port}", "version": "2c", "community": "private"}})
+                assert r.status_code == 201, r.text
+                assert len(poll(lambda: http.get("/api/v1/pdu/vpdu1").json()["ports"])) == 16
+            else:
+                assert len(vpdu.add_to(http)["ports"]) == 16
+        yield backend, vpdu.port, 1 if request.param == "snmp" else 0
     finally:
-        vpdu.terminate()
-        vpdu.wait(10)
+        vpdu.stop()
         assert backend.stop() == 0
 
 
@@ -143,18 +135,11 @@ def test_seed_walkthrough_to_a_gitlab_runner(tmp_path):
     data = tmp_path / "data"
     backend = Backend(data, env={"VALVE_CONSOLE_TRAINING": "true", "VALVE_CONSOLE_TRAINING_LOOPS": "2",
                                  "VALVE_CONSOLE_TRAINING_QUALIFY": "2"}).start()
-    vport = free_port()
-    vpdu = subprocess.Popen(
-        [sys.executable, "vivian/vpdu.py", "--port", str(vport), "--num-ports", "16", "--api", backend.url,
-         "--console", f"127.0.0.1:{backend.netconsole_port}", "--log-dir", str(tmp_path / "vivian")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    vpdu = Vpdu(backend, tmp_path / "vivian").start()
+    vport = vpdu.port
     try:
-        assert "vPDU listening" in vpdu.stdout.readline()
         with backend.http() as http:
-            r = http.post("/api/v1/pdu/", json={"name": "vpdu1", "pdu_model": "vpdu",
-                                                "config": {"hostname": f"127.0.0.1:{vport}"}})
-            assert r.status_code == 201, r.text
+            vpdu.add_to(http)
             r = http.post("/api/v1/gitlab", json={"name": "fdo", "url": gitlab.url, "token": ADMIN_TOKEN,
                                                   "farm_name": "valve", "farm_tags": ["farm:valve"]})
             assert r.status_code == 201, r.text
@@ -184,7 +169,6 @@ def test_seed_walkthrough_to_a_gitlab_runner(tmp_path):
             assert http.post(f"/api/v1/machine/{MAC}/retire").status_code == 200
             poll(lambda: gitlab.runners == {}, timeout=20)
     finally:
-        vpdu.terminate()
-        vpdu.wait(10)
+        vpdu.stop()
         gitlab.stop()
         assert backend.stop() == 0

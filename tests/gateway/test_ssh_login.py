@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import ROOT, Backend, free_port
+from tests.e2e.helpers import ROOT, Backend, Vpdu, free_port
 from tests.e2e.test_tui_tmux import Tmux
 
 SNIPPET = ROOT / "rootfs" / "etc" / "ssh" / "sshd_config.d" / "valve-console.conf"
@@ -86,23 +86,13 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     assert PROGRAM.exists(), f"{PROGRAM} is missing: install the package in the venv"
     tmp = tmp_path_factory.mktemp("farm")
     backend = Backend(tmp / "data").start(timeout=30)
-    vport = free_port()
-    vpdu = subprocess.Popen(
-        [sys.executable, "vivian/vpdu.py", "--port", str(vport), "--num-ports", "16", "--api", backend.url,
-         "--console", f"127.0.0.1:{backend.netconsole_port}", "--log-dir", str(tmp / "vivian")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
+    vpdu = Vpdu(backend, tmp / "vivian").start()
     try:
-        assert "vPDU listening" in vpdu.stdout.readline()
         with backend.http() as http:
-            r = http.post("/api/v1/pdu/", json={"name": "vpdu1", "pdu_model": "vpdu",
-                                                "config": {"hostname": f"127.0.0.1:{vport}"}})
-            assert r.status_code == 201, r.text
-            _poll(lambda: len(http.get("/api/v1/pdu/vpdu1").json()["ports"]) == 16, 30, "vpdu1's 16 outlets")
+            assert len(vpdu.add_to(http)["ports"]) == 16
         yield backend
     finally:
-        vpdu.terminate()
-        vpdu.wait(10)
+        vpdu.stop()
         _end_leftover_consoles(backend.data_dir)
         assert backend.stop() == 0
 
