@@ -98,7 +98,9 @@ async def test_gateway_runner_beside_a_dut_runner_and_kept_by_the_clean_up(farm,
     # the instance stops exposing: the gateway runner goes too, and comes back with it
     await http.patch("/api/v1/gitlab/fdo", json={"expose_runners": False})
     await eventually(lambda: not fake.runners, "gateway runner deleted when the instance stops exposing")
-    assert (await http.get("/api/v1/gitlab/fdo")).json()["gateway_runner"] is None and not entries(farm)
+    # GitLab forgets it first; our row and config.toml follow once the deletion is stored
+    await eventually(lambda: farm.gitlab.instance_json("fdo")["gateway_runner"] is None, "gateway runner forgotten")
+    await eventually(lambda: not entries(farm), "config.toml without the gateway runner")
     await http.patch("/api/v1/gitlab/fdo", json={"expose_runners": True})
     await eventually(lambda: fake.by_description("test-gateway"), "gateway runner back")
 
