@@ -48,6 +48,18 @@ def _missing() -> str | None:
     return None
 
 
+def _root_password_locked() -> bool:
+    """Root's password locked with "!" in /etc/shadow: without PAM, sshd then refuses even a key
+    login ("account is locked"); through PAM's account check a key login still works."""
+    try:
+        for line in Path("/etc/shadow").read_text().splitlines():
+            if line.startswith("root:"):
+                return line.split(":")[1].startswith("!")
+    except OSError:
+        pass
+    return False
+
+
 def _poll(fn, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while True:
@@ -127,7 +139,7 @@ def sshd_config(snippet: str, port: int, work: Path, backend: Backend) -> str:
         f"PidFile {work / 'sshd.pid'}",
         f"AuthorizedKeysFile {work / 'authorized_keys'}",
         "StrictModes no",
-        "UsePAM no",
+        f"UsePAM {'yes' if _root_password_locked() else 'no'}",
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
         "PermitRootLogin prohibit-password",
