@@ -369,7 +369,7 @@ def _no_terminal() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in (None, "demo") and not args.backend_only:
+    if (args.command is None and not args.backend_only) or (args.command == "demo" and not args.headless):
         problem = _no_terminal()
         if problem is not None:
             print(f"valve-console: {problem}", file=sys.stderr)

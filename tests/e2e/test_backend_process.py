@@ -77,6 +77,15 @@ def test_the_console_without_a_terminal_is_one_line_and_exit_2(tmp_path):
         assert result.stderr.strip().splitlines() == [
             "valve-console: the console needs a terminal (over ssh: ssh -t; without a console: --backend-only)"]
     assert not (tmp_path / "d").exists()  # refused before anything started
+    # the headless modes need no terminal
+    demo = subprocess.Popen([*VALVE, "demo", "--headless", "--data-dir", str(tmp_path / "h"), "--vpdu-port", "0"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=ROOT)
+    try:
+        assert "API http://" in demo.stdout.readline(), demo.stderr.read() if demo.poll() is not None else ""
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(30)
 
 
 def test_backend_never_imports_textual(tmp_path):
