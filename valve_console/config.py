@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -88,8 +88,11 @@ class Settings(BaseSettings):
     # training_qualify pass. A failed training is retried after training_retry_delay × 2^(failures-1) seconds,
     # at most training_retry_max. Machine.training_loops/training_qualify override the loops per machine.
     training: bool = True  # False: no automatic training (ready for service is set by hand)
-    training_loops: int = Field(default=20, ge=1, le=1000)
-    training_qualify: int = Field(default=19, ge=1, le=1000)
+    # DESIGN.md's names for them are accepted too: VALVE_CONSOLE_TRAINING_BOOT_COUNT / _QUALIFYING_COUNT.
+    training_loops: int = Field(default=20, ge=1, le=1000, validation_alias=AliasChoices(
+        "training_loops", "valve_console_training_loops", "valve_console_training_boot_count"))
+    training_qualify: int = Field(default=19, ge=1, le=1000, validation_alias=AliasChoices(
+        "training_qualify", "valve_console_training_qualify", "valve_console_training_qualifying_count"))
     training_retry_delay: float = Field(default=120.0, ge=0, le=86400)
     training_retry_max: float = Field(default=3600.0, ge=0, le=7 * 86400)
     # GitLab runners (backend/gitlab.py): gitlab-runner's config.toml (default <data_dir>/gitlab-runner/config.toml),

@@ -133,8 +133,9 @@ def test_seed_walkthrough_to_a_gitlab_runner(tmp_path):
     gitlab = FakeGitlab()
     gitlab.start()
     data = tmp_path / "data"
-    backend = Backend(data, env={"VALVE_CONSOLE_TRAINING": "true", "VALVE_CONSOLE_TRAINING_LOOPS": "2",
-                                 "VALVE_CONSOLE_TRAINING_QUALIFY": "2"}).start()
+    # DESIGN.md's names of the training counts (the same settings as training_loops / training_qualify)
+    backend = Backend(data, env={"VALVE_CONSOLE_TRAINING": "true", "VALVE_CONSOLE_TRAINING_BOOT_COUNT": "2",
+                                 "VALVE_CONSOLE_TRAINING_QUALIFYING_COUNT": "2"}).start()
     vpdu = Vpdu(backend, tmp_path / "vivian").start()
     vport = vpdu.port
     try:
