@@ -222,6 +222,9 @@ def _serve_main(args: argparse.Namespace) -> int:
             print(f"valve-console serve: password stored in {path}", file=sys.stderr)
             return 0
         host, port = parse_hostport(args.serve_listen)
+        if args.serve_host is not None or args.serve_port is not None:  # --host/--port override its parts
+            wanted = port if args.serve_port is None else args.serve_port
+            host, port = parse_hostport(f"{args.serve_host or host}:{wanted}")
         if args.max_sessions < 1:
             raise ServeError("--max-sessions must be at least 1")
         token = args.serve_token or args.token or os.environ.get("VALVE_CONSOLE_TOKEN")
@@ -308,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", dest="serve_listen", metavar="HOST:PORT", default="127.0.0.1:8080",
         help="where to serve (default 127.0.0.1:8080)",
     )
+    serve.add_argument("--host", dest="serve_host", help="the address part of --listen (DESIGN.md's form)")
+    serve.add_argument("--port", dest="serve_port", help="the port part of --listen (DESIGN.md's form)")
     serve.add_argument(
         "--data-dir", dest="serve_data_dir", metavar="DIR", type=Path, help="data directory (token, web-password)"
     )

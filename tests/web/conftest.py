@@ -64,7 +64,7 @@ async def web(vivian, farm, tmp_path: Path) -> AsyncIterator[Web]:
     log = tmp_path / "serve.log"
     with log.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            *VALVE, "serve", "--data-dir", str(data_dir), "--api", api, "--listen", "127.0.0.1:0",
+            *VALVE, "serve", "--data-dir", str(data_dir), "--api", api, "--host", "127.0.0.1", "--port", "0",
             cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=err, env={**os.environ, "TEXTUAL_ANIMATIONS": "none"},
         )
     try:

@@ -170,6 +170,15 @@ def test_serve_reports_a_busy_port_and_a_bad_address(tmp_path, capsys) -> None:
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}: address already in use" in err
     code, err = _serve(capsys, "--data-dir", str(tmp_path), "--listen", "nowhere")
     assert code == 2 and "is not HOST:PORT" in err
+    # DESIGN.md's --host/--port form: the same checks
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, err = _serve(capsys, "--data-dir", str(tmp_path), "--host", "127.0.0.1", "--port", str(port))
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}: address already in use" in err
+    code, err = _serve(capsys, "--data-dir", str(tmp_path), "--port", "99999")
+    assert code == 2 and "the port must be between 0 and 65535" in err
 
 
 def test_serve_binds_to_loopback_by_default() -> None:
