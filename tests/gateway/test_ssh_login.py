@@ -71,6 +71,16 @@ def _poll(fn, timeout: float, what: str):
         time.sleep(0.1)
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _end_leftover_consoles(data_dir: Path) -> None:
     """End ``valve-console --attach`` processes sshd started for this test (they name our data dir).
 
@@ -178,12 +188,7 @@ def sshd(farm: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ss
         _poll(banner, 30, "sshd's banner")
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
         _end_leftover_consoles(farm.data_dir)
 
 
@@ -261,9 +266,4 @@ def test_port_forwarding_is_refused(sshd: Sshd, farm: Backend, tmp_path: Path) -
         except AssertionError as exc:
             raise AssertionError(f"{exc}; ssh's stderr: {stderr.read_text()!r}") from None
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
