@@ -20,11 +20,25 @@ from valve_console.client import FarmClient  # noqa: E402
 from valve_console.config import Settings  # noqa: E402
 
 
+def poll_until(check: Callable[[], Any], what: str = "condition", timeout: float = 10.0, every: float = 0.1) -> Any:
+    """``eventually`` for tests that drive processes from plain (sync) code: poll ``check`` until it
+    gives something truthy and return it; fail with ``what`` and the last value after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {value!r})")
+        time.sleep(every)
+
+
 async def eventually(check: Callable[[], Any], what: str = "condition", timeout: float = 10.0,
                      every: float = 0.05) -> Any:
     """Poll ``check`` (sync, or returning an awaitable) until it gives something truthy; return it.
 
-    Fails with ``what`` after ``timeout`` seconds. The one polling helper of the async tests.
+    Fails with ``what`` after ``timeout`` seconds. The one polling helper of the async tests
+    (``poll_until`` is its twin for sync ones).
     """
     deadline = time.monotonic() + timeout
     while True:

@@ -10,26 +10,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import poll_until
 from tests.e2e.helpers import ROOT, Backend, Vpdu
 
 MAC = "52:54:00:11:22:03"
 SNMPD = shutil.which("snmpd") or ("/usr/sbin/snmpd" if Path("/usr/sbin/snmpd").exists() else None)
-
-
-def poll(fn, timeout=10.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"not reached within {timeout} s (last: {last!r})")
 
 
 @pytest.fixture(params=["vpdu", "snmp"])
@@ -49,7 +38,7 @@ def farm_processes(request, tmp_path):
                     "name": "vpdu1", "driver": "apc_masterswitch",
                     "config": {"hostname": f"127.0.0.1:{vpdu.snmp_port}", "version": "2c", "community": "private"}})
                 assert r.status_code == 201, r.text
-                assert len(poll(lambda: http.get("/api/v1/pdu/vpdu1").json()["ports"])) == 16
+                assert len(poll_until(lambda: http.get("/api/v1/pdu/vpdu1").json()["ports"])) == 16
             else:
                 assert len(vpdu.add_to(http)["ports"]) == 16
         yield backend, vpdu.port, 1 if request.param == "snmp" else 0
@@ -72,7 +61,7 @@ def test_seed_walkthrough_on_the_api(farm_processes):
         # 2. vPDU status: all ports OFF (both from the vPDU itself and as the gateway sees them).
         status = client(vport, "--status")
         assert status.returncode == 0 and status.stdout.count(": OFF") == 16
-        pdus = poll(lambda: (p := http.get("/api/v1/pdus").json()["pdus"])
+        pdus = poll_until(lambda: (p := http.get("/api/v1/pdus").json()["pdus"])
                     and all(o["state"] == "OFF" for o in p["vpdu1"]["ports"].values()) and p)
         # 3. One virtual PDU is registered, with 16 outlets.
         assert list(pdus) == ["vpdu1"] and len(pdus["vpdu1"]["ports"]) == 16
@@ -84,7 +73,7 @@ def test_seed_walkthrough_on_the_api(farm_processes):
         assert on.returncode == 0, on.stderr
 
         # 6. It boots and registers within 10 s.
-        machines = poll(lambda: http.get("/api/v1/machines").json()["machines"], timeout=10)
+        machines = poll_until(lambda: http.get("/api/v1/machines").json()["machines"], timeout=10)
         m = machines[MAC]
         assert m["ip_address"] == "10.42.0.13"
         assert set(m["tags"]) == {"virtio:pciid:0x1af4:0x1050", "virtio:family:VIRTIO"}
@@ -101,19 +90,19 @@ def test_seed_walkthrough_on_the_api(farm_processes):
         assert m["state"] == "IDLE"
 
         # The machine's console log holds its boot log.
-        log = poll(lambda: (t := http.get(f"/api/v1/console/{MAC}/log").text)
+        log = poll_until(lambda: (t := http.get(f"/api/v1/console/{MAC}/log").text)
                    and "MaRS: Registration complete" in t and t)
         assert "Linux version" in log and f"SALAD.machine_id={MAC}" in log
         assert http.get("/api/v1/consoles").json()["consoles"][MAC]["connected"] is True
 
         # The gateway sees the outlet ON (by polling: the operator used the vPDU client, not the API).
-        poll(lambda: http.get("/api/v1/pdu/vpdu1").json()["ports"][port3]["state"] == "ON", timeout=15)
+        poll_until(lambda: http.get("/api/v1/pdu/vpdu1").json()["ports"][port3]["state"] == "ON", timeout=15)
 
         # Power it off again: the DUT stops, its console disconnects.
         off = client(vport, "--outlet", "3", "--off")
         assert off.returncode == 0
-        poll(lambda: not http.get("/api/v1/consoles").json()["consoles"][MAC]["connected"])
-        poll(lambda: http.get("/api/v1/pdu/vpdu1").json()["ports"][port3]["state"] == "OFF", timeout=15)
+        poll_until(lambda: not http.get("/api/v1/consoles").json()["consoles"][MAC]["connected"])
+        poll_until(lambda: http.get("/api/v1/pdu/vpdu1").json()["ports"][port3]["state"] == "OFF", timeout=15)
 
         # And through the API, over the PDU's own protocol: on, then off again.
         assert http.post(f"/api/v1/pdu/vpdu1/port/{port3}/state", json={"state": "on"}).json()["state"] == "ON"
@@ -146,29 +135,29 @@ def test_seed_walkthrough_to_a_gitlab_runner(tmp_path):
             assert r.status_code == 201, r.text
             # 5-6. Outlet 3 on from the vPDU client; the DUT boots and registers.
             assert client(vport, "--outlet", "3", "--on").returncode == 0
-            poll(lambda: MAC in http.get("/api/v1/machines").json()["machines"], timeout=15)
+            poll_until(lambda: MAC in http.get("/api/v1/machines").json()["machines"], timeout=15)
             assert gitlab.runners == {}  # 7. not ready for service: no runner
             # 9. The operator sets its PDU and port, and nothing else.
             r = http.patch(f"/api/v1/machine/{MAC}/", json={"pdu": "vpdu1", "pdu_port_id": 3})
             assert r.status_code == 200, r.text
             # Sgt. Hartman: TRAINING, with progress, then ready for service on its own (step 11).
-            poll(lambda: http.get(f"/api/v1/machine/{MAC}/").json()["state"] == "TRAINING", timeout=15)
-            m = poll(lambda: (m := http.get(f"/api/v1/machine/{MAC}/").json())["ready_for_service"] and m,
-                     timeout=90, interval=0.5)
+            poll_until(lambda: http.get(f"/api/v1/machine/{MAC}/").json()["state"] == "TRAINING", timeout=15)
+            m = poll_until(lambda: (m := http.get(f"/api/v1/machine/{MAC}/").json())["ready_for_service"] and m,
+                     timeout=90, every=0.5)
             training = m["training"]
             assert (training["state"], training["loops"], training["passes"]) == ("qualified", 2, 2)
             assert [r["status"] for r in training["results"]][-2:] == ["PASS", "PASS"]
             # 12. A runner exists on GitLab for this DUT, with its tags and the farm's.
-            runner = poll(lambda: list(gitlab.runners.values()), timeout=20)[0]
+            runner = poll_until(lambda: list(gitlab.runners.values()), timeout=20)[0]
             assert runner["description"].startswith("valve-") and "farm:valve" in runner["tag_list"]
             assert "virtio:family:VIRTIO" in runner["tag_list"]
-            config = poll(lambda: (p := data / "gitlab-runner" / "config.toml").exists()
+            config = poll_until(lambda: (p := data / "gitlab-runner" / "config.toml").exists()
                           and tomllib.loads(p.read_text()), timeout=10)
             [entry] = config["runners"]
             assert entry["token"] == runner["token"] and entry["name"] == runner["description"]
             # Retiring the machine removes its runner.
             assert http.post(f"/api/v1/machine/{MAC}/retire").status_code == 200
-            poll(lambda: gitlab.runners == {}, timeout=20)
+            poll_until(lambda: gitlab.runners == {}, timeout=20)
     finally:
         vpdu.stop()
         gitlab.stop()

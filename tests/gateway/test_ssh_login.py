@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import poll_until
 from tests.e2e.helpers import ROOT, Backend, Vpdu, free_port
 from tests.e2e.test_tui_tmux import Tmux
 
@@ -58,17 +58,6 @@ def _root_password_locked() -> bool:
     except OSError:
         pass
     return False
-
-
-def _poll(fn, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout} s")
-        time.sleep(0.1)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -185,7 +174,7 @@ def sshd(farm: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ss
             except OSError:
                 return False
 
-        _poll(banner, 30, "sshd's banner")
+        poll_until(banner, "sshd's banner", timeout=30)
         yield server
     finally:
         _stop(proc)
@@ -257,12 +246,13 @@ def test_port_forwarding_is_refused(sshd: Sshd, farm: Backend, tmp_path: Path) -
             except OSError:
                 return False
 
-        _poll(listening, 30, "ssh's local forwarding port")
+        poll_until(listening, "ssh's local forwarding port", timeout=30)
         assert _http_get_through(local) == b""
         # the API itself answers the same request directly: the refusal is sshd's
         assert _http_get_through(farm.port).startswith(b"HTTP/1.1 200")
         try:
-            _poll(lambda: "administratively prohibited" in stderr.read_text(), 30, "ssh's report of the refusal")
+            poll_until(lambda: "administratively prohibited" in stderr.read_text(), "ssh's report of the refusal",
+                       timeout=30)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; ssh's stderr: {stderr.read_text()!r}") from None
     finally:

@@ -12,11 +12,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import poll_until
 from tests.e2e.helpers import ROOT, Backend, free_port
 from vivian.build_dut_image import BuildError, DutImage, build
 from vivian.qemu import unreachable_boot_urls
@@ -42,17 +42,6 @@ def image() -> DutImage:
         pytest.skip(f"the DUT image cannot be built from Debian packages: {exc}")
 
 
-def wait_for(what: str, check, timeout: float = BOOT_PATIENCE, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
-
-
 def listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -75,7 +64,7 @@ def farm_with_qemu_vpdu(tmp_path: Path, image: DutImage, *dut_args: str, boot_ap
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_for("the vPDU to listen", lambda: listening(vpdu_port), timeout=15)
+        poll_until(lambda: listening(vpdu_port), "the vPDU to listen", timeout=15, every=0.5)
         with backend.http() as http:
             pdu = {"name": "vpdu1", "driver": "vpdu", "config": {"hostname": f"127.0.0.1:{vpdu_port}"}}
             assert http.post("/api/v1/pdu/", json=pdu).status_code == 201
@@ -99,7 +88,8 @@ def boot_to_the_end(http) -> str:
         r = http.get(f"/api/v1/console/{MAC}/log")
         return r.text if r.status_code == 200 else ""
 
-    return wait_for("the end of the boot", lambda: (t := console_text()) and "safe to turn off" in t and t)
+    return poll_until(lambda: (t := console_text()) and "safe to turn off" in t and t, "the end of the boot",
+                      timeout=BOOT_PATIENCE, every=0.5)
 
 
 def test_a_qemu_dut_network_boots_from_the_gateway_registers_and_shows_its_console(
@@ -133,9 +123,8 @@ def test_a_qemu_dut_network_boots_from_the_gateway_registers_and_shows_its_conso
         r = http.post(f"/api/v1/pdu/vpdu1/port/{OUTLET}/state", json={"state": "off"})
         assert r.json()["state"] == "OFF", r.text
         assert not _qemu_children(vpdu.pid), "QEMU survived the outlet OFF"
-        wait_for(
-            "the console to disconnect", lambda: not http.get(f"/api/v1/console/{MAC}").json()["connected"], timeout=15
-        )
+        poll_until(lambda: not http.get(f"/api/v1/console/{MAC}").json()["connected"], "the console to disconnect",
+                   timeout=15, every=0.5)
     log = backend.proc.stderr.read() if backend.proc and backend.proc.stderr else ""
     assert f"{MAC} queried its boot configuration" in log
 
