@@ -170,6 +170,15 @@ class MachineService:
         self._index_outlets()
         self.state = "ok"
 
+    def _changed(self, machine: Machine, old: Optional[Machine]) -> None:
+        """After ``self.machines`` changed (a save, a removal): the outlet index, then the listeners."""
+        self._index_outlets()
+        for listener in list(self.listeners):
+            try:
+                listener(machine, old)
+            except Exception:  # noqa: BLE001 - a listener's bug must not undo a stored change
+                log.exception("machine listener failed")
+
     def _index_outlets(self) -> None:
         index: dict[tuple[str, str], Machine] = {}
         for m in self.machines.values():
@@ -265,12 +274,7 @@ class MachineService:
         await self.store.run(write)
         old = self.machines.get(machine.mac_address)
         self.machines[machine.mac_address] = machine
-        self._index_outlets()
-        for listener in list(self.listeners):
-            try:
-                listener(machine, old)
-            except Exception:  # noqa: BLE001 - a listener's bug must not undo a stored change
-                log.exception("machine listener failed")
+        self._changed(machine, old)
         data = self.to_json(machine)
         self.bus.publish("machine", {"action": action, "mac": machine.mac_address, "machine": data})
         return data
@@ -400,12 +404,7 @@ class MachineService:
 
         await self.store.run(delete)
         self.machines.pop(machine.mac_address, None)
-        self._index_outlets()
-        for listener in list(self.listeners):
-            try:
-                listener(machine, machine)
-            except Exception:  # noqa: BLE001 - a listener's bug must not undo a stored change
-                log.exception("machine listener failed")
+        self._changed(machine, machine)
         log.info("machine %s (%s) removed", machine.mac_address, self.full_name(machine))
         self.bus.publish("machine", {"action": "removed", "mac": machine.mac_address, "machine": None})
         return {"removed": machine.mac_address}
