@@ -64,6 +64,9 @@ def make_settings(data_dir: Path, **overrides) -> Settings:
         console_tcp_base=0,  # any free port: fixed console ports clash between parallel runs
         boot_cache=False,  # test jobs name kernels that nothing serves; tests/jobs/test_boot_files.py turns it on
         training=False,  # Sgt. Hartman would power and boot every configured machine; tests/training turns it on
+        # Every test runs on loopback, which "auto" trusts: the token checks would test nothing.
+        # tests/compat/test_trusted.py turns it on.
+        trusted_networks=[],
     )
     values.update(overrides)
     return Settings(**values)

@@ -17,6 +17,10 @@ import httpx
 
 log = logging.getLogger(__name__)
 
+# Sent on every request: where valve-infra's tools expect valve-infra's answers (text for discovery and
+# cancel_job, {"version", "error_msg"} for a v1 job form), our clients get the richer JSON.
+CLIENT_HEADERS = {"X-Valve-Console-Client": "1"}
+
 
 class FarmClientError(Exception):
     """An API call failed. ``status`` is the HTTP code, or None when the backend was unreachable."""
@@ -38,7 +42,7 @@ class FarmClient:
     ) -> None:
         if url is None and socket_path is None:
             raise ValueError("give the API url or the unix socket path")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {**CLIENT_HEADERS, **({"Authorization": f"Bearer {token}"} if token else {})}
         if transport is None and socket_path:
             transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
         self.base_url = (url or "http://valve-console").rstrip("/")
@@ -301,7 +305,7 @@ class JobClient:
         import sys
 
         self.url = url.rstrip("/")
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.headers = {**CLIENT_HEADERS, **({"Authorization": f"Bearer {token}"} if token else {})}
         self.out = out if out is not None else sys.stdout.buffer
         self.err = err if err is not None else sys.stderr
         self.stdin = stdin if stdin is not None else sys.stdin

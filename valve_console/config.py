@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from typing import Annotated, Literal
@@ -113,6 +114,18 @@ class Settings(BaseSettings):
     # runner per exposing instance, for CI jobs that need no particular DUT. Off by default: valve-infra ran
     # its jobs in a container, ours run the CI script on the gateway itself with the operator token.
     gitlab_gateway_runner: bool = False
+    # Trusted source networks (valve-infra had no authentication: its trigger containers and dashboard talk to
+    # the executor from the gateway itself). A request from one of them acts as the operator without a token.
+    # "auto" (default): the gateway's own addresses (loopback and every address of its interfaces, /32 each);
+    # CIDRs may be added ("auto,192.0.2.0/24"); empty or "none": nobody is trusted, the token is always needed.
+    # A DUT on the private network is never trusted unless its address is listed. Env: comma-separated or JSON.
+    trusted_networks: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])
+    # Job templates (valve-infra §4.2): minio_url (default: http://<the API as DUTs reach it>, whose /boot/
+    # serves the default kernel and initramfs as MinIO's boot bucket did) and extra variables (env: a JSON
+    # object), over the defaults fdo_proxy_registry=ci-gateway:8002 and local_registry=ci-gateway:8004.
+    # Every EXECUTOR_JOB__<NAME> environment variable is also a variable <name>, as in valve-infra.
+    minio_url: str | None = None
+    job_variables: dict[str, str] = Field(default_factory=dict)
     log_level: str = "INFO"
 
     @field_validator("serial", mode="before")
@@ -132,6 +145,32 @@ class Settings(BaseSettings):
 
             for spec in value:
                 parse_serial_spec(str(spec))
+        return value
+
+    @field_validator("trusted_networks", mode="before")
+    @classmethod
+    def _trusted_list(cls, value: object) -> object:
+        """``auto``, ``none``/empty, CIDRs, comma-separated or as a JSON list; each CIDR is checked."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                value = json.loads(text)
+            else:
+                value = [part for part in (p.strip() for p in text.split(",")) if part]
+        if isinstance(value, (list, tuple)):
+            from .backend.trust import parse_networks
+
+            parse_networks([str(v) for v in value])
+        return value
+
+    @field_validator("job_variables")
+    @classmethod
+    def _job_variable_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name):
+                raise ValueError(f"{name!r} is not a template variable name (letters, digits and _)")
         return value
 
     @field_validator("gitlab_allowed_users", "gitlab_allowed_namespaces")

@@ -13,8 +13,9 @@ from valve_console.drivers.pdu import PortState
 
 @pytest.fixture
 async def http(farm):
-    async with httpx.AsyncClient(base_url=api_url(farm), headers={"Authorization": f"Bearer {farm.token}"},
-                                 timeout=30) as c:
+    """Our own client's view (the header asks for our JSON answers); test_valve_infra_answers checks the rest."""
+    headers = {"Authorization": f"Bearer {farm.token}", "X-Valve-Console-Client": "1"}
+    async with httpx.AsyncClient(base_url=api_url(farm), headers=headers, timeout=30) as c:
         yield c
 
 
@@ -151,3 +152,23 @@ async def test_client_discovery_calls(farm, client):
     answer = await client.find_outlets("d1", timeout=30)
     assert [q["port_id"] for q in answer["queue"]] == ["0", "1"]
     await client.cancel_discovery()
+
+
+async def test_valve_infra_answers(farm):
+    """What valve-infra's dashboard and Makefile get: text for a started discovery, its discover_data on GET
+    ({} when none runs), {} after DELETE."""
+    async with httpx.AsyncClient(base_url=api_url(farm), headers={"Authorization": f"Bearer {farm.token}"},
+                                 timeout=30) as http:
+        await http.post("/api/v1/pdu/", json={"name": "d1", "driver": "dummy",
+                                              "config": {"ports": 2, "initial_state": "OFF"}})
+        await poll(lambda: _state(farm, "d1", "0", PortState.OFF))
+        assert (await http.get("/api/v1/machine/discover")).json() == {}
+        r = await http.post("/api/v1/machine/discover", json={"pdu": "d1", "port_id": "0", "timeout": 30})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        assert r.text == "Booting machine behind port 0 from PDU d1. Discovery will time out after 30 seconds.\n"
+        data = (await http.get("/api/v1/machine/discover")).json()
+        assert (data["pdu"], data["port_id"], data["timeout"]) == ("d1", "0", 30)
+        assert data["date"].endswith(" GMT") and isinstance(data["started_at"], float)
+        r = await http.delete("/api/v1/machine/discover")
+        assert r.status_code == 200 and r.json() == {}
+        assert (await http.get("/api/v1/machine/discover")).json() == {}

@@ -123,7 +123,10 @@ async def test_patch_validates_operator_fields(http):
     assert m["pdu"] == {"name": "d1", "port_id": "2"}
     assert m["ready_for_service"] is True and m["state"] == "IDLE"
     assert m["local_tty_device"] == "ttyUSB0"
-    assert "big" in m["tags"] and "virtio:family:VIRTIO" in m["tags"]
+    # "tags" are exactly what the DUT registered (machine_registration check compares them); manual tags
+    # are their own field, and all_tags (what job matching uses) holds both
+    assert m["tags"] == ["virtio:pciid:0x1af4:0x1050", "virtio:family:VIRTIO"] and m["manual_tags"] == ["big"]
+    assert m["all_tags"] == [*m["tags"], "big"]
     assert m["pdu_off_delay"] == 12.5 and m["pdu_off_delay_is_default"] is False
     r = await http.patch(url, json={"pdu_off_delay": None})
     assert r.json()["pdu_off_delay"] == 0.2 and r.json()["pdu_off_delay_is_default"] is True  # the farm default

@@ -49,6 +49,8 @@ class Backend:
             # Sgt. Hartman would train every machine given an outlet; a test that wants it passes
             # env={"VALVE_CONSOLE_TRAINING": "true", "VALVE_CONSOLE_TRAINING_LOOPS": "2", ...}
             "VALVE_CONSOLE_TRAINING": "false",
+            # loopback is trusted by default ("auto"): the tests send the token, as a remote operator does
+            "VALVE_CONSOLE_TRUSTED_NETWORKS": "none",
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None

@@ -165,7 +165,7 @@ async def submit_with_share(http: httpx.AsyncClient, text: str, share: bytes) ->
         "job": (None, text.encode(), "application/x-yaml"),
         "job_bucket_initial_state_tarball_file": ("share.tgz", share, "application/octet-stream"),
     }
-    return await http.post("/api/v1/jobs", files=files)
+    return await http.post("/api/v1/jobs", files=files, headers={"X-Valve-Console-Client": "1"})
 
 
 async def test_dut_reads_and_writes_the_share_with_its_key_only(jobfarm):

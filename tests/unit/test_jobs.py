@@ -448,7 +448,18 @@ def test_missing_variable_is_named_with_its_line() -> None:
     assert info.value.line == 3
     assert "'minio_url' is undefined" in str(info.value)
     with pytest.raises(JobError, match="'job_bucket' is undefined"):
-        Job.parse(MINIMAL.replace("console=ttyS0", "b={{ job_bucket }}"), MACHINE, env={}, now=NOW)
+        Job.parse(MINIMAL.replace("console=ttyS0", "b={{ job_bucket }}"), MACHINE, env={}, now=NOW, strict=True)
+
+
+def test_an_undefined_variable_renders_empty_as_in_valve_infra() -> None:
+    """valve-infra rendered with Jinja2's default Undefined: empty text, false in tests; we also note the names."""
+    template = "b={{ job_bucket }}{% if nope %}x{% endif %}{% for i in gone %}y{% endfor %}"
+    text = MINIMAL.replace("console=ttyS0", template)
+    job = Job.parse(text, MACHINE, env={}, now=NOW)
+    assert " b= " in f" {job.deployment.start.kernel.cmdline} "
+    assert job.undefined_names == ["job_bucket", "nope", "gone"]
+    with pytest.raises(JobError, match="undefined"):  # an attribute of an undefined name still fails, as it did
+        Job.parse(MINIMAL.replace("console=ttyS0", "b={{ nope.attr }}"), MACHINE, env={}, now=NOW)
 
 
 def test_template_syntax_error_has_its_line() -> None:

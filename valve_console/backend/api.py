@@ -27,12 +27,17 @@ from .errors import BadRequest, FarmError
 from .gitlab import GitlabInstanceCreate, GitlabInstanceUpdate
 from .events import EVENT_TYPES
 from .registration import MachineUpdate, Registration, normalise_mac
+from .submission import answer, protocol_of, read_submission, wants_rich_answer
 
 if TYPE_CHECKING:
     from .farm import Farm
 
 log = logging.getLogger(__name__)
 KEEPALIVE = 15.0
+TOKEN_NEEDED = (
+    "operator token required: send 'Authorization: Bearer <token>' (the token is in <data>/token), "
+    "or call from a trusted network (the setting trusted_networks)"
+)
 
 
 class ErrorBody(BaseModel):
@@ -123,78 +128,6 @@ JOB_SUBMIT_SCHEMA = {
         },
     }
 }
-
-
-def _parse_multipart(content_type: bytes, body: bytes) -> dict[str, bytes]:
-    """valve-infra's v1 form: parts by name (``metadata``, ``job``, ...)."""
-    from email.parser import BytesParser
-    from email.policy import HTTP
-
-    try:
-        msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type + b"\r\n\r\n" + body)
-        if not msg.is_multipart():
-            raise BadRequest("a multipart/form-data body with a boundary is expected")
-        parts: dict[str, bytes] = {}
-        for part in msg.iter_parts():
-            name = part.get_param("name", header="content-disposition")
-            if isinstance(name, str):
-                payload = part.get_payload(decode=True)
-                parts[name] = payload if isinstance(payload, bytes) else b""
-    except BadRequest:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the email parser's many errors all mean a bad form
-        raise BadRequest(f"cannot parse the multipart form: {exc}") from None
-    return parts
-
-
-SHARE_PART = "job_bucket_initial_state_tarball_file"  # valve-infra's name of the share's tar(.gz) part
-
-
-async def read_job_submission(
-    request: Request,
-) -> tuple[str, Optional[dict[str, Any]], Optional[str], Optional[bytes]]:
-    """(job text, target override, job id, share tarball) from a JSON body or valve-infra's v1 multipart
-    form (parts ``metadata``, ``job`` and optionally ``job_bucket_initial_state_tarball_file``)."""
-    body = await request.body()
-    ctype = request.headers.get("content-type", "").encode("latin-1", "replace")
-    share: Optional[bytes] = None
-    if ctype.lower().startswith(b"multipart/"):
-        if len(body) > 256 * 1024:  # a share tarball: parse it off the event loop
-            parts = await asyncio.to_thread(_parse_multipart, ctype, body)
-        else:
-            parts = _parse_multipart(ctype, body)
-        share = parts.get(SHARE_PART)
-        if "metadata" not in parts or "job" not in parts:
-            raise BadRequest("the form needs a 'metadata' part (JSON, version 1) and a 'job' part (YAML)")
-        try:
-            meta = json.loads(parts["metadata"].decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"the metadata part is not JSON: {exc}") from None
-        if not isinstance(meta, dict) or meta.get("version") != 1:
-            raise BadRequest("the metadata must be a JSON object with version 1")
-        try:
-            text = parts["job"].decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest("the job part is not UTF-8 text") from None
-        data: Any = {"job": text, "target": meta.get("target"), "job_id": meta.get("job_id")}
-    else:
-        try:
-            data = json.loads(body or b"null")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"malformed JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest('the body must be a JSON object {"job": "<yaml>", "target"?, "job_id"?}')
-    unknown = set(data) - {"job", "target", "job_id", "metadata"}
-    if unknown:
-        raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
-    text, target, job_id = data.get("job"), data.get("target"), data.get("job_id")
-    if not isinstance(text, str):
-        raise BadRequest("missing field job (the job's YAML text)")
-    if target is not None and not isinstance(target, dict):
-        raise BadRequest("target must be an object {id?, tags?}")
-    if job_id is not None and not isinstance(job_id, str):
-        raise BadRequest("job_id must be a string")
-    return text, target, job_id, share
 
 
 class ConsoleDevice(BaseModel):
@@ -308,6 +241,46 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+class PathNormaliser:
+    """valve-infra's paths as its tools write them: ``//api/v1/jobs`` (executorctl's default URL ends in
+    ``/``) and the trailing-slash twins of our routes (``/api/v1/machine/<mac>`` and ``.../<mac>/``,
+    ``/api/v1/pdus/``) reach the same route, without a redirect (a streamed upload cannot be re-sent)."""
+
+    def __init__(self, app: Any, router: Any) -> None:
+        self.app = app
+        self.router = router
+        self._cache: dict[tuple[str, str], str] = {}
+
+    def _matches(self, scope: dict, path: str) -> bool:
+        from starlette.routing import Match
+
+        probe = {**scope, "path": path}
+        return any(route.matches(probe)[0] != Match.NONE for route in self.router.routes)
+
+    def _normalise(self, scope: dict) -> str:
+        path = scope["path"]
+        key = (scope["method"], path)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        fixed = re.sub(r"/{2,}", "/", path)
+        if not self._matches(scope, fixed) and fixed != "/":
+            twin = fixed[:-1] if fixed.endswith("/") else fixed + "/"
+            if self._matches(scope, twin):
+                fixed = twin
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[key] = fixed
+        return fixed
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            fixed = self._normalise(scope)
+            if fixed != scope["path"]:
+                scope = {**scope, "path": fixed, "raw_path": fixed.encode("utf-8", "surrogateescape")}
+        await self.app(scope, receive, send)
+
+
 def create_app(farm: "Farm") -> Any:
     app = FastAPI(
         title="valve-console",
@@ -333,17 +306,19 @@ def create_app(farm: "Farm") -> Any:
         log.exception("API handler failed")
         return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
-    def operator(request: Request) -> None:
+    def is_operator(request: Request) -> bool:
+        """The unix socket, a trusted source network (trust.py) or the operator token."""
         from .auth import token_matches
 
         if request.scope.get("valve_trusted"):
-            return
-        if not token_matches(farm.token, request.headers.get("authorization")):
-            raise StarletteHTTPException(
-                401,
-                "operator token required: send 'Authorization: Bearer <token>' (the token is in <data>/token)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            return True
+        if farm.trust.is_trusted(request.client.host if request.client else None):
+            return True
+        return token_matches(farm.token, request.headers.get("authorization"))
+
+    def operator(request: Request) -> None:
+        if not is_operator(request):
+            raise StarletteHTTPException(401, TOKEN_NEEDED, headers={"WWW-Authenticate": "Bearer"})
 
     def mac_of(mac: str) -> str:
         try:
@@ -370,18 +345,32 @@ def create_app(farm: "Farm") -> Any:
     )
     app.add_api_route("/api/v1/machine", register, methods=["POST", "PUT"], include_in_schema=False)
 
-    @app.post("/api/v1/machine/discover", responses=ERRORS, tags=["discovery"], dependencies=[Depends(operator)])
-    async def discover(body: DiscoverRequest) -> dict[str, Any]:
-        """Power a free outlet on; the next machine that registers without an outlet gets it."""
-        return await farm.discovery.start(body.pdu, body.port_id, body.timeout)
+    @app.post(
+        "/api/v1/machine/discover",
+        responses={200: {"content": {"text/plain": {}, "application/json": {}}}, **ERRORS},
+        tags=["discovery"],
+        dependencies=[Depends(operator)],
+    )
+    async def discover(request: Request, body: DiscoverRequest) -> Response:
+        """Power a free outlet on; the next machine that registers without an outlet gets it.
+
+        Answers valve-infra's text; our clients (header ``X-Valve-Console-Client``) get JSON."""
+        answer = await farm.discovery.start(body.pdu, body.port_id, body.timeout)
+        if wants_rich_answer(request):
+            return JSONResponse(answer)
+        return PlainTextResponse(answer["message"] + "\n")
 
     @app.get("/api/v1/machine/discover", tags=["discovery"])
-    async def discovery_status() -> dict[str, Any]:
-        return farm.discovery.status()
+    async def discovery_status(request: Request) -> dict[str, Any]:
+        """valve-infra's ``discover_data`` (``{}`` when none runs); our clients get the queue too."""
+        if wants_rich_answer(request):
+            return farm.discovery.status()
+        return farm.discovery.valve_infra_status()
 
     @app.delete("/api/v1/machine/discover", tags=["discovery"], dependencies=[Depends(operator)])
-    async def discovery_cancel() -> dict[str, Any]:
-        return await farm.discovery.cancel()
+    async def discovery_cancel(request: Request) -> dict[str, Any]:
+        status = await farm.discovery.cancel()
+        return status if wants_rich_answer(request) else {}
 
     @app.post("/api/v1/pdu/{name}/discover", responses=ERRORS, tags=["discovery"], dependencies=[Depends(operator)])
     async def find_outlets(name: str, body: Optional[FindOutlets] = None) -> dict[str, Any]:
@@ -612,19 +601,28 @@ def create_app(farm: "Farm") -> Any:
         "/api/v1/jobs",
         responses={**ERRORS, 406: {"model": ErrorBody}},
         tags=["jobs"],
-        dependencies=[Depends(operator)],
         openapi_extra=JOB_SUBMIT_SCHEMA,
     )
-    async def submit_job(request: Request) -> dict[str, Any]:
-        """Submit a job: JSON ``{"job", "target"?, "job_id"?}`` or valve-infra's v1 form (metadata + job).
+    async def submit_job(request: Request) -> Response:
+        """Submit a job: JSON ``{"job", "target"?, "job_id"?}``, or valve-infra's v1 form (metadata + job
+        + share tarball; with ``callback`` the gateway connects to the client) or v0 JSON.
 
         A busy machine does not refuse the job: it is queued (FIFO) and ``position`` says how many
         jobs are ahead of it. 404 unknown target id, 406 no machine with the tags, 409 retired or not
-        ready for service, 400 invalid job (line and field named).
+        ready for service, 400 invalid job (line and field named). valve-infra's forms get valve-infra's
+        answers (``{"version": 1, "error_msg"}``, ``{"reason"}``) unless ``X-Valve-Console-Client`` is sent.
         """
-        text, target, job_id, share = await read_job_submission(request)
-        answer = await jobs().submit(text, target, job_id, share=share)
-        return {**answer, "version": 1, "error_msg": None}
+        protocol = protocol_of(request)
+        rich = wants_rich_answer(request)
+        if not is_operator(request):
+            return answer(protocol, rich, 401, TOKEN_NEEDED, headers={"WWW-Authenticate": "Bearer"})
+        try:
+            sub = await read_submission(request, farm.settings.job_share_max_bytes)
+            protocol = sub.protocol
+            job = await jobs().submit(sub.text, sub.target, sub.job_id, share=sub.share, callback=sub.callback)
+        except FarmError as exc:
+            return answer(protocol, rich, exc.status, exc.message)
+        return answer(protocol, rich, 200, None, job, headers={"Location": f"/api/v1/job/{job['id']}"})
 
     @app.get("/api/v1/jobs", tags=["jobs"])
     async def list_jobs() -> dict[str, Any]:
@@ -640,15 +638,24 @@ def create_app(farm: "Farm") -> Any:
         """Cancel: a queued job leaves the queue; a running one is stopped (INCOMPLETE, DUT powered off)."""
         return await jobs().cancel(job_id)
 
-    @app.post("/api/v1/machine/{mac}/cancel_job", responses=ERRORS, tags=["jobs"], dependencies=[Depends(operator)])
-    async def cancel_machine_job(mac: str) -> dict[str, Any]:
-        """valve-infra's cancel_job: cancel the job running on a machine."""
+    @app.post(
+        "/api/v1/machine/{mac}/cancel_job",
+        responses={200: {"content": {"text/plain": {}, "application/json": {}}}, **ERRORS},
+        tags=["jobs"],
+        dependencies=[Depends(operator)],
+    )
+    async def cancel_machine_job(request: Request, mac: str) -> Response:
+        """valve-infra's cancel_job: cancel the job running on a machine (text; JSON for our clients)."""
         key = mac_of(mac)
-        machines().get(key)
+        machine = machines().get(key)
         job_id = jobs().running.get(key)
-        if job_id is None:
-            raise FarmError(f"machine {key} is not running a job", 409)
-        return await jobs().cancel(job_id)
+        if job_id is None or job_id in jobs().training_jobs:
+            state = machines().state_of(machine)
+            raise BadRequest(f"The machine {key} isn't running a job. Current state is {state}")
+        answer = await jobs().cancel(job_id)
+        if wants_rich_answer(request):
+            return JSONResponse(answer)
+        return PlainTextResponse(f"Canceling job in machine {machine.ip_address}\n")
 
     @app.get("/api/v1/job/{job_id}/console", responses=ERRORS, tags=["jobs"], response_class=PlainTextResponse)
     async def job_console(job_id: str, raw: bool = False) -> Response:
@@ -808,6 +815,33 @@ def create_app(farm: "Farm") -> Any:
         return ipxe_script(config, platform, buildarch)
 
     @app.get(
+        "/boot/{name}",
+        tags=["boot"],
+        responses={200: {"content": {"application/octet-stream": {}}}, 307: {"description": "elsewhere"}, **ERRORS},
+        response_class=Response,
+    )
+    async def default_boot_file(name: Literal["default_kernel", "default_boot2container.cpio.xz"]) -> Response:
+        """valve-infra's MinIO ``boot`` bucket: ``{{ minio_url }}/boot/default_kernel`` and
+        ``.../default_boot2container.cpio.xz`` are this gateway's default boot kernel and initramfs."""
+        from fastapi.responses import FileResponse, RedirectResponse
+
+        from .executor import default_boot_urls
+
+        kernel, initrd, host = default_boot_urls(farm.settings, farm.api_address)
+        url = kernel if name == "default_kernel" else initrd
+        ours = f"http://{host}/files/"
+        if not url.startswith(ours):
+            return RedirectResponse(url, status_code=307)
+        from .boot import safe_file_name
+
+        if not safe_file_name(url[len(ours):]):
+            raise FarmError(f"the default boot URL {url} is not a file of this gateway's files directory", 404)
+        path = farm.settings.data_dir / "files" / url[len(ours):]
+        if not await asyncio.to_thread(path.is_file):
+            raise FarmError(f"this gateway has no default boot file {url[len(ours):]!r} in its files directory", 404)
+        return FileResponse(path, media_type="application/octet-stream")
+
+    @app.get(
         "/files/{name}",
         tags=["boot"],
         responses={200: {"content": {"application/octet-stream": {}}}, **ERRORS},
@@ -911,11 +945,13 @@ def create_app(farm: "Farm") -> Any:
 
         return Response(await render(farm), media_type=CONTENT_TYPE)
 
+    app.router.redirect_slashes = False  # PathNormaliser finds the twin instead of redirecting
+    served: Any = PathNormaliser(app, app.router)
     if not farm.settings.max_body_bytes:
-        return app
+        return served
     share_limit = farm.settings.job_share_max_bytes + farm.settings.max_body_bytes
     overrides = [("POST", r"/api/v1/jobs/?", share_limit), ("PUT", r"/api/v1/job/[^/]+/share/[^/]+/.+", share_limit)]
-    return BodyLimit(app, farm.settings.max_body_bytes, overrides)
+    return BodyLimit(served, farm.settings.max_body_bytes, overrides)
 
 
 def _sse(event: str, data: dict[str, Any], seq: int | None = None) -> bytes:

@@ -54,6 +54,7 @@ ipxe_bios, ipxe_efi, boot_url) -> str``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -63,7 +64,7 @@ import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 from .registration import normalise_mac
 
@@ -596,11 +597,13 @@ class BootCache:
     """
 
     def __init__(self, directory: Union[str, os.PathLike[str]], base: Any, max_bytes: int = 2 << 30,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, guard: Optional[Callable[[str, str], Awaitable[None]]] = None) -> None:
         self.directory = Path(directory)
         self._base = base
         self.max_bytes = max_bytes
         self.timeout = timeout
+        # Checks each URL fetched (redirects too): raises ValueError for an address the gateway trusts.
+        self.guard = guard
         self.downloads = 0  # downloads done (for tests and metrics)
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -609,7 +612,14 @@ class BootCache:
         return str(self._base() if callable(self._base) else self._base).rstrip("/")
 
     def is_local(self, url: str) -> bool:
-        return url.startswith(self.base + "/") or url.lower().startswith("tftp://")
+        """URLs on the gateway's own API (its /files/, the default boot files at /boot/...) and tftp://
+        are used as they are: the DUT fetches them, the gateway never does."""
+        from urllib.parse import urlsplit
+
+        if url.lower().startswith("tftp://"):
+            return True
+        mine, theirs = urlsplit(self.base), urlsplit(url)
+        return (theirs.scheme, theirs.netloc.lower()) == (mine.scheme, mine.netloc.lower())
 
     async def localise(self, config: BootConfig) -> BootConfig:
         """``config`` with its remote kernel/initrd URLs replaced by cached local ones (``BootCacheError``)."""
@@ -628,6 +638,26 @@ class BootCache:
                 await self._download(url, path, what)
         return f"{self.base}/{name}"
 
+    @contextlib.asynccontextmanager
+    async def _open(self, client: Any, url: str, what: str) -> AsyncIterator[Any]:
+        """GET ``url`` following at most 5 redirects, each hop checked by the guard; a 200 response."""
+        current = url
+        for _ in range(6):
+            if self.guard is not None:
+                try:
+                    await self.guard(current, what)
+                except ValueError as exc:
+                    raise BootCacheError(str(exc)) from None
+            async with client.stream("GET", current) as resp:
+                if resp.is_redirect and "location" in resp.headers:
+                    current = str(resp.url.join(resp.headers["location"]))
+                    continue
+                if resp.status_code != 200:
+                    raise BootCacheError(f"cannot download the {what} {url}: HTTP {resp.status_code}")
+                yield resp
+                return
+        raise BootCacheError(f"cannot download the {what} {url}: too many redirects")
+
     async def _download(self, url: str, path: Path, what: str) -> None:
         import httpx
 
@@ -638,10 +668,8 @@ class BootCache:
         size = 0
         try:
             try:
-                async with httpx.AsyncClient(follow_redirects=True, timeout=self.timeout) as client:
-                    async with client.stream("GET", url) as resp:
-                        if resp.status_code != 200:
-                            raise BootCacheError(f"cannot download the {what} {url}: HTTP {resp.status_code}")
+                async with httpx.AsyncClient(follow_redirects=False, timeout=self.timeout) as client:
+                    async with self._open(client, url, what) as resp:
                         length = resp.headers.get("content-length")
                         if length and length.isdigit() and int(length) > self.max_bytes:
                             raise BootCacheError(

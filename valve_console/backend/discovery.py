@@ -68,6 +68,21 @@ class DiscoveryService:
             "queue": [{"pdu": p, "port_id": o} for p, o in self.queue],
         }
 
+    def valve_infra_status(self) -> dict[str, Any]:
+        """valve-infra's ``discover_data``: ``{pdu, port_id, date, timeout, started_at}``, or ``{}``."""
+        pending = self.current
+        if pending is None:
+            return {}
+        from email.utils import formatdate
+
+        return {
+            "pdu": pending.pdu,
+            "port_id": pending.port_id,
+            "date": formatdate(pending.started_at, usegmt=True),  # as Flask's jsonify wrote a datetime
+            "timeout": int(pending.timeout),
+            "started_at": pending.started_at,
+        }
+
     def _publish(self, state: str, pending: Pending, **extra: Any) -> None:
         self.bus.publish(
             "discovery",

@@ -3,17 +3,20 @@
 Pure job logic lives in :mod:`jobs` (parsing, timeouts, console patterns); this module does the I/O:
 power through :class:`PowerService` (the outlet is locked by the job), console bytes from the
 :class:`ConsoleHub`, the boot config the DUT fetches (``boot_config(mac)``), the job history in the
-database, and per-job streams for the job client (the executor never connects back to a client).
+database, and per-job streams: SSE for our job client, and for valve-infra's clients the gateway connects
+back to their callback port (callback.py).
 
 Public API
 ----------
 ``JobService(store, bus, machines, power, consoles, settings)``: ``await start()`` / ``await stop()``;
-``await submit(text, target=None, job_id=None) -> dict`` (raises ``FarmError`` 400/404/406/409);
-``list_json()``, ``get(job_id)``, ``job_json(job)``, ``await cancel(job_id)``, ``boot_config(mac)``,
+``await submit(text, target=None, job_id=None, share=None, callback=None) -> dict`` (raises ``FarmError``
+400/404/406/409; a given ``job_id`` is a prefix made unique); ``list_json()``, ``get(job_id)``,
+``job_json(job)``, ``await cancel(job_id, reason=None, status=None)``, ``boot_config(mac)``,
 ``machine_state(mac) -> "QUEUED" | "RUNNING" | None``, ``listen(job)``/``unlisten(job, queue)``,
 ``console_slice(job, start=None)``, ``input(job_id, data)``.
 ``submit(..., share=<tar.gz bytes>)`` unpacks the client's share; ``shares`` (share.py) holds every job's
-share, removed with the history; ``share_variables(job_id, mac)`` gives ``job_bucket``/``job_share_url``.
+share, removed with the history; ``share_variables(job_id, mac)`` gives ``job_bucket``/``job_share_url``;
+``template_defaults()`` the variables every template has (``minio_url``, the registries, settings).
 ``await submit_training(mac, kind, text) -> RunningJob`` queues a Sgt. Hartman job (``register``/``bootloop``)
 on a machine that is not ready for service; ``training_jobs`` maps those job ids to their kind. A user job for
 a machine in training is refused (409). A job whose console matches ``machine_unfit_for_service`` ends
@@ -46,6 +49,7 @@ from .share import ShareError, ShareStore, bucket_name
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from .submission import Callback
     from .consoles import ConsoleHub
     from .events import EventBus
     from .power import PowerService
@@ -58,7 +62,11 @@ POLL = 0.1  # seconds: the shortest wait of the boot loop (it never wakes faster
 IDLE_WAKE = 1.0  # seconds: the longest wait without console bytes, timeout or cancel
 HISTORY = 500  # finished jobs kept in memory (all are in the database)
 CTRL_KEEP = 2000  # control messages kept per job for late stream readers
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
+_JOB_ID_CHARS = re.compile(r"[^A-Za-z0-9_.:+-]+")
+DEFAULT_TEMPLATE_VARIABLES = {  # valve-infra's ansible set these as EXECUTOR_JOB__* on every gateway
+    "fdo_proxy_registry": "ci-gateway:8002",
+    "local_registry": "ci-gateway:8004",
+}
 FINAL = {s.name for s in JobStatus}
 
 
@@ -80,6 +88,11 @@ class RunningJob:
     fed: int = 0  # console bytes of this job given to the job console (and streamed)
     t0: float = field(default_factory=time.monotonic)
     input_ok: bool = False
+    # Why and how a cancel ends the job (None: an operator's cancel, INCOMPLETE "cancelled").
+    cancel_reason: Optional[str] = None
+    cancel_status: Optional[JobStatus] = None
+    teardown: float = 600.0  # seconds a callback client has to close after session_end (infra_teardown)
+    relay: Any = None  # the CallbackRelay of a valve-infra client (callback.py)
 
     @property
     def id(self) -> str:
@@ -122,6 +135,7 @@ class JobService:
         )
         self.api_host: Callable[[], str] = lambda: default_boot_urls(settings, None)[2]
         self._share_tasks: set[asyncio.Future] = set()
+        self._reserved_ids: set[str] = set()  # ids being submitted (between their check and their queueing)
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -157,6 +171,12 @@ class JobService:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        relays = [j.relay.task for j in self.jobs.values() if j.relay is not None and j.relay.task is not None]
+        if relays:  # session_end went out; give the clients a moment to read it, then close
+            await asyncio.wait(relays, timeout=2)
+            for task in relays:
+                task.cancel()
+            await asyncio.gather(*relays, return_exceptions=True)
 
     # ---------------------------------------------------------------- queries
     def boot_config(self, mac: str) -> Optional[BootConfig]:
@@ -262,35 +282,79 @@ class JobService:
             )
         return min(usable, key=lambda mac: (self._load(mac), usable.index(mac)))
 
+    async def _unique_id(self, given: Optional[str]) -> str:
+        """A job id from the client's (a prefix made unique, as valve-infra did) or a new one.
+
+        Characters outside letters, digits and ``_.:+-`` become ``-`` (CI job names have spaces and
+        brackets); a taken id gets ``-<time>-<random>`` appended, so a repeated id is never refused.
+        """
+        if given is None:
+            base = f"job-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        else:
+            base = _JOB_ID_CHARS.sub("-", str(given)).strip("-.:+_")[:100]
+            if not base:
+                raise BadRequest(f"job_id {str(given)[:40]!r} has no letter or digit to make an id of")
+            if base.startswith("train-"):  # Sgt. Hartman's ids
+                base = f"job-{base}"
+        candidate = base
+        for _ in range(8):
+            if candidate not in self.jobs and candidate not in self._reserved_ids:
+                taken = await self.store.run(lambda s, c=candidate: s.get(JobRow, c) is not None)
+                if not taken and candidate not in self.jobs and candidate not in self._reserved_ids:
+                    return candidate
+            candidate = f"{base}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        raise Conflict(f"cannot make a unique job id from {base!r}")
+
+    def template_defaults(self) -> dict[str, Any]:
+        """Template variables a gateway always has (lowest precedence, under EXECUTOR_JOB__* and the
+        job's own): valve-infra's registries, ``minio_url`` (the gateway as the DUTs reach it: its
+        ``/boot/`` serves the default kernel and initramfs as MinIO's boot bucket did) and the
+        settings' ``job_variables``."""
+        values: dict[str, Any] = {**DEFAULT_TEMPLATE_VARIABLES, "minio_url": f"http://{self.api_host()}"}
+        values.update(self.settings.job_variables)
+        if self.settings.minio_url:
+            values["minio_url"] = self.settings.minio_url.rstrip("/")
+        return values
+
     async def submit(
         self,
         text: str,
         target: Optional[dict[str, Any]] = None,
         job_id: Optional[str] = None,
         share: Optional[bytes] = None,
+        callback: Optional["Callback"] = None,
     ) -> dict[str, Any]:
         if self._stopping:
             raise Conflict("the gateway is stopping")
         if not isinstance(text, str) or not text.strip():
             raise BadRequest("the job is empty")
-        if job_id is not None:
-            if not _JOB_ID.match(job_id):
-                raise BadRequest(f"job_id {job_id[:40]!r}: 1-128 letters, digits and . _ : + - only")
-            if job_id.startswith("train-"):
-                raise BadRequest("job ids starting with 'train-' are Sgt. Hartman's (training jobs)")
-            if job_id in self.jobs:
-                raise Conflict(f"a job with id {job_id!r} exists already")
         override: Optional[Target] = None
         try:
             if target:
                 override = Target.model_validate(target)
-            tgt = override if override is not None else peek_target(text)
+            tgt = override if override is not None else peek_target(text, variables=self.template_defaults())
         except JobError as exc:
             raise BadRequest(str(exc)) from None
         except ValueError as exc:  # pydantic's ValidationError of the metadata target
             raise BadRequest(f"invalid target: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - any other parser failure is still a bad job
             raise BadRequest(f"invalid job: {type(exc).__name__}: {exc}") from None
+        job_id = await self._unique_id(job_id)
+        self._reserved_ids.add(job_id)
+        try:
+            return await self._submit(text, tgt, override, job_id, share, callback)
+        finally:
+            self._reserved_ids.discard(job_id)
+
+    async def _submit(
+        self,
+        text: str,
+        tgt: Target,
+        override: Optional[Target],
+        job_id: str,
+        share: Optional[bytes],
+        callback: Optional["Callback"],
+    ) -> dict[str, Any]:
         # The share is unpacked first: no await may come between the pick and the queue (the load).
         key = self.shares.new_key()
         staged = await self._stage_share(key, share)
@@ -299,12 +363,10 @@ class JobService:
                 raise Conflict("the gateway is stopping")
             mac = self._pick(tgt)
             machine_json = self.machines.to_json(self.machines.machines[mac])
-            job_id = job_id or f"job-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-            if job_id in self.jobs:
-                raise Conflict(f"a job with id {job_id!r} exists already")
             try:
                 variables = self.share_variables(job_id, mac, key)
-                Job.parse(text, MachineInfo.from_json(machine_json), target=override, variables=variables)
+                Job.parse(text, MachineInfo.from_json(machine_json), target=override, variables=variables,
+                          defaults=self.template_defaults())
             except JobError as exc:
                 raise BadRequest(str(exc)) from None
             except Exception as exc:  # noqa: BLE001 - any other parser failure is still a bad job
@@ -314,7 +376,9 @@ class JobService:
             self._remove_shares([], staged)
             raise
         try:
-            job = await self._enqueue(job_id, mac, text, tgt.model_dump(exclude_none=True), machine_json["full_name"])
+            job = await self._enqueue(
+                job_id, mac, text, tgt.model_dump(exclude_none=True), machine_json["full_name"], callback
+            )
         except Exception:
             self._remove_shares([job_id])
             raise
@@ -336,7 +400,10 @@ class JobService:
             self.training_jobs.pop(job_id, None)
             raise
 
-    async def _enqueue(self, job_id: str, mac: str, text: str, target: dict[str, Any], name: str) -> RunningJob:
+    async def _enqueue(
+        self, job_id: str, mac: str, text: str, target: dict[str, Any], name: str,
+        callback: Optional["Callback"] = None,
+    ) -> RunningJob:
         ahead = self._load(mac)
         row = JobRow(
             id=job_id,
@@ -358,6 +425,11 @@ class JobService:
             self.jobs.pop(job_id, None)
             raise
         self._trim()
+        if callback is not None:  # listening before the first message, so the client hears them all
+            from .callback import CallbackRelay
+
+            job.relay = CallbackRelay(self, job, callback)
+            job.relay.start()
         self._log(job, f"Job queued for {name} ({mac}), {ahead} job(s) ahead")
         self._job_event(job)
         self._machine_event(mac)
@@ -375,24 +447,53 @@ class JobService:
                 del self.jobs[j.id]
                 self.training_jobs.pop(j.id, None)
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
+    async def cancel(
+        self, job_id: str, reason: Optional[str] = None, status: Optional[JobStatus] = None
+    ) -> dict[str, Any]:
+        """Cancel a job: a queued one leaves its queue, a running one stops (the DUT is powered off).
+
+        ``reason``/``status`` say why and how it ends (default: INCOMPLETE, "cancelled").
+        """
         job = self.get(job_id)
         row = job.row
         if job.done.is_set():
             raise Conflict(f"job {job_id} is over ({row.status})")
+        job.cancel_reason = job.cancel_reason or reason
+        job.cancel_status = job.cancel_status or status
         if row.status == "QUEUED" and row.machine is not None:
             queue = self.queues.get(row.machine)
             if queue is not None and job_id in queue:
                 queue.remove(job_id)
-                await self._finish(job, JobStatus.INCOMPLETE, "cancelled", "cancelled while queued")
+                why = reason or "cancelled while queued"
+                await self._finish(job, status or JobStatus.INCOMPLETE, "cancelled", why)
                 self._machine_event(row.machine)
                 self._queue_changed(row.machine)
                 return self.job_json(job)
         job.cancel.set()
         if job.sub is not None:
             job.sub.put(b"")  # wake the boot loop now
-        self._log(job, "The job was cancelled", severity=2)
+        self._log(job, f"The job was cancelled{': ' + reason if reason else ''}", severity=2)
         return self.job_json(job)
+
+    # ---------------------------------------------------------------- valve-infra clients (callback.py)
+    async def end_for_client(self, job: RunningJob, why: str, setup_fail: bool = False) -> None:
+        """A callback client is gone or unreachable: its job ends (SETUP_FAIL when it was never reached)."""
+        if job.done.is_set():
+            return
+        log.warning("job %s: %s", job.id, why)
+        with contextlib.suppress(Conflict):
+            await self.cancel(job.id, why, JobStatus.SETUP_FAIL if setup_fail else None)
+
+    def client_input(self, job: RunningJob, data: bytes) -> None:
+        """Keystrokes from a callback client: written to the DUT while the job runs, dropped otherwise."""
+        if job.input_ok and job.row.machine is not None and not job.done.is_set():
+            try:
+                self.consoles.input(job.row.machine, data, writer=f"job:{job.id}", takeover=True)
+            except FarmError as exc:
+                log.info("job %s: input from the client dropped: %s", job.id, exc.message)
+
+    def elapsed(self, job: RunningJob) -> float:
+        return time.monotonic() - job.t0
 
     def input(self, job_id: str, data: bytes) -> int:
         job = self.get(job_id)
@@ -507,11 +608,21 @@ class JobService:
                 MachineInfo.from_json(self.machines.to_json(machine)),
                 target=target,
                 variables=self.share_variables(job.id, mac),
+                defaults=self.template_defaults(),
+                strict=training,  # Sgt. Hartman's own templates define every variable they use
             )
         except (JobError, ValueError) as exc:
             self._log(job, f"ERROR: invalid job: {exc}", severity=3)
             await self._finish(job, JobStatus.SETUP_FAIL, "done", str(exc))
             return
+        if parsed.undefined_names:
+            self._log(
+                job,
+                "WARNING: the job template uses undefined variables, rendered empty as valve-infra's Jinja2 "
+                f"did: {', '.join(parsed.undefined_names)}",
+                severity=2,
+            )
+        job.teardown = min(parsed.timeouts.infra_teardown.duration.total_seconds(), 86400.0)
         pdu, port = str(machine.pdu), str(machine.pdu_port_id)
         try:
             self.power.lock(pdu, port, job.id)
@@ -617,7 +728,8 @@ class JobService:
             self.power.unlock(pdu, port, job.id)
             row.console_end = row.console_start + job.fed if row.console_start is not None else None
         if cancelled:
-            await self._finish(job, JobStatus.INCOMPLETE, "cancelled", "cancelled")
+            await self._finish(job, job.cancel_status or JobStatus.INCOMPLETE, "cancelled",
+                               job.cancel_reason or "cancelled")
         elif setup_fail is not None:
             await self._finish(job, JobStatus.SETUP_FAIL, "done", setup_fail)
         elif jc.unfit_for_service:
@@ -704,15 +816,19 @@ class JobService:
 
     # ---------------------------------------------------------------- job shares (share.py)
     def share_variables(self, job_id: str, mac: str, key: Optional[str] = None) -> dict[str, Any]:
-        """Template variables of a job's share: ``job_bucket`` (valve-infra's name) and ``job_share_url``
-        (``http://<api>/api/v1/job/<id>/share/<key>``: GET/PUT ``<url>/<path>`` while the job runs)."""
+        """Template variables of a job's share: ``job_bucket`` (valve-infra's name), ``job_share_url``
+        (``http://<api>/api/v1/job/<id>/share/<key>``: GET/PUT ``<url>/<path>`` while the job runs), and
+        valve-infra's ``job_bucket_access_key``/``_secret_key`` (the bucket name and the share's key: there
+        is no S3 server here, so b2c's MinIO mirroring cannot use them; they keep templates rendering)."""
         key = key or self.shares.known_key(job_id)
         if key is None:  # Sgt. Hartman's jobs have no share
             return {}
         from urllib.parse import quote
 
         url = f"http://{self.api_host()}/api/v1/job/{quote(job_id, safe='')}/share/{key}"
-        return {"job_bucket": bucket_name(mac, job_id), "job_share_url": url}
+        bucket = bucket_name(mac, job_id)
+        return {"job_bucket": bucket, "job_share_url": url, "job_bucket_access_key": bucket,
+                "job_bucket_secret_key": key}
 
     def finished_oldest_first(self) -> list[str]:
         """Jobs whose shares may make room for new ones (over, oldest first)."""

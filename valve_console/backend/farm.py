@@ -32,6 +32,7 @@ from .power import PowerService
 from .registration import MachineService
 from .store import Store
 from .training import TrainingService
+from .trust import Trust
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class Farm:
         self._unix_bound = False
         self.journal_command: list[str] | None = None  # tests may follow something else
         self.console_device_sources: list | None = None  # tests give fake sources; None: from settings
+        self.trust = Trust(settings.trusted_networks)  # sources that act as the operator without a token
 
     # ---------------------------------------------------------------- health
     def _set_health(self, service: str, state: str, reason: str | None = None) -> None:
@@ -335,6 +337,7 @@ class Farm:
                 self._files_base,
                 max_bytes=self.settings.boot_cache_max_bytes,
                 timeout=self.settings.boot_cache_timeout,
+                guard=self.trust.check_fetch_url,
             )
         self.boot = BootService(
             self.bus,

@@ -21,13 +21,15 @@ Errors and enums
 Templating
     ``MachineInfo(mac_address, base_name, full_name, tags, ip_address, local_tty_device, ready_for_service)``,
     ``MachineInfo.from_json(machine_json)`` (the shape of ``MachineService.to_json``).
-    ``job_variables(machine=None, env=None, variables=None) -> dict``: what a template sees:
+    ``job_variables(machine=None, env=None, variables=None, defaults=None) -> dict``: what a template sees
+    (``defaults`` lowest):
     ``ready_for_service``, ``machine_id``, ``machine_tags``, ``local_tty_device``, ``machine`` (base_name,
     full_name, tags, ip_address, local_tty_device, ready_for_service), ``minio_url`` from ``MINIO_URL``, every
     ``EXECUTOR_JOB__<NAME>`` as ``<name>``, then ``variables`` (``minio_url``, ``job_bucket``,
     ``job_bucket_access_key``, ``job_bucket_secret_key``, ...) over all of these. ``env`` defaults to os.environ.
-    ``render_job(text, machine=None, env=None, variables=None) -> str``: sandboxed Jinja2, StrictUndefined;
-    errors are ``JobError`` naming the line and the missing variable.
+    ``render_job(text, machine=None, env=None, variables=None, *, undefined=None, defaults=None) -> str``:
+    sandboxed Jinja2; without ``undefined`` an undefined variable is a ``JobError`` naming the line and the
+    variable, with a list it renders empty as valve-infra's Jinja2 did and its name goes into the list.
     ``peek_target(text, env=None, variables=None) -> Target``: the target of a job not yet bound to a
     machine (machine variables undefined and rendering as empty), robust to Jinja outside quoted strings.
 
@@ -35,8 +37,9 @@ Schema (pydantic, unknown keys refused)
     ``Job`` (version, deadline, target, timeouts, console_patterns, deployment), ``Target(id, tags)``,
     ``TimeoutSpec``/``TimeoutsSpec``, ``Pattern`` (``.search(line: bytes) -> bool``), ``WatchdogPatterns``,
     ``ConsolePatterns``, ``Deployment`` (``start``, ``continue_`` alias ``continue``).
-    ``Job.parse(text, machine=None, env=None, *, variables=None, target=None, now=None, enforce_deadline=True)``
-    renders then loads (``machine=None`` uses ``PLACEHOLDER_MACHINE``: validation only).
+    ``Job.parse(text, machine=None, env=None, *, variables=None, defaults=None, target=None, now=None,
+    enforce_deadline=True, strict=False)`` renders (``job.undefined_names``: what rendered empty) then loads
+    (``machine=None`` uses ``PLACEHOLDER_MACHINE``: validation only).
     ``Job.load(rendered_text, *, target=None, now=None, enforce_deadline=True)`` loads YAML that is already
     rendered. ``target`` overrides the job's (the submission metadata's ``target``).
     ``job.rendered`` (the YAML text), ``job.deployment_for_boot(n) -> BootConfig`` (n = 0 for the first boot:
@@ -70,6 +73,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from enum import IntEnum
@@ -627,8 +631,10 @@ def job_variables(
     machine: Optional[MachineLike] = None,
     env: Optional[Mapping[str, str]] = None,
     variables: Optional[Mapping[str, Any]] = None,
+    defaults: Optional[Mapping[str, Any]] = None,
 ) -> dict[str, Any]:
-    """The variables of a job template, lowest precedence first: environment, machine, ``variables``.
+    """The variables of a job template, lowest precedence first: ``defaults``, environment, machine,
+    ``variables``.
 
     From ``env`` (default ``os.environ``): ``MINIO_URL`` as ``minio_url`` and each ``EXECUTOR_JOB__<NAME>``
     as ``<name>`` (prefix removed, lower-cased: ``EXECUTOR_JOB__TOKEN`` → ``token``).
@@ -636,7 +642,7 @@ def job_variables(
     valve-infra's MinIO credentials (``job_bucket_access_key``/``_secret_key``) do not exist here.
     """
     source = os.environ if env is None else env
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = dict(defaults or {})
     if "MINIO_URL" in source:
         out["minio_url"] = source["MINIO_URL"]
     for key, value in source.items():
@@ -672,7 +678,39 @@ class _JobSandbox(SandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
+_UNDEFINED_SEEN: ContextVar[Optional[list[str]]] = ContextVar("undefined_seen", default=None)
+
+
+class _NotedUndefined(jinja2.Undefined):
+    """valve-infra rendered with Jinja2's default ``Undefined``: an undefined name is empty and false (its
+    attributes still raise). We render the same, and note each name so that the job's log can warn."""
+
+    __slots__ = ()
+
+    def _note(self) -> None:
+        seen = _UNDEFINED_SEEN.get()
+        if seen is not None and self._undefined_name and self._undefined_name not in seen:
+            seen.append(str(self._undefined_name))
+
+    def __str__(self) -> str:
+        self._note()
+        return ""
+
+    def __iter__(self) -> Iterator[Any]:
+        self._note()
+        return iter(())
+
+    def __bool__(self) -> bool:
+        self._note()
+        return False
+
+    def __len__(self) -> int:
+        self._note()
+        return 0
+
+
 _STRICT_ENV = _JobSandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_VALVE_ENV = _JobSandbox(undefined=_NotedUndefined, autoescape=False, keep_trailing_newline=True)
 _LENIENT_ENV = _JobSandbox(undefined=jinja2.ChainableUndefined, autoescape=False, keep_trailing_newline=True)
 
 
@@ -719,12 +757,24 @@ def render_job(
     machine: Optional[MachineLike] = None,
     env: Optional[Mapping[str, str]] = None,
     variables: Optional[Mapping[str, Any]] = None,
+    *,
+    undefined: Optional[list[str]] = None,
+    defaults: Optional[Mapping[str, Any]] = None,
 ) -> str:
-    """Render a job template in a Jinja2 sandbox; an undefined variable is a ``JobError`` naming it.
+    """Render a job template in a Jinja2 sandbox.
 
-    ``machine=None`` gives no machine variables at all (a template using them fails).
+    Without ``undefined`` an undefined variable is a ``JobError`` naming it (the built-in jobs). With a
+    list, it renders as valve-infra's Jinja2 did (empty, false) and its name is appended to the list.
+    ``machine=None`` gives no machine variables at all.
     """
-    return _render(text, job_variables(machine, env, variables), _STRICT_ENV)
+    values = job_variables(machine, env, variables, defaults)
+    if undefined is None:
+        return _render(text, values, _STRICT_ENV)
+    token = _UNDEFINED_SEEN.set(undefined)
+    try:
+        return _render(text, values, _VALVE_ENV)
+    finally:
+        _UNDEFINED_SEEN.reset(token)
 
 
 def _target_block(text: str) -> Optional[str]:
@@ -806,6 +856,7 @@ class Job(_Strict):
 
     _rendered: str = PrivateAttr(default="")
     _lines: dict[Path_, int] = PrivateAttr(default_factory=dict)
+    _undefined: list[str] = PrivateAttr(default_factory=list)
 
     @field_validator("version", mode="before")
     @classmethod
@@ -867,17 +918,26 @@ class Job(_Strict):
         env: Optional[Mapping[str, str]] = None,
         *,
         variables: Optional[Mapping[str, Any]] = None,
+        defaults: Optional[Mapping[str, Any]] = None,
         target: Optional[Target] = None,
         now: Optional[datetime] = None,
         enforce_deadline: bool = True,
+        strict: bool = False,
     ) -> "Job":
         """Render the template for ``machine`` (``None``: :data:`PLACEHOLDER_MACHINE`) and validate it.
 
-        Line numbers in errors are those of the rendered job (the template's, unless Jinja blocks
-        added or removed lines); ``job.rendered`` holds it.
+        An undefined variable renders empty as in valve-infra (``job.undefined_names`` lists them), or
+        with ``strict`` is a ``JobError``. Line numbers in errors are those of the rendered job (the
+        template's, unless Jinja blocks added or removed lines); ``job.rendered`` holds it.
         """
-        rendered = render_job(text, machine if machine is not None else PLACEHOLDER_MACHINE, env, variables)
-        return cls.load(rendered, target=target, now=now, enforce_deadline=enforce_deadline)
+        undefined: Optional[list[str]] = None if strict else []
+        rendered = render_job(
+            text, machine if machine is not None else PLACEHOLDER_MACHINE, env, variables,
+            undefined=undefined, defaults=defaults,
+        )
+        job = cls.load(rendered, target=target, now=now, enforce_deadline=enforce_deadline)
+        job._undefined = list(undefined or ())
+        return job
 
     def _post_checks(self) -> None:
         issues = []
@@ -899,6 +959,11 @@ class Job(_Strict):
     def rendered(self) -> str:
         """The YAML text this job was loaded from (after templating)."""
         return self._rendered
+
+    @property
+    def undefined_names(self) -> list[str]:
+        """Template variables that were undefined and rendered empty (valve-infra's Jinja2 default)."""
+        return list(self._undefined)
 
     def line_of(self, *path: Union[str, int]) -> Optional[int]:
         """Line of a field in :attr:`rendered` (or of its closest parent present there)."""
@@ -1442,5 +1507,5 @@ def builtin_job(
     merged: dict[str, Any] = {k: v for k, v in BUILTIN_DEFAULTS.items() if k not in from_env}
     merged.update(variables or {})
     merged.update(default_kernel_url=default_kernel_url, default_initramfs_url=default_initramfs_url)
-    return Job.parse(template, machine, env, variables=merged, now=now)
+    return Job.parse(template, machine, env, variables=merged, now=now, strict=True)
 

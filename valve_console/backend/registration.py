@@ -223,9 +223,12 @@ class MachineService:
             "mac_address": m.mac_address,
             "base_name": m.base_name,
             "full_name": self.full_name(m),
-            "tags": list(dict.fromkeys([*m.tags, *m.manual_tags])),
+            # valve-infra's "tags" are what the DUT registered: `machine_registration check` compares them
+            # with what it detects. Job matching uses all_tags (those and the operator's manual tags).
+            "tags": list(m.tags),
             "registered_tags": list(m.tags),
             "manual_tags": list(m.manual_tags),
+            "all_tags": list(dict.fromkeys([*m.tags, *m.manual_tags])),
             "ip_address": m.ip_address,
             "local_tty_device": m.local_tty_device,
             "pdu": {"name": m.pdu, "port_id": m.pdu_port_id},

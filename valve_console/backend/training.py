@@ -133,7 +133,19 @@ class TrainingService:
         row = self.rows.get(mac)
         if row is None:
             return None
+        loops = [r for r in row.results if r.get("loop", 0) > 0]
+        statuses: dict[str, int] = {}
+        for r in loops:
+            statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
         return {
+            # valve-infra's keys (its dashboard shows "TRAINING current_loop_count/boot_loop_counts")
+            "is_active": row.state in ("registering", "looping"),
+            "is_registered": row.loop > 0,
+            "boot_loop_counts": row.loops,
+            "qualifying_rate": row.qualify,
+            "current_loop_count": row.loop,
+            "statuses": statuses,
+            # ours
             "state": row.state,
             "loop": row.loop,
             "loops": row.loops,
