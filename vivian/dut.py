@@ -49,6 +49,7 @@ from collections.abc import Callable, Sequence
 PROMPT = "/ # "
 PONG = "SALAD.pong"
 KERNEL = "6.1.0-vivian"
+TAGS = ("virtio:pciid:0x1af4:0x1050", "virtio:family:VIRTIO")  # what gfxinfo finds on this "GPU"
 UNAME = f"Linux vivian-dut {KERNEL} #1 SMP PREEMPT_DYNAMIC Thu Jan  1 00:00:00 UTC 2024 x86_64 GNU/Linux"
 CONNECT_PATIENCE = 10.0
 PONG_WAIT = 2.0
@@ -333,7 +334,7 @@ async def register(console: Console, mac: str, ip: str, api: str, base_name: str
         _err("no console: ttyS1 is not connected to SALAD")
     body: dict[str, object] = {
         "base_name": base_name,
-        "tags": ["virtio:pciid:0x1af4:0x1050", "virtio:family:VIRTIO"],
+        "tags": list(TAGS),
         "mac_address": mac,
         "ip_address": ip,
         "local_tty_device": "ttyS1",
@@ -355,6 +356,21 @@ def fetch_record(api: str, mac: str, timeout: float = 5.0) -> dict[str, object] 
         _err(f"no machine record from {url}: {exc}")
         return None
     return data if isinstance(data, dict) else None
+
+
+def record_mismatches(record: dict[str, object], local: dict[str, object]) -> list[str]:
+    """``machine_registration check``'s comparison: each local value against the gateway's record, lists
+    as sets and types that must match, one ``Mismatch for '<key>': <local> vs the expected <db>`` each."""
+    problems = []
+    for key, value in local.items():
+        expected = record.get(key)
+        if isinstance(value, list) and isinstance(expected, list):
+            same = set(value) == set(expected)
+        else:
+            same = type(value) is type(expected) and value == expected
+        if not same:
+            problems.append(f"Mismatch for '{key}': {value} vs the expected {expected}")
+    return problems
 
 
 def _count_check(mac: str) -> int:
@@ -399,17 +415,15 @@ async def check(console: Console, mac: str, ip: str, api: str, cmdline: str, fla
     if record is None:
         problems.append("the gateway does not know this machine")
     else:
-        expected = {"ip_address": ip, "base_name": base_name, "local_tty_device": "ttyS1"}
-        for key, value in expected.items():
-            if record.get(key) != value:
-                problems.append(f"{key} is {record.get(key)!r} in MaRS, {value!r} here")
+        problems += record_mismatches(record, {"base_name": base_name, "tags": list(TAGS), "mac_address": mac,
+                                               "ip_address": ip})
     count = _count_check(mac)
     if flaky > 0 and count % flaky == 0:
         problems.append(f"vivian: flaky DUT: check {count} fails (every {flaky})")
     for problem in problems:
-        await console.print(f"MaRS: mismatch: {problem}")
+        await console.print(problem)
     if not problems:
-        await console.print("MaRS: the machine matches its record")
+        await console.print("No differences found!")
     await console.print(f"Execution is over, pipeline status: {1 if problems else 0}")
     await console.print("It's now safe to turn off your computer")
     return not problems

@@ -145,12 +145,7 @@ class CallbackRelay:
                  self.callback.version)
         inbound = asyncio.ensure_future(self._inbound(reader))
         try:
-            backlog = [("ctrl", entry) for entry in list(self.job.ctrl)]  # what was said before the connection
-            if self.job.row.status == "QUEUED":
-                backlog.append(("queue", {"position": self.service.position(self.job)}))
-            for kind, data in backlog:
-                if not await self._send(writer, kind, data):
-                    return
+            # Nothing to replay: the queue was listening before the job's first message.
             while True:
                 getter = asyncio.ensure_future(self.queue.get())
                 wait = QUEUED_REMINDER if self.job.row.status == "QUEUED" else None
@@ -189,8 +184,12 @@ class CallbackRelay:
             return
         exc = inbound.exception()
         why = f"the connection failed ({_reason(exc)})" if exc is not None else inbound.result()
+        if why and why.startswith("it sent"):
+            why = f"the client broke valve-infra's protocol: {why}"
+        else:
+            why = f"the client went away: {why or 'it closed the connection'}"
         if not self.job.done.is_set():
-            await self.service.end_for_client(self.job, f"the client went away: {why or 'it closed the connection'}")
+            await self.service.end_for_client(self.job, why)
 
     async def _inbound(self, reader: asyncio.StreamReader) -> Optional[str]:
         """Read the client until it closes: None at a clean close, else why its stream was refused."""
