@@ -111,6 +111,16 @@ async def _backend_main(settings) -> int:
     return 0
 
 
+def _demo_reopen_note(farm, data_dir: Path) -> str | None:
+    """What an earlier demo left in ``data_dir`` (None: a new farm), in words."""
+    machines, pdus = len(farm.machines.machines), len(farm.power.pdus)
+    history = sum(1 for job in farm.jobs.jobs.values() if job.done.is_set())
+    if not (machines or pdus or history):
+        return None
+    return (f"reopened the farm in {data_dir}: {pdus} PDU(s), {machines} machine(s), "
+            f"{history} job(s) in the history")
+
+
 async def _demo_main(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -143,7 +153,20 @@ async def _demo_main(args: argparse.Namespace) -> int:
             vport = await vpdu.start("127.0.0.1", args.vpdu_port)
         except OSError as exc:
             raise FarmStartError(f"cannot start the vPDU on port {args.vpdu_port}: {exc.strerror or exc}") from None
-        await farm.power.add_pdu("vpdu1", "vpdu", {"hostname": f"127.0.0.1:{vport}"})
+        reopened = _demo_reopen_note(farm, settings.data_dir)
+        config = {"hostname": f"127.0.0.1:{vport}"}
+        existing = farm.power.pdus.get("vpdu1")
+        if existing is None:
+            await farm.power.add_pdu("vpdu1", "vpdu", config)
+        elif existing.driver_name != "vpdu":
+            raise FarmStartError(
+                f"the farm in {settings.data_dir} has a PDU vpdu1 with the driver {existing.driver_name}, not the "
+                "demo's vPDU: rename or remove it, or use another --data-dir"
+            )
+        else:  # the farm of an earlier demo: its vPDU listens on a new port now
+            await farm.power.reconfigure_pdu("vpdu1", config)
+        if reopened:
+            logging.getLogger("valve_console.demo").info("%s", reopened)
     except FarmStartError as exc:
         print(f"valve-console: {exc}", file=sys.stderr)
         if vpdu is not None:
@@ -152,6 +175,8 @@ async def _demo_main(args: argparse.Namespace) -> int:
         return EXIT_START_FAILURE
     try:
         if args.headless:
+            if reopened:
+                print(f"valve-console demo: {reopened}", flush=True)
             print(f"valve-console demo: API {api}  token {settings.token_path}", flush=True)
             print(f"  vPDU vpdu1 on 127.0.0.1:{vport} with {args.duts} outlets, all OFF", flush=True)
             print(f"  power a DUT on:  python vivian/client.py --port {vport} --outlet 3 --on", flush=True)

@@ -3,8 +3,9 @@ gateway's default trust (its own addresses act as the operator: valve-infra's to
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import pytest
 
@@ -13,11 +14,17 @@ from tests.jobs.conftest import http, jobfarm  # noqa: F401 - fixtures shared wi
 from valve_console.backend.farm import Farm
 
 
+@contextlib.asynccontextmanager
+async def farm_trusting_the_gateway(tmp_path: Path, **overrides: Any) -> AsyncIterator[Farm]:
+    farm = Farm(make_settings(tmp_path / "data", **{"trusted_networks": ["auto"], **overrides}))
+    await farm.start()
+    try:
+        yield farm
+    finally:
+        await farm.stop()
+
+
 @pytest.fixture
 async def farm(tmp_path: Path) -> AsyncIterator[Farm]:
-    f = Farm(make_settings(tmp_path / "data", trusted_networks=["auto"]))
-    await f.start()
-    try:
+    async with farm_trusting_the_gateway(tmp_path) as f:
         yield f
-    finally:
-        await f.stop()

@@ -699,6 +699,31 @@ class PowerService:
         self._update_health()
         return self.pdu_json(name)
 
+    async def reconfigure_pdu(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Give a PDU a new driver config (e.g. the vPDU's new port): stored, then its driver restarts."""
+        rt = self._runtime(name)
+        try:
+            drv = create_driver(rt.driver_name, config)
+        except (DriverConfigError, DriverError) as exc:
+            raise BadRequest(str(exc)) from None
+
+        def update(session: Session) -> None:
+            row = session.get(Pdu, name)
+            if row is None:
+                raise NotFound(f"unknown PDU {name!r}")
+            row.config = dict(config)
+            session.add(row)
+
+        await self.store.run(update)
+        self.pdus.pop(name, None)
+        await self._shutdown(rt)
+        fresh = PduRuntime(name, rt.driver_name, dict(config), set(rt.reserved), drv)
+        self._launch(fresh)
+        self.bus.publish("pdu", {"action": "updated", "name": name, "pdu": self.pdu_json(name)})
+        log.info("PDU %s reconfigured", name)
+        self._update_health()
+        return self.pdu_json(name)
+
     async def remove_pdu(self, name: str) -> None:
         rt = self._runtime(name)
 
