@@ -224,3 +224,18 @@ def test_frame_codec_round_trip():
 
     datetime.fromisoformat(msg["date"])  # valve-infra's client parses it so
     assert json.loads(frame("session_end", {"status": "PASS"})[4:])["msg_type"] == "session_end"
+
+
+async def test_a_reader_that_falls_behind_is_let_go_not_buffered_for_ever():
+    """A job's reader (callback relay, SSE) holds at most its byte budget; past it, get() says so."""
+    from valve_console.backend.executor import JobListener, ListenerOverflow
+
+    listener = JobListener(max_bytes=10_000)
+    for _ in range(20):
+        listener.put(("job_io", {"data": "x" * 1000}))
+    assert listener.overflowed and listener.bytes == 0  # what it held is dropped at once
+    with pytest.raises(ListenerOverflow, match="more than 10000 bytes behind"):
+        await listener.get()
+    ok = JobListener(max_bytes=10_000)
+    ok.put(("ctrl", {"msg": "+0.001s: hello", "severity": 1}))
+    assert await ok.get() == ("ctrl", {"msg": "+0.001s: hello", "severity": 1}) and ok.bytes == 0

@@ -27,6 +27,7 @@ from .errors import BadRequest, FarmError
 from .gitlab import GitlabInstanceCreate, GitlabInstanceUpdate
 from .events import EVENT_TYPES
 from .registration import MachineUpdate, Registration, normalise_mac
+from .executor import ListenerOverflow
 from .submission import answer, protocol_of, read_submission, wants_rich_answer
 
 if TYPE_CHECKING:
@@ -706,6 +707,8 @@ def create_app(farm: "Farm") -> Any:
                         kind, data = await asyncio.wait_for(queue.get(), 1.0)
                     except asyncio.TimeoutError:
                         continue
+                    except ListenerOverflow:
+                        return  # fallen too far behind: the client reconnects with its offsets
                     yield _sse(kind, data)
                     if kind == "session_end":
                         return

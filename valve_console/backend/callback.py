@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from .submission import Callback
 
+from .executor import ListenerOverflow
+
 if TYPE_CHECKING:
     from .executor import JobService, RunningJob
 
@@ -160,6 +162,10 @@ class CallbackRelay:
                     return
                 if getter not in done:  # the reminder of a queued job's position
                     item: tuple[str, Any] = ("queue", {"position": self.service.position(self.job)})
+                elif isinstance(getter.exception(), ListenerOverflow):
+                    await self.service.end_for_client(
+                        self.job, f"the client does not keep up with its job's console ({getter.exception()})")
+                    return
                 else:
                     item = getter.result()
                 if not await self._send(writer, *item):

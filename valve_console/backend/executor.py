@@ -75,6 +75,58 @@ class NotAcceptable(FarmError):
         super().__init__(message, 406)
 
 
+LISTENER_MAX_BYTES = 32 << 20  # console bytes (base85) one reader of a job may fall behind by
+
+
+class ListenerOverflow(Exception):
+    """A job's reader fell more than its budget behind: it must resume from the stored console."""
+
+
+class JobListener:
+    """A job's messages for one reader (SSE stream, callback relay), bounded in bytes.
+
+    A reader that falls ``max_bytes`` behind stops getting messages: its next ``get`` raises
+    :class:`ListenerOverflow` (an SSE reader reconnects with its offsets; a callback client is let go).
+    """
+
+    def __init__(self, max_bytes: int = LISTENER_MAX_BYTES) -> None:
+        self._items: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        self._ready = asyncio.Event()
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.overflowed = False
+
+    @staticmethod
+    def _size(item: tuple[str, dict[str, Any]]) -> int:
+        data = item[1]
+        return len(data.get("data", "")) + len(data.get("msg", "")) + 64
+
+    def put(self, item: tuple[str, dict[str, Any]]) -> None:
+        if self.overflowed:
+            return
+        size = self._size(item)
+        if self.bytes + size > self.max_bytes:
+            self.overflowed = True
+            self._items.clear()
+            self.bytes = 0
+        else:
+            self._items.append(item)
+            self.bytes += size
+        self._ready.set()
+
+    put_nowait = put  # asyncio.Queue's name, for readers written against one
+
+    async def get(self) -> tuple[str, dict[str, Any]]:
+        while not self._items:
+            if self.overflowed:
+                raise ListenerOverflow(f"the reader fell more than {self.max_bytes} bytes behind")
+            self._ready.clear()
+            await self._ready.wait()
+        item = self._items.popleft()
+        self.bytes -= self._size(item)
+        return item
+
+
 @dataclass
 class RunningJob:
     """A job in memory: its row, and what its readers need (control log, live listeners)."""
@@ -502,13 +554,13 @@ class JobService:
         return self.consoles.input(job.row.machine, data, writer=f"job:{job_id}", takeover=True)
 
     # ---------------------------------------------------------------- streams
-    def listen(self, job: RunningJob) -> asyncio.Queue:
-        queue: asyncio.Queue = asyncio.Queue()
-        job.listeners.add(queue)
-        return queue
+    def listen(self, job: RunningJob, max_bytes: int = LISTENER_MAX_BYTES) -> "JobListener":
+        listener = JobListener(max_bytes)
+        job.listeners.add(listener)
+        return listener
 
-    def unlisten(self, job: RunningJob, queue: asyncio.Queue) -> None:
-        job.listeners.discard(queue)
+    def unlisten(self, job: RunningJob, listener: "JobListener") -> None:
+        job.listeners.discard(listener)
 
     def console_slice(self, job: RunningJob, start: int = 0) -> bytes:
         """The job's console [console_start + start, end or what the executor has fed so far)."""
@@ -522,8 +574,8 @@ class JobService:
         return console.slice(row.console_start + max(start, 0), end)
 
     def _emit(self, job: RunningJob, kind: str, data: dict[str, Any]) -> None:
-        for queue in list(job.listeners):
-            queue.put_nowait((kind, data))
+        for listener in list(job.listeners):
+            listener.put((kind, data))
 
     def _log(self, job: RunningJob, msg: str, severity: int = 1) -> None:
         text = f"+{time.monotonic() - job.t0:.3f}s: {msg}"
