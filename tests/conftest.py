@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import sys
 import time
@@ -72,15 +73,22 @@ def make_settings(data_dir: Path, **overrides) -> Settings:
     return Settings(**values)
 
 
-@pytest.fixture
-async def farm(tmp_path: Path) -> AsyncIterator[Farm]:
-    """A running Farm with its API on a free loopback port and no PDUs."""
-    f = Farm(make_settings(tmp_path / "data"))
+@contextlib.asynccontextmanager
+async def running_farm(settings: Settings) -> AsyncIterator[Farm]:
+    """A Farm started with ``settings``, stopped on the way out."""
+    f = Farm(settings)
     await f.start()
     try:
         yield f
     finally:
         await f.stop()
+
+
+@pytest.fixture
+async def farm(tmp_path: Path) -> AsyncIterator[Farm]:
+    """A running Farm with its API on a free loopback port and no PDUs."""
+    async with running_farm(make_settings(tmp_path / "data")) as f:
+        yield f
 
 
 def api_url(farm: Farm) -> str:

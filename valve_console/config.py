@@ -19,6 +19,18 @@ def default_data_dir() -> Path:
     return Path(xdg) / "valve-console"
 
 
+def _env_list(value: object) -> object:
+    """A list setting given as text (an environment variable): a JSON list, or comma-separated items."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        import json
+
+        return json.loads(text)
+    return [part for part in (p.strip() for p in text.split(",")) if part]
+
+
 def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` → (host, port); raises ValueError in words."""
     text = value.strip()
@@ -132,14 +144,7 @@ class Settings(BaseSettings):
     @classmethod
     def _serial_list(cls, value: object) -> object:
         """``VALVE_CONSOLE_SERIAL`` may be a JSON list or ``PATH[@BAUD],PATH[@BAUD]``; each is checked."""
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                import json
-
-                value = json.loads(text)
-            else:
-                value = [part for part in (p.strip() for p in text.split(",")) if part]
+        value = _env_list(value)
         if isinstance(value, (list, tuple)):
             from .drivers.serial.base import parse_serial_spec
 
@@ -151,14 +156,7 @@ class Settings(BaseSettings):
     @classmethod
     def _trusted_list(cls, value: object) -> object:
         """``auto``, ``none``/empty, CIDRs, comma-separated or as a JSON list; each CIDR is checked."""
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                import json
-
-                value = json.loads(text)
-            else:
-                value = [part for part in (p.strip() for p in text.split(",")) if part]
+        value = _env_list(value)
         if isinstance(value, (list, tuple)):
             from .backend.trust import parse_networks
 

@@ -3,25 +3,18 @@ gateway's default trust (its own addresses act as the operator: valve-infra's to
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncContextManager, AsyncIterator
 
 import pytest
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, running_farm
 from tests.jobs.conftest import http, jobfarm  # noqa: F401 - fixtures shared with tests/jobs
 from valve_console.backend.farm import Farm
 
 
-@contextlib.asynccontextmanager
-async def farm_trusting_the_gateway(tmp_path: Path, **overrides: Any) -> AsyncIterator[Farm]:
-    farm = Farm(make_settings(tmp_path / "data", **{"trusted_networks": ["auto"], **overrides}))
-    await farm.start()
-    try:
-        yield farm
-    finally:
-        await farm.stop()
+def farm_trusting_the_gateway(tmp_path: Path, **overrides: Any) -> AsyncContextManager[Farm]:
+    return running_farm(make_settings(tmp_path / "data", **{"trusted_networks": ["auto"], **overrides}))
 
 
 @pytest.fixture

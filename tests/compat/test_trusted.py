@@ -18,9 +18,8 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, running_farm
 from valve_console.backend.boot import BootCache, BootCacheError
-from valve_console.backend.farm import Farm
 from valve_console.backend.trust import Trust, own_addresses
 
 GATEWAY, DUT = "10.213.0.1", "10.213.0.50"
@@ -75,13 +74,9 @@ def _from_dut(ns: str, method: str, url: str, **kwargs) -> httpx.Response:
 
 @contextlib.asynccontextmanager
 async def farm_trusting(tmp_path: Path, trusted: list[str]):
-    farm = Farm(make_settings(tmp_path / f"data-{len(trusted)}-{'-'.join(trusted)}".replace("/", "_"),
-                              listen="0.0.0.0:0", trusted_networks=trusted))
-    await farm.start()
-    try:
+    data = tmp_path / f"data-{len(trusted)}-{'-'.join(trusted)}".replace("/", "_")
+    async with running_farm(make_settings(data, listen="0.0.0.0:0", trusted_networks=trusted)) as farm:
         yield farm, farm.api_address[1]
-    finally:
-        await farm.stop()
 
 
 PDU = {"name": "d1", "driver": "dummy", "config": {"ports": 2}}
