@@ -1623,6 +1623,7 @@ def worker_main(memory_bytes: int) -> None:
     sys.stdout = sys.stderr  # nothing but answers goes to the pipe
     signal.signal(signal.SIGXCPU, _on_cpu_limit)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the backend stops its workers (stdin EOF, or a kill)
+    os.nice(10)  # the backend's event loop comes first when the CPU is short
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
     if hard == resource.RLIM_INFINITY or hard > memory_bytes:
         resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, hard))
