@@ -103,7 +103,7 @@ def store_password(data_dir: Path, password: str) -> Path:
     """Write the hash to ``<data>/web-password`` (mode 0600) atomically."""
     path = data_dir / PASSWORD_FILE
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # the backend's data dir: private
         write_atomically(path, hash_password(password) + "\n", mode=0o600)
     except OSError as exc:
         raise ServeError(f"cannot store the password in {path}: {exc.strerror or exc}") from None
