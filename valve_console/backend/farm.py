@@ -199,6 +199,8 @@ class Farm:
             self.bus.publish("health", {"service": service, "state": state, "reason": reason})
 
     def _sync_health(self) -> None:
+        if self.store is not None and self._health.get("storage", ("",))[0] != "starting":
+            self._set_health("storage", *self.store.health())
         for name, svc in (
             ("power", self.power),
             ("consoles", self.consoles),
@@ -342,6 +344,7 @@ class Farm:
         except Exception as exc:  # noqa: BLE001 - reported as one line
             raise FarmStartError(f"cannot open the database {db_url}: {exc}") from None
         self._set_health("storage", "ok")
+        self.store.on_health_change = self._sync_health
 
         self.machines = MachineService(self.store, self.bus, self.settings.farm_name)
         await self.machines.start()
