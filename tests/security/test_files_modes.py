@@ -115,3 +115,24 @@ def test_with_the_managed_dnsmasq_only_its_files_are_reachable(open_dir: Path) -
     assert as_nobody("cat", str(data / "dnsmasq" / "hosts.dhcp")).returncode == 0
     assert as_nobody("cat", str(data / "valve-console.db")).returncode != 0
     assert as_nobody("ls", str(data)).returncode != 0  # traversable, not listable
+
+
+def test_a_group_given_the_data_dir_keeps_the_right_to_enter_it(open_dir: Path) -> None:
+    """valve-console.service gives the data dir to valve-operators (chgrp, chmod g+x) so that their ssh
+    logins read the token (0640 to that group): kept at the next start; group rights on files are not."""
+    import grp
+
+    if os.geteuid() != 0:
+        pytest.skip("giving the directory to another group needs root")
+    data = open_dir / "data"
+    data.mkdir(mode=0o755)
+    (data / "token").write_text("t" * 43)
+    os.chmod(data / "token", 0o640)
+    other = next(g.gr_gid for g in grp.getgrall() if g.gr_gid != os.getegid())
+    os.chown(data, -1, other)
+    secure_data_dir(data)
+    assert mode(data) == 0o710 and mode(data / "token") == 0o600
+    os.chown(data, -1, os.getegid())  # its owner's own group: nothing was granted on purpose
+    os.chmod(data, 0o755)
+    secure_data_dir(data)
+    assert mode(data) == 0o700

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import socket
 import time
 from collections import deque
@@ -46,10 +47,22 @@ DNSMASQ_DATA_DIR = 0o711
 DNSMASQ_DIRS = {"dnsmasq": 0o755, "tftp": 0o755}
 
 
+def _granted_group_traverse(path: Path) -> int:
+    """0o010 if the directory was given to a group on purpose (its group is not its owner's own, as
+    valve-console.service does for valve-operators, who read the token) and that group may enter it."""
+    st = path.stat()
+    try:
+        own_group = pwd.getpwuid(st.st_uid).pw_gid
+    except KeyError:
+        return 0
+    return st.st_mode & 0o010 if st.st_gid != own_group else 0
+
+
 def secure_data_dir(data: Path, *, dnsmasq: bool = False) -> list[str]:
-    """Create the data dir private (0700; 0711 with the managed dnsmasq) and take group and other
-    rights away from what is directly in it (files 0600 at most, directories 0700). Returns what was
-    changed, in words. Deeper files are private through their directory."""
+    """Create the data dir private (0700; 0711 with the managed dnsmasq; a group it was given keeps
+    the right to enter it) and take group and other rights away from what is directly in it (files
+    0600 at most, directories 0700). Returns what was changed, in words. Deeper files are private
+    through their directory."""
     data.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
     fixed: list[str] = []
 
@@ -60,7 +73,7 @@ def secure_data_dir(data: Path, *, dnsmasq: bool = False) -> list[str]:
             os.chmod(path, wanted)
             fixed.append(f"{path.name or path} {current:04o} -> {wanted:04o}")
 
-    ensure(data, DNSMASQ_DATA_DIR if dnsmasq else PRIVATE_DIR, exact=True)
+    ensure(data, (DNSMASQ_DATA_DIR if dnsmasq else PRIVATE_DIR) | _granted_group_traverse(data), exact=True)
     if dnsmasq:  # its hosts file's directory, before the boot service writes it (whatever the umask)
         (data / "dnsmasq").mkdir(exist_ok=True)
     with os.scandir(data) as entries:
