@@ -21,6 +21,13 @@ share, removed with the history; ``share_variables(job_id, mac)`` gives ``job_bu
 on a machine that is not ready for service; ``training_jobs`` maps those job ids to their kind. A user job for
 a machine in training is refused (409). A job whose console matches ``machine_unfit_for_service`` ends
 INCOMPLETE (unless it failed already) and calls ``on_unfit(mac, job_id)`` (the farm wires Sgt. Hartman).
+
+Templates are never rendered or parsed on the event loop: ``JobService.parser`` (``JobParser``) does it in
+up to ``PARSE_WORKERS`` reused worker processes (jobs.worker_main), each request under a CPU budget
+(``PARSE_CPU_SECONDS``, RLIMIT_CPU), a worker under ``PARSE_MEMORY_BYTES`` (RLIMIT_DATA) and a wall-clock
+limit; over a limit the submission is a 400 (or the job ends SETUP_FAIL) saying which. ``await
+parser.peek_target(text, variables)``, ``await parser.parse(text, machine, target=, variables=, defaults=,
+strict=)``, ``await parser.close()``.
 """
 
 from __future__ import annotations
@@ -208,31 +215,39 @@ class JobParser:
         raise JobError(issues=[JobIssue(line, where, message) for line, where, message in value])
 
     async def _on_a_worker(self, request: bytes) -> tuple[str, Any]:
-        worker = self._idle.pop() if self._idle else None
-        if worker is None:
+        """The answer of an idle worker (or a new one). A reused worker that died meanwhile is replaced
+        and the request sent again; a new worker that dies on the request is the job's doing (400)."""
+        while True:
+            reused = bool(self._idle)
+            worker = self._idle.pop() if reused else await self._start_worker()
+            self._busy.add(worker)
+            done = False
             try:
-                worker = await _ParseWorker.start(self.memory_bytes)
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
-                raise FarmError(f"the job parser cannot start: {exc or type(exc).__name__}", 503) from None
-            self.spawned += 1
-        self._busy.add(worker)
-        done = False
+                outcome = await worker.call(request, self.wall_seconds)
+                done = True
+                return outcome
+            except TimeoutError:
+                raise JobError(f"the job template took more than {self.wall_seconds:g} s to render and parse "
+                               "(its worker was stopped)") from None
+            except (OSError, asyncio.IncompleteReadError, pickle.UnpicklingError) as exc:
+                if not reused:
+                    why = f"exit status {worker.proc.returncode}" if worker.proc.returncode is not None else exc
+                    raise JobError(f"the job template stopped the job parser ({why})") from None
+                log.warning("a job parse worker had gone (%s); starting another", exc or type(exc).__name__)
+            finally:
+                self._busy.discard(worker)
+                if done and worker.alive and not self._closed:
+                    self._idle.append(worker)
+                else:  # a limit, a timeout, a cancel mid-request (its answer would come to the next one)
+                    worker.kill()
+
+    async def _start_worker(self) -> _ParseWorker:
         try:
-            outcome = await worker.call(request, self.wall_seconds)
-            done = True
-        except TimeoutError:
-            raise JobError(
-                f"the job template took more than {self.wall_seconds:g} s to render and parse (its worker was stopped)"
-            ) from None
-        except (OSError, asyncio.IncompleteReadError, pickle.UnpicklingError) as exc:
-            raise FarmError(f"the job parser failed: {exc or type(exc).__name__}", 503) from None
-        finally:
-            self._busy.discard(worker)
-            if done and worker.alive and not self._closed:
-                self._idle.append(worker)
-            else:  # a limit, a timeout, a cancel mid-request (its answer would come to the next one)
-                worker.kill()
-        return outcome
+            worker = await _ParseWorker.start(self.memory_bytes)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            raise FarmError(f"the job parser cannot start: {exc or type(exc).__name__}", 503) from None
+        self.spawned += 1
+        return worker
 
     async def close(self) -> None:
         self._closed = True
