@@ -115,7 +115,7 @@ class _ParseWorker:
             if ready != WORKER_READY:
                 raise OSError(f"the job parser process said {ready!r} at start")
         except BaseException:
-            worker.kill()
+            await worker.kill()
             raise
         return worker
 
@@ -131,17 +131,19 @@ class _ParseWorker:
             self.alive = False
         return outcome
 
-    def kill(self) -> None:
+    def kill(self) -> asyncio.Future:
+        """Kill it (if it runs); the future is done once it is reaped and its pipes are closed."""
         self.alive = False
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
-        task = asyncio.ensure_future(self.proc.wait())  # reaped in the background
-        _REAPING.add(task)
-        task.add_done_callback(_REAPING.discard)
+        return asyncio.ensure_future(self._reap())
 
-
-_REAPING: set[asyncio.Future] = set()
+    async def _reap(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.proc.communicate(), PARSE_START_TIMEOUT)  # to EOF: its pipes close
 
 
 class JobParser:
@@ -171,6 +173,7 @@ class JobParser:
         self._busy: set[_ParseWorker] = set()
         self._waiting = 0
         self._closed = False
+        self._reaping: set[asyncio.Future] = set()
         self.requests = 0  # answered requests, for tests and figures
         self.spawned = 0
 
@@ -239,7 +242,7 @@ class JobParser:
                 if done and worker.alive and not self._closed:
                     self._idle.append(worker)
                 else:  # a limit, a timeout, a cancel mid-request (its answer would come to the next one)
-                    worker.kill()
+                    self._kill(worker)
 
     async def _start_worker(self) -> _ParseWorker:
         try:
@@ -249,15 +252,18 @@ class JobParser:
         self.spawned += 1
         return worker
 
+    def _kill(self, worker: _ParseWorker) -> None:
+        reaped = worker.kill()
+        self._reaping.add(reaped)
+        reaped.add_done_callback(self._reaping.discard)
+
     async def close(self) -> None:
         self._closed = True
-        workers = [*self._idle, *self._busy]
+        for worker in [*self._idle, *self._busy]:
+            self._kill(worker)
         self._idle.clear()
-        for worker in workers:
-            worker.kill()
-        procs = [w.proc.wait() for w in workers]
-        if procs:
-            await asyncio.wait([asyncio.ensure_future(p) for p in procs], timeout=5)
+        if self._reaping:
+            await asyncio.wait(list(self._reaping), timeout=PARSE_START_TIMEOUT)
 
 
 @dataclass
