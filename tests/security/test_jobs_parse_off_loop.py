@@ -1,7 +1,7 @@
 """Issue 15, reproduction 9: job templates are rendered and parsed off the event loop.
 
 The backend runs as a real process (tests/e2e/helpers.Backend). A template with nested ``range()`` loops,
-a 1 MiB YAML flow list and a template that doubles a string until it is 512 MiB used to be rendered and
+a 1 MB YAML flow list and a template that doubles a string until it is 512 MiB used to be rendered and
 parsed on the loop (at submission, and again when the job runs): the whole farm stopped answering for
 seconds (or minutes, with bigger loops). Now they go to a worker process with a CPU budget (2 s) and a
 memory limit (512 MiB): each is refused with a 400 that says why, and ``/api/v1/health`` answers
@@ -34,7 +34,7 @@ MACHINE_ONLY_LOOPS = HEAD + (  # cheap while its target is read (no machine yet)
     "{% if machine_id %}{% for i in range(3000) %}{% for j in range(3000) %}{% set x = i * j %}"
     "{% endfor %}{% endfor %}{% endif %}\n"
 )
-YAML_FLOW_LIST = HEAD + "x: [" + ",".join(["1"] * 340_000) + "]\n"  # 680 kB, 340,000 nodes: ~8 s to compose
+YAML_FLOW_LIST = HEAD + "x: [" + ",".join(["1"] * 500_000) + "]\n"  # 1 MB, 500,000 nodes: ~12 s to compose
 STRING_DOUBLING = HEAD + (  # a 512 MiB string (and its 256 MiB half) built by a namespace
     "{% set ns = namespace(s='a') %}{% for i in range(29) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}\n"
 )
