@@ -87,3 +87,15 @@ async def test_a_worker_that_died_while_idle_is_replaced(parser: JobParser) -> N
     await worker.proc.wait()
     assert (await parser.peek_target(job_yaml())).tags == ["gpu:fake"]
     assert parser.spawned == 2
+
+
+async def test_console_patterns_are_bounded(parser: JobParser) -> None:
+    """The backend compiles a job's regexes again when it takes the parsed job: their size is bounded."""
+    long = job_yaml().replace("It's now safe to turn off your computer", "x" * 4097)
+    with pytest.raises(JobError, match="the regex is longer than 4096 characters") as refused:
+        await parser.parse(long, MACHINE)
+    assert refused.value.field == "console_patterns.session_end.regex"
+    dogs = "".join(f"    w{i}: {{start: {{regex: a}}, reset: {{regex: b}}, stop: {{regex: c}}}}\n" for i in range(33))
+    many = job_yaml().replace("console_patterns:\n", "console_patterns:\n  watchdogs:\n" + dogs)
+    with pytest.raises(JobError, match="more than 32 watchdogs"):
+        await parser.parse(many, MACHINE)

@@ -126,7 +126,10 @@ class _ParseWorker:
             self.proc.stdin.write(struct.pack("!I", len(request)) + request)
             await self.proc.stdin.drain()
             (size,) = struct.unpack("!I", await self.proc.stdout.readexactly(4))
-            outcome = pickle.loads(await self.proc.stdout.readexactly(size))
+            answer = await self.proc.stdout.readexactly(size)
+        # Unpickling a job compiles its console patterns again (bounded by jobs.MAX_PATTERN_CHARS): in a
+        # thread, so that the loop keeps its turns.
+        outcome = await asyncio.to_thread(pickle.loads, answer)
         if outcome[0] == "limit":  # the worker exits after a limit: a fresh one takes its place
             self.alive = False
         return outcome

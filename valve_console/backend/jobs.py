@@ -141,6 +141,8 @@ ENV_PREFIX = "EXECUTOR_JOB__"
 DEFAULT_SESSION_END = r"^\[[\d \.]{12}\] reboot: Power Down$"
 MAX_JOB_CHARS = 1024 * 1024  # a job template or rendered job bigger than this is refused
 MAX_YAML_NODES = 100_000  # nodes visited (aliases included): refuses "billion laughs" documents
+MAX_PATTERN_CHARS = 4096  # a console pattern's regex (compiled again by the backend, ~2 ms per KiB)
+MAX_WATCHDOGS = 32
 DEFAULT_MAX_LINE_LENGTH = 16 * 1024  # console bytes kept per line for pattern matching
 _stage = ["render"]  # what the parse worker is doing ("render" or "parse"), for its "took too long" message
 
@@ -469,6 +471,8 @@ class Pattern(_Strict):
     @field_validator("regex")
     @classmethod
     def _compiles(cls, v: str) -> str:
+        if len(v) > MAX_PATTERN_CHARS:
+            raise ValueError(f"the regex is longer than {MAX_PATTERN_CHARS} characters")
         try:
             re.compile(v.encode("utf-8"))
         except re.error as exc:
@@ -492,6 +496,8 @@ _WATCHDOG_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 
 def _check_watchdog_names(names: Mapping[str, Any]) -> None:
+    if len(names) > MAX_WATCHDOGS:
+        raise ValueError(f"more than {MAX_WATCHDOGS} watchdogs")
     for name in names:
         if not _WATCHDOG_NAME.match(str(name)):
             raise ValueError(f"invalid watchdog name {str(name)[:40]!r} (letters, digits, '_', '.', '-')")
