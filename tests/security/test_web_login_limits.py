@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -24,15 +25,22 @@ import pytest
 from valve_console.serve import SESSION_COOKIE, store_password
 
 from tests.e2e.helpers import ROOT, VALVE
-from tests.security.conftest_offloop import HEALTH_WITHIN
+from tests.security.conftest_offloop import HEALTH_WITHIN, rss_mib
 
 PASSWORD = "correct horse battery"
+SERVE_RSS_MIB = 200  # the web front during the flood (scrypt: 16 MiB per check, two at once)
 ATTACKER, VISITOR = "127.0.0.1", "127.0.0.2"
 
 
+@dataclass
+class Serve:
+    url: str
+    pid: int
+
+
 @pytest.fixture
-async def web(tmp_path: Path) -> AsyncIterator[str]:
-    """``valve-console serve`` alone (no backend is needed to log in); its base URL."""
+async def web(tmp_path: Path) -> AsyncIterator[Serve]:
+    """``valve-console serve`` alone (no backend is needed to log in)."""
     data = tmp_path / "data"
     store_password(data, PASSWORD)
     (data / "token").write_text("t" * 43 + "\n")
@@ -46,7 +54,7 @@ async def web(tmp_path: Path) -> AsyncIterator[str]:
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
         match = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
         assert match, f"serve did not start: {line!r}"
-        yield match.group(1)
+        yield Serve(match.group(1), proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -67,17 +75,19 @@ async def guess(session: aiohttp.ClientSession, url: str, secret: str) -> tuple[
         return response.status, await response.text(), dict(response.headers)
 
 
-async def test_parallel_wrong_passwords_are_limited_and_a_visitor_is_served(web: str) -> None:
+async def test_parallel_wrong_passwords_are_limited_and_a_visitor_is_served(web: Serve) -> None:
+    url = web.url
     async with client_from(ATTACKER) as attacker, client_from(VISITOR, 4) as visitor:
-        flood = asyncio.gather(*(guess(attacker, web, f"wrong guess {i}") for i in range(100)))
+        flood = asyncio.gather(*(guess(attacker, url, f"wrong guess {i}") for i in range(100)))
         await asyncio.sleep(0.2)  # the guesses are in flight
-        waits = []
+        waits, rss = [], []
         for _ in range(5):  # the login page, for someone else, meanwhile
             started = time.monotonic()
-            async with visitor.get(web + "/login") as response:
+            async with visitor.get(url + "/login") as response:
                 assert response.status == 200 and 'name="password"' in await response.text()
             waits.append(time.monotonic() - started)
-        status, page, headers = await guess(visitor, web, PASSWORD)
+            rss.append(rss_mib(web.pid))
+        status, page, headers = await guess(visitor, url, PASSWORD)
         answers = await flood
     assert status == 303, page  # the visitor logs in, from another address, during the flood
     assert max(waits) < HEALTH_WITHIN, f"the login page took {max(waits):.2f} s during the flood"
@@ -88,15 +98,18 @@ async def test_parallel_wrong_passwords_are_limited_and_a_visitor_is_served(web:
     assert re.search(r"Too many login attempts from 127\.0\.0\.1: try again in \d+ s\.", page), page
     assert int(headers["Retry-After"]) >= 1
     assert SESSION_COOKIE not in headers.get("Set-Cookie", "")
-    print(f"login page worst {max(waits):.3f} s; {len(checked)} guesses checked, {len(limited)} limited")
+    assert max(rss) < SERVE_RSS_MIB, f"serve RSS {max(rss):.0f} MiB"
+    print(f"login page worst {max(waits):.3f} s; {len(checked)} guesses checked, {len(limited)} limited; "
+          f"serve RSS {max(rss):.0f} MiB")
 
 
-async def test_guesses_from_many_addresses_meet_the_console_wide_limit(web: str) -> None:
+async def test_guesses_from_many_addresses_meet_the_console_wide_limit(web: Serve) -> None:
     """30 addresses guess at once, one guess each (within every address's own limit)."""
+    url = web.url
 
     async def one(i: int) -> tuple[int, str, dict]:
         async with client_from(f"127.0.0.{10 + i}", 1) as attacker:
-            return await guess(attacker, web, f"wrong guess {i}")
+            return await guess(attacker, url, f"wrong guess {i}")
 
     answers = await asyncio.gather(*(one(i) for i in range(30)))
     statuses = [a[0] for a in answers]
