@@ -12,7 +12,11 @@ aiohttp application:
   a foreign Origin gets 403;
 - the ``Host`` header must name this gateway (an IP address, ``localhost``, the host name, the public
   URL's host or an ``--allow-host``), which stops DNS-rebinding pages from reaching the login form;
-- at most ``max_sessions`` consoles at once (each is a process of ≈ 40 MB).
+- at most ``max_sessions`` consoles at once (each is a process of ≈ 40 MB);
+- login attempts limited per source address (a /64 for IPv6) and for the whole console (token buckets,
+  :class:`LoginLimiter`), checked before the password: a limited attempt gets the login page with
+  "Too many login attempts ...; try again in N s" (429, ``Retry-After``); scrypt runs in worker
+  threads, at most two at once, never on the event loop.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import hmac
 import html
 import ipaddress
 import logging
+import math
 import os
 import re
 import secrets
@@ -98,11 +103,110 @@ def store_password(data_dir: Path, password: str) -> Path:
     """Write the hash to ``<data>/web-password`` (mode 0600) atomically."""
     path = data_dir / PASSWORD_FILE
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # the backend's data dir: private
         write_atomically(path, hash_password(password) + "\n", mode=0o600)
     except OSError as exc:
         raise ServeError(f"cannot store the password in {path}: {exc.strerror or exc}") from None
     return path
+
+
+# --- login attempts ----------------------------------------------------------------------------------
+
+
+class TokenBucket:
+    """``burst`` attempts at once, then one more every ``every`` seconds."""
+
+    __slots__ = ("burst", "every", "tokens", "at")
+
+    def __init__(self, burst: int, every: float, now: float) -> None:
+        self.burst, self.every = burst, every
+        self.tokens, self.at = float(burst), now
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) / self.every)
+        self.at = now
+
+    def take(self, now: float) -> float:
+        """Take one attempt: 0 if allowed, else the seconds until the next one is."""
+        self._refill(now)
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) * self.every
+
+    def give_back(self, now: float) -> None:
+        self._refill(now)
+        self.tokens = min(self.burst, self.tokens + 1)
+
+    def full(self, now: float) -> bool:
+        self._refill(now)
+        return self.tokens >= self.burst
+
+
+def source_of(remote: str | None) -> str:
+    """The address a limit applies to: the IPv4 address, or the /64 of an IPv6 one."""
+    try:
+        address = ipaddress.ip_address((remote or "").split("%", 1)[0])
+    except ValueError:
+        return remote or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+class LoginLimiter:
+    """Login attempts per source address and for the whole console (token buckets). An attempt is
+    taken before the password is checked (so a limited guess costs no scrypt) and given back when it
+    succeeds. Sources are forgotten once their bucket is full again; at most ``max_sources`` kept (a new
+    one beyond that is limited by the console-wide bucket only)."""
+
+    def __init__(
+        self,
+        per_source: tuple[int, float] = (5, 10.0),
+        overall: tuple[int, float] = (20, 2.0),
+        max_sources: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_source = per_source
+        self.clock = clock
+        self.max_sources = max_sources
+        self.overall = TokenBucket(*overall, clock())
+        self.sources: dict[str, TokenBucket] = {}
+
+    def _bucket(self, source: str, now: float) -> TokenBucket | None:
+        bucket = self.sources.get(source)
+        if bucket is None:
+            if len(self.sources) >= self.max_sources:
+                self.sources = {key: b for key, b in self.sources.items() if not b.full(now)}
+            if len(self.sources) >= self.max_sources:
+                return None
+            bucket = self.sources[source] = TokenBucket(*self.per_source, now)
+        return bucket
+
+    def attempt(self, remote: str | None) -> tuple[str, int] | None:
+        """None if this attempt may check a password; else why not (words) and the seconds to wait."""
+        now = self.clock()
+        source = source_of(remote)
+        bucket = self._bucket(source, now)
+        if bucket is not None:
+            wait = math.ceil(bucket.take(now))
+            if wait:
+                return f"Too many login attempts from {source}: try again in {wait} s.", wait
+        wait = math.ceil(self.overall.take(now))
+        if wait:
+            if bucket is not None:
+                bucket.give_back(now)
+            return f"Too many login attempts on this console: try again in {wait} s.", wait
+        return None
+
+    def succeeded(self, remote: str | None) -> None:
+        now = self.clock()
+        self.overall.give_back(now)
+        bucket = self.sources.get(source_of(remote))
+        if bucket is not None:
+            bucket.give_back(now)
 
 
 # --- sessions ----------------------------------------------------------------------------------------
@@ -187,6 +291,8 @@ class GuardedServer(Server):
         max_sessions: int = 8,
         title: str = "valve-console",
         failed_login_delay: float = 1.0,
+        login_limiter: LoginLimiter | None = None,
+        password_checks: int = 2,
     ) -> None:
         super().__init__(command, host=host, port=port, title=title, public_url=public_url or "http://localhost")
         self.explicit_public_url = public_url
@@ -194,6 +300,8 @@ class GuardedServer(Server):
         self.token = token
         self.max_sessions = max_sessions
         self.failed_login_delay = failed_login_delay
+        self.login_limiter = login_limiter or LoginLimiter()
+        self._password_checks = asyncio.Semaphore(password_checks)  # scrypt: 16 MiB and ~0.1 s of CPU each
         self.sessions = Sessions()
         self.active_consoles = 0
         names = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
@@ -228,6 +336,7 @@ class GuardedServer(Server):
             )
 
     def _login_ok(self, secret: str) -> bool:
+        """In a worker thread: the files are read and scrypt runs there (hashlib releases the GIL)."""
         if not secret:
             return False
         ok = False
@@ -238,6 +347,10 @@ class GuardedServer(Server):
         if stored is not None and verify_password(secret, stored):
             ok = True
         return ok
+
+    async def login_ok(self, secret: str) -> bool:
+        async with self._password_checks:
+            return await asyncio.to_thread(self._login_ok, secret)
 
     # --- origin and host ---
 
@@ -313,12 +426,20 @@ class GuardedServer(Server):
         problem = self.origin_problem(request, required=False)
         if problem:
             return web.Response(status=403, text=f"refused: {problem}\n")
+        limited = self.login_limiter.attempt(request.remote)
+        if limited is not None:
+            why, wait = limited
+            log.warning("web console login from %s refused: %s", request.remote, why)
+            page = self._login_page(why, status=429)
+            page.headers["Retry-After"] = str(wait)
+            return page
         form = await request.post()
         secret = str(form.get("password", ""))
-        if not self._login_ok(secret):
+        if not await self.login_ok(secret):
             log.warning("failed web console login from %s", request.remote)
-            await asyncio.sleep(self.failed_login_delay)  # slows down guessing; the loop stays free
+            await asyncio.sleep(self.failed_login_delay)  # slows down one client; the limiter bounds them all
             return self._login_page("Wrong password or token.", status=401)
+        self.login_limiter.succeeded(request.remote)
         response = web.HTTPSeeOther("/")
         response.set_cookie(
             SESSION_COOKIE,

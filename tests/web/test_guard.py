@@ -217,3 +217,26 @@ def test_serve_notifies_systemd_ready_then_stopping(tmp_path) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_login_limiter_per_source_and_console_wide() -> None:
+    """Token buckets on a fake clock: 5 attempts per address at once then one every 10 s; 20 for the
+    console then one every 2 s; a success gives its attempt back; IPv6 addresses count by /64."""
+    from valve_console.serve import LoginLimiter, source_of
+
+    now = [0.0]
+    limiter = LoginLimiter(clock=lambda: now[0])
+    assert [limiter.attempt("10.0.0.1") for _ in range(5)] == [None] * 5
+    why, wait = limiter.attempt("10.0.0.1")
+    assert why == "Too many login attempts from 10.0.0.1: try again in 10 s." and wait == 10
+    assert limiter.attempt("10.0.0.2") is None  # another address is not limited by this one
+    now[0] += 10
+    assert limiter.attempt("10.0.0.1") is None
+    limiter.succeeded("10.0.0.1")
+    assert limiter.attempt("10.0.0.1") is None  # the success gave its attempt back
+    for i in range(20):
+        limiter.attempt(f"10.0.1.{i}")
+    why, _ = limiter.attempt("10.0.2.1")
+    assert why.startswith("Too many login attempts on this console: try again in")
+    assert source_of("2001:db8::1") == source_of("2001:db8::ffff") == "2001:db8::/64"
+    assert source_of("::ffff:10.0.0.1") == "10.0.0.1"

@@ -21,6 +21,13 @@ share, removed with the history; ``share_variables(job_id, mac)`` gives ``job_bu
 on a machine that is not ready for service; ``training_jobs`` maps those job ids to their kind. A user job for
 a machine in training is refused (409). A job whose console matches ``machine_unfit_for_service`` ends
 INCOMPLETE (unless it failed already) and calls ``on_unfit(mac, job_id)`` (the farm wires Sgt. Hartman).
+
+Templates are never rendered or parsed on the event loop: ``JobService.parser`` (``JobParser``) does it in
+up to ``PARSE_WORKERS`` reused worker processes (jobs.worker_main), each request under a CPU budget
+(``PARSE_CPU_SECONDS``, RLIMIT_CPU), a worker under ``PARSE_MEMORY_BYTES`` (RLIMIT_DATA) and a wall-clock
+limit; over a limit the submission is a 400 (or the job ends SETUP_FAIL) saying which. ``await
+parser.peek_target(text, variables)``, ``await parser.parse(text, machine, target=, variables=, defaults=,
+strict=)``, ``await parser.close()``.
 """
 
 from __future__ import annotations
@@ -31,7 +38,10 @@ import collections
 import contextlib
 import logging
 import os
+import pickle
 import re
+import struct
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -42,7 +52,7 @@ from sqlmodel import Session, select
 from ..drivers.pdu.base import PortState
 from .boot import BootCache, BootCacheError, BootConfig
 from .errors import BadRequest, Conflict, FarmError, NotFound
-from .jobs import Job, JobConsoleState, JobError, JobStatus, MachineInfo, Target, peek_target
+from .jobs import WORKER_READY, Job, JobConsoleState, JobError, JobIssue, JobStatus, MachineInfo, Target
 from .models import JobRow
 from .registration import normalise_mac
 from .share import ShareError, ShareStore, bucket_name
@@ -127,6 +137,190 @@ class JobListener:
         return item
 
 
+# ---------------------------------------------------------------------------------- the parse workers
+
+PARSE_WORKERS = 2  # processes rendering and parsing jobs (the gateway has few cores; each is ~50 MB)
+PARSE_CPU_SECONDS = 2.0  # CPU a job may take to render and parse (a normal one takes a few ms)
+PARSE_MEMORY_BYTES = 512 * 1024 * 1024  # RLIMIT_DATA of a worker
+PARSE_MAX_WAITING = 64  # requests waiting for a worker beyond this are refused (503)
+PARSE_START_TIMEOUT = 60.0  # seconds a new worker has to import its modules
+_WORKER_CODE = "import sys; from valve_console.backend.jobs import worker_main; worker_main(int(sys.argv[1]))"
+
+
+class _ParseWorker:
+    """One worker process (jobs.worker_main) and its pipes; one request at a time."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.alive = True
+
+    @classmethod
+    async def start(cls, memory_bytes: int) -> "_ParseWorker":
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _WORKER_CODE, str(memory_bytes),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        worker = cls(proc)
+        try:
+            assert proc.stdout is not None
+            ready = await asyncio.wait_for(proc.stdout.readexactly(1), PARSE_START_TIMEOUT)
+            if ready != WORKER_READY:
+                raise OSError(f"the job parser process said {ready!r} at start")
+        except BaseException:
+            await worker.kill()
+            raise
+        return worker
+
+    async def call(self, request: bytes, wall: float) -> tuple[str, Any]:
+        """Send one pickled request, read its answer within ``wall`` seconds (else the worker is killed)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        async with asyncio.timeout(wall):
+            self.proc.stdin.write(struct.pack("!I", len(request)) + request)
+            await self.proc.stdin.drain()
+            (size,) = struct.unpack("!I", await self.proc.stdout.readexactly(4))
+            answer = await self.proc.stdout.readexactly(size)
+        # Unpickling a job compiles its console patterns again (bounded by jobs.MAX_PATTERN_CHARS): in a
+        # thread, so that the loop keeps its turns.
+        outcome = await asyncio.to_thread(pickle.loads, answer)
+        if outcome[0] == "limit":  # the worker exits after a limit: a fresh one takes its place
+            self.alive = False
+        return outcome
+
+    def kill(self) -> asyncio.Future:
+        """Kill it (if it runs); the future is done once it is reaped and its pipes are closed."""
+        self.alive = False
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        return asyncio.ensure_future(self._reap())
+
+    async def _reap(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.proc.communicate(), PARSE_START_TIMEOUT)  # to EOF: its pipes close
+
+
+class JobParser:
+    """Renders and parses job templates in worker processes, never on the event loop.
+
+    At most ``workers`` processes, started at the first request and reused (a round trip costs well under
+    a millisecond more than the parse itself). Each request gets ``cpu_seconds`` of CPU (RLIMIT_CPU in the
+    worker) and a wall-clock limit (``wall_seconds``: the worker is killed); a worker has
+    ``memory_bytes`` (RLIMIT_DATA). Over a limit, the job is refused in words (``JobError``); with more
+    than ``max_waiting`` requests waiting, ``FarmError`` 503.
+    """
+
+    def __init__(
+        self,
+        workers: int = PARSE_WORKERS,
+        cpu_seconds: float = PARSE_CPU_SECONDS,
+        memory_bytes: int = PARSE_MEMORY_BYTES,
+        max_waiting: int = PARSE_MAX_WAITING,
+        wall_seconds: Optional[float] = None,
+    ) -> None:
+        self.cpu_seconds = cpu_seconds
+        self.memory_bytes = memory_bytes
+        self.max_waiting = max_waiting
+        self.wall_seconds = wall_seconds if wall_seconds is not None else 5 * cpu_seconds + 5
+        self._slots = asyncio.Semaphore(workers)
+        self._idle: list[_ParseWorker] = []
+        self._busy: set[_ParseWorker] = set()
+        self._waiting = 0
+        self._closed = False
+        self._reaping: set[asyncio.Future] = set()
+        self.requests = 0  # answered requests, for tests and figures
+        self.spawned = 0
+
+    async def peek_target(self, text: str, variables: Optional[dict[str, Any]] = None) -> Target:
+        return await self._call("peek", {"text": text, "variables": variables})
+
+    async def parse(
+        self,
+        text: str,
+        machine: Optional[MachineInfo],
+        *,
+        target: Optional[Target] = None,
+        variables: Optional[dict[str, Any]] = None,
+        defaults: Optional[dict[str, Any]] = None,
+        strict: bool = False,
+    ) -> Job:
+        args = {"text": text, "machine": machine, "target": target, "variables": variables,
+                "defaults": defaults, "strict": strict}
+        return await self._call("parse", args)
+
+    async def _call(self, kind: str, args: dict[str, Any]) -> Any:
+        if self._closed:
+            raise Conflict("the gateway is stopping")
+        request = pickle.dumps((kind, args, self.cpu_seconds), protocol=pickle.HIGHEST_PROTOCOL)
+        if self._waiting >= self.max_waiting:
+            raise FarmError(f"the job parser is busy ({self._waiting} jobs wait for it); try again later", 503)
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            outcome = await self._on_a_worker(request)
+        finally:
+            self._slots.release()
+        self.requests += 1
+        status, value = outcome
+        if status == "ok":
+            return value
+        if status == "limit":
+            raise JobError(value)
+        raise JobError(issues=[JobIssue(line, where, message) for line, where, message in value])
+
+    async def _on_a_worker(self, request: bytes) -> tuple[str, Any]:
+        """The answer of an idle worker (or a new one). A reused worker that died meanwhile is replaced
+        and the request sent again; a new worker that dies on the request is the job's doing (400)."""
+        while True:
+            reused = bool(self._idle)
+            worker = self._idle.pop() if reused else await self._start_worker()
+            self._busy.add(worker)
+            done = False
+            try:
+                outcome = await worker.call(request, self.wall_seconds)
+                done = True
+                return outcome
+            except TimeoutError:
+                raise JobError(f"the job template took more than {self.wall_seconds:g} s to render and parse "
+                               "(its worker was stopped)") from None
+            except (OSError, asyncio.IncompleteReadError, pickle.UnpicklingError) as exc:
+                if not reused:
+                    why = f"exit status {worker.proc.returncode}" if worker.proc.returncode is not None else exc
+                    raise JobError(f"the job template stopped the job parser ({why})") from None
+                log.warning("a job parse worker had gone (%s); starting another", exc or type(exc).__name__)
+            finally:
+                self._busy.discard(worker)
+                if done and worker.alive and not self._closed:
+                    self._idle.append(worker)
+                else:  # a limit, a timeout, a cancel mid-request (its answer would come to the next one)
+                    self._kill(worker)
+
+    async def _start_worker(self) -> _ParseWorker:
+        try:
+            worker = await _ParseWorker.start(self.memory_bytes)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            raise FarmError(f"the job parser cannot start: {exc or type(exc).__name__}", 503) from None
+        self.spawned += 1
+        return worker
+
+    def _kill(self, worker: _ParseWorker) -> None:
+        reaped = worker.kill()
+        self._reaping.add(reaped)
+        reaped.add_done_callback(self._reaping.discard)
+
+    async def close(self) -> None:
+        self._closed = True
+        for worker in [*self._idle, *self._busy]:
+            self._kill(worker)
+        self._idle.clear()
+        if self._reaping:
+            await asyncio.wait(list(self._reaping), timeout=PARSE_START_TIMEOUT)
+
+
 @dataclass
 class RunningJob:
     """A job in memory: its row, and what its readers need (control log, live listeners)."""
@@ -188,6 +382,9 @@ class JobService:
         self.api_host: Callable[[], str] = lambda: default_boot_urls(settings, None)[2]
         self._share_tasks: set[asyncio.Future] = set()
         self._reserved_ids: set[str] = set()  # ids being submitted (between their check and their queueing)
+        # Templates are rendered and parsed in worker processes (a CPU budget each), never on the loop.
+        self.parser = JobParser()
+        self._parsing: collections.Counter[str] = collections.Counter()  # mac -> jobs picked, being parsed
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -223,6 +420,7 @@ class JobService:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.parser.close()
         relays = [j.relay.task for j in self.jobs.values() if j.relay is not None and j.relay.task is not None]
         if relays:  # session_end went out; give the clients a moment to read it, then close
             await asyncio.wait(relays, timeout=2)
@@ -302,7 +500,8 @@ class JobService:
         return None
 
     def _load(self, mac: str) -> int:
-        return len(self.queues.get(mac) or ()) + (1 if mac in self.running else 0)
+        """Jobs queued, running, or picked for it and still being parsed."""
+        return len(self.queues.get(mac) or ()) + (1 if mac in self.running else 0) + self._parsing[mac]
 
     def _pick(self, target: Target) -> str:
         tags = set(target.tags or [])
@@ -384,13 +583,13 @@ class JobService:
         try:
             if target:
                 override = Target.model_validate(target)
-            tgt = override if override is not None else peek_target(text, variables=self.template_defaults())
+            tgt = override if override is not None else await self.parser.peek_target(
+                text, variables=self.template_defaults()
+            )
         except JobError as exc:
             raise BadRequest(str(exc)) from None
         except ValueError as exc:  # pydantic's ValidationError of the metadata target
             raise BadRequest(f"invalid target: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - any other parser failure is still a bad job
-            raise BadRequest(f"invalid job: {type(exc).__name__}: {exc}") from None
         job_id = await self._unique_id(job_id)
         self._reserved_ids.add(job_id)
         try:
@@ -407,26 +606,37 @@ class JobService:
         share: Optional[bytes],
         callback: Optional["Callback"],
     ) -> dict[str, Any]:
-        # The share is unpacked first: no await may come between the pick and the queue (the load).
+        # The share is unpacked first. The picked machine counts the job in its load while the job is
+        # parsed (in a worker process), so concurrent submissions spread as if it were queued already.
         key = self.shares.new_key()
         staged = await self._stage_share(key, share)
+        mac: Optional[str] = None
         try:
             if self._stopping:
                 raise Conflict("the gateway is stopping")
             mac = self._pick(tgt)
+            self._parsing[mac] += 1
             machine_json = self.machines.to_json(self.machines.machines[mac])
             try:
-                variables = self.share_variables(job_id, mac, key)
-                Job.parse(text, MachineInfo.from_json(machine_json), target=override, variables=variables,
-                          defaults=self.template_defaults())
+                await self.parser.parse(
+                    text, MachineInfo.from_json(machine_json), target=override,
+                    variables=self.share_variables(job_id, mac, key), defaults=self.template_defaults(),
+                )
             except JobError as exc:
                 raise BadRequest(str(exc)) from None
-            except Exception as exc:  # noqa: BLE001 - any other parser failure is still a bad job
-                raise BadRequest(f"invalid job: {type(exc).__name__}: {exc}") from None
+            if self._stopping:
+                raise Conflict("the gateway is stopping")
+            if mac not in self.machines.machines:
+                raise Conflict(f"machine {mac} was removed while the job was parsed")
             self.shares.adopt(staged, job_id, key)
         except BaseException:
             self._remove_shares([], staged)
             raise
+        finally:
+            if mac is not None:  # no await from here to the queue: the load stays right
+                self._parsing[mac] -= 1
+                if self._parsing[mac] <= 0:
+                    del self._parsing[mac]
         try:
             job = await self._enqueue(
                 job_id, mac, text, tgt.model_dump(exclude_none=True), machine_json["full_name"], callback
@@ -655,7 +865,7 @@ class JobService:
             return
         try:
             target = Target.model_validate(row.target) if row.target else None
-            parsed = Job.parse(
+            parsed = await self.parser.parse(
                 row.job_text,
                 MachineInfo.from_json(self.machines.to_json(machine)),
                 target=target,
@@ -666,6 +876,10 @@ class JobService:
         except (JobError, ValueError) as exc:
             self._log(job, f"ERROR: invalid job: {exc}", severity=3)
             await self._finish(job, JobStatus.SETUP_FAIL, "done", str(exc))
+            return
+        except FarmError as exc:  # no parser (503): the job could not be set up
+            self._log(job, f"ERROR: {exc.message}", severity=3)
+            await self._finish(job, JobStatus.SETUP_FAIL, "done", exc.message)
             return
         if parsed.undefined_names:
             self._log(

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import socket
 import time
 from collections import deque
@@ -38,6 +39,65 @@ log = logging.getLogger(__name__)
 
 
 OPTIONAL_SERVICES = {"journal"}
+PRIVATE_DIR = 0o700  # the data dir and its subdirectories: the backend's user only
+PRIVATE_FILE = 0o600  # the database (and its -wal/-shm), the token, the web password...
+# The managed dnsmasq drops to an unprivileged user and must then reach its TFTP root and hosts file:
+# with it, the data dir may be traversed (not listed) by others, and these two subdirectories read.
+DNSMASQ_DATA_DIR = 0o711
+DNSMASQ_DIRS = {"dnsmasq": 0o755, "tftp": 0o755}
+
+
+def _granted_group_traverse(path: Path) -> int:
+    """0o010 if the directory was given to a group on purpose (its group is not its owner's own, as
+    valve-console.service does for valve-operators, who read the token) and that group may enter it."""
+    st = path.stat()
+    try:
+        own_group = pwd.getpwuid(st.st_uid).pw_gid
+    except KeyError:
+        return 0
+    return st.st_mode & 0o010 if st.st_gid != own_group else 0
+
+
+def secure_data_dir(data: Path, *, dnsmasq: bool = False) -> list[str]:
+    """Create the data dir private (0700; 0711 with the managed dnsmasq; a group it was given keeps
+    the right to enter it) and take group and other rights away from what is directly in it (files
+    0600 at most, directories 0700). Returns what was changed, in words. Deeper files are private
+    through their directory."""
+    data.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    fixed: list[str] = []
+
+    def ensure(path: Path, mode: int, exact: bool) -> None:
+        current = path.lstat().st_mode & 0o7777
+        wanted = mode if exact else current & mode
+        if current != wanted:
+            os.chmod(path, wanted)
+            fixed.append(f"{path.name or path} {current:04o} -> {wanted:04o}")
+
+    ensure(data, (DNSMASQ_DATA_DIR if dnsmasq else PRIVATE_DIR) | _granted_group_traverse(data), exact=True)
+    if dnsmasq:  # its hosts file's directory, before the boot service writes it (whatever the umask)
+        (data / "dnsmasq").mkdir(exist_ok=True)
+    with os.scandir(data) as entries:
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_symlink():
+                continue
+            if entry.is_dir():
+                if dnsmasq and entry.name in DNSMASQ_DIRS:
+                    ensure(path, DNSMASQ_DIRS[entry.name], exact=True)
+                else:
+                    ensure(path, PRIVATE_DIR, exact=False)
+            elif entry.is_file():
+                ensure(path, PRIVATE_FILE, exact=False)
+    return fixed
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (SQLite gives its -wal and -shm the mode
+    of the database file)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+    except FileExistsError:
+        pass
 
 
 class FarmStartError(Exception):
@@ -152,6 +212,8 @@ class Farm:
             self.bus.publish("health", {"service": service, "state": state, "reason": reason})
 
     def _sync_health(self) -> None:
+        if self.store is not None and self._health.get("storage", ("",))[0] != "starting":
+            self._set_health("storage", *self.store.health())
         for name, svc in (
             ("power", self.power),
             ("consoles", self.consoles),
@@ -228,12 +290,16 @@ class Farm:
     def _prepare_data_dir(self) -> None:
         data = self.settings.data_dir
         try:
-            data.mkdir(parents=True, exist_ok=True)
+            fixed = secure_data_dir(data, dnsmasq=bool(self.settings.dnsmasq_interface.strip()))
             probe = data / ".write-test"
             probe.write_text("ok")
             probe.unlink()
+            if self.settings.database_url is None:
+                create_private_file(self.settings.db_path)
         except OSError as exc:
             raise FarmStartError(f"the data directory {data} is not writable: {exc.strerror or exc}") from None
+        if fixed:
+            log.warning("the data directory %s was readable by others: modes fixed (%s)", data, ", ".join(fixed))
 
     def _bind_unix(self) -> socket.socket:
         path = self.settings.socket_path
@@ -291,6 +357,7 @@ class Farm:
         except Exception as exc:  # noqa: BLE001 - reported as one line
             raise FarmStartError(f"cannot open the database {db_url}: {exc}") from None
         self._set_health("storage", "ok")
+        self.store.on_health_change = self._sync_health
 
         self.machines = MachineService(self.store, self.bus, self.settings.farm_name)
         await self.machines.start()

@@ -1,7 +1,8 @@
 """Jobs: the valve-infra version 1 job description, its templating, timeouts and console state machine.
 
-Pure code: no I/O, no threads, no event loop; every clock is injectable. The executor, the job API
-and the job client build on it. valve-infra's job files keep working (reference ``valve-infra.md`` §4),
+Pure code: no I/O, no threads, no event loop; every clock is injectable (except ``worker_main``, the
+loop of the parse worker process that the backend runs it in: see the end of the module). The executor,
+the job API and the job client build on it. valve-infra's job files keep working (reference ``valve-infra.md`` §4),
 with its bugs fixed (§13): the deadline is enforced, ``continue`` deployments use their own URLs and
 cmdline, ``EXECUTOR_JOB__*`` variables lose their prefix (not a set of characters), the target is read
 without parsing the unrendered YAML, and ``machine_unfit_for_service`` counts only when it matched.
@@ -61,6 +62,13 @@ Runtime
     ``close()``, ``job_status``, ``needs_reboot``, ``unfit_for_service``, ``session_ended``, ``state``,
     ``first_activity_at``, ``last_activity_at``; ``LineMatch(line, patterns).message`` is
     ``Matched the following patterns: ...``.
+
+Parse worker
+    ``worker_main(memory_bytes)``: the loop of a worker process (executor.JobParser starts it): requests
+    ``(kind, args, cpu_seconds)`` (``peek``: peek_target, ``parse``: Job.parse) pickled on stdin, each under
+    a CPU budget (RLIMIT_CPU), answers on stdout; the process under RLIMIT_DATA. A request over a limit is
+    answered ``("limit", "the job template took more than 2 s of CPU to render (Jinja2)")`` and the worker
+    exits. YAML composition stops after ``MAX_YAML_NODES`` nodes.
 
 Built-in jobs (Sgt. Hartman)
     ``BUILTIN_TEMPLATES`` (``register``, ``bootloop``: Jinja2 text), ``BUILTIN_DEFAULTS`` (``registration_image``,
@@ -124,6 +132,7 @@ __all__ = [
     "job_variables",
     "peek_target",
     "render_job",
+    "worker_main",
 ]
 
 Clock = Callable[[], float]
@@ -132,7 +141,10 @@ ENV_PREFIX = "EXECUTOR_JOB__"
 DEFAULT_SESSION_END = r"^\[[\d \.]{12}\] reboot: Power Down$"
 MAX_JOB_CHARS = 1024 * 1024  # a job template or rendered job bigger than this is refused
 MAX_YAML_NODES = 100_000  # nodes visited (aliases included): refuses "billion laughs" documents
+MAX_PATTERN_CHARS = 4096  # a console pattern's regex (compiled again by the backend, ~2 ms per KiB)
+MAX_WATCHDOGS = 32
 DEFAULT_MAX_LINE_LENGTH = 16 * 1024  # console bytes kept per line for pattern matching
+_stage = ["render"]  # what the parse worker is doing ("render" or "parse"), for its "took too long" message
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -212,7 +224,19 @@ _FLOAT = "tag:yaml.org,2002:float"
 
 
 class _JobLoader(yaml.SafeLoader):
-    """SafeLoader without YAML 1.1 base-60 numbers: ``52:54:00:11:22:33`` stays a string (a MAC)."""
+    """SafeLoader without YAML 1.1 base-60 numbers: ``52:54:00:11:22:33`` stays a string (a MAC).
+
+    It counts the nodes it composes (aliases included) and stops at ``MAX_YAML_NODES``: a 1 MiB flow
+    list of 300,000 items is refused after a third of it, not composed whole first."""
+
+    _composed = 0
+
+    def compose_node(self, parent: Optional[yaml.Node], index: Any) -> Optional[yaml.Node]:
+        self._composed += 1
+        if self._composed > MAX_YAML_NODES:
+            mark = self.peek_event().start_mark
+            raise JobError(f"the job has more than {MAX_YAML_NODES} YAML nodes", line=mark.line + 1)
+        return super().compose_node(parent, index)
 
 
 _JobLoader.yaml_implicit_resolvers = {
@@ -291,6 +315,7 @@ def _walk(node: yaml.Node, path: Path_, lines: dict[Path_, int], budget: list[in
 
 def _load_yaml(text: str) -> tuple[Any, dict[Path_, int]]:
     """Parse one YAML document; returns the data and the line (1-based) of every key/item path."""
+    _stage[0] = "parse"
     try:
         loader = _JobLoader(text)  # reads the start of the stream: may raise ReaderError already
     except yaml.YAMLError as exc:
@@ -446,6 +471,8 @@ class Pattern(_Strict):
     @field_validator("regex")
     @classmethod
     def _compiles(cls, v: str) -> str:
+        if len(v) > MAX_PATTERN_CHARS:
+            raise ValueError(f"the regex is longer than {MAX_PATTERN_CHARS} characters")
         try:
             re.compile(v.encode("utf-8"))
         except re.error as exc:
@@ -469,6 +496,8 @@ _WATCHDOG_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 
 def _check_watchdog_names(names: Mapping[str, Any]) -> None:
+    if len(names) > MAX_WATCHDOGS:
+        raise ValueError(f"more than {MAX_WATCHDOGS} watchdogs")
     for name in names:
         if not _WATCHDOG_NAME.match(str(name)):
             raise ValueError(f"invalid watchdog name {str(name)[:40]!r} (letters, digits, '_', '.', '-')")
@@ -725,6 +754,7 @@ def _template_line(exc: BaseException) -> Optional[int]:
 
 
 def _render(text: str, variables: Mapping[str, Any], environment: SandboxedEnvironment) -> str:
+    _stage[0] = "render"
     if not isinstance(text, str):
         raise JobError("the job must be text")
     if len(text) > MAX_JOB_CHARS:
@@ -741,7 +771,7 @@ def _render(text: str, variables: Mapping[str, Any], environment: SandboxedEnvir
             if size > MAX_JOB_CHARS:
                 raise JobError(f"the rendered job is larger than {MAX_JOB_CHARS} characters")
             chunks.append(chunk)
-    except JobError:
+    except (JobError, MemoryError):  # MemoryError: the parse worker's memory limit, said there
         raise
     except jinja2.exceptions.SecurityError as exc:
         raise JobError(f"template error: unsafe operation refused: {exc}", line=_template_line(exc)) from None
@@ -1509,3 +1539,114 @@ def builtin_job(
     merged.update(default_kernel_url=default_kernel_url, default_initramfs_url=default_initramfs_url)
     return Job.parse(template, machine, env, variables=merged, now=now, strict=True)
 
+
+
+# ------------------------------------------------------------------------------------------ the parse worker
+#
+# The backend renders and parses jobs in worker processes (executor.JobParser), never on its event loop:
+# a template's nested loops or a 1 MiB YAML text cost seconds of CPU. This is the worker's side: a loop
+# over length-prefixed pickled requests on stdin, answers on stdout, each request under a CPU budget
+# (RLIMIT_CPU: SIGXCPU interrupts it) and the process under a memory limit (RLIMIT_DATA). The only I/O
+# of this module.
+
+WORKER_READY = b"R"
+
+
+class _OverBudget(BaseException):
+    """Raised by SIGXCPU in the worker; a BaseException so that no ``except Exception`` swallows it."""
+
+
+_worker_busy = [False]
+
+
+def _on_cpu_limit(signum: int, frame: Any) -> None:
+    if _worker_busy[0]:
+        _worker_busy[0] = False  # once: the unwinding code must not be interrupted again
+        raise _OverBudget()
+
+
+def _set_cpu_budget(seconds: Optional[float]) -> None:
+    """Let this process use ``seconds`` more CPU (whole seconds, rounded up); None: no limit."""
+    import math
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if seconds is None:
+        resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
+        return
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    soft = math.ceil(usage.ru_utime + usage.ru_stime + seconds)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _work(kind: str, args: dict[str, Any]) -> Any:
+    if kind == "peek":
+        return peek_target(args["text"], variables=args.get("variables"))
+    if kind == "parse":
+        return Job.parse(
+            args["text"], args.get("machine"), variables=args.get("variables"), defaults=args.get("defaults"),
+            target=args.get("target"), strict=bool(args.get("strict")),
+        )
+    if kind == "ping":
+        return "pong"
+    raise ValueError(f"unknown request {kind!r}")
+
+
+def _serve_request(kind: str, args: dict[str, Any], cpu_seconds: float, memory_bytes: int) -> tuple[str, Any]:
+    """One request: ``("ok", result)``, ``("job", [(line, field, message), ...])`` for a JobError, or
+    ``("limit", message)`` (the worker then exits: a fresh one replaces it)."""
+    _stage[0] = "render"
+    _worker_busy[0] = True
+    _set_cpu_budget(cpu_seconds)
+    try:
+        return "ok", _work(kind, args)
+    except _OverBudget:
+        what = "render (Jinja2)" if _stage[0] == "render" else "parse (YAML)"
+        return "limit", f"the job template took more than {cpu_seconds:g} s of CPU to {what}"
+    except MemoryError:
+        what = "render (Jinja2)" if _stage[0] == "render" else "parse (YAML)"
+        return "limit", f"the job template needed more than {memory_bytes >> 20} MiB of memory to {what}"
+    except JobError as exc:
+        return "job", [(issue.line, issue.field, issue.message) for issue in exc.issues]
+    except Exception as exc:  # noqa: BLE001 - any other failure of the parser is still the job's fault
+        return "job", [(None, None, f"invalid job: {type(exc).__name__}: {exc}")]
+    finally:
+        _worker_busy[0] = False
+        _set_cpu_budget(None)
+
+
+def worker_main(memory_bytes: int) -> None:
+    """The parse worker process: requests ``(kind, args, cpu_seconds)`` until stdin closes."""
+    import pickle
+    import resource
+    import signal
+    import struct
+    import sys
+
+    requests, answers = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but answers goes to the pipe
+    signal.signal(signal.SIGXCPU, _on_cpu_limit)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the backend stops its workers (stdin EOF, or a kill)
+    os.nice(10)  # the backend's event loop comes first when the CPU is short
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard == resource.RLIM_INFINITY or hard > memory_bytes:
+        resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, hard))
+    answers.write(WORKER_READY)
+    answers.flush()
+    while True:
+        head = requests.read(4)
+        if len(head) < 4:
+            return
+        (size,) = struct.unpack("!I", head)
+        kind, args, cpu_seconds = pickle.loads(requests.read(size))
+        outcome = _serve_request(kind, args, cpu_seconds, memory_bytes)
+        try:
+            body = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - an answer that cannot be sent is said in words
+            body = pickle.dumps(("job", [(None, None, f"invalid job: {type(exc).__name__}: {exc}")]))
+        answers.write(struct.pack("!I", len(body)) + body)
+        answers.flush()
+        if outcome[0] == "limit":
+            return

@@ -391,12 +391,17 @@ class PowerService:
 
     async def _answer_when_logged(self, rt: PduRuntime, changed: list[dict[str, Any]],
                                   answers: list[tuple[asyncio.Future, Any]], written: asyncio.Future[None]) -> None:
+        """Answer once the batch's rows are committed. If they cannot be (a full data volume), the
+        outlets were still switched: callers get the states read back, the failure is logged (and the
+        storage's health says why); min-off times hold from memory until the next start."""
         try:
             await asyncio.shield(written)
-        except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the reason
-            self._answer(rt, [], answers, PowerError(f"PDU {rt.name}: the outlet log was not written: {exc}"))
-        else:
-            self._answer(rt, changed, answers, None)
+        except Exception as exc:  # noqa: BLE001 - reported; the switch itself happened
+            why = exc.message if isinstance(exc, FarmError) else f"{type(exc).__name__}: {exc}"
+            outlets = ", ".join(f"outlet {data.get('port_id', '?')} {data.get('state', '?')}" for data in changed)
+            log.error("PDU %s: the outlet log was not written (%s); switched all the same: %s",
+                      rt.name, why, outlets or "no change")
+        self._answer(rt, changed, answers, None)
 
     def _answer(self, rt: PduRuntime, changed: list[dict[str, Any]], answers: list[tuple[asyncio.Future, Any]],
                 error: PowerError | None) -> None:
@@ -479,7 +484,10 @@ class PowerService:
         all of them) and published, one ``outlet`` event per outlet."""
         changed, entries = self._take_readings(rt, readings)
         if entries:
-            await asyncio.shield(self._hand_to_log(entries))  # a caller's timeout must not cancel the others' write
+            try:  # shielded: a caller's timeout must not cancel the others' write
+                await asyncio.shield(self._hand_to_log(entries))
+            except FarmError as exc:  # the PDU answered: the storage's health reports the failure
+                log.error("PDU %s: the outlet log was not written: %s", rt.name, exc.message)
         for data in changed:
             self.bus.publish("outlet", data)
 
@@ -531,7 +539,7 @@ class PowerService:
                 self._log_rows, self._log_done = [], None
                 assert done is not None
                 try:
-                    await self.store.run_raw(self._insert_log, rows)
+                    await self.store.run_raw(self._insert_log, rows, write=True)
                 except Exception as exc:  # noqa: BLE001 - every waiting batch gets the error
                     done.set_exception(exc)
                     done.exception()  # retrieved: waiters that were cancelled must not warn
