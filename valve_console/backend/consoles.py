@@ -257,8 +257,9 @@ class LogBudget:
     """All console logs together under ``max_bytes``: the oldest rotated files go first, then the oldest
     current files of consoles without a live stream (``protected`` tells which paths must stay).
 
-    Bytes written are counted as they go; the directory is scanned (at most every LOG_SCAN_INTERVAL s)
-    only when the count passes the cap, and then emptied down to LOG_CAP_LOW of it.
+    Bytes written are counted as they go; the directory is scanned only when the count passes the cap
+    (at most every LOG_SCAN_INTERVAL s: the count overshoots, rotations overwrite), and then emptied
+    down to LOG_CAP_LOW of the cap.
     """
 
     def __init__(self, directory: Path, max_bytes: int) -> None:
@@ -288,11 +289,13 @@ class LogBudget:
         return found
 
     def add(self, n: int) -> bool:
-        """Count ``n`` bytes written; True when a scan is due (over the cap, and not scanned just now)."""
+        """Count ``n`` bytes written; True when the logs are (as far as we know) over the cap."""
         self.total += n
-        return bool(self.max_bytes) and self.total > self.max_bytes and (
-            time.monotonic() - self._last_scan > LOG_SCAN_INTERVAL
-        )
+        return bool(self.max_bytes) and self.total > self.max_bytes
+
+    def delay(self) -> float:
+        """Seconds until the next scan may run (scans are at least LOG_SCAN_INTERVAL apart)."""
+        return max(0.0, self._last_scan + LOG_SCAN_INTERVAL - time.monotonic())
 
     def enforce(self, protected: set[Path], discard: Callable[[Path], int | None]) -> None:
         """Delete the oldest files until the logs fit. ``discard(path)`` handles a console's current file
@@ -803,7 +806,7 @@ class ConsoleHub:
         self._per_source: dict[str, int] = {}  # netconsole connections per peer address
         self._warned: dict[Any, tuple[float, int]] = {}  # rate-limited warnings: key -> (last, suppressed)
         self._machine_sub: Any = None
-        self._log_check: asyncio.Handle | None = None
+        self._log_check: asyncio.TimerHandle | None = None
         self.refused_connections = 0
         self.consoles: dict[str, Console] = {}
         self.streams: set[Stream] = set()
@@ -1862,7 +1865,7 @@ class ConsoleHub:
     # ---------------------------------------------------------------- the farm-wide log cap
     def _logged(self, n: int) -> None:
         if self.budget.add(n) and self._log_check is None and not self._stopping:
-            self._log_check = asyncio.get_running_loop().call_soon(self._enforce_log_cap)
+            self._log_check = asyncio.get_running_loop().call_later(self.budget.delay(), self._enforce_log_cap)
 
     def _enforce_log_cap(self) -> None:
         self._log_check = None
