@@ -49,6 +49,16 @@ def _start_failure(exc: Exception) -> str:
     return " ".join(text.split())
 
 
+def _run_farm(main: Any) -> int:
+    """``asyncio.run(main)`` for the modes that start a farm: an OS error before the farm could report it
+    (no descriptor left even to import a module) is one line and exit 2 too."""
+    try:
+        return asyncio.run(main)
+    except OSError as exc:
+        print(f"valve-console: {_start_failure(exc)}", file=sys.stderr)
+        return EXIT_START_FAILURE
+
+
 def _setup_logging(settings, to_stderr: bool) -> None:
     root = logging.getLogger()
     root.setLevel(getattr(logging, str(settings.log_level).upper(), logging.INFO))
@@ -447,9 +457,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_START_FAILURE
         if args.backend_only:
             _setup_logging(settings, to_stderr=True)
-            return asyncio.run(_backend_main(settings))
+            return _run_farm(_backend_main(settings))
         _setup_logging(settings, to_stderr=False)
-        return asyncio.run(_all_in_one(settings))
+        return _run_farm(_all_in_one(settings))
     except KeyboardInterrupt:
         return 130
 
