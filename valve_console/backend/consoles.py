@@ -1718,8 +1718,8 @@ class ConsoleHub:
 
     def _sweep(self, now: float) -> None:
         for stream in list(self.streams):
-            if stream.kind != "netconsole" or stream.machine is not None:
-                continue
+            if stream.kind != "netconsole" or stream.machine is not None or self._is_local(stream):
+                continue  # a local source is the gateway itself (QEMU reconnects): only the total cap applies
             if stream.announced is None and now - stream.last_bytes > self.policy.marker_timeout:
                 log.info("%s closed: no machine announced in %g s", stream.name, self.policy.marker_timeout)
                 stream.close()
