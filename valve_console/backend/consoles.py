@@ -61,6 +61,7 @@ NOTICE_INTERVAL = 1.0  # at most one refusal notice a second per TCP client
 MAX_CONSOLES = 1024  # consoles of registered machines at most (each holds a listening socket)
 UNKNOWN_RING = 256 * 1024  # ring buffer of a provisional console (a machine that never registered)
 WARN_INTERVAL = 60.0  # the same refusal is logged at most once a minute (a flood must not flood the log)
+WARN_BURST = 30  # and refusals of any kind at most this many times a minute
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 10, 3  # a dead DUT's connection goes in ~90 s
 LOG_CAP_LOW = 0.9  # evicting console logs goes down to this share of the farm-wide cap
 LOG_SCAN_INTERVAL = 2.0  # seconds between two scans of the console log directory
@@ -805,6 +806,7 @@ class ConsoleHub:
         self._free_indexes: list[int] = []  # TCP indexes of removed provisional consoles (never a machine's)
         self._per_source: dict[str, int] = {}  # netconsole connections per peer address
         self._warned: dict[Any, tuple[float, int]] = {}  # rate-limited warnings: key -> (last, suppressed)
+        self._warn_times: deque[float] = deque()  # when the warnings of the last minute were logged
         self._machine_sub: Any = None
         self._log_check: asyncio.TimerHandle | None = None
         self.refused_connections = 0
@@ -1670,7 +1672,7 @@ class ConsoleHub:
                        f"netconsole connection from {host} refused: {refusal}")
             with contextlib.suppress(Exception):
                 writer.write(f"valve-console: {refusal}\n".encode())
-                writer.close()
+            writer.close()
             return
         task = asyncio.current_task()
         assert task is not None
@@ -1749,12 +1751,16 @@ class ConsoleHub:
             self._retry_waiting(mac)
 
     def _warn(self, key: Any, message: str) -> None:
-        """A warning logged at most once a minute per ``key`` (with how many were left out)."""
+        """A warning logged at most once a minute per ``key`` (with how many were left out), and at most
+        WARN_BURST a minute in all: many hostile streams must not flood the journal either."""
         now = time.monotonic()
         last, suppressed = self._warned.get(key, (float("-inf"), 0))
-        if now - last < WARN_INTERVAL:
+        while self._warn_times and now - self._warn_times[0] > WARN_INTERVAL:
+            self._warn_times.popleft()
+        if now - last < WARN_INTERVAL or len(self._warn_times) >= WARN_BURST:
             self._warned[key] = (last, suppressed + 1)
             return
+        self._warn_times.append(now)
         if len(self._warned) > 4096:
             self._warned = {k: v for k, v in self._warned.items() if now - v[0] < WARN_INTERVAL}
         self._warned[key] = (now, 0)
