@@ -1551,6 +1551,10 @@ class ConsoleHub:
 
     def _refusal(self, stream: Stream, mac: str) -> str | None:
         """Why ``stream`` may not bind ``mac`` now (None: it may)."""
+        if stream.kind == "netconsole" and stream.machine is not None:
+            # A connection is one DUT's console (QEMU keeps it across the guest's reboots): code running on
+            # that DUT must not carry it to another machine. Wires may move (a marker re-plugs them).
+            return f"{stream.name} is the console of {stream.machine}; only the operator moves it"
         console = self.consoles.get(mac)
         if console is not None and console.stream is not None and console.stream is not stream:
             return (
