@@ -15,6 +15,7 @@ import asyncio
 import logging
 import logging.handlers
 import os
+import errno
 import signal
 import sys
 from pathlib import Path
@@ -35,6 +36,27 @@ def _settings(args: argparse.Namespace, **overrides: Any):
         values["serial"] = list(args.serial)
     values.update(overrides)
     return Settings(**values)
+
+
+def _start_failure(exc: Exception) -> str:
+    """One line for the operator: a FarmStartError's words, or an OS error met while starting."""
+    if isinstance(exc, OSError):
+        text = f"cannot start: {exc.strerror or exc}"
+        if exc.errno in (errno.EMFILE, errno.ENFILE) and "open-file limit" not in text:
+            text += " (raise the open-file limit: LimitNOFILE=65536 in the unit, or ulimit -n)"
+    else:
+        text = str(exc)
+    return " ".join(text.split())
+
+
+def _run_farm(main: Any) -> int:
+    """``asyncio.run(main)`` for the modes that start a farm: an OS error before the farm could report it
+    (no descriptor left even to import a module) is one line and exit 2 too."""
+    try:
+        return asyncio.run(main)
+    except OSError as exc:
+        print(f"valve-console: {_start_failure(exc)}", file=sys.stderr)
+        return EXIT_START_FAILURE
 
 
 def _setup_logging(settings, to_stderr: bool) -> None:
@@ -96,8 +118,8 @@ async def _backend_main(settings) -> int:
     _catch_signals(stop)  # before the API answers: a signal right after start-up must stop us cleanly
     try:
         await farm.start()
-    except FarmStartError as exc:
-        print(f"valve-console: {exc}", file=sys.stderr)
+    except (FarmStartError, OSError) as exc:  # OSError: out of file descriptors, say (never a traceback)
+        print(f"valve-console: {_start_failure(exc)}", file=sys.stderr)
         await farm.stop()
         return EXIT_START_FAILURE
     host, port = farm.api_address
@@ -167,8 +189,8 @@ async def _demo_main(args: argparse.Namespace) -> int:
             await farm.power.reconfigure_pdu("vpdu1", config)
         if reopened:
             logging.getLogger("valve_console.demo").info("%s", reopened)
-    except FarmStartError as exc:
-        print(f"valve-console: {exc}", file=sys.stderr)
+    except (FarmStartError, OSError) as exc:
+        print(f"valve-console: {_start_failure(exc)}", file=sys.stderr)
         if vpdu is not None:
             await vpdu.stop()
         await farm.stop()
@@ -199,8 +221,8 @@ async def _all_in_one(settings) -> int:
     farm = Farm(settings)
     try:
         await farm.start()
-    except FarmStartError as exc:
-        print(f"valve-console: {exc}", file=sys.stderr)
+    except (FarmStartError, OSError) as exc:
+        print(f"valve-console: {_start_failure(exc)}", file=sys.stderr)
         await farm.stop()
         return EXIT_START_FAILURE
     try:
@@ -280,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", help="operator token for --attach (or env VALVE_CONSOLE_TOKEN)")
     parser.add_argument("--data-dir", type=Path, help="data directory (database, token, console logs)")
     parser.add_argument("--listen", help="API address HOST:PORT (default 127.0.0.1:8000)")
-    parser.add_argument("--netconsole", help="netconsole address HOST:PORT (default 0.0.0.0:8100)")
+    parser.add_argument("--netconsole", help="netconsole address HOST:PORT (default: the private address "
+                        "VALVE_CONSOLE_PRIVATE_IP port 8100, or 127.0.0.1:8100 without it)")
     parser.add_argument("--farm-name", help="farm name, the prefix of machine names")
     parser.add_argument(
         "--serial",
@@ -434,9 +457,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_START_FAILURE
         if args.backend_only:
             _setup_logging(settings, to_stderr=True)
-            return asyncio.run(_backend_main(settings))
+            return _run_farm(_backend_main(settings))
         _setup_logging(settings, to_stderr=False)
-        return asyncio.run(_all_in_one(settings))
+        return _run_farm(_all_in_one(settings))
     except KeyboardInterrupt:
         return 130
 

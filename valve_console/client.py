@@ -213,6 +213,25 @@ class FarmClient:
         """Read a machine's console from ``tcp://HOST:PORT`` or ``rfc2217://HOST:PORT`` (None: stop)."""
         return await self.request("PUT", f"/api/v1/console/{mac}/source", json={"url": url})
 
+    async def remove_console(self, mac: str) -> dict[str, Any]:
+        """Remove a machine's console (port, logs, stored settings). 409 while a job reads it."""
+        return await self.request("DELETE", f"/api/v1/console/{mac}")
+
+    async def unbound_streams(self) -> dict[str, dict[str, Any]]:
+        """Console streams bound to no machine (id -> source, announced, waiting, tail...), oldest first."""
+        return (await self.request("GET", "/api/v1/consoles/unbound"))["streams"]
+
+    async def bind_stream(self, stream_id: str, mac: str, replace: bool = False) -> dict[str, Any]:
+        """Make an unbound stream ``mac``'s console; 409 if that console is live elsewhere (unless replace)."""
+        body: dict[str, Any] = {"mac": mac}
+        if replace:
+            body["replace"] = True
+        return await self.request("POST", f"/api/v1/consoles/unbound/{stream_id}/bind", json=body)
+
+    async def close_stream(self, stream_id: str) -> dict[str, Any]:
+        """Drop an unbound netconsole connection."""
+        return await self.request("DELETE", f"/api/v1/consoles/unbound/{stream_id}")
+
     async def console_devices(self) -> dict[str, dict[str, Any]]:
         return (await self.request("GET", "/api/v1/consoles")).get("devices", {})
 

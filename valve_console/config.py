@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -29,6 +29,40 @@ def _env_list(value: object) -> object:
 
         return json.loads(text)
     return [part for part in (p.strip() for p in text.split(",")) if part]
+
+
+NETCONSOLE_PORT = 8100
+
+
+def default_netconsole() -> tuple[str, str | None]:
+    """The netconsole's default address and, when it had to fall back, why (for the log).
+
+    The private network's address (``VALVE_CONSOLE_PRIVATE_IP``, default 10.42.0.1/24) port 8100, so
+    the console port is not offered on the public NIC; a gateway without that address (a laptop, the
+    demo) listens on loopback instead. ``--netconsole 0.0.0.0:8100`` still listens everywhere.
+    """
+    import ipaddress
+
+    text = os.environ.get("VALVE_CONSOLE_PRIVATE_IP", "10.42.0.1/24").strip()
+    try:
+        private = ipaddress.ip_interface(text).ip
+    except ValueError:
+        return f"127.0.0.1:{NETCONSOLE_PORT}", (
+            f"VALVE_CONSOLE_PRIVATE_IP={text!r} is not an address: the netconsole listens on loopback only"
+        )
+    try:
+        from .backend.trust import own_addresses
+
+        present = private in own_addresses()
+    except Exception:  # noqa: BLE001 - no interface list: assume the address is absent
+        present = False
+    host = f"[{private}]" if private.version == 6 else str(private)
+    if present:
+        return f"{host}:{NETCONSOLE_PORT}", None
+    return f"127.0.0.1:{NETCONSOLE_PORT}", (
+        f"the private address {private} is not on this gateway: the netconsole listens on loopback only "
+        f"(127.0.0.1:{NETCONSOLE_PORT}); set VALVE_CONSOLE_PRIVATE_IP or --netconsole HOST:PORT"
+    )
 
 
 def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -57,7 +91,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=default_data_dir)
     listen: str = "127.0.0.1:8000"
-    netconsole: str = "0.0.0.0:8100"
+    # HOST:PORT; empty (the default): the private network's address, port 8100 (default_netconsole)
+    netconsole: str = ""
     farm_name: str = "valve"
     database_url: str | None = None  # any SQLAlchemy URL; default: SQLite in data_dir
     default_pdu_off_delay: float = 5.0  # seconds an outlet stays off before it may go on again
@@ -71,6 +106,30 @@ class Settings(BaseSettings):
     console_tcp_host: str = "127.0.0.1"
     console_tcp_base: int = Field(default=8200, ge=0, le=65535)
     console_api_writer_timeout: float = 60.0  # seconds without input after which an API writer is let go
+    # Console binding (the DUT network is hostile: DUTs run merge requests' code). A stream announcing
+    # SALAD.machine_id=<mac> never takes a live binding over. Otherwise it binds <mac> when it comes from the
+    # machine's registered ip_address, or from console_local_sources (the gateway itself: QEMU and Vivian
+    # DUTs run there; "auto": loopback and the gateway's own addresses; empty/"none": no source), or, with
+    # console_bind_policy "free", from anywhere (valve-infra's way, minus the takeover). The rest wait as
+    # unbound streams the operator sees and binds by hand. Serial adapters and ser2net are wired to one
+    # DUT: their markers bind as before, never over a live binding. Env for the list: comma-separated or JSON.
+    console_bind_policy: Literal["address", "free"] = "address"
+    console_local_sources: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])
+    # Netconsole connections: at most this many at once, and per source address (local sources exempt);
+    # one that has announced no machine is closed after netconsole_marker_timeout s without a byte; an
+    # unbound one (announced or not) after console_unbound_ttl s.
+    netconsole_max_connections: int = Field(default=256, ge=1, le=65536)
+    netconsole_max_per_source: int = Field(default=4, ge=1, le=65536)
+    netconsole_marker_timeout: float = Field(default=60.0, gt=0)
+    console_unbound_ttl: float = Field(default=1800.0, gt=0)
+    # Consoles of machines that never registered: at most this many (and per source), removed with their
+    # logs after console_unknown_ttl s without a live stream. A registered machine always gets its console.
+    console_unknown_max: int = Field(default=64, ge=0, le=4096)
+    console_unknown_per_source: int = Field(default=4, ge=0, le=4096)
+    console_unknown_ttl: float = Field(default=600.0, gt=0)
+    # All machines' console logs together (<data_dir>/consoles): above this the oldest rotated logs are
+    # deleted first, then the oldest logs of consoles without a live stream. 0: no farm-wide cap.
+    console_logs_max_bytes: int = Field(default=2 << 30, ge=0)
     # Serial consoles: explicit devices (PATH[@BAUD], repeatable --serial; env: a JSON list or
     # comma-separated) and USB adapter discovery: auto (udev if udevd runs, else sysfs), udev, sysfs, off.
     serial: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -139,6 +198,20 @@ class Settings(BaseSettings):
     minio_url: str | None = None
     job_variables: dict[str, str] = Field(default_factory=dict)
     log_level: str = "INFO"
+    _notes: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _netconsole_default(self) -> "Settings":
+        if not self.netconsole.strip():
+            self.netconsole, note = default_netconsole()
+            if note:
+                self._notes.append(note)
+        return self
+
+    @property
+    def notes(self) -> list[str]:
+        """Warnings about defaults that had to fall back (logged at start)."""
+        return list(self._notes)
 
     @field_validator("serial", mode="before")
     @classmethod
@@ -161,6 +234,27 @@ class Settings(BaseSettings):
             from .backend.trust import parse_networks
 
             parse_networks([str(v) for v in value])
+        return value
+
+    @field_validator("console_local_sources", mode="before")
+    @classmethod
+    def _local_sources(cls, value: object) -> object:
+        """Like trusted_networks: ``auto``, ``none``/empty, CIDRs, comma-separated or a JSON list."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                value = json.loads(text)
+            else:
+                value = [part for part in (p.strip() for p in text.split(",")) if part]
+        if isinstance(value, (list, tuple)):
+            from .backend.trust import parse_networks
+
+            try:
+                parse_networks([str(v) for v in value])
+            except ValueError as exc:
+                raise ValueError(str(exc).replace("trusted_networks", "console_local_sources")) from None
         return value
 
     @field_validator("job_variables")

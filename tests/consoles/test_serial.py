@@ -199,6 +199,34 @@ async def test_hostile_bytes_through_a_pty(serial_farm, ptys):
     assert (await serial_farm.http.get("/api/v1/health")).json()["services"]["consoles"]["state"] == "ok"
 
 
+async def test_a_serial_marker_never_takes_a_live_console(serial_farm, ptys):
+    """A wire's marker binds as before, except over a live stream: it waits, and binds when that one ends."""
+    pty = ptys()
+    await serial_farm.start([device(pty.path, serial="WIRE1")])
+    hub = serial_farm.hub
+    await device_open(hub, "WIRE1-if00")
+    reader, writer = await asyncio.open_connection(*serial_farm.farm.netconsole_address)
+    writer.write(f"SALAD.machine_id={MAC}\nnetconsole first\n".encode())
+    await writer.drain()
+    info = await wait_for(lambda: connected(serial_farm, MAC), what="bound to the netconsole")
+    assert info["source"].startswith("netconsole@")
+
+    await pty.write(f"SALAD.machine_id={MAC}\r\nfrom the wire\r\nSALAD.ping\r\n".encode())
+    await pty.read_until(b"SALAD.pong\n")
+    assert hub.consoles[MAC].stream.kind == "netconsole"
+    unbound = (await serial_farm.http.get("/api/v1/consoles/unbound")).json()["streams"]
+    wire = next(s for s in unbound.values() if s["device"] == "WIRE1-if00")
+    assert wire["announced"] == MAC and "live" in wire["waiting"]
+    r = await serial_farm.http.post(f"/api/v1/console/{MAC}/input", json={"data": "to the live one\r"})
+    assert r.status_code == 200
+    assert await asyncio.wait_for(reader.readexactly(16), 5) == b"to the live one\r"
+
+    writer.close()  # the live stream ends: the wire, which asked for the machine, has it now
+    await wait_for(lambda: hub.consoles[MAC].stream is not None and hub.consoles[MAC].stream.kind == "serial",
+                   what="the wire bound")
+    assert b"from the wire" in hub.consoles[MAC].contents()  # what it printed while waiting is kept
+
+
 async def connected(sf, mac):
     c = (await sf.consoles())["consoles"].get(mac)
     return c if c and c["connected"] else None

@@ -145,6 +145,13 @@ class ConsoleSource(BaseModel):
     url: Optional[str] = Field(max_length=300, description="tcp://HOST:PORT or rfc2217://HOST:PORT[?baud=N], or null")
 
 
+class ConsoleBind(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mac: str = Field(min_length=1, max_length=64, description="the machine whose console the stream becomes")
+    replace: bool = Field(default=False, description="take the console from the stream it is live on")
+
+
 ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}}
 
 
@@ -547,7 +554,7 @@ def create_app(farm: "Farm") -> Any:
         """Live console output as SSE (a read-only viewer, counted in ``viewers``)."""
         key = mac_of(mac)
         hub = consoles()
-        sub = hub.subscribe(key)
+        sub = hub.subscribe(key, who="api")
         existing = hub.consoles[key]
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -594,6 +601,37 @@ def create_app(farm: "Farm") -> Any:
     async def console_set_source(mac: str, body: ConsoleSource) -> dict[str, Any]:
         """Read the machine's console from a console server (ser2net), or stop with null. Stored."""
         return await consoles().set_remote(mac_of(mac), body.url)
+
+    @app.delete("/api/v1/console/{mac}", responses=ERRORS, tags=["consoles"], dependencies=[Depends(operator)])
+    async def console_remove(mac: str) -> dict[str, Any]:
+        """Remove a machine's console: its TCP port, logs, stored settings and device binding (its
+        netconsole connection is dropped). 409 while a job reads it. A registered machine gets a new one
+        with its next console output."""
+        return consoles().remove(mac_of(mac))
+
+    @app.get("/api/v1/consoles/unbound", responses=ERRORS, tags=["consoles"], dependencies=[Depends(operator)])
+    async def consoles_unbound() -> dict[str, Any]:
+        """Console streams bound to no machine: where from, what they announced, why they wait, their
+        last output (``tail``). Netconsole streams are closed after console_unbound_ttl s."""
+        return {"streams": consoles().unbound_json()}
+
+    @app.post(
+        "/api/v1/consoles/unbound/{stream_id}/bind",
+        responses=ERRORS,
+        tags=["consoles"],
+        dependencies=[Depends(operator)],
+    )
+    async def consoles_bind(stream_id: str, body: ConsoleBind) -> dict[str, Any]:
+        """Bind a stream to a machine by hand (it stays there: its markers no longer move it). 409 if the
+        machine's console is live on another stream, unless replace."""
+        return consoles().bind_by_hand(stream_id[:32], mac_of(body.mac), body.replace)
+
+    @app.delete(
+        "/api/v1/consoles/unbound/{stream_id}", responses=ERRORS, tags=["consoles"], dependencies=[Depends(operator)]
+    )
+    async def consoles_close_unbound(stream_id: str) -> dict[str, Any]:
+        """Drop a netconsole connection."""
+        return consoles().close_unbound(stream_id[:32])
 
     # ------------------------------------------------------------------ jobs
     jobs = lambda: farm.jobs  # noqa: E731

@@ -12,6 +12,14 @@ Each machine's *console* keeps a bounded ring buffer of timestamped chunks, a ro
 any number of live viewers (API streams, and TCP clients on the machine's fixed port), and at
 most one writer. Bytes are stored raw; sanitising is the viewer's job. Every buffer on the way is
 bounded: a slow viewer loses bytes (and is told how many), never stalls the hub.
+
+The DUT network is hostile (DUTs run merge requests' code), so a binding is earned (``ConsolePolicy``):
+a marker never takes a live binding over; a netconsole stream binds only from the machine's
+registered address, from a local source (the gateway itself: QEMU and Vivian DUTs), or anywhere
+under the "free" policy; the others wait as *unbound streams* the operator sees and binds by hand.
+Consoles of machines that never registered are *provisional*: capped (overall and per source),
+with a small ring, removed with their logs when unused. Connections are capped and time out; all
+console logs together stay under a farm-wide cap (``LogBudget``), the oldest rotated files going first.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import errno
+import ipaddress
+import itertools
 import logging
 import os
 import re
@@ -47,7 +58,13 @@ VIEWER_LOW = 64 * 1024
 SUBSCRIBER_MAX = 1024 * 1024  # an API stream's unsent bytes above which the oldest are dropped
 WRITE_MAX = 1024 * 1024  # bytes waiting to go to a device before input is refused
 NOTICE_INTERVAL = 1.0  # at most one refusal notice a second per TCP client
-MAX_CONSOLES = 1024  # markers announcing more machines than this are ignored (each console holds fds)
+MAX_CONSOLES = 1024  # consoles of registered machines at most (each holds a listening socket)
+UNKNOWN_RING = 256 * 1024  # ring buffer of a provisional console (a machine that never registered)
+WARN_INTERVAL = 60.0  # the same refusal is logged at most once a minute (a flood must not flood the log)
+WARN_BURST = 30  # and refusals of any kind at most this many times a minute
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 10, 3  # a dead DUT's connection goes in ~90 s
+LOG_CAP_LOW = 0.9  # evicting console logs goes down to this share of the farm-wide cap
+LOG_SCAN_INTERVAL = 2.0  # seconds between two scans of the console log directory
 TAKEOVER = b"\x1dt"  # Ctrl-] then t: take write access over
 RETRY_MIN, RETRY_MAX = 0.5, 30.0  # back-off when a device or a console server cannot be opened
 SHARE_RETRY = 30.0  # seconds between attempts to listen on a machine's port when it is taken
@@ -169,6 +186,31 @@ class RotatingLog:
             os.close(self._fd)
             self._fd = None
 
+    def files(self) -> list[Path]:
+        """Every file of this log that exists (x.log, x.log.1 ..., x.base)."""
+        names = [self._file(i) for i in range(self.backups + 1)] + [self.base_path]
+        return [p for p in names if p.exists()]
+
+    def discard_current(self) -> int:
+        """Delete x.log (the farm-wide cap needs room): later bytes start a new file at the same offset."""
+        starts = self._load()
+        end = self.end
+        self.close()
+        freed = _size_of(self.path)
+        self.path.unlink(missing_ok=True)
+        starts[0] = end
+        self._size = 0
+        self._write_starts()
+        return freed
+
+    def remove(self) -> None:
+        """Delete every file of this log (the console is removed)."""
+        self.close()
+        for path in self.files():
+            path.unlink(missing_ok=True)
+        self._starts = None
+        self._size = 0
+
 
 def _size_of(path: Path) -> int:
     try:
@@ -212,12 +254,145 @@ class SliceReader:
         self._parts = [p for p in self._parts if isinstance(p, bytes)]
 
 
+class LogBudget:
+    """All console logs together under ``max_bytes``: the oldest rotated files go first, then the oldest
+    current files of consoles without a live stream (``protected`` tells which paths must stay).
+
+    Bytes written are counted as they go; the directory is scanned only when the count passes the cap
+    (at most every LOG_SCAN_INTERVAL s: the count overshoots, rotations overwrite), and then emptied
+    down to LOG_CAP_LOW of the cap.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.total = 0  # bytes in the directory's log files, as far as we know (a scan makes it exact)
+        self.evicted_files = 0
+        self.evicted_bytes = 0
+        self._last_scan = float("-inf")
+
+    def scan(self) -> list[tuple[float, int, Path]]:
+        """(mtime, size, path) of every log file; sets ``total``."""
+        found = []
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError:
+            entries = []
+        for entry in entries:
+            if ".log" not in entry.name or entry.name.endswith(".tmp"):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            found.append((st.st_mtime, st.st_size, Path(entry.path)))
+        self.total = sum(size for _, size, _ in found)
+        return found
+
+    def add(self, n: int) -> bool:
+        """Count ``n`` bytes written; True when the logs are (as far as we know) over the cap."""
+        self.total += n
+        return bool(self.max_bytes) and self.total > self.max_bytes
+
+    def delay(self) -> float:
+        """Seconds until the next scan may run (scans are at least LOG_SCAN_INTERVAL apart)."""
+        return max(0.0, self._last_scan + LOG_SCAN_INTERVAL - time.monotonic())
+
+    def enforce(self, protected: set[Path], discard: Callable[[Path], int | None]) -> None:
+        """Delete the oldest files until the logs fit. ``discard(path)`` handles a console's current file
+        (returns the bytes freed, or None if it is not a loaded console's: the file is simply deleted)."""
+        self._last_scan = time.monotonic()
+        if not self.max_bytes:
+            return
+        files = self.scan()
+        if self.total <= self.max_bytes:
+            return
+        goal = int(self.max_bytes * LOG_CAP_LOW)
+        rotated = sorted(f for f in files if not f[2].name.endswith(".log"))
+        current = sorted(f for f in files if f[2].name.endswith(".log") and f[2] not in protected)
+        for _, size, path in rotated + current:
+            if self.total <= goal:
+                break
+            try:
+                freed = discard(path) if path.name.endswith(".log") else None
+                if freed is None:
+                    path.unlink(missing_ok=True)
+                    freed = size
+            except OSError as exc:
+                log.warning("console logs: cannot delete %s: %s", path, exc.strerror or exc)
+                continue
+            self.total -= freed
+            self.evicted_files += 1
+            self.evicted_bytes += freed
+        if self.total > self.max_bytes:
+            log.warning("console logs: %d bytes, above the cap of %d, all in the logs of live consoles",
+                        self.total, self.max_bytes)
+
+
+@dataclass
+class ConsolePolicy:
+    """How a console binding is earned and what DUT-facing console state may cost.
+
+    ``bind``: "address" (a netconsole stream binds a machine from its registered address or from a
+    local source) or "free" (from anywhere, while the machine has no live stream). ``local_sources``:
+    trusted_networks-style items naming the gateway itself. A hub built without settings (tests of its
+    buffers) is permissive: ``ConsolePolicy()`` binds any free console; a farm's comes from its settings.
+    """
+
+    bind: str = "free"
+    local_sources: tuple[str, ...] = ("auto",)
+    max_connections: int = 256
+    max_per_source: int = 4
+    marker_timeout: float = 60.0
+    unbound_ttl: float = 1800.0
+    unknown_max: int = 64
+    unknown_per_source: int = 4
+    unknown_ttl: float = 600.0
+    logs_max_bytes: int = 0
+    sweep_interval: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "ConsolePolicy":
+        return cls(
+            bind=settings.console_bind_policy,
+            local_sources=tuple(settings.console_local_sources),
+            max_connections=settings.netconsole_max_connections,
+            max_per_source=settings.netconsole_max_per_source,
+            marker_timeout=settings.netconsole_marker_timeout,
+            unbound_ttl=settings.console_unbound_ttl,
+            unknown_max=settings.console_unknown_max,
+            unknown_per_source=settings.console_unknown_per_source,
+            unknown_ttl=settings.console_unknown_ttl,
+            logs_max_bytes=settings.console_logs_max_bytes,
+            sweep_interval=min(1.0, settings.netconsole_marker_timeout / 4, settings.console_unknown_ttl / 4),
+        )
+
+
+def _ip(host: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not host:
+        return None
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0].strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def same_address(a: str | None, b: str | None) -> bool:
+    """Two textual addresses name the same host (``::ffff:10.0.0.1`` is ``10.0.0.1``)."""
+    x, y = _ip(a), _ip(b)
+    return x is not None and x == y
+
+
 # --------------------------------------------------------------------------- viewers and writers
 class Subscriber:
     """An API stream's queue of console bytes, bounded in bytes; the oldest are dropped and counted."""
 
-    def __init__(self, limit: int = SUBSCRIBER_MAX) -> None:
+    def __init__(self, limit: int = SUBSCRIBER_MAX, who: str | None = None) -> None:
         self.limit = limit
+        self.who = who  # "api" for an API stream; None: inside the backend (a running job reads it)
         self.chunks: deque[bytes] = deque()
         self.size = 0
         self.dropped = 0
@@ -345,7 +520,12 @@ class Console:
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.pending_event = bytearray()
         self.last_activity: float | None = None
+        # A machine that never registered has a provisional console: capped, small ring, removed when unused.
+        self.provisional = False
+        self.origin: str | None = None  # the source that created a provisional console (per-source cap)
+        self.unbound_at: float = time.monotonic()  # since when no stream is bound (meaningful when stream is None)
         self.on_pending: Callable[[], None] = lambda: None
+        self.on_logged: Callable[[int], None] = lambda n: None
         self.on_writer_change: Callable[[], None] = lambda: None
         self._writer_expiry: asyncio.TimerHandle | None = None
         # Settings kept in the database (MachineConsole)
@@ -385,7 +565,12 @@ class Console:
         try:
             self.log.write(data, at)
         except OSError as exc:
-            log.error("console log of %s: %s", self.mac, exc)
+            if exc.strerror != getattr(self, "_log_error", None):  # once per kind of failure, not per chunk
+                log.error("console log of %s: %s", self.mac, exc)
+                self._log_error = exc.strerror
+        else:
+            self._log_error = None
+            self.on_logged(len(data))
         for sub in self.subscribers:
             sub.put(data)
         if len(self.pending_event) < EVENT_MAX_TEXT:
@@ -510,6 +695,7 @@ class Console:
             "buffered": self._held,
             "last_activity": self.last_activity,
             "log_path": str(self.log.path),
+            "provisional": self.provisional,
         }
 
 
@@ -520,6 +706,8 @@ class Stream:
     stream is ``pinned`` to the machine it was configured for (markers do not move it).
     """
 
+    _ids = itertools.count(1)
+
     def __init__(
         self,
         name: str,
@@ -529,7 +717,10 @@ class Stream:
         device: str | None = None,
         pinned: str | None = None,
         baud: int | None = None,
+        host: str | None = None,
+        close: Callable[[], None] | None = None,
     ) -> None:
+        self.id = f"s{next(Stream._ids)}"
         self.name = name
         self.write = write
         self.buffered = buffered or (lambda: 0)
@@ -537,9 +728,32 @@ class Stream:
         self.device = device
         self.pinned = pinned
         self.baud = baud
+        self.host = host  # the peer's address (netconsole)
+        self.close = close or (lambda: None)  # ends the stream (netconsole: drops the connection)
         self.machine: str | None = None
         self.line = b""
         self.pending = bytearray()
+        self.opened_at = self.last_bytes = self.unbound_since = time.monotonic()
+        self.bytes = 0
+        self.announced: str | None = None  # the last machine it announced (SALAD.machine_id=)
+        self.waiting: str | None = None  # why it is not bound to the machine it announced
+
+    def to_json(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "source": self.host,
+            "device": self.device,
+            "machine": self.machine,
+            "announced": self.announced,
+            "waiting": self.waiting,
+            "connected_for": round(now - self.opened_at, 1),
+            "idle": round(now - self.last_bytes, 1),
+            "bytes": self.bytes,
+            "tail": bytes(self.pending[-512:]).decode("utf-8", "replace"),
+        }
 
 
 @dataclass
@@ -567,7 +781,12 @@ class ConsoleHub:
         device_sources: Iterable[Any] = (),
         known_machine: Callable[[str], bool] | None = None,
         api_writer_timeout: float = 60.0,
+        machine_address: Callable[[str], str | None] | None = None,
+        policy: ConsolePolicy | None = None,
+        settings: Any = None,
     ) -> None:
+        from .trust import Trust
+
         self.bus = bus
         self.log_dir = log_dir
         self.ring_bytes = ring_bytes
@@ -578,7 +797,19 @@ class ConsoleHub:
         self.tcp_base = tcp_base
         self.sources = list(device_sources)
         self.known_machine = known_machine or (lambda mac: False)
+        self.machine_address = machine_address or (lambda mac: None)  # a machine's registered ip_address
         self.api_writer_timeout = api_writer_timeout
+        self.policy = policy or (ConsolePolicy.from_settings(settings) if settings is not None else ConsolePolicy())
+        self.notes = list(getattr(settings, "notes", ()))  # settings that fell back (logged at start)
+        self.local = Trust(self.policy.local_sources)  # sources that are the gateway itself
+        self.budget = LogBudget(log_dir, self.policy.logs_max_bytes)
+        self._free_indexes: list[int] = []  # TCP indexes of removed provisional consoles (never a machine's)
+        self._per_source: dict[str, int] = {}  # netconsole connections per peer address
+        self._warned: dict[Any, tuple[float, int]] = {}  # rate-limited warnings: key -> (last, suppressed)
+        self._warn_times: deque[float] = deque()  # when the warnings of the last minute were logged
+        self._machine_sub: Any = None
+        self._log_check: asyncio.TimerHandle | None = None
+        self.refused_connections = 0
         self.consoles: dict[str, Console] = {}
         self.streams: set[Stream] = set()
         self.devices: dict[str, DeviceState] = {}  # device identity -> state (present devices)
@@ -599,11 +830,20 @@ class ConsoleHub:
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self, sock: socket.socket | None) -> None:
+        for note in self.notes:
+            log.warning("%s", note)
         if sock is not None:
             self._server = await asyncio.start_server(self._on_connection, sock=sock)
             self.address = sock.getsockname()[:2]
         if self.store is not None:
             await self._load()
+        if self.budget.max_bytes:
+            await asyncio.to_thread(self.budget.scan)
+            if self.budget.total > self.budget.max_bytes:
+                self._enforce_log_cap()
+        self._machine_sub = self.bus.subscribe(["machine"])
+        self._spawn(self._follow_machines(self._machine_sub), "console-machines")
+        self._spawn(self._housekeeping(), "console-housekeeping")
         for source in self.sources:
             try:
                 await source.start()
@@ -623,19 +863,61 @@ class ConsoleHub:
         from .models import MachineConsole
 
         rows = await self.store.run(lambda s: list(s.exec(select(MachineConsole)).all()))
-        for row in sorted(rows, key=lambda r: r.tcp_index):
-            console = self._new_console(row.mac_address)
+        for row in rows:
+            self._next_index = max(self._next_index, row.tcp_index + 1)
+        # Consoles of machines that never registered (and that the operator did not configure) are
+        # provisional: the most recent console_unknown_max are kept, the others (a marker flood's) go.
+        unknown = sorted(
+            (r for r in rows if not self._configured(r.mac_address, r.remote_url, r.device_set_by)),
+            key=lambda r: r.updated_at,
+            reverse=True,
+        )
+        dropped = unknown[self.policy.unknown_max :]
+        if dropped:
+            await self._forget_rows([r.mac_address for r in dropped])
+            await asyncio.to_thread(self._remove_log_files, [r.mac_address for r in dropped])
+            log.warning(
+                "removed %d stored consoles of machines that never registered (console_unknown_max is %d)",
+                len(dropped),
+                self.policy.unknown_max,
+            )
+        gone = {r.mac_address for r in dropped}
+        provisional = {r.mac_address for r in unknown}
+        for row in sorted((r for r in rows if r.mac_address not in gone), key=lambda r: r.tcp_index):
+            console = self._new_console(row.mac_address, provisional=row.mac_address in provisional)
             console.tcp_index = row.tcp_index
             console.device = row.device
             console.remote = row.remote_url
             if row.device:
                 self.device_owner[row.device] = row.mac_address
-            self._next_index = max(self._next_index, row.tcp_index + 1)
         for console in list(self.consoles.values()):
-            self._open_share(console)
+            self._open_share(console, starting=True)
+
+    def _configured(self, mac: str, remote: str | None, device_set_by: str | None) -> bool:
+        """A console that is not provisional: its machine registered, or the operator configured it."""
+        return bool(self.known_machine(mac) or remote or device_set_by == "operator")
+
+    def _remove_log_files(self, macs: list[str]) -> None:
+        for mac in macs:
+            RotatingLog(self.log_dir / f"{mac}.log", self.log_max_bytes, self.log_backups).remove()
+
+    async def _forget_rows(self, macs: list[str]) -> None:
+        from sqlmodel import delete
+
+        from .models import MachineConsole
+
+        def run(session: Any) -> None:
+            for i in range(0, len(macs), 500):
+                session.exec(delete(MachineConsole).where(MachineConsole.mac_address.in_(macs[i : i + 500])))
+
+        await self.store.run(run)
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._machine_sub is not None:
+            self._machine_sub.close()
+        if self._log_check is not None:
+            self._log_check.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -683,39 +965,65 @@ class ConsoleHub:
         return task
 
     # ---------------------------------------------------------------- consoles
-    def _new_console(self, mac: str) -> Console:
+    def _new_console(self, mac: str, provisional: bool = False) -> Console:
         logfile = RotatingLog(self.log_dir / f"{mac}.log", self.log_max_bytes, self.log_backups)
-        console = self.consoles[mac] = Console(mac, self.ring_bytes, logfile)
+        ring = min(self.ring_bytes, UNKNOWN_RING) if provisional else self.ring_bytes
+        console = self.consoles[mac] = Console(mac, ring, logfile)
+        console.provisional = provisional
         console.on_pending = self._schedule_flush
         console.on_writer_change = lambda: self._changed(console)
+        console.on_logged = self._logged
         console.api_writer_timeout = self.api_writer_timeout
         return console
+
+    def _create(self, mac: str, provisional: bool, origin: str | None = None) -> Console:
+        """A new console with its TCP index (a provisional one may reuse a removed provisional's), stored."""
+        console = self._new_console(mac, provisional)
+        console.origin = origin
+        if provisional and self._free_indexes:
+            console.tcp_index = self._free_indexes.pop(0)
+        else:
+            console.tcp_index = self._next_index
+            self._next_index += 1
+        self._save(console)
+        self._open_share(console)
+        self._changed(console)
+        return console
+
+    def _promote(self, console: Console) -> None:
+        """The machine registered (or the operator configured its console): a console like any other."""
+        if console.provisional:
+            console.provisional = False
+            console.origin = None
+            console.ring_bytes = self.ring_bytes
+            log.info("console %s belongs to a registered machine now", console.mac)
+            self._changed(console)
+
+    def _provisional(self) -> list[Console]:
+        return [c for c in self.consoles.values() if c.provisional]
 
     def console(self, mac: str, create: bool = True) -> Console:
         console = self.consoles.get(mac)
         if console is None:
             if not create:
                 raise NotFound(f"no console for machine {mac}")
-            if len(self.consoles) >= MAX_CONSOLES:
+            if sum(1 for c in self.consoles.values() if not c.provisional) >= MAX_CONSOLES:
                 raise Conflict(f"too many consoles ({MAX_CONSOLES}); not creating one for {mac}")
-            console = self._new_console(mac)
-            console.tcp_index = self._next_index
-            self._next_index += 1
-            self._save(console)
-            self._open_share(console)
-            self._changed(console)
+            console = self._create(mac, provisional=False)
+        elif console.provisional and create and self.known_machine(mac):
+            self._promote(console)
         return console
 
     def get(self, mac: str) -> Console:
         """The console of a known machine or an existing console (created for a machine if need be)."""
         if mac in self.consoles:
-            return self.consoles[mac]
+            return self.console(mac)
         if self.known_machine(mac):
             return self.console(mac)
         raise NotFound(f"no machine or console {mac}")
 
-    def subscribe(self, mac: str) -> Subscriber:
-        sub = Subscriber()
+    def subscribe(self, mac: str, who: str | None = None) -> Subscriber:
+        sub = Subscriber(who=who)
         console = self.get(mac)
         console.subscribers.add(sub)
         self._changed(console)
@@ -748,7 +1056,9 @@ class ConsoleHub:
             self.bus.publish("console", {"mac": console.mac, "text": "", "console": console.to_json()})
 
     # ---------------------------------------------------------------- the machine's TCP port
-    def _open_share(self, console: Console) -> None:
+    def _open_share(self, console: Console, starting: bool = False) -> None:
+        """Listen on the machine's fixed TCP port; retried later if that fails (a port in use). Out of file
+        descriptors at start is a start failure (``OSError``, in words): the farm would not work."""
         console._share_retry = None
         if self.tcp_host is None or console.tcp_index is None or self._stopping or console.server is not None:
             return
@@ -760,14 +1070,23 @@ class ConsoleHub:
             log.error("console %s: %s", console.mac, console.tcp_error)
             return
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock = None
         try:
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
             sock.listen(32)
             sock.setblocking(False)
         except OSError as exc:
-            sock.close()
+            if sock is not None:
+                sock.close()
+            if starting and exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise OSError(
+                    exc.errno,
+                    f"out of file descriptors opening the console port of {console.mac} "
+                    f"({len(self.consoles)} consoles, one listening socket each): raise the open-file limit "
+                    "(LimitNOFILE=65536 in the unit, or ulimit -n)",
+                ) from None
             console.tcp_port = None
             reason = exc.strerror or exc
             console.tcp_error = f"cannot listen on {host}:{port}: {reason}; retrying every {SHARE_RETRY:g} s"
@@ -956,6 +1275,7 @@ class ConsoleHub:
                 if state is not None and state.stream is not None and state.stream.machine == mac:
                     self.unbind(state.stream)
         else:
+            self._promote(console)  # the operator configured it
             self._assign_device(device, mac, "operator")
             state = self.devices.get(device)
             if state is not None and state.stream is not None:
@@ -973,6 +1293,8 @@ class ConsoleHub:
                 url = parse_console_url(url).url
             except ValueError as exc:
                 raise BadRequest(str(exc)) from None
+        if url is not None:
+            self._promote(console)  # the operator configured it
         if url != console.remote:
             console.remote = url
             self._save(console)
@@ -1047,6 +1369,7 @@ class ConsoleHub:
         delay = RETRY_MIN
         while True:
             stream = Stream(f"serial:{ident}", self._closed_write, kind="serial", device=ident, baud=info.baud)
+            stream.close = lambda: None  # a wire: it stays open (unbound) until unplugged
             link = None
             opened_at = None
             try:
@@ -1057,8 +1380,11 @@ class ConsoleHub:
                 state.link, state.stream, state.error = link, stream, None
                 self.streams.add(stream)
                 owner = self.device_owner.get(ident)
-                if owner is not None:
-                    self.bind(stream, owner, persist=False)
+                if owner is not None:  # wired to that machine: its console at once, unless another stream is live
+                    stream.announced = owner
+                    reason = self._claim(stream, owner)
+                    if reason is not None:
+                        self._warn(("refused", stream.id), f"{stream.name} (stored for {owner}) waits: {reason}")
                 log.info("%s opened (%s at %d baud)", stream.name, info.devnode, info.baud)
                 exc = await asyncio.shield(link.closed)
                 state.error = f"closed: {exc}" if exc else "closed"
@@ -1141,6 +1467,8 @@ class ConsoleHub:
     # ---------------------------------------------------------------- streams
     def feed(self, stream: Stream, data: bytes) -> None:
         """Process bytes from a stream: store them, and act on association markers and pings."""
+        stream.last_bytes = time.monotonic()
+        stream.bytes += len(data)
         if stream.machine is not None:
             self.consoles[stream.machine].feed(data)
         else:
@@ -1182,31 +1510,120 @@ class ConsoleHub:
                 except ValueError:
                     mac = ""
                 if not mac:
-                    log.warning("%s announced an invalid machine id %r", stream.name, token[:40])
+                    self._warn(("invalid", stream.id), f"{stream.name} announced an invalid machine id {token[:40]!r}")
                     return
             if stream.pinned is not None and mac != stream.pinned:
-                log.warning("%s (the console of %s) announced machine %s; ignored", stream.name, stream.pinned, mac)
+                self._warn(
+                    ("pinned", stream.id),
+                    f"{stream.name} (the console of {stream.pinned}) announced machine {mac}; ignored",
+                )
                 return
-            try:
-                self.bind(stream, mac)
-            except Conflict as exc:
-                log.warning("%s: %s", stream.name, exc)
+            stream.announced = mac
+            reason = self._claim(stream, mac)
+            if reason is not None:
+                self._warn(("refused", stream.id), f"{stream.name} announced {mac}, not bound: {reason}")
 
-    def bind(self, stream: Stream, mac: str, persist: bool = True) -> None:
+    # ---------------------------------------------------------------- earning a binding
+    def _is_local(self, stream: Stream) -> bool:
+        """A netconsole peer that is the gateway itself (QEMU, Vivian), per console_local_sources."""
+        return stream.host is not None and self.local.is_trusted(stream.host)
+
+    def _origin(self, stream: Stream) -> str | None:
+        """Whom a provisional console created by ``stream`` is counted against (None: nobody)."""
+        if stream.kind == "serial":
+            return f"serial:{stream.device}"
+        if stream.kind == "netconsole" and not self._is_local(stream):
+            return stream.host or stream.name
+        return None
+
+    def _claim(self, stream: Stream, mac: str) -> str | None:
+        """A marker (or a stored serial binding) asks for ``mac``: bind when plausible; else say why not."""
+        if stream.machine == mac:
+            stream.waiting = None
+            if stream.device is not None and self.device_owner.get(stream.device) != mac:
+                self._assign_device(stream.device, mac, "marker")
+            return None
+        reason = self._refusal(stream, mac)
+        stream.waiting = reason
+        if reason is None:
+            self.bind(stream, mac, origin=self._origin(stream))
+        return reason
+
+    def _refusal(self, stream: Stream, mac: str) -> str | None:
+        """Why ``stream`` may not bind ``mac`` now (None: it may)."""
+        if stream.kind == "netconsole" and stream.machine is not None:
+            # A connection is one DUT's console (QEMU keeps it across the guest's reboots): code running on
+            # that DUT must not carry it to another machine. Wires may move (a marker re-plugs them).
+            return f"{stream.name} is the console of {stream.machine}; only the operator moves it"
+        console = self.consoles.get(mac)
+        if console is not None and console.stream is not None and console.stream is not stream:
+            return (
+                f"the console of {mac} is live on {console.stream.name}; a live binding is never taken over "
+                "(the operator may bind this stream by hand)"
+            )
+        if stream.kind == "netconsole" and self.policy.bind != "free" and not self._is_local(stream):
+            registered = self.machine_address(mac)
+            if registered is None:
+                return f"{mac} is not registered: it waits for a registration from {stream.host} or the operator"
+            if not same_address(stream.host, registered):
+                return f"its source {stream.host} is not the registered address of {mac} ({registered})"
+        if console is None:
+            if self.known_machine(mac):
+                if sum(1 for c in self.consoles.values() if not c.provisional) >= MAX_CONSOLES:
+                    return f"too many consoles ({MAX_CONSOLES})"
+                return None
+            provisional = self._provisional()
+            if len(provisional) >= self.policy.unknown_max:
+                return (
+                    f"{len(provisional)} consoles of machines that never registered exist already "
+                    f"(console_unknown_max); it waits for the registration of {mac}"
+                )
+            origin = self._origin(stream)
+            if origin is not None:
+                mine = sum(1 for c in provisional if c.origin == origin)
+                if mine >= self.policy.unknown_per_source:
+                    return (
+                        f"{origin} created {mine} consoles of machines that never registered already "
+                        f"(console_unknown_per_source); it waits for the registration of {mac}"
+                    )
+        return None
+
+    def _retry_waiting(self, mac: str | None = None) -> None:
+        """Unbound streams that announced ``mac`` (None: any machine) try again, oldest first."""
+        if self._stopping:
+            return
+        waiting = sorted(
+            (s for s in self.streams if s.machine is None and s.announced and (mac is None or s.announced == mac)),
+            key=lambda s: s.opened_at,
+        )
+        for stream in waiting:
+            if stream in self.streams and stream.machine is None:
+                self._claim(stream, stream.announced)  # type: ignore[arg-type]
+
+    def bind(self, stream: Stream, mac: str, persist: bool = True, origin: str | None = None) -> None:
+        """Make ``stream`` the console of ``mac`` (no questions asked: callers decided it may)."""
         if stream.machine == mac:
             if persist and stream.device is not None and self.device_owner.get(stream.device) != mac:
                 self._assign_device(stream.device, mac, "marker")
             return
-        console = self.console(mac)
+        console = self.consoles.get(mac)
+        if console is None:
+            console = self._create(mac, provisional=not self.known_machine(mac), origin=origin)
+        elif console.provisional and self.known_machine(mac):
+            self._promote(console)
         if stream.machine is not None:
-            log.warning("%s moves from machine %s to %s", stream.name, stream.machine, mac)
-            old = self.consoles[stream.machine]
-            if old.stream is stream:
-                old.stream = None
-                self._changed(old)
-        if console.stream is not None and console.stream is not stream:
-            log.warning("console of %s moves from %s to %s", mac, console.stream.name, stream.name)
+            log.info("%s moves from machine %s to %s", stream.name, stream.machine, mac)
+            old = self.consoles.get(stream.machine)
+            if old is not None and old.stream is stream:
+                self._lost_stream(old)
+        previous = console.stream
+        if previous is not None and previous is not stream:
+            log.warning("console of %s moves from %s to %s", mac, previous.name, stream.name)
+            previous.machine = None
+            previous.unbound_since = time.monotonic()
+            previous.waiting = f"the console of {mac} was given to {stream.name}"
         stream.machine = mac
+        stream.waiting = None
         console.stream = stream
         if persist and stream.device is not None:
             self._assign_device(stream.device, mac, "marker")
@@ -1216,31 +1633,56 @@ class ConsoleHub:
         log.info("%s is the console of %s", stream.name, mac)
         self._changed(console)
 
+    def _lost_stream(self, console: Console) -> None:
+        """``console`` has no stream any more: free its log file, let a waiting stream have it."""
+        console.stream = None
+        console.unbound_at = time.monotonic()
+        console.log.close()  # reopened with the next byte: a console without a stream holds no descriptor
+        self._changed(console)
+        if not self._stopping:
+            asyncio.get_running_loop().call_soon(self._retry_waiting, console.mac)
+
     def unbind(self, stream: Stream) -> None:
         if stream.machine is None:
             return
         console = self.consoles.get(stream.machine)
         stream.machine = None
+        stream.unbound_since = time.monotonic()
         if console is not None and console.stream is stream:
-            console.stream = None
-            self._changed(console)
+            self._lost_stream(console)
 
     def close_stream(self, stream: Stream) -> None:
         self.streams.discard(stream)
         if stream.machine is not None:
             console = self.consoles.get(stream.machine)
             if console is not None and console.stream is stream:
-                console.stream = None
-                self._changed(console)
+                self._lost_stream(console)
 
+    # ---------------------------------------------------------------- the netconsole
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        host = str(peer[0])
+        stream = Stream(
+            f"netconsole@{peer[0]}:{peer[1]}",
+            writer.write,
+            buffered=writer.transport.get_write_buffer_size,
+            host=host,
+            close=writer.transport.abort,
+        )
+        refusal = self._connection_refusal(stream)
+        if refusal is not None:
+            self.refused_connections += 1
+            self._warn(("connections", stream.host if not self._is_local(stream) else "local"),
+                       f"netconsole connection from {host} refused: {refusal}")
+            with contextlib.suppress(Exception):
+                writer.write(f"valve-console: {refusal}\n".encode())
+            writer.close()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._conn_tasks.add(task)
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        stream = Stream(
-            f"netconsole@{peer[0]}:{peer[1]}", writer.write, buffered=writer.transport.get_write_buffer_size
-        )
+        self._per_source[host] = self._per_source.get(host, 0) + 1
+        _keepalive(writer.get_extra_info("socket"))
         self.streams.add(stream)
         log.info("%s connected", stream.name)
         try:
@@ -1254,8 +1696,204 @@ class ConsoleHub:
         finally:
             self.close_stream(stream)
             writer.close()
+            left = self._per_source.get(host, 1) - 1
+            if left > 0:
+                self._per_source[host] = left
+            else:
+                self._per_source.pop(host, None)
             log.info("%s disconnected", stream.name)
             self._conn_tasks.discard(task)
+
+    def _connection_refusal(self, stream: Stream) -> str | None:
+        if len(self._conn_tasks) >= self.policy.max_connections:
+            return f"too many console connections ({len(self._conn_tasks)}, netconsole_max_connections)"
+        count = self._per_source.get(stream.host or "", 0)
+        if count >= self.policy.max_per_source and not self._is_local(stream):
+            return f"too many console connections from {stream.host} ({count}, netconsole_max_per_source)"
+        return None
+
+    # ---------------------------------------------------------------- housekeeping
+    async def _housekeeping(self) -> None:
+        """Once a second: time limits of unbound streams and provisional consoles, and late bindings."""
+        while True:
+            await asyncio.sleep(self.policy.sweep_interval)
+            try:
+                self._sweep(time.monotonic())
+            except Exception:  # noqa: BLE001 - the next sweep tries again
+                log.exception("console housekeeping failed")
+
+    def _sweep(self, now: float) -> None:
+        for stream in list(self.streams):
+            if stream.kind != "netconsole" or stream.machine is not None or self._is_local(stream):
+                continue  # a local source is the gateway itself (QEMU reconnects): only the total cap applies
+            if stream.announced is None and now - stream.last_bytes > self.policy.marker_timeout:
+                log.info("%s closed: no machine announced in %g s", stream.name, self.policy.marker_timeout)
+                stream.close()
+            elif now - stream.unbound_since > self.policy.unbound_ttl:
+                log.info("%s closed: unbound for %g s", stream.name, self.policy.unbound_ttl)
+                stream.close()
+        for console in self._provisional():
+            if self._configured(console.mac, console.remote, None):
+                self._promote(console)
+            elif console.stream is None and now - console.unbound_at > self.policy.unknown_ttl and not any(
+                sub.who is None for sub in console.subscribers
+            ):
+                log.info("console %s removed: its machine never registered and it was unused for %g s",
+                         console.mac, self.policy.unknown_ttl)
+                self._remove(console)
+        self._retry_waiting()
+
+    async def _follow_machines(self, sub: Any) -> None:
+        """A machine registered or changed: its provisional console is promoted, its waiting streams bind."""
+        async for event in sub:
+            mac = event.data.get("mac") or (event.data.get("machine") or {}).get("mac_address")
+            if not mac:
+                continue
+            console = self.consoles.get(mac)
+            if console is not None and console.provisional and self.known_machine(mac):
+                self._promote(console)
+            self._retry_waiting(mac)
+
+    def _warn(self, key: Any, message: str) -> None:
+        """A warning logged at most once a minute per ``key`` (with how many were left out), and at most
+        WARN_BURST a minute in all: many hostile streams must not flood the journal either."""
+        now = time.monotonic()
+        last, suppressed = self._warned.get(key, (float("-inf"), 0))
+        while self._warn_times and now - self._warn_times[0] > WARN_INTERVAL:
+            self._warn_times.popleft()
+        if now - last < WARN_INTERVAL or len(self._warn_times) >= WARN_BURST:
+            self._warned[key] = (last, suppressed + 1)
+            return
+        self._warn_times.append(now)
+        if len(self._warned) > 4096:
+            self._warned = {k: v for k, v in self._warned.items() if now - v[0] < WARN_INTERVAL}
+        self._warned[key] = (now, 0)
+        log.warning("%s%s", message, f" ({suppressed} more like it in the last minute)" if suppressed else "")
+
+    # ---------------------------------------------------------------- the operator: unbound streams, removal
+    def unbound_json(self) -> dict[str, Any]:
+        """Streams bound to no machine (netconsole connections, serial devices), oldest first."""
+        streams = sorted((s for s in self.streams if s.machine is None), key=lambda s: s.opened_at)
+        return {s.id: s.to_json() for s in streams}
+
+    def _stream(self, stream_id: str) -> Stream:
+        for stream in self.streams:
+            if stream.id == stream_id:
+                return stream
+        raise NotFound(f"no console stream {stream_id} (see GET /api/v1/consoles/unbound)")
+
+    def bind_by_hand(self, stream_id: str, mac: str, replace: bool = False) -> dict[str, Any]:
+        """The operator binds a stream to a machine: it stays there (its markers no longer move it)."""
+        stream = self._stream(stream_id)
+        if stream.kind == "remote":
+            raise BadRequest(f"{stream.name} is the console server of {stream.pinned}: set that machine's source")
+        console = self.consoles.get(mac)
+        if console is not None and console.stream is not None and console.stream is not stream and not replace:
+            raise Conflict(
+                f"the console of {mac} is live on {console.stream.name}: send replace=true to give it {stream.name}"
+            )
+        console = self.console(mac)  # created (or promoted): the operator's choice
+        self._promote(console)
+        if stream.kind == "serial" and stream.device is not None:
+            self._assign_device(stream.device, mac, "operator")
+        else:
+            stream.pinned = mac
+        self.bind(stream, mac, persist=False)
+        log.info("%s bound to %s by the operator", stream.name, mac)
+        return console.to_json()
+
+    def close_unbound(self, stream_id: str) -> dict[str, Any]:
+        """The operator drops a netconsole connection."""
+        stream = self._stream(stream_id)
+        if stream.kind != "netconsole":
+            raise BadRequest(f"{stream.name} is a {stream.kind} console: unplug it or change the machine's source")
+        log.info("%s closed by the operator", stream.name)
+        stream.close()
+        return {"closed": stream_id}
+
+    def remove(self, mac: str) -> dict[str, Any]:
+        """The operator removes a machine's console: its port, logs, stored settings and device binding."""
+        console = self.console(mac, create=False)
+        if any(sub.who is None for sub in console.subscribers):
+            raise Conflict(f"a job is reading the console of {mac}: cancel it first")
+        self._remove(console)
+        log.info("console %s removed by the operator", mac)
+        return {"removed": mac}
+
+    def _remove(self, console: Console) -> None:
+        mac = console.mac
+        self.consoles.pop(mac, None)
+        stream = console.stream
+        if stream is not None:
+            console.stream = None
+            stream.machine = None
+            stream.unbound_since = time.monotonic()
+            stream.pinned = stream.announced = None  # it does not come straight back with its next marker
+            if stream.kind == "netconsole":
+                stream.close()
+            elif stream.kind == "remote":
+                self.close_stream(stream)
+        task = self._remotes.pop(mac, None)
+        if task is not None:
+            task.cancel()
+        if console.device is not None and self.device_owner.get(console.device) == mac:
+            del self.device_owner[console.device]
+        for handle in (console._share_retry, console._writer_expiry):
+            if handle is not None:
+                handle.cancel()
+        if console.server is not None:
+            console.server.close()
+        for viewer in list(console.viewers):
+            viewer.close()
+        for sub in list(console.subscribers):
+            sub.close()
+        console.subscribers.clear()
+        try:
+            console.log.remove()
+        except OSError as exc:
+            log.warning("console %s: cannot delete its log: %s", mac, exc.strerror or exc)
+        index = console.tcp_index
+        if self.store is not None and index is not None:
+            self._spawn_save(self._forget_rows([mac]))
+        if console.provisional and index is not None:
+            self._free_indexes.append(index)  # never a registered machine's: another provisional one may have it
+            self._free_indexes.sort()
+        if not self._stopping:
+            self.bus.publish("console", {"mac": mac, "text": "", "console": {"mac": mac, "removed": True}})
+
+    def _spawn_save(self, coro: Any) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception as exc:  # noqa: BLE001 - the operator hears of it; memory stays right
+                log.error("console settings: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._saves.add(task)
+        task.add_done_callback(self._saves.discard)
+
+    # ---------------------------------------------------------------- the farm-wide log cap
+    def _logged(self, n: int) -> None:
+        if self.budget.add(n) and self._log_check is None and not self._stopping:
+            self._log_check = asyncio.get_running_loop().call_later(self.budget.delay(), self._enforce_log_cap)
+
+    def _enforce_log_cap(self) -> None:
+        self._log_check = None
+        by_path = {c.log.path: c for c in self.consoles.values()}
+        protected = {c.log.path for c in self.consoles.values() if c.stream is not None}
+
+        def discard(path: Path) -> int | None:
+            console = by_path.get(path)
+            return console.log.discard_current() if console is not None else None
+
+        before = self.budget.evicted_files
+        self.budget.enforce(protected, discard)
+        if self.budget.evicted_files != before:
+            self._warn(
+                "log-cap",
+                f"console logs above console_logs_max_bytes ({self.budget.max_bytes}): deleted the oldest, "
+                f"{self.budget.evicted_files} files ({self.budget.evicted_bytes} bytes) so far",
+            )
 
     def _schedule_flush(self) -> None:
         """Console output becomes ``console`` events at most EVENT_HZ times a second, only when there is some."""
@@ -1275,6 +1913,17 @@ class ConsoleHub:
                 console.pending_event.clear()
                 if text:
                     self.bus.publish("console", {"mac": console.mac, "text": text})
+
+
+def _keepalive(sock: Any) -> None:
+    """TCP keepalive on a netconsole connection: a DUT that lost power frees its binding in ~90 s."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
 
 
 def build_device_sources(settings: Any) -> list[Any]:

@@ -389,6 +389,8 @@ class Farm:
             else build_device_sources(self.settings),
             known_machine=lambda mac: mac in machines.machines,
             api_writer_timeout=self.settings.console_api_writer_timeout,
+            machine_address=lambda mac: getattr(machines.machines.get(mac), "ip_address", None),
+            settings=self.settings,
         )
         await self.consoles.start(nc_sock)
         self.jobs = JobService(self.store, self.bus, self.machines, self.power, self.consoles, self.settings)

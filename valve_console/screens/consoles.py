@@ -7,6 +7,11 @@ types in a ConsoleView's type mode arrives as ``ConsoleView.Input`` and is sent,
 One writer at a time: when someone else holds the console, "X is typing in this console" is shown
 and ctrl+t resends what was refused with ``takeover``; leaving type mode gives write access back.
 The header line shows the console's source, its TCP port (``nc HOST PORT``), writer and viewers.
+
+Streams bound to no machine (a DUT whose binding the hub did not grant: wrong source address, another
+stream live on that console, a machine not registered yet) are counted under the header; ``u`` lists
+them and binds the chosen one to the machine of the visible tab (``d`` drops one). ``x`` removes the
+visible console (its port, logs and stored settings), after a confirmation.
 """
 
 from __future__ import annotations
@@ -21,17 +26,22 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.css.query import NoMatches
-from textual.widgets import Static, TabbedContent, TabPane
+from textual.screen import ModalScreen
+from textual.widgets import OptionList, Static, TabbedContent, TabPane
+from textual.widgets.option_list import Option
 
 from ..client import FarmClientError
 from ..widgets.console_view import ConsoleView
+from ..widgets.sanitize import sanitize, strip_sgr
 from ..widgets.state_badge import connection_badge
 from .base import FarmScreen
+from .dialogs import ConfirmScreen
 from .model import Changes, FarmModel
 
 MAX_OVERLAP = 256 * 1024
 MAX_HIDDEN = 256 * 1024  # characters of output kept for a console whose tab was never shown
 MAX_REFUSED = 4096  # characters typed while someone else writes, kept to resend on takeover
+UNBOUND_REFRESH = 5.0  # seconds between two looks at the unbound streams while the screen is shown
 _HOLDER = re.compile(r"already has a writer \((?P<who>[^)]*)\)")
 
 
@@ -63,6 +73,82 @@ def without_overlap(log: str, extra: str) -> str:
     return extra
 
 
+def stream_summary(stream: dict[str, Any]) -> Text:
+    """One line about an unbound stream, its DUT output made safe (it is untrusted) and plain."""
+    tail = strip_sgr(sanitize(str(stream.get("tail") or "")))
+    last = next((line.strip() for line in reversed(tail.split("\n")) if line.strip()), "")
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(f"{stream.get('source') or stream.get('device') or stream.get('kind')}", style="bold")
+    announced = stream.get("announced")
+    text.append(f"  announced {announced}" if announced else "  no machine announced")
+    text.append(f"  idle {float(stream.get('idle') or 0):.0f} s", style="dim")
+    if stream.get("waiting"):
+        text.append(f"\n  {stream['waiting']}", style="yellow")
+    if last:
+        text.append(f"\n  last: {last[-200:]}", style="dim")
+    return text
+
+
+class UnboundStreamsScreen(ModalScreen[tuple[str, str] | None]):
+    """The streams bound to no machine: ``enter`` binds the highlighted one (to ``target``), ``d`` drops it.
+
+    Dismissed with ("bind", stream id), ("drop", stream id) or None.
+    """
+
+    DEFAULT_CSS = """
+    UnboundStreamsScreen { align: center middle; }
+    UnboundStreamsScreen > #unbound-dialog {
+        width: 90%; max-width: 120; height: auto; max-height: 80%; border: solid $accent; padding: 0 1;
+        background: $surface;
+    }
+    UnboundStreamsScreen #unbound-list { height: auto; max-height: 20; }
+    """
+    BINDINGS = [
+        Binding("enter", "choose('bind')", "Bind"),
+        Binding("d", "choose('drop')", "Drop"),
+        Binding("escape", "cancel", "Cancel"),
+    ]
+
+    def __init__(self, streams: dict[str, dict[str, Any]], target: str | None, target_name: str) -> None:
+        super().__init__()
+        self.streams = streams
+        self.target = target
+        self.target_name = target_name
+
+    def compose(self) -> ComposeResult:
+        from textual.containers import Vertical
+
+        title = (f"Bind a console stream to {self.target_name} (enter), drop one (d), escape to close"
+                 if self.target else "Console streams bound to no machine: drop one (d), escape to close")
+        with Vertical(id="unbound-dialog"):
+            yield Static(title, id="unbound-title")
+            yield OptionList(*(Option(stream_summary(s), id=sid) for sid, s in self.streams.items()),
+                             id="unbound-list")
+
+    def on_mount(self) -> None:
+        self.query_one("#unbound-list", OptionList).focus()
+
+    def _highlighted(self) -> str | None:
+        options = self.query_one("#unbound-list", OptionList)
+        if options.highlighted is None:
+            return None
+        return options.get_option_at_index(options.highlighted).id
+
+    @on(OptionList.OptionSelected)
+    def _selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self.action_choose("bind")
+
+    def action_choose(self, what: str) -> None:
+        stream_id = self._highlighted()
+        if stream_id is None or (what == "bind" and self.target is None):
+            return
+        self.dismiss((what, stream_id))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
 class ConsolesScreen(FarmScreen):
     MODE = "consoles"
     AUTO_FOCUS = "ConsoleView"  # the visible console, not the tab bar
@@ -70,6 +156,8 @@ class ConsolesScreen(FarmScreen):
     BINDINGS = [
         Binding("left_square_bracket", "prev_tab", "Prev tab"),
         Binding("right_square_bracket", "next_tab", "Next tab"),
+        Binding("u", "unbound", "Unbound streams"),
+        Binding("x", "remove_console", "Remove console"),
     ]
 
     def __init__(self) -> None:
@@ -88,9 +176,11 @@ class ConsolesScreen(FarmScreen):
         self._mounted: set[str] = set()
         self._hidden: dict[str, deque[str]] = {}  # mac -> output received before its first showing
         self._hidden_size: dict[str, int] = {}
+        self.unbound: dict[str, dict[str, Any]] = {}  # GET /api/v1/consoles/unbound, last seen
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="console-info", classes="status-line")
+        yield Static("", id="console-unbound", classes="status-line")
         yield Static("No console yet: machines and console streams get a tab here as they appear.",
                      id="no-consoles")
         yield TabbedContent(id="console-tabs")
@@ -98,6 +188,8 @@ class ConsolesScreen(FarmScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self._update_empty()
+        self.query_one("#console-unbound").display = False
+        self.set_interval(UNBOUND_REFRESH, self._look_for_unbound)
 
     @property
     def tabs(self) -> TabbedContent:
@@ -115,7 +207,15 @@ class ConsolesScreen(FarmScreen):
             self.show_console(target)
 
     def farm_changes(self, changes: Changes, model: FarmModel) -> None:
+        removed = [mac for mac, info in changes.console_info.items() if info.get("removed")]
+        for mac in removed:  # a registered machine's tab stays, emptied ("no console yet"); others go
+            model.consoles.pop(mac, None)
+            self._console_removed(mac, keep_tab=mac in model.machines)
+        if changes.console_info:
+            self._look_for_unbound()  # a binding changed: the unbound streams may have too
         for mac in list(changes.machines) + list(changes.console_info) + list(changes.console_text):
+            if mac in removed and mac not in model.machines:
+                continue
             self._ensure_tab(mac, model)
         if changes.machines:
             self._update_titles(model, list(changes.machines))
@@ -307,6 +407,7 @@ class ConsolesScreen(FarmScreen):
 
     def on_screen_resume(self) -> None:
         self.call_after_refresh(self._focus_view)
+        self.call_after_refresh(self._look_for_unbound)
 
     def _focus(self, mac: str) -> None:
         """Focus ``mac``'s view after this refresh, if its tab is still the active one then.
@@ -364,6 +465,131 @@ class ConsolesScreen(FarmScreen):
 
     def action_next_tab(self) -> None:
         self._cycle(1)
+
+    # ---------------------------------------------------------------- unbound streams, removal
+    def _look_for_unbound(self) -> None:
+        """Fetch the unbound streams (while this screen is shown: they come and go without an event)."""
+        if self.is_current:
+            self.run_worker(self._fetch_unbound, group="console-unbound", exclusive=True, exit_on_error=False)
+
+    async def _fetch_unbound(self) -> None:
+        try:
+            self.unbound = await self.console_app.client.unbound_streams()
+        except FarmClientError:  # unreachable (the banner says so), or a backend without the route
+            return
+        self._update_unbound()
+
+    def _update_unbound(self) -> None:
+        line = self.query_one("#console-unbound", Static)
+        count = len(self.unbound)
+        line.display = bool(count)
+        if count:
+            line.update(Text.assemble(
+                (f" {count} console stream{'' if count == 1 else 's'} bound to no machine", "bold yellow"),
+                f"{self.console_app.dash}press u to see {'it' if count == 1 else 'them'} and bind one by hand",
+            ))
+
+    def action_unbound(self) -> None:
+        self.run_worker(self._show_unbound(), group="console-unbound-dialog", exit_on_error=False)
+
+    async def _show_unbound(self) -> None:
+        await self._fetch_unbound()
+        if not self.unbound:
+            self.console_app.report("every console stream is bound to a machine")
+            return
+        mac = self.current_mac()
+        name = self.model.machine_name(mac) if mac else ""
+        self.app.push_screen(UnboundStreamsScreen(dict(self.unbound), mac, name),
+                             lambda choice: self._unbound_chosen(choice, mac))
+
+    def _unbound_chosen(self, choice: tuple[str, str] | None, mac: str | None) -> None:
+        if choice is None:
+            return
+        what, stream_id = choice
+        if what == "drop":
+            self.run_worker(self._drop_stream(stream_id), group="console-unbound-act", exit_on_error=False)
+        elif mac is not None:
+            self.run_worker(self._bind_stream(stream_id, mac, False), group="console-unbound-act",
+                            exit_on_error=False)
+
+    async def _bind_stream(self, stream_id: str, mac: str, replace: bool) -> None:
+        name = self.model.machine_name(mac)
+        source = (self.unbound.get(stream_id) or {}).get("name") or stream_id
+        try:
+            await self.console_app.client.bind_stream(stream_id, mac, replace=replace)
+        except FarmClientError as exc:
+            if exc.status == 409 and not replace:
+                question = f"{exc}\n\nGive {name}'s console to {source}?"
+                self.app.push_screen(
+                    ConfirmScreen(question, confirm_label="Give it", danger=True),
+                    lambda yes: yes and self.run_worker(self._bind_stream(stream_id, mac, True),
+                                                        group="console-unbound-act", exit_on_error=False),
+                )
+                return
+            self.console_app.report(f"binding {source} to {name} failed: {exc}", "error")
+            return
+        self.console_app.report(f"{source} is {name}'s console now")
+        await self._fetch_unbound()
+
+    async def _drop_stream(self, stream_id: str) -> None:
+        source = (self.unbound.get(stream_id) or {}).get("name") or stream_id
+        try:
+            await self.console_app.client.close_stream(stream_id)
+        except FarmClientError as exc:
+            self.console_app.report(f"dropping {source} failed: {exc}", "error")
+            return
+        self.console_app.report(f"{source} dropped")
+        await self._fetch_unbound()
+
+    def action_remove_console(self) -> None:
+        mac = self.current_mac()
+        if mac is None or mac not in self.model.consoles:
+            self.console_app.report("no console to remove here", "warning")
+            return
+        name = self.model.machine_name(mac)
+        question = (f"Remove {name}'s console ({mac})?\n\nIts log files, its TCP port and its stored settings "
+                    "(serial device, console server) go; a netconsole connection is dropped.")
+        self.app.push_screen(
+            ConfirmScreen(question, confirm_label="Remove", danger=True),
+            lambda yes: yes and self.run_worker(self._remove(mac), group="console-remove", exit_on_error=False),
+        )
+
+    async def _remove(self, mac: str) -> None:
+        name = self.model.machine_name(mac)
+        try:
+            await self.console_app.client.remove_console(mac)
+        except FarmClientError as exc:
+            self.console_app.report(f"removing {name}'s console failed: {exc}", "error")
+            return
+        self.console_app.report(f"{name}'s console removed")
+
+    def _console_removed(self, mac: str, keep_tab: bool) -> None:
+        """The console is gone: its output goes from the view, and its tab unless ``keep_tab``."""
+        for store in (self._hidden, self._hidden_size, self._input, self._blocked, self._refused):
+            store.pop(mac, None)
+        self._takeover.discard(mac)
+        view = self.views.get(mac)
+        if view is None:
+            return
+        view.blocked_by = None
+        view.clear()
+        if keep_tab:
+            self._update_info()
+            return
+        del self.views[mac]
+        self._loading.pop(mac, None)
+        if mac in self.order:
+            self.order.remove(mac)
+        self._mounted.discard(mac)
+        self.run_worker(self._remove_pane(mac), group=f"console-open-{mac}", exit_on_error=False)
+
+    async def _remove_pane(self, mac: str) -> None:
+        try:
+            await self.tabs.remove_pane(pane_id(mac))
+        except Exception:  # noqa: BLE001 - the pane was never added
+            pass
+        self._update_empty()
+        self._update_info()
 
     # ---------------------------------------------------------------- typing
     @on(ConsoleView.Input)
