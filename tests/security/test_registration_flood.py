@@ -159,3 +159,64 @@ async def test_a_registration_flood_keeps_the_backend_responsive(tmp_path: Path)
     finally:
         prober.done.set()
         backend.stop()
+
+
+async def test_the_hosts_file_follows_machine_events_without_reading_the_machine_list(tmp_path: Path) -> None:
+    """The hosts writer reads the machine list once (at start), then keeps one pin per machine from each
+    event: a burst of 500 new machines is one write, events that change no pin are no write, and only a
+    subscription that lost events reads the list again."""
+    from valve_console.backend.boot import BootService, parse_dhcp_hosts
+    from valve_console.backend.events import EventBus
+
+    bus = EventBus(queue_size=1000)
+    reads = 0
+
+    def machines() -> list[dict]:
+        nonlocal reads
+        reads += 1
+        return [{"mac_address": mac(0), "ip_address": ip(0), "full_name": "f-old-1"}]
+
+    service = BootService(bus, machines, tmp_path / "dnsmasq", debounce=0.2)
+    await service.start()
+    hosts_file = tmp_path / "dnsmasq" / "hosts.dhcp"
+
+    def pinned() -> dict[str, tuple[str, str]]:
+        return {h.mac: (h.ip, h.hostname) for h in parse_dhcp_hosts(hosts_file.read_text())}
+
+    def event(n: int, **fields) -> None:
+        machine = {"mac_address": mac(n), "ip_address": ip(n), "full_name": f"f-gfx-{n}", "is_retired": False,
+                   "last_seen": time.time(), **fields}
+        bus.publish("machine", {"action": "updated", "mac": mac(n), "machine": machine})
+
+    async def settled(writes: int) -> None:
+        deadline = time.monotonic() + 5
+        while service.writes != writes or service._dirty:
+            assert time.monotonic() < deadline, (service.writes, writes)
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # longer than the debounce: nothing more comes
+        assert service.writes == writes
+
+    try:
+        assert (service.writes, reads) == (1, 1) and pinned() == {mac(0): (ip(0), "f-old-1")}
+        for n in range(1, 501):
+            event(n)
+        await settled(2)
+        assert len(pinned()) == 501 and pinned()[mac(7)] == (ip(7), "f-gfx-7")
+        for n in range(1, 501):
+            event(n)  # the same pins (a last_seen, a state): nothing to write
+        await settled(2)
+        event(7, ip_address="10.99.0.7")
+        event(8, is_retired=True)
+        bus.publish("machine", {"action": "removed", "mac": mac(9), "machine": None})
+        await settled(3)
+        hosts = pinned()
+        assert hosts[mac(7)] == ("10.99.0.7", "f-gfx-7") and mac(8) not in hosts and mac(9) not in hosts
+        assert reads == 1 and service.resyncs == 1
+        for n in range(1, 1200):  # more than the subscription holds: it loses events, so it reads the list
+            event(n)
+        await settled(4)
+        assert reads == 2 and service.resyncs == 2
+        hosts = pinned()  # the list as read, then the events the subscription still held
+        assert hosts[mac(0)] == (ip(0), "f-old-1") and hosts[mac(1199)] == (ip(1199), "f-gfx-1199")
+    finally:
+        await service.stop()
