@@ -135,6 +135,18 @@ class FarmClient:
     async def activate(self, mac: str) -> str:
         return await self.request("POST", f"/api/v1/machine/{mac}/activate")
 
+    async def held_registrations(self) -> dict[str, dict[str, Any]]:
+        """Registrations held for the operator: per MAC {changes, source, reasons, at, attempts, current}."""
+        return (await self.request("GET", "/api/v1/registrations/held"))["held"]
+
+    async def approve_registration(self, mac: str) -> dict[str, Any]:
+        """Apply a machine's held registration; returns the machine."""
+        return await self.request("POST", f"/api/v1/machine/{mac}/registration/approve")
+
+    async def reject_registration(self, mac: str) -> dict[str, Any]:
+        """Drop a machine's held registration (the machine stays as it is); returns the machine."""
+        return await self.request("POST", f"/api/v1/machine/{mac}/registration/reject")
+
     async def training(self, mac: str, action: str) -> dict[str, Any]:
         """Sgt. Hartman: ``start``, ``stop`` or ``skip`` a machine's training; returns the machine."""
         return await self.request("POST", f"/api/v1/machine/{mac}/training/{action}")

@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     # started only when dnsmasq_interface is set (empty: off).
     dnsmasq_interface: str = ""
     hosts_debounce: float = Field(default=0.5, ge=0, le=30)  # seconds between a machine change and the write
+    # Open registration (POST /api/v1/machine/) from a DUT address: a token bucket per source address, bursts of
+    # registration_burst refilled at registration_rate_per_minute (a DUT registers once per boot). The gateway
+    # itself (loopback, trusted networks, the operator token) is not limited.
+    registration_rate_per_minute: float = Field(default=10.0, gt=0, le=6000)
+    registration_burst: int = Field(default=10, ge=1, le=1000)
     job_console_drain: float = Field(default=0.5, ge=0, le=30)  # seconds of console kept after a job ends
     # Job shares (<data_dir>/jobs/<id>/share, valve-infra's job bucket): one job's files (the client's upload
     # unpacked plus what the DUT writes), and all shares together (older finished jobs' shares go first).

@@ -28,7 +28,9 @@ async def poll(fn, timeout=10.0):
     raise AssertionError("not reached in time")
 
 
-def reg(mac, ip="10.0.0.1"):
+def reg(mac, ip=None):
+    """A registration; each MAC its own IP (one IP is pinned to one machine)."""
+    ip = ip or "10.0.{}.{}".format(*(int(part, 16) for part in mac.split(":")[-2:]))
     return {"base_name": "b", "mac_address": mac, "ip_address": ip}
 
 

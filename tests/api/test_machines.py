@@ -168,7 +168,23 @@ async def test_retire_and_activate(http):
 
 
 async def test_full_names_number_machines_of_a_base_name(http):
+    # Each its own IP: one IP is pinned to one machine (a second machine with it is refused, 409).
     for i in range(3):
-        await http.post("/api/v1/machine/", json={**REG, "mac_address": f"52:54:00:11:22:1{i}"})
+        r = await http.post("/api/v1/machine/", json={**REG, "mac_address": f"52:54:00:11:22:1{i}",
+                                                       "ip_address": f"10.42.0.{20 + i}"})
+        assert r.status_code == 200, r.text
     names = {m["full_name"] for m in (await http.get("/api/v1/machines")).json()["machines"].values()}
     assert names == {"test-virtio-1", "test-virtio-2", "test-virtio-3"}
+    # A name never changes: removing virtio-1 leaves virtio-2 and -3 as they are, and the next new
+    # virtio machine takes the number set free.
+    assert (await http.delete("/api/v1/machine/52:54:00:11:22:10/")).status_code == 200
+    machines = (await http.get("/api/v1/machines")).json()["machines"]
+    assert {mac: m["full_name"] for mac, m in machines.items()} == {
+        "52:54:00:11:22:11": "test-virtio-2", "52:54:00:11:22:12": "test-virtio-3"}
+    r = await http.post("/api/v1/machine/", json={**REG, "mac_address": "52:54:00:11:22:19",
+                                                   "ip_address": "10.42.0.29"})
+    assert r.json()["full_name"] == "test-virtio-1"
+    # Re-registering with another base name keeps the name it was given.
+    r = await http.post("/api/v1/machine/", json={**REG, "mac_address": "52:54:00:11:22:11", "ip_address": "10.42.0.21",
+                                                   "base_name": "gfx9"})
+    assert (r.json()["base_name"], r.json()["full_name"]) == ("gfx9", "test-virtio-2")

@@ -36,8 +36,8 @@ async def test_a_version_3_database_is_upgraded_and_keeps_its_machines(tmp_path)
     store = Store.for_path(db)
     await store.open()
     try:
-        assert SCHEMA_VERSION == 4
-        assert await store.run(lambda s: s.get(models.SchemaVersion, 1).version) == 4
+        assert SCHEMA_VERSION >= 4
+        assert await store.run(lambda s: s.get(models.SchemaVersion, 1).version) == SCHEMA_VERSION
         machine = await store.run(lambda s: s.get(models.Machine, MAC))
         assert (machine.base_name, machine.ready_for_service) == ("old", True)
         assert (machine.training_loops, machine.training_qualify, machine.gitlab_exposed) == (None, None, True)

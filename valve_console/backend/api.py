@@ -10,6 +10,7 @@ import asyncio
 import codecs
 import json
 import logging
+import math
 import re
 from typing import TYPE_CHECKING, Any, AsyncIterator, Literal, Optional
 
@@ -26,8 +27,8 @@ from .consoles import SLICE_MAX
 from .errors import BadRequest, FarmError
 from .gitlab import GitlabInstanceCreate, GitlabInstanceUpdate
 from .events import EVENT_TYPES
-from .registration import MachineUpdate, Registration, normalise_mac
 from .executor import ListenerOverflow
+from .registration import MachineUpdate, Registration, SourceRateLimit, is_loopback, normalise_mac, peer_address
 from .submission import answer, protocol_of, read_submission, wants_rich_answer
 
 if TYPE_CHECKING:
@@ -339,19 +340,76 @@ def create_app(farm: "Farm") -> Any:
     consoles = lambda: farm.consoles  # noqa: E731
 
     # ------------------------------------------------------------------ machines
-    @app.post("/api/v1/machine/", responses=ERRORS, tags=["machines"], summary="Register a DUT (open)")
-    async def register(reg: Registration) -> dict[str, Any]:
-        return await machines().register(reg)
+    registration_responses: dict[int | str, dict[str, Any]] = {
+        202: {"description": "held for the operator: the machine as it is (nothing applied) and a message why"},
+        400: {"model": ErrorBody},
+        403: {"model": ErrorBody, "description": "a new machine registering from another address than it reports"},
+        409: {"model": ErrorBody, "description": "the IP address is pinned to another machine"},
+        429: {"model": ErrorBody, "description": "too many registrations from this source address"},
+    }
+    registrations = SourceRateLimit(farm.settings.registration_rate_per_minute, farm.settings.registration_burst)
+
+    def registering_source(request: Request) -> Optional[str]:
+        """The DUT's address, or None when the gateway itself registers: loopback (its own programs:
+        Vivian, QEMU DUTs on user networking, the operator's tools), a trusted network, the token."""
+        host = request.client.host if request.client else None
+        if is_loopback(host) or is_operator(request):
+            return None
+        return peer_address(host) or str(host)
+
+    def registration_rate(request: Request) -> Optional[str]:
+        """Open registration is limited per source address (a token bucket; the gateway is not)."""
+        source = registering_source(request)
+        if source is not None:
+            wait = registrations.take(source)
+            if wait > 0:
+                raise StarletteHTTPException(
+                    429, registrations.refusal(source, wait), headers={"Retry-After": str(math.ceil(wait))}
+                )
+        return source
+
+    @app.post(
+        "/api/v1/machine/",
+        responses=registration_responses,
+        tags=["machines"],
+        summary="Register a DUT (open, rate-limited per source address)",
+    )
+    async def register(reg: Registration, source: Optional[str] = Depends(registration_rate)) -> Any:
+        """valve-infra's registration. A known machine re-registering from another address than its own, or
+        changing its identity while ready for service, is held for the operator (202, nothing applied); an IP
+        pinned to another machine is refused (409); a new machine registers from the address it reports."""
+        done = await machines().register(reg, source)
+        if done.held:
+            return JSONResponse({**done.machine, "message": done.held}, status_code=202)
+        return done.machine
 
     app.add_api_route(
         "/api/v1/machine/",
         register,
         methods=["PUT"],
-        responses=ERRORS,
+        responses=registration_responses,
         tags=["machines"],
         summary="Register a DUT (open; same as POST)",
     )
     app.add_api_route("/api/v1/machine", register, methods=["POST", "PUT"], include_in_schema=False)
+
+    @app.get("/api/v1/registrations/held", tags=["machines"])
+    async def held_registrations() -> dict[str, Any]:
+        """Registrations held for the operator: per MAC the changes asked, the source, why, and the current values."""
+        return {"held": machines().held_json()}
+
+    @app.post(
+        "/api/v1/machine/{mac}/registration/{decision}",
+        responses=ERRORS,
+        tags=["machines"],
+        dependencies=[Depends(operator)],
+        summary="Approve or reject a machine's held registration",
+    )
+    async def decide_registration(mac: str, decision: Literal["approve", "reject"]) -> dict[str, Any]:
+        """approve: apply the held changes (the IP must still be free); reject: drop them. Answers the machine."""
+        if decision == "approve":
+            return await machines().approve_registration(mac)
+        return await machines().reject_registration(mac)
 
     @app.post(
         "/api/v1/machine/discover",
@@ -385,9 +443,10 @@ def create_app(farm: "Farm") -> Any:
         """Discover every free outlet of a PDU, one after another."""
         return await farm.discovery.find_outlets(name, body.timeout if body else None)
 
-    @app.get("/api/v1/machines", tags=["machines"])
-    async def list_machines() -> dict[str, Any]:
-        return {"machines": machines().list_json()}
+    @app.get("/api/v1/machines", tags=["machines"], response_model=dict[str, Any])
+    async def list_machines() -> Any:
+        # JSON-native already: encoded at once, without FastAPI's per-value walk (a large farm's list)
+        return JSONResponse({"machines": machines().list_json()})
 
     @app.get("/api/v1/machine/{mac}/", responses=ERRORS, tags=["machines"])
     async def get_machine(mac: str) -> dict[str, Any]:

@@ -47,7 +47,8 @@ ipxe_bios, ipxe_efi, boot_url) -> str``
     ``await cache.localise(config)`` gives the config with local URLs.
 
 ``BootService(bus, machines, root, debounce, dnsmasq_conf)``, ``pinned_hosts(machines)``
-    Rewrites ``<root>/hosts.dhcp`` (debounced, atomically) on machine events and runs the optional
+    Keeps one pin per machine, updated from each ``machine`` event (its JSON), and rewrites
+    ``<root>/hosts.dhcp`` when a pin changed (coalesced per burst, atomically) and runs the optional
     managed dnsmasq (checked with ``dnsmasq --test`` first; SIGHUP after each hosts write).
 """
 
@@ -198,11 +199,11 @@ def ipxe_script(config: BootConfig, platform: Optional[str] = None, buildarch: O
     return "\n".join(lines) + "\n"
 
 
-_B2C_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+_B2C_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")  # fullmatch: "$" would allow a final newline
 
 
 def _b2c_token(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _B2C_TOKEN.match(value) or len(value) > 512:
+    if not isinstance(value, str) or not _B2C_TOKEN.fullmatch(value) or len(value) > 512:
         raise ValueError(f"{what} {str(value)[:80]!r} is not valid (letters, digits and . _ : / @ + - only)")
     return value
 
@@ -252,7 +253,7 @@ def registration_boot(
 
 # ---------------------------------------------------------------------------------- dnsmasq hosts file
 
-_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # fullmatch
 
 
 def dhcp_hostname(name: str) -> str:
@@ -283,7 +284,7 @@ class DhcpHost(NamedTuple):
         except ValueError:
             raise ValueError(f"{str(ip)[:40]!r} is not an IPv4 address") from None
         name = str(hostname).strip()
-        if not _HOSTNAME.match(name):
+        if not _HOSTNAME.fullmatch(name):
             raise ValueError(f"{name[:70]!r} is not a hostname (1-63 lower-case letters, digits or '-')")
         return cls(mac_n, ip_n, name)
 
@@ -399,8 +400,8 @@ def write_atomically(path: Union[str, os.PathLike[str]], text: str, mode: int = 
 
 # ---------------------------------------------------------------------------------- managed dnsmasq
 
-_IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
-_TFTP_FILE = re.compile(r"^[A-Za-z0-9_.+-][A-Za-z0-9_./+-]{0,254}$")
+_IFNAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}")  # fullmatch, as every pattern here
+_TFTP_FILE = re.compile(r"[A-Za-z0-9_.+-][A-Za-z0-9_./+-]{0,254}")
 
 
 def _conf_value(value: Any, what: str) -> str:
@@ -458,7 +459,7 @@ def dnsmasq_config(
 
     Run it with :func:`dnsmasq_command`.
     """
-    if not isinstance(private_interface, str) or not _IFNAME.match(private_interface):
+    if not isinstance(private_interface, str) or not _IFNAME.fullmatch(private_interface):
         raise ValueError(f"{private_interface!r} is not a network interface name")
     try:
         iface = ipaddress.IPv4Interface(str(private_ip).strip())
@@ -473,7 +474,7 @@ def dnsmasq_config(
         if first not in net or last not in net:
             raise ValueError(f"the DHCP range {first}..{last} is not inside the private network {net}")
     for name, what in ((ipxe_bios, "the BIOS iPXE file"), (ipxe_efi, "the EFI iPXE file")):
-        if not isinstance(name, str) or not _TFTP_FILE.match(name) or ".." in name.split("/"):
+        if not isinstance(name, str) or not _TFTP_FILE.fullmatch(name) or ".." in name.split("/"):
             raise ValueError(f"{what} {name!r} is not a file name inside the TFTP root")
     base = _conf_value(boot_url, "the boot URL").rstrip("/")
     if not base.lower().startswith(("http://", "https://")):
@@ -566,12 +567,12 @@ def _unlink_quietly(path: str) -> None:
 
 # ---------------------------------------------------------------------------------- boot artefact cache
 
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")  # fullmatch
 
 
 def safe_file_name(name: str) -> bool:
     """True if ``name`` may be served from the files directory (one path component, no dot-dot)."""
-    return isinstance(name, str) and bool(_FILE_NAME.match(name)) and ".." not in name
+    return isinstance(name, str) and bool(_FILE_NAME.fullmatch(name)) and ".." not in name
 
 
 def cache_name(url: str) -> str:
@@ -699,36 +700,58 @@ class BootCache:
 _log = logging.getLogger(__name__)
 
 
-def pinned_hosts(machines: Iterable[Mapping[str, Any]]) -> tuple[str, list[str]]:
-    """(hosts file text, problems): the non-retired machines with an IP; conflicting ones are left out."""
+HOSTS_COMMENT = "Written by valve-console: do not edit, it is rewritten on every change"
+
+
+def _pin(machine: Mapping[str, Any]) -> Union[DhcpHost, str, None]:
+    """The pin of a machine (JSON mapping): a DhcpHost, None (retired, or no IP yet), or the problem in words."""
+    if machine.get("is_retired"):
+        return None
+    try:
+        return _as_host(machine)
+    except ValueError as exc:
+        return f"{machine.get('mac_address')}: {exc}"
+
+
+def _render_pins(pins: Iterable[DhcpHost]) -> tuple[str, list[str]]:
+    """(hosts file text, problems): sorted by MAC; a pin whose IP or hostname an earlier one holds is left out."""
     hosts: list[DhcpHost] = []
     seen: set[tuple[str, str]] = set()
     problems: list[str] = []
-    for m in sorted(machines, key=lambda m: str(m.get("mac_address"))):
-        if m.get("is_retired"):
-            continue
-        try:
-            host = _as_host(m)
-        except ValueError as exc:
-            problems.append(f"{m.get('mac_address')}: {exc}")
-            continue
-        if host is None:
-            continue
+    for host in sorted(pins):
         keys = {("mac", host.mac), ("ip", host.ip), ("name", host.hostname)}
         if keys & seen:
             problems.append(f"{host.mac}: its IP or hostname is pinned already ({host.line()} left out)")
             continue
         seen |= keys
         hosts.append(host)
-    return dhcp_hosts(hosts, comment="Written by valve-console: do not edit, it is rewritten on every change"), problems
+    return dhcp_hosts(hosts, comment=HOSTS_COMMENT), problems
+
+
+def pinned_hosts(machines: Iterable[Mapping[str, Any]]) -> tuple[str, list[str]]:
+    """(hosts file text, problems): the non-retired machines with an IP; conflicting ones are left out."""
+    pins: list[DhcpHost] = []
+    problems: list[str] = []
+    for m in machines:
+        pin = _pin(m)
+        if isinstance(pin, DhcpHost):
+            pins.append(pin)
+        elif pin is not None:
+            problems.append(pin)
+    text, conflicts = _render_pins(pins)
+    return text, problems + conflicts
 
 
 class BootService:
     """Keeps ``<root>/hosts.dhcp`` in line with the machines and runs an optional managed dnsmasq.
 
-    - ``machines()``: the machines as JSON mappings (``MachineService.list_json().values()``);
-    - ``bus``: the event bus; every ``machine`` event schedules a rewrite after ``debounce`` seconds
-      (written only when the text changes, atomically, then SIGHUP to the managed dnsmasq);
+    - ``machines()``: the machines as JSON mappings (``MachineService.list_json().values()``), read once at
+      start (and again only if the event subscription lost events);
+    - ``bus``: the event bus; each ``machine`` event carries the machine's JSON (None when removed), from
+      which that machine's pin is updated. Only a change of a pin (MAC, IP, name, retired) marks the file
+      dirty; a burst of events is coalesced into one write ``debounce`` seconds after its first (written
+      only when the text changes, atomically in a thread, then SIGHUP to the managed dnsmasq). Nothing
+      here rebuilds the machine list's JSON per event: the cost of an event is that one machine's pin;
     - ``dnsmasq_conf``: the managed dnsmasq's config text, or None (off, the default).
 
     ``state``/``reason`` are for the health report (``ok``, ``degraded``).
@@ -751,9 +774,14 @@ class BootService:
         self.state = "starting"
         self.reason: Optional[str] = None
         self.writes = 0
+        self.resyncs = 0  # full reads of machines() (at start, and after lost events)
         self.proc: Optional[asyncio.subprocess.Process] = None
         self.on_health_change: Any = None
         self._last: Optional[str] = None
+        self._pins: dict[str, DhcpHost] = {}  # MAC -> its pin (machines with one)
+        self._invalid: dict[str, str] = {}  # MAC -> why it cannot be pinned
+        self._dirty = True
+        self._problems: set[str] = set()  # the problems already logged
         self._sub: Any = None
         self._task: Optional[asyncio.Task] = None
 
@@ -765,6 +793,7 @@ class BootService:
     async def start(self) -> None:
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
         self._sub = self.bus.subscribe(["machine"])
+        self._resync()
         await self.write_hosts()
         if self.dnsmasq_conf is not None:
             await self._start_dnsmasq()
@@ -786,25 +815,66 @@ class BootService:
                 self.proc.kill()
                 await self.proc.wait()
 
+    # ---------------------------------------------------------------- pins
+    def _resync(self) -> None:
+        """Every machine's pin from ``machines()``: at start, and after the subscription lost events."""
+        self._pins.clear()
+        self._invalid.clear()
+        for machine in self.machines():
+            self._set_pin(str(machine.get("mac_address")), machine)
+        self._dirty = True
+        self.resyncs += 1
+
+    def _set_pin(self, mac: str, machine: Optional[Mapping[str, Any]]) -> None:
+        pin = _pin(machine) if machine is not None else None
+        old = self._pins.get(mac)
+        self._invalid.pop(mac, None)
+        if isinstance(pin, DhcpHost):
+            self._pins[mac] = pin
+        else:
+            self._pins.pop(mac, None)
+            if pin is not None:
+                self._invalid[mac] = pin
+        if self._pins.get(mac) != old:
+            self._dirty = True
+
+    def _apply(self, events: Iterable[Any]) -> None:
+        for event in events:
+            if event.type == "dropped":
+                self._resync()
+            elif event.type == "machine" and event.data.get("mac"):
+                self._set_pin(str(event.data["mac"]), event.data.get("machine"))
+
     async def _follow(self) -> None:
         while not self._sub.closed:
-            if not await self._sub.get_batch():
+            batch = await self._sub.get_batch()
+            if not batch:
                 continue
-            await asyncio.sleep(self.debounce)
-            self._sub.drain()
+            self._apply(batch)
+            if not self._dirty:
+                continue  # last_seen, state, training...: nothing the hosts file shows
+            await asyncio.sleep(self.debounce)  # coalesce the rest of the burst into this write
+            self._apply(self._sub.drain())
             try:
                 await self.write_hosts()
             except Exception:  # noqa: BLE001 - logged; the next change tries again
                 _log.exception("cannot write %s", self.hosts_file)
 
     async def write_hosts(self) -> bool:
-        """Rewrite the hosts file if the machines changed it; SIGHUP the managed dnsmasq. True if written."""
-        text, problems = pinned_hosts(list(self.machines()))
-        for problem in problems:
+        """Rewrite the hosts file if the pins changed it; SIGHUP the managed dnsmasq. True if written."""
+        self._dirty = False
+        text, conflicts = _render_pins(self._pins.values())
+        problems = {*self._invalid.values(), *conflicts}
+        for problem in sorted(problems - self._problems):
             _log.warning("dnsmasq hosts file: %s", problem)
+        self._problems = problems
         if text == self._last:
             return False
-        await asyncio.to_thread(write_atomically, self.hosts_file, text)
+        try:
+            await asyncio.to_thread(write_atomically, self.hosts_file, text)
+        except BaseException:
+            self._dirty = True
+            raise
         self._last = text
         self.writes += 1
         if self.proc is not None and self.proc.returncode is None:

@@ -22,7 +22,10 @@ class Pdu(SQLModel, table=True):
 
 
 class Machine(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("pdu", "pdu_port_id", name="uq_machine_outlet"),)
+    __table_args__ = (
+        UniqueConstraint("pdu", "pdu_port_id", name="uq_machine_outlet"),
+        Index("ix_machine_full_name", "full_name", unique=True),
+    )
 
     mac_address: str = Field(primary_key=True)
     base_name: str
@@ -42,6 +45,10 @@ class Machine(SQLModel, table=True):
     training_loops: Optional[int] = None
     training_qualify: Optional[int] = None
     gitlab_exposed: bool = True
+    # v5: the name, given once at the first registration (``<farm>-<base_name>-<n>``, registration.py), and a
+    # registration held for the operator ({changes, source, reasons, at, attempts}, or None).
+    full_name: Optional[str] = None
+    pending_registration: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class OutletLog(SQLModel, table=True):

@@ -32,7 +32,7 @@ from .errors import FarmError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # version -> function(connection) upgrading from version-1. Version 1 is create_all.
 
 
@@ -63,7 +63,23 @@ def _v4_training_gitlab(conn: Any) -> None:
         table.__table__.create(conn, checkfirst=True)
 
 
-MIGRATIONS: dict[int, Callable[[Any], None]] = {2: _v2_machine_console, 3: _v3_jobs, 4: _v4_training_gitlab}
+def _v5_machine_names(conn: Any) -> None:
+    """v5: machine names stored (unique) and held registrations. The names of existing machines are
+    given by the registry at its next start (MachineService.start), in the order the old derived name
+    counted them, so they stay what they were."""
+    have = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(machine)")}
+    for name, ddl in (("full_name", "VARCHAR"), ("pending_registration", "JSON")):
+        if name not in have:
+            conn.exec_driver_sql(f"ALTER TABLE machine ADD COLUMN {name} {ddl}")
+    conn.exec_driver_sql("CREATE UNIQUE INDEX IF NOT EXISTS ix_machine_full_name ON machine (full_name)")
+
+
+MIGRATIONS: dict[int, Callable[[Any], None]] = {
+    2: _v2_machine_console,
+    3: _v3_jobs,
+    4: _v4_training_gitlab,
+    5: _v5_machine_names,
+}
 
 FULL_BELOW = 64 * 1024  # bytes free on the data volume under which it counts as full
 RECOVERED_BY = 1024 * 1024  # bytes freed since a write failed for lack of space: try writes again

@@ -60,7 +60,7 @@ def machine_cells(machine: dict[str, Any]) -> tuple[Any, ...]:
     if pdu.get("name") and pdu.get("port_id") is None:
         outlet = f"{pdu.get('name')}/?"
     return (
-        str(machine.get("full_name") or machine.get("base_name") or "?"),
+        name_cell(machine),
         str(machine.get("mac_address") or ""),
         str(machine.get("ip_address") or "-"),
         machine_state(machine.get("state")),
@@ -71,6 +71,16 @@ def machine_cells(machine: dict[str, Any]) -> tuple[Any, ...]:
         yes_no(machine.get("is_retired"), yes_style="bold yellow"),
         runner_text(machine),
     )
+
+
+def name_cell(machine: dict[str, Any]) -> Any:
+    """The Name cell: the name, and ``[held]`` in red while a registration of it waits for the operator."""
+    name = str(machine.get("full_name") or machine.get("base_name") or "?")
+    if not machine.get("pending_registration"):
+        return name
+    cell = Text(name)
+    cell.append(" [held]", style="bold red")
+    return cell
 
 
 def runner_text(machine: dict[str, Any]) -> Text:
@@ -122,6 +132,7 @@ class DutsScreen(FarmScreen):
     def __init__(self) -> None:
         super().__init__()
         self.rows: dict[str, tuple[Any, ...]] = {}
+        self.held: set[str] = set()  # machines with a registration held for the operator
         self.filter = ""
         self.sort_index = 0
         self.sort_reverse = False
@@ -149,6 +160,7 @@ class DutsScreen(FarmScreen):
         table = self.table
         for mac in [m for m in self.rows if m not in model.machines]:
             del self.rows[mac]
+            self.held.discard(mac)
             if mac in table.rows:
                 table.remove_row(mac)
         self._apply(model.machines)
@@ -163,6 +175,10 @@ class DutsScreen(FarmScreen):
         resort = False
         for mac, machine in machines.items():
             cells = machine_cells(machine)
+            if machine.get("pending_registration"):
+                self.held.add(mac)
+            else:
+                self.held.discard(mac)
             old = self.rows.get(mac)
             self.rows[mac] = cells
             visible = mac in table.rows
@@ -212,6 +228,10 @@ class DutsScreen(FarmScreen):
         text.append(f"  sorted by {COLUMNS[self.sort_index][0]} {arrow}")
         if self.filter:
             text.append(f"  filter '{self.filter}': {shown} shown", style="bold yellow")
+        held = len(self.held)
+        if held:
+            text.append(f"  {held} registration{'s' if held != 1 else ''} held for you: i to review",
+                        style="bold red")
         if not total:
             text.append("  (power a DUT on from the PDU screen, 3, or wait for one to register)", style="dim")
         self.query_one("#dut-status", Static).update(text)

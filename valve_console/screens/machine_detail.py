@@ -3,6 +3,10 @@ failures), opened with ``i`` on the DUT table or "details <machine>" in the comm
 
 Keys: ``t`` start (or retrain), ``x`` stop, ``k`` skip the training (each asks first), ``e`` edit,
 ``escape`` closes. It follows the app's model, so progress shows as it happens.
+
+A registration held for the operator (a DUT re-registering the machine from another address, or changing
+its identity while it is ready for service) is shown on top, in red, field by field (now → asked), with
+where it came from and why it waits; ``a`` applies it, ``r`` drops it (each asks first).
 """
 
 from __future__ import annotations
@@ -39,6 +43,70 @@ QUESTIONS = {
     "skip": ("Skip the training of {name}? It becomes ready for service without boot loops.", "Skip", True),
 }
 DONE = {"start": "training started", "stop": "training stopped", "skip": "training skipped: ready for service"}
+HELD_QUESTIONS = {
+    "approve": ("Apply the held registration of {name} from {source}? {changes}", "Apply", True),
+    "reject": ("Drop the held registration of {name} from {source}? The machine stays as it is.", "Drop", False),
+}
+
+
+def held_lines(machine: dict[str, Any]) -> Text:
+    """A held registration in words: where from, when, why, and each field now → asked ('' when none)."""
+    pending = machine.get("pending_registration")
+    text = Text()
+    if not isinstance(pending, dict):
+        return text
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(pending.get("at") or 0)))
+    attempts = int(pending.get("attempts") or 1)
+    text.append(f"Registration held for you: from {pending.get('source')} at {at}", style="bold red")
+    if attempts > 1:
+        text.append(f" ({attempts} attempts)", style="bold red")
+    for reason in pending.get("reasons") or []:
+        text.append(f"\n  why: {reason}", style="red")
+    changes = pending.get("changes") or {}
+    for key, value in changes.items():
+        text.append(f"\n  {key}: {_shown(machine.get(key))} -> {_shown(value)}")
+    if not changes:
+        text.append("\n  (it asks for no change)", style="dim")
+    text.append("\n  a apply it   r drop it", style="bold")
+    return text
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return "-" if value is None else str(value)
+
+
+def held_action(app: "ConsoleApp", mac: str, decision: str) -> None:
+    """Approve or reject a machine's held registration after a confirmation; the outcome is reported."""
+    machine = app.model.machines.get(mac) or {}
+    pending = machine.get("pending_registration")
+    name = app.model.machine_name(mac)
+    if not isinstance(pending, dict):
+        app.report(f"{name} has no held registration", "warning")
+        return
+    changes = ", ".join(f"{k} -> {_shown(v)}" for k, v in (pending.get("changes") or {}).items()) or "No change."
+    question, label, danger = HELD_QUESTIONS[decision]
+
+    def answered(ok: bool | None) -> None:
+        if ok:
+            app.run_worker(_held(app, mac, decision), group=f"held-{mac}", exit_on_error=False)
+
+    app.push_screen(ConfirmScreen(question.format(name=name, source=pending.get("source"), changes=changes),
+                                  confirm_label=label, danger=danger), answered)
+
+
+async def _held(app: "ConsoleApp", mac: str, decision: str) -> None:
+    name = app.model.machine_name(mac)
+    try:
+        if decision == "approve":
+            await app.client.approve_registration(mac)
+        else:
+            await app.client.reject_registration(mac)
+    except FarmClientError as exc:
+        app.report(f"{decision} the held registration of {name} failed: {exc}", "error")
+        return
+    app.report(f"{name}: held registration {'applied' if decision == 'approve' else 'dropped'}")
 
 
 def training_summary(training: Any) -> str:
@@ -91,11 +159,14 @@ class MachineDetailScreen(ModalScreen[None]):
         Binding("x", "training('stop')", "Stop training"),
         Binding("k", "training('skip')", "Skip training"),
         Binding("e", "edit", "Edit"),
+        Binding("a", "held('approve')", "Apply held registration", show=False),
+        Binding("r", "held('reject')", "Drop held registration", show=False),
     ]
 
     DEFAULT_CSS = """
     MachineDetailScreen { align: center middle; }
     #detail-dialog { width: 96%; height: 90%; border: thick $accent; background: $surface; padding: 0 1; }
+    #detail-held { height: auto; }
     #detail-head { height: auto; }
     #detail-results { height: 1fr; }
     #detail-failures { height: auto; max-height: 8; }
@@ -113,6 +184,7 @@ class MachineDetailScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="detail-dialog"):
+            yield Static("", id="detail-held")
             yield Static("", id="detail-head")
             yield DataTable(id="detail-results", cursor_type="row", zebra_stripes=True)
             yield Static("", id="detail-failures")
@@ -135,10 +207,14 @@ class MachineDetailScreen(ModalScreen[None]):
         self._shown = key
         head = Text()
         if machine is None:
+            self.query_one("#detail-held", Static).display = False
             head.append(f"{self.mac}: this machine is gone", style="bold red")
             self.query_one("#detail-head", Static).update(head)
             return
         pdu = machine.get("pdu") or {}
+        held = self.query_one("#detail-held", Static)
+        held.update(held_lines(machine))
+        held.display = bool(machine.get("pending_registration"))
         head.append(f"{machine.get('full_name') or self.mac}", style="bold")
         head.append(f"  {self.mac}  {machine.get('ip_address') or '-'}  state ")
         head.append(str(machine.get("state")), style="bold")
@@ -191,6 +267,9 @@ class MachineDetailScreen(ModalScreen[None]):
 
     def action_training(self, action: str) -> None:
         training_action(self.console_app, self.mac, action)
+
+    def action_held(self, decision: str) -> None:
+        held_action(self.console_app, self.mac, decision)
 
     def action_edit(self) -> None:
         self.dismiss(None)
