@@ -128,3 +128,19 @@ async def test_journal_follower_parses_journalctl_json(farm, tmp_path):
     }
     assert got[1].data["message"] == "hi" and got[1].data["unit"] == "kernel"
     assert state_while_following == "ok"
+
+
+async def test_event_queue_is_bounded_in_bytes_and_read_in_pieces(farm):
+    sub = farm.bus.subscribe(["console"], maxbytes=600_000)
+    for i in range(5):
+        farm.bus.publish("console", {"mac": "02:00:00:00:00:01", "text": str(i) * 250_000})
+    assert sub.queued_bytes <= 600_000
+    stream = b""
+    while sub.pending:
+        piece = sub.take(64 * 1024)
+        assert 0 < len(piece) <= 64 * 1024
+        stream += bytes(piece)
+    messages = [json.loads(m.split(b"data: ", 1)[1]) for m in stream.split(b"\n\n") if m]
+    assert messages[0]["type"] == "dropped" and messages[0]["data"]["count"] == 3
+    assert [m["data"]["text"][0] for m in messages[1:]] == ["3", "4"]
+    sub.close()

@@ -25,7 +25,7 @@ from ..drivers.pdu import driver_names
 from .consoles import SLICE_MAX
 from .errors import BadRequest, FarmError
 from .gitlab import GitlabInstanceCreate, GitlabInstanceUpdate
-from .events import EVENT_TYPES
+from .events import EVENT_TYPES, sse_message
 from .registration import MachineUpdate, Registration, normalise_mac
 from .submission import answer, protocol_of, read_submission, wants_rich_answer
 
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 KEEPALIVE = 15.0
+EVENTS_QUEUE_LEN = 5000  # events queued per /api/v1/events reader...
+EVENTS_QUEUE_BYTES = 8 << 20  # ...and bytes of their encoding (a console event is up to 256 KiB)
 TOKEN_NEEDED = (
     "operator token required: send 'Authorization: Bearer <token>' (the token is in <data>/token), "
     "or call from a trusted network (the setting trusted_networks)"
@@ -872,17 +874,24 @@ def create_app(farm: "Farm") -> Any:
             if unknown:
                 raise BadRequest(f"unknown event types: {', '.join(sorted(unknown))} (known: {', '.join(EVENT_TYPES)})")
             wanted.add("dropped")
-        sub = farm.bus.subscribe(wanted, maxlen=5000)
+        sub = farm.bus.subscribe(wanted, maxlen=EVENTS_QUEUE_LEN, maxbytes=EVENTS_QUEUE_BYTES)
 
         async def gen() -> AsyncIterator[bytes]:
+            # Events are taken in pieces of at most 64 KiB, each event encoded once for every reader: a
+            # reader that stops reading holds one piece in its connection and at most EVENTS_QUEUE_BYTES
+            # of shared events in its queue (the oldest are dropped, then a "dropped" marker is sent).
             try:
                 yield b"retry: 2000\n\n"
                 while not sub.closed:
-                    batch = await sub.get_batch(timeout=KEEPALIVE)
-                    if not batch:
+                    if not await sub.wait(timeout=KEEPALIVE):
                         yield b": keepalive\n\n"
                         continue
-                    yield b"".join(_sse(ev.type, ev.to_json(), ev.seq) for ev in batch)
+                    chunk = sub.take()
+                    if chunk:
+                        yield chunk
+                    # A write the kernel takes at once does not suspend: let other readers and
+                    # requests run between pieces, or one reader's backlog holds the loop.
+                    await asyncio.sleep(0)
             finally:
                 sub.close()
 
@@ -955,8 +964,7 @@ def create_app(farm: "Farm") -> Any:
 
 
 def _sse(event: str, data: dict[str, Any], seq: int | None = None) -> bytes:
-    head = f"id: {seq}\n" if seq is not None and seq >= 0 else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    return sse_message(event, data, seq)
 
 
 def network_interfaces() -> list[dict[str, Any]]:
