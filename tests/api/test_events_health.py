@@ -35,9 +35,15 @@ async def test_event_stream_carries_typed_events(farm, client: FarmClient):
 
 
 async def test_unknown_event_type_is_refused(farm):
-    async with httpx.AsyncClient(base_url=api_url(farm)) as c:
+    async with httpx.AsyncClient(base_url=api_url(farm), headers={"Authorization": f"Bearer {farm.token}"}) as c:
         r = await c.get("/api/v1/events", params={"types": "machine,bogus"})
         assert r.status_code == 400 and "bogus" in r.json()["error"]
+
+
+async def test_the_event_stream_needs_the_operator(farm):
+    async with httpx.AsyncClient(base_url=api_url(farm)) as anonymous:
+        r = await anonymous.get("/api/v1/events")
+        assert r.status_code == 401 and "token" in r.json()["error"]
 
 
 async def test_slow_subscriber_gets_a_dropped_marker(farm):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import resource
 import socket
 import time
+from pathlib import Path
 from typing import Optional
 
 import httpx
@@ -16,6 +17,20 @@ HEALTH_BUDGET = 1.0  # seconds /api/v1/health may take while a flood runs (the i
 
 def rss_mb(pid: Optional[int] = None) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def reset_peak_rss(pid: Optional[int] = None) -> float:
+    """Start measuring the peak RSS anew (Linux's clear_refs 5); the current RSS in MiB."""
+    Path(f"/proc/{pid or 'self'}/clear_refs").write_text("5")
+    return rss_mb(pid)
+
+
+def peak_rss_mb(pid: Optional[int] = None) -> float:
+    """The highest RSS (MiB) since the last :func:`reset_peak_rss`: what a transient buffer cost too."""
+    for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/<pid>/status")
 
 
 async def timed_health(url: str, transport: Optional[httpx.AsyncBaseTransport] = None) -> float:

@@ -18,7 +18,7 @@ import json
 import httpx
 
 from tests.conftest import api_url, eventually
-from tests.security.conftest_http import HEALTH_BUDGET, raw_connection, rss_mb, timed_health
+from tests.security.conftest_http import HEALTH_BUDGET, peak_rss_mb, raw_connection, reset_peak_rss, timed_health
 
 READERS = 100
 EVENT_BYTES = 256 * 1024
@@ -48,20 +48,20 @@ async def test_stalled_event_readers_stay_bounded(farm):
                 lines = stream.aiter_lines()
                 assert await anext(lines) == "retry: 2000"
                 await eventually(lambda: farm.bus.subscriber_count >= before + READERS + 1, "the late reader")
-                baseline = rss_mb()
+                baseline = reset_peak_rss()
                 n = 0
                 for burst in range(BURSTS):
                     for _ in range(EVENTS_PER_BURST):
                         _console_event(farm, n)
                         n += 1
                     took = await timed_health(api_url(farm))
-                    grown = rss_mb() - baseline
+                    grown = peak_rss_mb() - baseline
                     assert took < HEALTH_BUDGET, f"burst {burst}: /api/v1/health took {took:.2f} s"
                     assert grown < RSS_GROWTH_MB, f"burst {burst}: RSS grew by {grown:.0f} MiB"
                     await asyncio.sleep(0.3)
                     took = await timed_health(api_url(farm))
                     assert took < HEALTH_BUDGET, f"after burst {burst}: /api/v1/health took {took:.2f} s"
-                assert rss_mb() - baseline < RSS_GROWTH_MB
+                assert peak_rss_mb() - baseline < RSS_GROWTH_MB
                 # The late reader now reads: a "dropped" marker (it fell more than 8 MiB behind), then
                 # the newest events, the last one published among them.
                 first = await _next_event(lines)

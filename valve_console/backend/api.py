@@ -27,7 +27,7 @@ from .errors import BadRequest, FarmError
 from .gitlab import GitlabInstanceCreate, GitlabInstanceUpdate
 from .events import EVENT_TYPES, sse_message
 from .registration import MachineUpdate, Registration, normalise_mac
-from .submission import answer, protocol_of, read_submission, wants_rich_answer
+from .submission import FORM_OVERHEAD, answer, protocol_of, read_submission, spool_body, wants_rich_answer
 
 if TYPE_CHECKING:
     from .farm import Farm
@@ -172,27 +172,31 @@ def describe_validation(errors: list[dict[str, Any]]) -> str:
 class BodyLimit:
     """Refuses request bodies over ``limit`` bytes with 413, whether or not Content-Length is sent.
 
+    Most bodies are small: they are read whole here, before any handler runs. The routes of
+    ``streamed`` (method, path regex, limit) take large bodies (a job with its share, a file of a job's
+    share): their handlers check the caller, the key and the job first and then stream the body to
+    disk themselves; here only the declared length is checked and the bytes received are counted.
     It also reads an API body sent without a JSON content type (``curl -d``) as JSON.
     """
 
-    def __init__(self, app: Any, limit: int, overrides: Optional[list[tuple[str, str, int]]] = None) -> None:
+    def __init__(self, app: Any, limit: int, streamed: Optional[list[tuple[str, str, int]]] = None) -> None:
         self.app = app
         self.limit = limit
-        # (method, path regex, limit): larger bodies where they are expected (job shares)
-        self.overrides = [(m, re.compile(p), n) for m, p, n in overrides or ()]
+        self.streamed = [(m, re.compile(p), n) for m, p, n in streamed or ()]
 
-    def _limit_for(self, scope: dict) -> int:
-        for method, pattern, limit in self.overrides:
+    def _streamed_limit(self, scope: dict) -> Optional[int]:
+        for method, pattern, limit in self.streamed:
             if scope["method"] == method and pattern.fullmatch(scope["path"]):
                 return limit
-        return self.limit
+        return None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = scope.get("headers", [])
-        limit = self._limit_for(scope)
+        streamed = self._streamed_limit(scope)
+        limit = self.limit if streamed is None else streamed
         for name, value in headers:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 await self._refuse(send, limit)
@@ -206,7 +210,12 @@ class BodyLimit:
                 ]
         if scope["method"] not in ("POST", "PUT", "PATCH", "DELETE"):
             await self.app(scope, receive, send)
-            return
+        elif streamed is not None:
+            await self.app(scope, _counted(receive, streamed), send)
+        else:
+            await self._read_then_call(scope, receive, send)
+
+    async def _read_then_call(self, scope: dict, receive: Any, send: Any) -> None:
         # Read the whole body first (it is small by definition), so a too-large one is refused
         # before any handler sees it, chunked or not.
         body = bytearray()
@@ -215,8 +224,8 @@ class BodyLimit:
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
-            if len(body) > limit:
-                await self._refuse(send, limit)
+            if len(body) > self.limit:
+                await self._refuse(send, self.limit)
                 return
             if not message.get("more_body", False):
                 break
@@ -283,6 +292,23 @@ class PathNormaliser:
         await self.app(scope, receive, send)
 
 
+def _counted(receive: Any, limit: int) -> Any:
+    """``receive`` that fails (413, in words) once more than ``limit`` body bytes came: the handler
+    reading the body gets the error (a chunked body has no length to check beforehand)."""
+    received = 0
+
+    async def counted() -> dict:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise FarmError(f"request body too large (limit {limit} bytes)", 413)
+        return message
+
+    return counted
+
+
 def create_app(farm: "Farm") -> Any:
     app = FastAPI(
         title="valve-console",
@@ -321,6 +347,11 @@ def create_app(farm: "Farm") -> Any:
     def operator(request: Request) -> None:
         if not is_operator(request):
             raise StarletteHTTPException(401, TOKEN_NEEDED, headers={"WWW-Authenticate": "Bearer"})
+
+    # Reads that carry secrets (console output and logs hold job share URLs with their keys, job texts,
+    # what the operator typed) need the operator as writes do. What DUTs and valve-infra's dashboard
+    # read stays open: machines, PDUs, boot scripts and files, a DUT's own share with its key, health.
+    SECRET_READ = [Depends(operator)]
 
     def mac_of(mac: str) -> str:
         try:
@@ -512,7 +543,8 @@ def create_app(farm: "Farm") -> Any:
     async def get_console(mac: str) -> dict[str, Any]:
         return consoles().console(mac_of(mac), create=False).to_json()
 
-    @app.get("/api/v1/console/{mac}/log", responses=ERRORS, tags=["consoles"], response_class=PlainTextResponse)
+    @app.get("/api/v1/console/{mac}/log", responses=ERRORS, tags=["consoles"], response_class=PlainTextResponse,
+             dependencies=SECRET_READ)
     async def console_log(
         mac: str,
         raw: bool = False,
@@ -543,7 +575,7 @@ def create_app(farm: "Farm") -> Any:
             return Response(data, media_type="application/octet-stream", headers=headers)
         return PlainTextResponse(data.decode("utf-8", "replace"), headers=headers)
 
-    @app.get("/api/v1/console/{mac}/stream", responses=ERRORS, tags=["consoles"])
+    @app.get("/api/v1/console/{mac}/stream", responses=ERRORS, tags=["consoles"], dependencies=SECRET_READ)
     async def console_stream(mac: str, replay: bool = False) -> StreamingResponse:
         """Live console output as SSE (a read-only viewer, counted in ``viewers``)."""
         key = mac_of(mac)
@@ -616,14 +648,18 @@ def create_app(farm: "Farm") -> Any:
         """
         protocol = protocol_of(request)
         rich = wants_rich_answer(request)
-        if not is_operator(request):
+        if not is_operator(request):  # before a byte of the body is read
             return answer(protocol, rich, 401, TOKEN_NEEDED, headers={"WWW-Authenticate": "Bearer"})
+        sub = None
         try:
-            sub = await read_submission(request, farm.settings.job_share_max_bytes)
+            sub = await read_submission(request, farm.settings.job_share_max_bytes, jobs().shares.root)
             protocol = sub.protocol
             job = await jobs().submit(sub.text, sub.target, sub.job_id, share=sub.share, callback=sub.callback)
         except FarmError as exc:
             return answer(protocol, rich, exc.status, exc.message)
+        finally:
+            if sub is not None:
+                await sub.discard()
         return answer(protocol, rich, 200, None, job, headers={"Location": f"/api/v1/job/{job['id']}"})
 
     @app.get("/api/v1/jobs", tags=["jobs"])
@@ -631,7 +667,7 @@ def create_app(farm: "Farm") -> Any:
         """Every job kept (newest first): id, machine, status, state, position, timestamps."""
         return {"jobs": jobs().list_json()}
 
-    @app.get("/api/v1/job/{job_id}", responses=ERRORS, tags=["jobs"])
+    @app.get("/api/v1/job/{job_id}", responses=ERRORS, tags=["jobs"], dependencies=SECRET_READ)
     async def get_job(job_id: str) -> dict[str, Any]:
         return jobs().job_json(jobs().get(job_id), with_text=True)
 
@@ -659,7 +695,13 @@ def create_app(farm: "Farm") -> Any:
             return JSONResponse(answer)
         return PlainTextResponse(f"Canceling job in machine {machine.ip_address}\n")
 
-    @app.get("/api/v1/job/{job_id}/console", responses=ERRORS, tags=["jobs"], response_class=PlainTextResponse)
+    @app.get(
+        "/api/v1/job/{job_id}/console",
+        responses=ERRORS,
+        tags=["jobs"],
+        response_class=PlainTextResponse,
+        dependencies=SECRET_READ,
+    )
     async def job_console(job_id: str, raw: bool = False) -> Response:
         """The job's console (so far, while it runs)."""
         job = jobs().get(job_id)
@@ -674,7 +716,7 @@ def create_app(farm: "Farm") -> Any:
         data = body.data.encode("utf-8", "surrogateescape") if body.data else b""
         return {"written": jobs().input(job_id, data) if data else 0}
 
-    @app.get("/api/v1/job/{job_id}/events", responses=ERRORS, tags=["jobs"])
+    @app.get("/api/v1/job/{job_id}/events", responses=ERRORS, tags=["jobs"], dependencies=SECRET_READ)
     async def job_events(
         job_id: str,
         io_offset: int = Query(default=0, ge=0, description="console bytes of the job already received"),
@@ -784,10 +826,18 @@ def create_app(farm: "Farm") -> Any:
         openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string"}}}}},
     )
     async def job_share_put(job_id: str, key: str, path: str, request: Request) -> dict[str, Any]:
-        """DUT-facing: write (replace) a file of the job's share, within its size limit. Only while it runs."""
+        """DUT-facing: write (replace) a file of the job's share, within its size limit. Only while it runs.
+
+        The key, the job and the path are checked before the body is read; the body is streamed to a
+        file next to the share and moved in once complete."""
         service = await _dut_share(job_id, key)
-        data = await request.body()
-        size = await _share_call(service.shares.write, job_id, path, data, service.finished_oldest_first())
+        room = await _share_call(service.shares.check_write, job_id, path)
+        directory = await _share_call(service.shares.upload_dir, job_id)
+        upload = await spool_body(request, room, directory, f"the file (job {job_id}'s share has {room} bytes left)")
+        try:
+            size = await _share_call(service.shares.write, job_id, path, upload, service.finished_oldest_first())
+        finally:
+            await asyncio.to_thread(upload.unlink, missing_ok=True)
         return {"path": path, "size": size}
 
     # ------------------------------------------------------------------ network boot (open, DUT-facing)
@@ -865,7 +915,7 @@ def create_app(farm: "Farm") -> Any:
         return FileResponse(path, media_type="application/octet-stream")
 
     # ------------------------------------------------------------------ events, health, gateway
-    @app.get("/api/v1/events", tags=["events"], responses={400: {"model": ErrorBody}})
+    @app.get("/api/v1/events", tags=["events"], responses=ERRORS, dependencies=SECRET_READ)
     async def events(types: Optional[str] = Query(default=None, description="comma-separated event types")):
         wanted = None
         if types:
@@ -931,11 +981,11 @@ def create_app(farm: "Farm") -> Any:
     async def health() -> dict[str, Any]:
         return farm.health()
 
-    @app.get("/api/v1/log", tags=["health"])
+    @app.get("/api/v1/log", tags=["health"], responses=ERRORS, dependencies=SECRET_READ)
     async def backend_log(lines: int = Query(default=500, ge=1, le=2000)) -> dict[str, Any]:
         return {"entries": farm.recent_log[-lines:]}
 
-    @app.get("/api/v1/journal", tags=["health"])
+    @app.get("/api/v1/journal", tags=["health"], responses=ERRORS, dependencies=SECRET_READ)
     async def system_journal(lines: int = Query(default=500, ge=1, le=2000)) -> dict[str, Any]:
         recent = list(farm.journal.recent) if farm.journal else []
         return {
@@ -958,9 +1008,12 @@ def create_app(farm: "Farm") -> Any:
     served: Any = PathNormaliser(app, app.router)
     if not farm.settings.max_body_bytes:
         return served
-    share_limit = farm.settings.job_share_max_bytes + farm.settings.max_body_bytes
-    overrides = [("POST", r"/api/v1/jobs/?", share_limit), ("PUT", r"/api/v1/job/[^/]+/share/[^/]+/.+", share_limit)]
-    return BodyLimit(served, farm.settings.max_body_bytes, overrides)
+    share_limit = farm.settings.job_share_max_bytes
+    streamed = [
+        ("POST", r"/api/v1/jobs/?", share_limit + FORM_OVERHEAD),
+        ("PUT", r"/api/v1/job/[^/]+/share/[^/]+/.+", share_limit),
+    ]
+    return BodyLimit(served, farm.settings.max_body_bytes, streamed)
 
 
 def _sse(event: str, data: dict[str, Any], seq: int | None = None) -> bytes:
