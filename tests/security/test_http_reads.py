@@ -3,8 +3,8 @@
 A running job's console carries its share URL with the key (the DUT's command line, the job's own
 output). Console logs, job consoles and the event stream were open: anyone on the DUT network read the
 key and replaced the job's results with an unauthenticated PUT. Those reads now need the operator
-(token, unix socket or a trusted network); what the DUTs and valve-infra's dashboard read stays open
-and does not carry the key.
+(token, unix socket or a trusted network), and a job's text is given to the operator only; what the
+DUTs and valve-infra's dashboard read stays open and does not carry the key.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from tests.jobs.test_share import share_job, submit_with_share, tarball
 SECRET_READS = (
     "/api/v1/console/{mac}/log",
     "/api/v1/console/{mac}/log?raw=true&start=0",
-    "/api/v1/job/{job}",
     "/api/v1/job/{job}/console",
     "/api/v1/job/{job}/console?raw=true",
     "/api/v1/log",
@@ -39,6 +38,7 @@ OPEN_READS = (
     "/api/v1/pdu/d1/port/0",
     "/api/v1/health",
     "/api/v1/jobs",
+    "/api/v1/job/{job}",  # without its text
     "/api/v1/consoles",
 )
 
@@ -72,6 +72,7 @@ async def test_console_and_job_reads_need_the_operator(jobfarm):  # noqa: F811 -
             answer = await dut.get(path.format(**fill))
             assert answer.status_code == 200, (path, answer.text)
             assert key not in answer.text, path
+        assert "job" not in (await dut.get(f"/api/v1/job/{job_id}")).json()
         # the reproduction's end: without the key the job's results cannot be replaced
         forged = await dut.put(f"/api/v1/job/{job_id}/share/{'A' * len(key)}/results.txt", content=b"forged\n")
         assert forged.status_code == 403
@@ -83,4 +84,5 @@ async def test_console_and_job_reads_need_the_operator(jobfarm):  # noqa: F811 -
     for path in SECRET_READS:  # the operator reads them all
         answer = await http.get(path.format(**fill))
         assert answer.status_code == 200, (path, answer.text)
+    assert "job_share_url" in (await http.get(f"/api/v1/job/{job_id}")).json()["job"]
     assert (await http.delete(f"/api/v1/job/{job_id}")).status_code == 200

@@ -667,9 +667,10 @@ def create_app(farm: "Farm") -> Any:
         """Every job kept (newest first): id, machine, status, state, position, timestamps."""
         return {"jobs": jobs().list_json()}
 
-    @app.get("/api/v1/job/{job_id}", responses=ERRORS, tags=["jobs"], dependencies=SECRET_READ)
-    async def get_job(job_id: str) -> dict[str, Any]:
-        return jobs().job_json(jobs().get(job_id), with_text=True)
+    @app.get("/api/v1/job/{job_id}", responses=ERRORS, tags=["jobs"])
+    async def get_job(job_id: str, request: Request) -> dict[str, Any]:
+        """The job as ``/api/v1/jobs`` lists it; with its text (``job``) for the operator only."""
+        return jobs().job_json(jobs().get(job_id), with_text=is_operator(request))
 
     @app.delete("/api/v1/job/{job_id}", responses=ERRORS, tags=["jobs"], dependencies=[Depends(operator)])
     async def cancel_job(job_id: str) -> dict[str, Any]:
