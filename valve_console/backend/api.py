@@ -857,8 +857,9 @@ def create_app(farm: "Farm") -> Any:
         except ValueError:
             key = None
         config = jobs().boot_config(key) if key else None
-        if key is not None:
-            log.info("%s queried its boot configuration as a %s / %s platform", key, platform, buildarch)
+        if key is not None:  # platform and buildarch come from the DUT: escaped, they cannot forge log lines
+            log.info("%s queried its boot configuration as a %s / %s platform", key, loggable(platform),
+                     loggable(buildarch))
         if config is None:
             kernel, initrd, host = default_boot_urls(farm.settings, farm.api_address)
             try:
@@ -1019,6 +1020,15 @@ def create_app(farm: "Farm") -> Any:
 
 def _sse(event: str, data: dict[str, Any], seq: int | None = None) -> bytes:
     return sse_message(event, data, seq)
+
+
+def loggable(value: Optional[str]) -> str:
+    """A value from the network as it may be logged: control characters (C0, DEL, C1), line and
+    paragraph separators and format characters (bidi overrides) escaped as ``\\xNN``/``\\uNNNN``."""
+    if value is None:
+        return "None"
+    return "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
+                   for c in value)
 
 
 def network_interfaces() -> list[dict[str, Any]]:

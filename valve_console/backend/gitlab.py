@@ -104,7 +104,7 @@ class GitlabInstanceCreate(BaseModel):
     @field_validator("name", "farm_name")
     @classmethod
     def _name(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not NAME.match(v):
+        if v is not None and not NAME.fullmatch(v):
             raise ValueError(f"{v[:40]!r} is not a name (1-64 letters, digits, '.', '_' or '-')")
         return v
 

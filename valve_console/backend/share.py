@@ -95,6 +95,10 @@ def safe_extract(
     hard links, devices and fifos, more than ``max_bytes`` unpacked or ``max_members`` entries. It
     unpacks into a temporary directory next to ``dest`` first, then merges (existing files are
     overwritten, others kept).
+
+    Symlinks are checked against the unpacked tree, not one by one: ``b -> z/..`` then ``z -> .`` is
+    harmless for each alone and leads out of the share together. Merged into a ``dest`` that already
+    has links, the links of ``dest`` are checked again (one leading out is removed, with an error).
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -114,10 +118,34 @@ def safe_extract(
             if isinstance(exc, ShareError):
                 raise
             raise ShareError(f"the share is not a readable tar or tar.gz archive: {exc}") from None
+        _check_links(staging)
         _merge(staging, dest)
+        _check_links(dest, remove=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return names
+
+
+def _check_links(root: Path, remove: bool = False) -> None:
+    """ShareError if a symlink under ``root`` resolves outside it on disk (through the other links of
+    the tree); with ``remove`` the offending links are deleted first."""
+    real_top = os.path.realpath(root)
+    links = [os.path.join(d, n) for d, dirs, files in os.walk(root) for n in (*dirs, *files)
+             if os.path.islink(os.path.join(d, n))]
+    escaping = []
+    for link in links:
+        real = os.path.realpath(link)
+        if real != real_top and not real.startswith(real_top + os.sep):
+            escaping.append(link)
+    if not escaping:
+        return
+    if remove:
+        for link in escaping:
+            with contextlib.suppress(OSError):
+                os.unlink(link)
+    name = os.path.relpath(escaping[0], root)
+    raise ShareError(f"{name[:80]!r}: the symlink points outside the share ({os.readlink(escaping[0])[:80]})"
+                     if not remove else f"{name[:80]!r}: the symlink points outside the share (removed)")
 
 
 def _merge(src: Path, dest: Path) -> None:
