@@ -150,3 +150,17 @@ async def test_event_queue_is_bounded_in_bytes_and_read_in_pieces(farm):
     assert messages[0]["type"] == "dropped" and messages[0]["data"]["count"] == 3
     assert [m["data"]["text"][0] for m in messages[1:]] == ["3", "4"]
     sub.close()
+
+
+async def test_the_client_skips_an_oversized_event_with_a_dropped_marker(monkeypatch):
+    from valve_console import client as client_module
+
+    monkeypatch.setattr(client_module, "MAX_EVENT_CHARS", 1000)
+
+    async def lines():
+        for line in ("retry: 2000", "", "id: 1", "event: log", 'data: {"type": "log", "seq": 1}', "",
+                     "event: console", *(["data: " + "x" * 300] * 5), "", 'data: {"type": "job", "seq": 3}', ""):
+            yield line
+
+    events = [e async for e in client_module._parse_sse(lines())]
+    assert [e["type"] for e in events] == ["log", "dropped", "job"]

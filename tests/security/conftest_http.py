@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import resource
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Optional
 
 import httpx
 import psutil
+
+from tests.e2e.helpers import ROOT, Backend
 
 HEALTH_BUDGET = 1.0  # seconds /api/v1/health may take while a flood runs (the issue's acceptance)
 
@@ -79,3 +82,29 @@ def raise_fd_limit(wanted: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+
+
+class LoggedBackend(Backend):
+    """``valve-console --backend-only`` with its output in a file (``log``): a pipe nobody reads fills
+    up under a long run and stops the backend in its next write. ``prefix`` runs it under a command
+    (``prlimit --nofile=1024:1024 --``)."""
+
+    def __init__(self, data_dir: Path, log: Path, *extra: str, env: Optional[dict[str, str]] = None,
+                 prefix: tuple[str, ...] = ()) -> None:
+        super().__init__(data_dir, *extra, env=env)
+        self.args = [*prefix, *self.args]
+        self.log = log
+
+    def start(self, timeout: float = 15.0) -> "LoggedBackend":
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=out, stderr=out)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"backend exited {self.proc.returncode}: {self.log.read_text()}"
+            try:
+                if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"the backend did not come up: {self.log.read_text()[-2000:]}")

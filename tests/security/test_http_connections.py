@@ -17,15 +17,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
-import subprocess
 import time
 
 import httpx
 
 from tests.conftest import api_url, eventually
-from tests.e2e.helpers import ROOT, Backend
 from tests.security.conftest_http import (
     HEALTH_BUDGET,
+    LoggedBackend,
     closed_by_peer,
     raise_fd_limit,
     raw_connection,
@@ -39,28 +38,10 @@ TOTAL_CAP = FD_LIMIT // 4
 HEAD_TIMEOUT = 10.0
 
 
-class LimitedBackend(Backend):
-    """The backend under ``prlimit --nofile=1024`` (the usual default), its output in files (a pipe
-    nobody reads would fill and stop it)."""
-
-    def __init__(self, tmp_path) -> None:
-        super().__init__(tmp_path / "data")
-        self.args = ["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}", "--", *self.args]
-        self.log = tmp_path / "backend.log"
-
-    def start(self, timeout: float = 15.0) -> "LimitedBackend":
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=out, stderr=out)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"backend exited {self.proc.returncode}: {self.log.read_text()}"
-            try:
-                if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"the backend did not come up: {self.log.read_text()[-2000:]}")
+def _backend(tmp_path) -> LoggedBackend:
+    """The backend under ``prlimit --nofile=1024`` (the usual default)."""
+    return LoggedBackend(tmp_path / "data", tmp_path / "backend.log",
+                         prefix=("prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}", "--")).start()
 
 
 def _flood(address: tuple[str, int], sources: list[str], per_source: int) -> list[socket.socket]:
@@ -82,7 +63,7 @@ def _answered_503(sock: socket.socket) -> bool:
 
 async def test_idle_connection_floods_leave_the_api_serving(tmp_path):
     raise_fd_limit(4 * FLOOD)
-    backend = LimitedBackend(tmp_path).start()
+    backend = _backend(tmp_path)
     address = ("127.0.0.1", backend.port)
     unix = httpx.AsyncHTTPTransport(uds=str(tmp_path / "data" / "api.sock"))
     try:

@@ -261,6 +261,7 @@ class PathNormaliser:
         self.app = app
         self.router = router
         self._cache: dict[tuple[str, str], str] = {}
+        self._static: Optional[dict[str, set[str]]] = None
 
     def _matches(self, scope: dict, path: str) -> bool:
         from starlette.routing import Match
@@ -284,12 +285,40 @@ class PathNormaliser:
         self._cache[key] = fixed
         return fixed
 
+    def _static_methods(self, path: str) -> Optional[set[str]]:
+        """The methods of the routes whose path is exactly ``path`` (no parameter), or None if none is."""
+        if self._static is None:
+            self._static = {}
+            for route in self.router.routes:
+                methods = getattr(route, "methods", None)
+                if methods and "{" not in getattr(route, "path", "{"):
+                    self._static.setdefault(route.path, set()).update(methods)
+        return self._static.get(path)
+
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             fixed = self._normalise(scope)
             if fixed != scope["path"]:
                 scope = {**scope, "path": fixed, "raw_path": fixed.encode("utf-8", "surrogateescape")}
+            # A path of its own (/api/v1/machine/discover, /api/v1/pdu/drivers) is not also a value of
+            # a parameter (a machine "discover", a PDU "drivers"): another method is 405, not that route.
+            methods = self._static_methods(fixed)
+            if methods is not None and scope["method"] not in methods:
+                await method_not_allowed(send, methods)
+                return
         await self.app(scope, receive, send)
+
+
+def allow_header(methods: set[str]) -> str:
+    return ", ".join(sorted(methods - {"HEAD"}))
+
+
+async def method_not_allowed(send: Any, methods: set[str]) -> None:
+    body = json.dumps({"error": f"Method Not Allowed (allowed: {allow_header(methods)})"}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"allow", allow_header(methods).encode())]
+    await send({"type": "http.response.start", "status": 405, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _counted(receive: Any, limit: int) -> Any:
@@ -326,8 +355,17 @@ def create_app(farm: "Farm") -> Any:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = exc.headers
+        if exc.status_code == 405:  # every method of the path, not only those of the first route found
+            from starlette.routing import Match
+
+            methods: set[str] = set()
+            for route in app.router.routes:
+                if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
+                    methods |= route.methods
+            headers = {**(headers or {}), "Allow": allow_header(methods)}
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception) -> JSONResponse:
@@ -1007,6 +1045,14 @@ def create_app(farm: "Farm") -> Any:
         return Response(await render(farm), media_type=CONTENT_TYPE)
 
     app.router.redirect_slashes = False  # PathNormaliser finds the twin instead of redirecting
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            conformant_openapi(generate_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     served: Any = PathNormaliser(app, app.router)
     if not farm.settings.max_body_bytes:
         return served
@@ -1016,6 +1062,70 @@ def create_app(farm: "Farm") -> Any:
         ("PUT", r"/api/v1/job/[^/]+/share/[^/]+/.+", share_limit),
     ]
     return BodyLimit(served, farm.settings.max_body_bytes, streamed)
+
+
+# ---------------------------------------------------------------------------------------- the schema
+# A MAC as normalise_mac() takes it: aa:bb:cc:dd:ee:ff, AA-BB-..., aabbccddeeff, spaces around ignored.
+MAC_PATTERN = (
+    r"^\s*(?:[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{12})\s*$"
+)
+# A boot file name as boot.safe_file_name takes it: a letter or digit, then letters, digits and . _ + -, no "..".
+FILE_NAME_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_+-])*\.?$"
+ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+# valve-infra's job forms answer in their own shapes (submission.answer), errors included
+JOB_ANSWER_JSON = {
+    "application/json": {
+        "schema": {
+            "anyOf": [
+                {"$ref": "#/components/schemas/ErrorBody"},
+                {"type": "object", "required": ["version", "error_msg"],
+                 "properties": {"version": {"type": "integer"}, "error_msg": {"type": ["string", "null"]}}},
+                {"type": "object", "required": ["reason"], "properties": {"reason": {"type": ["string", "null"]}}},
+            ]
+        }
+    }
+}
+STREAM_RESPONSE = {
+    "description": "Server-Sent Events",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+
+
+def conformant_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema as the API answers (FastAPI's defaults say otherwise): invalid input is 400, not 422;
+    every error is JSON ``{"error"}`` (text routes too) and any 4xx/5xx may come (the farm's state decides:
+    a missing machine, a busy outlet, an unreachable PDU); a ``mac`` is a MAC; event streams are SSE."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    for path, item in schema.get("paths", {}).items():
+        for op in item.values():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            _conformant_operation(path, op)
+    return schema
+
+
+def _conformant_operation(path: str, op: dict[str, Any]) -> None:
+    responses = op["responses"]
+    responses.pop("422", None)
+    errors = JOB_ANSWER_JSON if path == "/api/v1/jobs" else ERROR_JSON
+    for code, response in list(responses.items()):
+        if code[0] in "45":
+            response["content"] = errors
+    responses.setdefault("400", {"description": "Invalid input", "content": errors})
+    responses.setdefault("4XX", {"description": "Refused (the error says why)", "content": errors})
+    responses.setdefault("5XX", {"description": "The farm cannot do it now", "content": errors})
+    if path.endswith(("/events", "/stream")):
+        responses["200"] = STREAM_RESPONSE
+    for param in op.get("parameters", []):
+        if param.get("in") != "path":
+            continue
+        if param.get("name") == "mac" and path.startswith("/api/"):
+            param["schema"] = {**param.get("schema", {}), "type": "string", "pattern": MAC_PATTERN}
+        elif path == "/files/{name}":
+            param["schema"] = {**param.get("schema", {}), "type": "string", "pattern": FILE_NAME_PATTERN,
+                               "maxLength": 200}
 
 
 def _sse(event: str, data: dict[str, Any], seq: int | None = None) -> bytes:
