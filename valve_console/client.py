@@ -287,22 +287,37 @@ class FarmClient:
             raise FarmClientError(f"console stream lost: {exc or type(exc).__name__}") from None
 
 
+MAX_EVENT_CHARS = 16 << 20  # one event's data; the backend's largest (a console batch) is 256 KiB
+
+
 async def _parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """Server-Sent Events → their JSON data. An event larger than MAX_EVENT_CHARS is skipped (and a
+    ``dropped`` event given in its place, so a reader refetches), never held whole."""
     data: list[str] = []
+    size = 0
+    oversized = False
     async for line in lines:
         if line == "":
-            if data:
+            if oversized:
+                log.warning("an event of more than %d characters was skipped", MAX_EVENT_CHARS)
+                yield {"type": "dropped", "seq": -1, "data": {"count": 1}}
+            elif data:
                 try:
                     yield json.loads("\n".join(data))
                 except ValueError:
                     log.warning("unparsable event: %.80s", data)
-                data = []
+            data, size, oversized = [], 0, False
             continue
-        if line.startswith(":"):
+        if line.startswith(":") or oversized:
             continue
         field, _, value = line.partition(":")
         if field == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
+            value = value[1:] if value.startswith(" ") else value
+            size += len(value) + 1
+            if size > MAX_EVENT_CHARS:
+                data, oversized = [], True
+                continue
+            data.append(value)
 
 
 async def wait_until_up(client: FarmClient, timeout: float = 10.0) -> dict[str, Any]:

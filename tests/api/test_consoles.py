@@ -74,7 +74,8 @@ async def test_console_events_and_stream(farm, http):
     await writer.drain()
     await wait_for(lambda: _connected(http))
 
-    async with httpx.AsyncClient(base_url=api_url(farm)) as viewer:
+    # a console stream carries secrets (share keys, what the operator types): the operator's token
+    async with httpx.AsyncClient(base_url=api_url(farm), headers={"Authorization": f"Bearer {farm.token}"}) as viewer:
         async with viewer.stream("GET", f"/api/v1/console/{MAC}/stream") as stream:
             writer.write(b"\x1b[0;32mOK\x1b[0m hello from the DUT\r\n")
             await writer.drain()

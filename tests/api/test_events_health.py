@@ -35,9 +35,15 @@ async def test_event_stream_carries_typed_events(farm, client: FarmClient):
 
 
 async def test_unknown_event_type_is_refused(farm):
-    async with httpx.AsyncClient(base_url=api_url(farm)) as c:
+    async with httpx.AsyncClient(base_url=api_url(farm), headers={"Authorization": f"Bearer {farm.token}"}) as c:
         r = await c.get("/api/v1/events", params={"types": "machine,bogus"})
         assert r.status_code == 400 and "bogus" in r.json()["error"]
+
+
+async def test_the_event_stream_needs_the_operator(farm):
+    async with httpx.AsyncClient(base_url=api_url(farm)) as anonymous:
+        r = await anonymous.get("/api/v1/events")
+        assert r.status_code == 401 and "token" in r.json()["error"]
 
 
 async def test_slow_subscriber_gets_a_dropped_marker(farm):
@@ -128,3 +134,33 @@ async def test_journal_follower_parses_journalctl_json(farm, tmp_path):
     }
     assert got[1].data["message"] == "hi" and got[1].data["unit"] == "kernel"
     assert state_while_following == "ok"
+
+
+async def test_event_queue_is_bounded_in_bytes_and_read_in_pieces(farm):
+    sub = farm.bus.subscribe(["console"], maxbytes=600_000)
+    for i in range(5):
+        farm.bus.publish("console", {"mac": "02:00:00:00:00:01", "text": str(i) * 250_000})
+    assert sub.queued_bytes <= 600_000
+    stream = b""
+    while sub.pending:
+        piece = sub.take(64 * 1024)
+        assert 0 < len(piece) <= 64 * 1024
+        stream += bytes(piece)
+    messages = [json.loads(m.split(b"data: ", 1)[1]) for m in stream.split(b"\n\n") if m]
+    assert messages[0]["type"] == "dropped" and messages[0]["data"]["count"] == 3
+    assert [m["data"]["text"][0] for m in messages[1:]] == ["3", "4"]
+    sub.close()
+
+
+async def test_the_client_skips_an_oversized_event_with_a_dropped_marker(monkeypatch):
+    from valve_console import client as client_module
+
+    monkeypatch.setattr(client_module, "MAX_EVENT_CHARS", 1000)
+
+    async def lines():
+        for line in ("retry: 2000", "", "id: 1", "event: log", 'data: {"type": "log", "seq": 1}', "",
+                     "event: console", *(["data: " + "x" * 300] * 5), "", 'data: {"type": "job", "seq": 3}', ""):
+            yield line
+
+    events = [e async for e in client_module._parse_sse(lines())]
+    assert [e["type"] for e in events] == ["log", "dropped", "job"]

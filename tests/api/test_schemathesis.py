@@ -1,7 +1,11 @@
-"""Schemathesis over the published OpenAPI: a bounded, seeded run that must find no 5xx."""
+"""Schemathesis over the published OpenAPI: a bounded, seeded run with every check (no 5xx, and the
+answers conform to the schema: status codes, content types, bodies, headers, 405s with Allow; the API
+takes what the schema allows and refuses what it does not). tests/api/schemathesis.toml lists the few
+operations whose bodies need more than a schema to be valid, and why."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -9,15 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import Backend
+from tests.security.conftest_http import LoggedBackend
 
 ST = Path(sys.executable).with_name("st")
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 @pytest.mark.skipif(not ST.exists() and shutil.which("st") is None, reason="schemathesis is not installed")
-def test_no_server_errors_over_the_openapi(tmp_path):
+def test_the_api_conforms_to_its_openapi(tmp_path):
     # Generated PDUs point at hosts that do not exist: keep each attempt short.
-    backend = Backend(tmp_path / "data", env={"VALVE_CONSOLE_PDU_TIMEOUT": "0.3"}).start()
+    backend = LoggedBackend(tmp_path / "data", tmp_path / "backend.log", env={"VALVE_CONSOLE_PDU_TIMEOUT": "0.3"})
+    backend.start()
     try:
         with backend.http() as http:
             http.post("/api/v1/pdu/", json={"name": "d1", "driver": "dummy", "config": {"ports": 4}})
@@ -28,12 +34,14 @@ def test_no_server_errors_over_the_openapi(tmp_path):
         proc = subprocess.run(
             [
                 str(ST) if ST.exists() else "st",
+                "--config-file",
+                str(CONFIG),
                 "run",
                 f"{backend.url}/openapi.json",
                 "--checks",
-                "not_a_server_error",
+                "all",
                 "--max-examples",
-                "200",
+                "100",  # with every check: about a minute here, 15 on a loaded 2-core machine
                 "--seed",
                 "20261125",
                 "--phases",
@@ -48,11 +56,13 @@ def test_no_server_errors_over_the_openapi(tmp_path):
             ],
             capture_output=True,
             text=True,
-            timeout=900,
+            timeout=1500,
         )
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, output[-6000:]
-        assert "No issues found" in output or "passed" in output.lower(), output[-3000:]
+        # every generated case passed every check (warnings, such as operations that mostly answered 404
+        # for want of data, are not failures)
+        assert re.search(r"(\d+) generated, \1 passed", output), output[-6000:]
         with backend.http() as http:
             assert http.get("/api/v1/health").json()["status"] in ("ok", "degraded")
     finally:

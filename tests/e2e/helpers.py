@@ -25,12 +25,18 @@ def free_port() -> int:
 class Backend:
     """``valve-console --backend-only`` as a child process on free loopback ports."""
 
-    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None, log: Path | None = None,
+                 prefix: tuple[str, ...] = ()) -> None:
+        """``log``: where its stdout and stderr go (default: ``<data_dir>.log``; a pipe nobody reads fills up
+        under a long run and stops the backend in its next write). ``prefix`` runs it under a command
+        (``prlimit --nofile=1024:1024 --``)."""
         self.data_dir = data_dir
+        self.log = log or data_dir.with_name(data_dir.name + ".log")
         self.port = free_port()
         self.netconsole_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [
+            *prefix,
             *VALVE,
             "--backend-only",
             "--data-dir",
@@ -56,20 +62,27 @@ class Backend:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 15.0) -> "Backend":
-        self.proc = subprocess.Popen(
-            self.args, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=out, stderr=out)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"backend exited {self.proc.returncode}: {self.proc.stderr.read()}")
+                raise RuntimeError(f"backend exited {self.proc.returncode}: {self.log_text()}")
             try:
                 if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError("backend did not come up")
+        raise RuntimeError(f"backend did not come up: {self.log_text()[-2000:]}")
+
+    def log_text(self) -> str:
+        """What it printed (stdout and stderr) so far."""
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     @property
     def token(self) -> str:

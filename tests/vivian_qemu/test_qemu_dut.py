@@ -127,7 +127,7 @@ def test_a_qemu_dut_network_boots_from_the_gateway_registers_and_shows_its_conso
         assert not _qemu_children(vpdu.pid), "QEMU survived the outlet OFF"
         poll_until(lambda: not http.get(f"/api/v1/console/{MAC}").json()["connected"], "the console to disconnect",
                    timeout=15, every=0.5)
-    log = backend.proc.stderr.read() if backend.proc and backend.proc.stderr else ""
+    log = backend.log_text()
     assert f"{MAC} queried its boot configuration" in log
 
 

@@ -26,16 +26,18 @@ from ..drivers.pdu import driver_names
 from .consoles import SLICE_MAX
 from .errors import BadRequest, FarmError
 from .gitlab import GitlabInstanceCreate, GitlabInstanceUpdate
-from .events import EVENT_TYPES
+from .events import EVENT_TYPES, sse_message
 from .executor import ListenerOverflow
 from .registration import MachineUpdate, Registration, SourceRateLimit, is_loopback, normalise_mac, peer_address
-from .submission import answer, protocol_of, read_submission, wants_rich_answer
+from .submission import FORM_OVERHEAD, answer, protocol_of, read_submission, spool_body, wants_rich_answer
 
 if TYPE_CHECKING:
     from .farm import Farm
 
 log = logging.getLogger(__name__)
 KEEPALIVE = 15.0
+EVENTS_QUEUE_LEN = 5000  # events queued per /api/v1/events reader...
+EVENTS_QUEUE_BYTES = 8 << 20  # ...and bytes of their encoding (a console event is up to 256 KiB)
 TOKEN_NEEDED = (
     "operator token required: send 'Authorization: Bearer <token>' (the token is in <data>/token), "
     "or call from a trusted network (the setting trusted_networks)"
@@ -179,27 +181,31 @@ def describe_validation(errors: list[dict[str, Any]]) -> str:
 class BodyLimit:
     """Refuses request bodies over ``limit`` bytes with 413, whether or not Content-Length is sent.
 
+    Most bodies are small: they are read whole here, before any handler runs. The routes of
+    ``streamed`` (method, path regex, limit) take large bodies (a job with its share, a file of a job's
+    share): their handlers check the caller, the key and the job first and then stream the body to
+    disk themselves; here only the declared length is checked and the bytes received are counted.
     It also reads an API body sent without a JSON content type (``curl -d``) as JSON.
     """
 
-    def __init__(self, app: Any, limit: int, overrides: Optional[list[tuple[str, str, int]]] = None) -> None:
+    def __init__(self, app: Any, limit: int, streamed: Optional[list[tuple[str, str, int]]] = None) -> None:
         self.app = app
         self.limit = limit
-        # (method, path regex, limit): larger bodies where they are expected (job shares)
-        self.overrides = [(m, re.compile(p), n) for m, p, n in overrides or ()]
+        self.streamed = [(m, re.compile(p), n) for m, p, n in streamed or ()]
 
-    def _limit_for(self, scope: dict) -> int:
-        for method, pattern, limit in self.overrides:
+    def _streamed_limit(self, scope: dict) -> Optional[int]:
+        for method, pattern, limit in self.streamed:
             if scope["method"] == method and pattern.fullmatch(scope["path"]):
                 return limit
-        return self.limit
+        return None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = scope.get("headers", [])
-        limit = self._limit_for(scope)
+        streamed = self._streamed_limit(scope)
+        limit = self.limit if streamed is None else streamed
         for name, value in headers:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 await self._refuse(send, limit)
@@ -213,7 +219,12 @@ class BodyLimit:
                 ]
         if scope["method"] not in ("POST", "PUT", "PATCH", "DELETE"):
             await self.app(scope, receive, send)
-            return
+        elif streamed is not None:
+            await self.app(scope, _counted(receive, streamed), send)
+        else:
+            await self._read_then_call(scope, receive, send)
+
+    async def _read_then_call(self, scope: dict, receive: Any, send: Any) -> None:
         # Read the whole body first (it is small by definition), so a too-large one is refused
         # before any handler sees it, chunked or not.
         body = bytearray()
@@ -222,8 +233,8 @@ class BodyLimit:
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
-            if len(body) > limit:
-                await self._refuse(send, limit)
+            if len(body) > self.limit:
+                await self._refuse(send, self.limit)
                 return
             if not message.get("more_body", False):
                 break
@@ -259,6 +270,7 @@ class PathNormaliser:
         self.app = app
         self.router = router
         self._cache: dict[tuple[str, str], str] = {}
+        self._static: Optional[dict[str, set[str]]] = None
 
     def _matches(self, scope: dict, path: str) -> bool:
         from starlette.routing import Match
@@ -282,12 +294,57 @@ class PathNormaliser:
         self._cache[key] = fixed
         return fixed
 
+    def _static_methods(self, path: str) -> Optional[set[str]]:
+        """The methods of the routes whose path is exactly ``path`` (no parameter), or None if none is."""
+        if self._static is None:
+            self._static = {}
+            for route in self.router.routes:
+                methods = getattr(route, "methods", None)
+                if methods and "{" not in getattr(route, "path", "{"):
+                    self._static.setdefault(route.path, set()).update(methods)
+        return self._static.get(path)
+
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             fixed = self._normalise(scope)
             if fixed != scope["path"]:
                 scope = {**scope, "path": fixed, "raw_path": fixed.encode("utf-8", "surrogateescape")}
+            # A path of its own (/api/v1/machine/discover, /api/v1/pdu/drivers) is not also a value of
+            # a parameter (a machine "discover", a PDU "drivers"): another method is 405, not that route.
+            methods = self._static_methods(fixed)
+            if methods is not None and scope["method"] not in methods:
+                await method_not_allowed(send, methods)
+                return
         await self.app(scope, receive, send)
+
+
+def allow_header(methods: set[str]) -> str:
+    return ", ".join(sorted(methods - {"HEAD"}))
+
+
+async def method_not_allowed(send: Any, methods: set[str]) -> None:
+    body = json.dumps({"error": f"Method Not Allowed (allowed: {allow_header(methods)})"}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"allow", allow_header(methods).encode())]
+    await send({"type": "http.response.start", "status": 405, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _counted(receive: Any, limit: int) -> Any:
+    """``receive`` that fails (413, in words) once more than ``limit`` body bytes came: the handler
+    reading the body gets the error (a chunked body has no length to check beforehand)."""
+    received = 0
+
+    async def counted() -> dict:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise FarmError(f"request body too large (limit {limit} bytes)", 413)
+        return message
+
+    return counted
 
 
 def create_app(farm: "Farm") -> Any:
@@ -307,8 +364,17 @@ def create_app(farm: "Farm") -> Any:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = exc.headers
+        if exc.status_code == 405:  # every method of the path, not only those of the first route found
+            from starlette.routing import Match
+
+            methods: set[str] = set()
+            for route in app.router.routes:
+                if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
+                    methods |= route.methods
+            headers = {**(headers or {}), "Allow": allow_header(methods)}
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception) -> JSONResponse:
@@ -328,6 +394,11 @@ def create_app(farm: "Farm") -> Any:
     def operator(request: Request) -> None:
         if not is_operator(request):
             raise StarletteHTTPException(401, TOKEN_NEEDED, headers={"WWW-Authenticate": "Bearer"})
+
+    # Reads that carry secrets (console output and logs hold job share URLs with their keys, job texts,
+    # what the operator typed) need the operator as writes do. What DUTs and valve-infra's dashboard
+    # read stays open: machines, PDUs, boot scripts and files, a DUT's own share with its key, health.
+    SECRET_READ = [Depends(operator)]
 
     def mac_of(mac: str) -> str:
         try:
@@ -577,7 +648,8 @@ def create_app(farm: "Farm") -> Any:
     async def get_console(mac: str) -> dict[str, Any]:
         return consoles().console(mac_of(mac), create=False).to_json()
 
-    @app.get("/api/v1/console/{mac}/log", responses=ERRORS, tags=["consoles"], response_class=PlainTextResponse)
+    @app.get("/api/v1/console/{mac}/log", responses=ERRORS, tags=["consoles"], response_class=PlainTextResponse,
+             dependencies=SECRET_READ)
     async def console_log(
         mac: str,
         raw: bool = False,
@@ -608,7 +680,7 @@ def create_app(farm: "Farm") -> Any:
             return Response(data, media_type="application/octet-stream", headers=headers)
         return PlainTextResponse(data.decode("utf-8", "replace"), headers=headers)
 
-    @app.get("/api/v1/console/{mac}/stream", responses=ERRORS, tags=["consoles"])
+    @app.get("/api/v1/console/{mac}/stream", responses=ERRORS, tags=["consoles"], dependencies=SECRET_READ)
     async def console_stream(mac: str, replay: bool = False) -> StreamingResponse:
         """Live console output as SSE (a read-only viewer, counted in ``viewers``)."""
         key = mac_of(mac)
@@ -712,14 +784,18 @@ def create_app(farm: "Farm") -> Any:
         """
         protocol = protocol_of(request)
         rich = wants_rich_answer(request)
-        if not is_operator(request):
+        if not is_operator(request):  # before a byte of the body is read
             return answer(protocol, rich, 401, TOKEN_NEEDED, headers={"WWW-Authenticate": "Bearer"})
+        sub = None
         try:
-            sub = await read_submission(request, farm.settings.job_share_max_bytes)
+            sub = await read_submission(request, farm.settings.job_share_max_bytes, jobs().shares.root)
             protocol = sub.protocol
             job = await jobs().submit(sub.text, sub.target, sub.job_id, share=sub.share, callback=sub.callback)
         except FarmError as exc:
             return answer(protocol, rich, exc.status, exc.message)
+        finally:
+            if sub is not None:
+                await sub.discard()
         return answer(protocol, rich, 200, None, job, headers={"Location": f"/api/v1/job/{job['id']}"})
 
     @app.get("/api/v1/jobs", tags=["jobs"])
@@ -728,8 +804,9 @@ def create_app(farm: "Farm") -> Any:
         return {"jobs": jobs().list_json()}
 
     @app.get("/api/v1/job/{job_id}", responses=ERRORS, tags=["jobs"])
-    async def get_job(job_id: str) -> dict[str, Any]:
-        return jobs().job_json(jobs().get(job_id), with_text=True)
+    async def get_job(job_id: str, request: Request) -> dict[str, Any]:
+        """The job as ``/api/v1/jobs`` lists it; with its text (``job``) for the operator only."""
+        return jobs().job_json(jobs().get(job_id), with_text=is_operator(request))
 
     @app.delete("/api/v1/job/{job_id}", responses=ERRORS, tags=["jobs"], dependencies=[Depends(operator)])
     async def cancel_job(job_id: str) -> dict[str, Any]:
@@ -755,7 +832,13 @@ def create_app(farm: "Farm") -> Any:
             return JSONResponse(answer)
         return PlainTextResponse(f"Canceling job in machine {machine.ip_address}\n")
 
-    @app.get("/api/v1/job/{job_id}/console", responses=ERRORS, tags=["jobs"], response_class=PlainTextResponse)
+    @app.get(
+        "/api/v1/job/{job_id}/console",
+        responses=ERRORS,
+        tags=["jobs"],
+        response_class=PlainTextResponse,
+        dependencies=SECRET_READ,
+    )
     async def job_console(job_id: str, raw: bool = False) -> Response:
         """The job's console (so far, while it runs)."""
         job = jobs().get(job_id)
@@ -770,7 +853,7 @@ def create_app(farm: "Farm") -> Any:
         data = body.data.encode("utf-8", "surrogateescape") if body.data else b""
         return {"written": jobs().input(job_id, data) if data else 0}
 
-    @app.get("/api/v1/job/{job_id}/events", responses=ERRORS, tags=["jobs"])
+    @app.get("/api/v1/job/{job_id}/events", responses=ERRORS, tags=["jobs"], dependencies=SECRET_READ)
     async def job_events(
         job_id: str,
         io_offset: int = Query(default=0, ge=0, description="console bytes of the job already received"),
@@ -882,10 +965,18 @@ def create_app(farm: "Farm") -> Any:
         openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string"}}}}},
     )
     async def job_share_put(job_id: str, key: str, path: str, request: Request) -> dict[str, Any]:
-        """DUT-facing: write (replace) a file of the job's share, within its size limit. Only while it runs."""
+        """DUT-facing: write (replace) a file of the job's share, within its size limit. Only while it runs.
+
+        The key, the job and the path are checked before the body is read; the body is streamed to a
+        file next to the share and moved in once complete."""
         service = await _dut_share(job_id, key)
-        data = await request.body()
-        size = await _share_call(service.shares.write, job_id, path, data, service.finished_oldest_first())
+        room = await _share_call(service.shares.check_write, job_id, path)
+        directory = await _share_call(service.shares.upload_dir, job_id)
+        upload = await spool_body(request, room, directory, f"the file (job {job_id}'s share has {room} bytes left)")
+        try:
+            size = await _share_call(service.shares.write, job_id, path, upload, service.finished_oldest_first())
+        finally:
+            await asyncio.to_thread(upload.unlink, missing_ok=True)
         return {"path": path, "size": size}
 
     # ------------------------------------------------------------------ network boot (open, DUT-facing)
@@ -904,8 +995,9 @@ def create_app(farm: "Farm") -> Any:
         except ValueError:
             key = None
         config = jobs().boot_config(key) if key else None
-        if key is not None:
-            log.info("%s queried its boot configuration as a %s / %s platform", key, platform, buildarch)
+        if key is not None:  # platform and buildarch come from the DUT: escaped, they cannot forge log lines
+            log.info("%s queried its boot configuration as a %s / %s platform", key, loggable(platform),
+                     loggable(buildarch))
         if config is None:
             kernel, initrd, host = default_boot_urls(farm.settings, farm.api_address)
             try:
@@ -963,7 +1055,7 @@ def create_app(farm: "Farm") -> Any:
         return FileResponse(path, media_type="application/octet-stream")
 
     # ------------------------------------------------------------------ events, health, gateway
-    @app.get("/api/v1/events", tags=["events"], responses={400: {"model": ErrorBody}})
+    @app.get("/api/v1/events", tags=["events"], responses=ERRORS, dependencies=SECRET_READ)
     async def events(types: Optional[str] = Query(default=None, description="comma-separated event types")):
         wanted = None
         if types:
@@ -972,17 +1064,24 @@ def create_app(farm: "Farm") -> Any:
             if unknown:
                 raise BadRequest(f"unknown event types: {', '.join(sorted(unknown))} (known: {', '.join(EVENT_TYPES)})")
             wanted.add("dropped")
-        sub = farm.bus.subscribe(wanted, maxlen=5000)
+        sub = farm.bus.subscribe(wanted, maxlen=EVENTS_QUEUE_LEN, maxbytes=EVENTS_QUEUE_BYTES)
 
         async def gen() -> AsyncIterator[bytes]:
+            # Events are taken in pieces of at most 64 KiB, each event encoded once for every reader: a
+            # reader that stops reading holds one piece in its connection and at most EVENTS_QUEUE_BYTES
+            # of shared events in its queue (the oldest are dropped, then a "dropped" marker is sent).
             try:
                 yield b"retry: 2000\n\n"
                 while not sub.closed:
-                    batch = await sub.get_batch(timeout=KEEPALIVE)
-                    if not batch:
+                    if not await sub.wait(timeout=KEEPALIVE):
                         yield b": keepalive\n\n"
                         continue
-                    yield b"".join(_sse(ev.type, ev.to_json(), ev.seq) for ev in batch)
+                    chunk = sub.take()
+                    if chunk:
+                        yield chunk
+                    # A write the kernel takes at once does not suspend: let other readers and
+                    # requests run between pieces, or one reader's backlog holds the loop.
+                    await asyncio.sleep(0)
             finally:
                 sub.close()
 
@@ -1022,11 +1121,11 @@ def create_app(farm: "Farm") -> Any:
     async def health() -> dict[str, Any]:
         return farm.health()
 
-    @app.get("/api/v1/log", tags=["health"])
+    @app.get("/api/v1/log", tags=["health"], responses=ERRORS, dependencies=SECRET_READ)
     async def backend_log(lines: int = Query(default=500, ge=1, le=2000)) -> dict[str, Any]:
         return {"entries": farm.recent_log[-lines:]}
 
-    @app.get("/api/v1/journal", tags=["health"])
+    @app.get("/api/v1/journal", tags=["health"], responses=ERRORS, dependencies=SECRET_READ)
     async def system_journal(lines: int = Query(default=500, ge=1, le=2000)) -> dict[str, Any]:
         recent = list(farm.journal.recent) if farm.journal else []
         return {
@@ -1046,17 +1145,100 @@ def create_app(farm: "Farm") -> Any:
         return Response(await render(farm), media_type=CONTENT_TYPE)
 
     app.router.redirect_slashes = False  # PathNormaliser finds the twin instead of redirecting
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            conformant_openapi(generate_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     served: Any = PathNormaliser(app, app.router)
     if not farm.settings.max_body_bytes:
         return served
-    share_limit = farm.settings.job_share_max_bytes + farm.settings.max_body_bytes
-    overrides = [("POST", r"/api/v1/jobs/?", share_limit), ("PUT", r"/api/v1/job/[^/]+/share/[^/]+/.+", share_limit)]
-    return BodyLimit(served, farm.settings.max_body_bytes, overrides)
+    share_limit = farm.settings.job_share_max_bytes
+    streamed = [
+        ("POST", r"/api/v1/jobs/?", share_limit + FORM_OVERHEAD),
+        ("PUT", r"/api/v1/job/[^/]+/share/[^/]+/.+", share_limit),
+    ]
+    return BodyLimit(served, farm.settings.max_body_bytes, streamed)
+
+
+# ---------------------------------------------------------------------------------------- the schema
+# A MAC as normalise_mac() takes it: aa:bb:cc:dd:ee:ff, AA-BB-..., aabbccddeeff, spaces around ignored.
+MAC_PATTERN = (
+    r"^\s*(?:[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{12})\s*$"
+)
+# A boot file name as boot.safe_file_name takes it: a letter or digit, then letters, digits and . _ + -, no "..".
+FILE_NAME_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_+-])*\.?$"
+ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+# valve-infra's job forms answer in their own shapes (submission.answer), errors included
+JOB_ANSWER_JSON = {
+    "application/json": {
+        "schema": {
+            "anyOf": [
+                {"$ref": "#/components/schemas/ErrorBody"},
+                {"type": "object", "required": ["version", "error_msg"],
+                 "properties": {"version": {"type": "integer"}, "error_msg": {"type": ["string", "null"]}}},
+                {"type": "object", "required": ["reason"], "properties": {"reason": {"type": ["string", "null"]}}},
+            ]
+        }
+    }
+}
+STREAM_RESPONSE = {
+    "description": "Server-Sent Events",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+
+
+def conformant_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema as the API answers (FastAPI's defaults say otherwise): invalid input is 400, not 422;
+    every error is JSON ``{"error"}`` (text routes too) and any 4xx/5xx may come (the farm's state decides:
+    a missing machine, a busy outlet, an unreachable PDU); a ``mac`` is a MAC; event streams are SSE."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    for path, item in schema.get("paths", {}).items():
+        for op in item.values():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            _conformant_operation(path, op)
+    return schema
+
+
+def _conformant_operation(path: str, op: dict[str, Any]) -> None:
+    responses = op["responses"]
+    responses.pop("422", None)
+    errors = JOB_ANSWER_JSON if path == "/api/v1/jobs" else ERROR_JSON
+    for code, response in list(responses.items()):
+        if code[0] in "45":
+            response["content"] = errors
+    responses.setdefault("400", {"description": "Invalid input", "content": errors})
+    responses.setdefault("4XX", {"description": "Refused (the error says why)", "content": errors})
+    responses.setdefault("5XX", {"description": "The farm cannot do it now", "content": errors})
+    if path.endswith(("/events", "/stream")):
+        responses["200"] = STREAM_RESPONSE
+    for param in op.get("parameters", []):
+        if param.get("in") != "path":
+            continue
+        if param.get("name") == "mac" and path.startswith("/api/"):
+            param["schema"] = {**param.get("schema", {}), "type": "string", "pattern": MAC_PATTERN}
+        elif path == "/files/{name}":
+            param["schema"] = {**param.get("schema", {}), "type": "string", "pattern": FILE_NAME_PATTERN,
+                               "maxLength": 200}
 
 
 def _sse(event: str, data: dict[str, Any], seq: int | None = None) -> bytes:
-    head = f"id: {seq}\n" if seq is not None and seq >= 0 else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    return sse_message(event, data, seq)
+
+
+def loggable(value: Optional[str]) -> str:
+    """A value from the network as it may be logged: control characters (C0, DEL, C1), line and
+    paragraph separators and format characters (bidi overrides) escaped as ``\\xNN``/``\\uNNNN``."""
+    if value is None:
+        return "None"
+    return "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
+                   for c in value)
 
 
 def network_interfaces() -> list[dict[str, Any]]:

@@ -3,15 +3,22 @@
 Every state change is published once. Subscribers each get a bounded queue; a subscriber that
 falls behind loses its oldest events and is told how many with a ``dropped`` event. Publishing
 never blocks and never waits for a subscriber.
+
+A queue is bounded in events and, for subscribers that ask (the API's event stream), in bytes of
+the event's SSE encoding: console events carry up to 256 KiB, so a count alone does not bound
+memory. An event is encoded once (:attr:`Event.sse`) and the same bytes are shared by every
+subscriber, which take them in pieces of bounded size (:meth:`Subscription.take`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, AsyncIterator, Iterable
 
 EVENT_TYPES = (
@@ -27,6 +34,7 @@ EVENT_TYPES = (
     "gitlab",
     "dropped",
 )
+CHUNK_BYTES = 64 * 1024  # what Subscription.take gives at most for one write
 
 
 @dataclass(frozen=True)
@@ -39,15 +47,31 @@ class Event:
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, "seq": self.seq, "ts": self.ts, "data": self.data}
 
+    @cached_property
+    def sse(self) -> bytes:
+        """The event as one Server-Sent Events message, encoded once and shared by every reader."""
+        return sse_message(self.type, self.to_json(), self.seq)
+
+
+def sse_message(event: str, data: dict[str, Any], seq: int | None = None) -> bytes:
+    """``id:``/``event:``/``data:`` lines of one SSE message (the id only for a sequence number >= 0)."""
+    head = f"id: {seq}\n" if seq is not None and seq >= 0 else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
 
 class Subscription:
     """One subscriber's bounded queue. Iterate it with ``async for``; close it when done."""
 
-    def __init__(self, bus: "EventBus", types: frozenset[str] | None, maxlen: int) -> None:
+    def __init__(
+        self, bus: "EventBus", types: frozenset[str] | None, maxlen: int, maxbytes: int | None = None
+    ) -> None:
         self._bus = bus
         self.types = types
         self._queue: deque[Event] = deque()
         self._maxlen = maxlen
+        self._maxbytes = maxbytes
+        self._bytes = 0  # SSE bytes queued (counted only with maxbytes)
+        self._partial: memoryview | None = None  # the rest of an event that take() gave in part
         self._dropped = 0
         self._wakeup = asyncio.Event()
         self.closed = False
@@ -56,21 +80,89 @@ class Subscription:
         if self.types is not None and event.type not in self.types:
             return
         if len(self._queue) >= self._maxlen:
-            self._queue.popleft()
-            self._dropped += 1
+            self._pop_oldest()
+        if self._maxbytes is not None:
+            size = len(event.sse)
+            while self._queue and self._bytes + size > self._maxbytes:
+                self._pop_oldest()
+            self._bytes += size
         self._queue.append(event)
         self._wakeup.set()
 
+    def _pop_oldest(self) -> Event:
+        event = self._queue.popleft()
+        self._dropped += 1
+        if self._maxbytes is not None:
+            self._bytes -= len(event.sse)
+        return event
+
+    def _marker(self) -> list[Event]:
+        if not self._dropped:
+            return []
+        marker = Event("dropped", {"count": self._dropped}, seq=-1)
+        self._dropped = 0
+        return [marker]
+
     def drain(self) -> list[Event]:
         """Everything queued now, oldest first, with a ``dropped`` marker first if events were lost."""
-        events: list[Event] = []
-        if self._dropped:
-            events.append(Event("dropped", {"count": self._dropped}, seq=-1))
-            self._dropped = 0
+        events = self._marker()
         events.extend(self._queue)
         self._queue.clear()
+        self._bytes = 0
         self._wakeup.clear()
         return events
+
+    def take(self, max_bytes: int = CHUNK_BYTES) -> bytes | memoryview:
+        """At most ``max_bytes`` of the SSE stream of the queued events, oldest first (a ``dropped``
+        marker first if events were lost); a long event is given in pieces over several calls. Empty
+        when nothing is queued. Nothing is copied for a piece of one event."""
+        parts: list[bytes | memoryview] = []
+        size = 0
+        while size < max_bytes:
+            if self._partial is None:
+                message = self._next_message()
+                if message is None:
+                    break
+                self._partial = memoryview(message)
+            piece = self._partial[: max_bytes - size]
+            self._partial = self._partial[len(piece):] or None
+            parts.append(piece)
+            size += len(piece)
+        if not self.pending:
+            self._wakeup.clear()
+        if not parts:
+            return b""
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _next_message(self) -> bytes | None:
+        marker = self._marker()
+        if marker:
+            return marker[0].sse
+        if not self._queue:
+            return None
+        event = self._queue.popleft()
+        if self._maxbytes is not None:
+            self._bytes -= len(event.sse)
+        return event.sse
+
+    @property
+    def pending(self) -> bool:
+        """Something to read: queued events, a lost-events marker, or the rest of a long event."""
+        return bool(self._queue or self._dropped or self._partial is not None)
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait until something is queued (True) or the timeout passed (False)."""
+        if self.pending or self.closed:
+            return True
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
 
     async def get_batch(self, timeout: float | None = None) -> list[Event]:
         """Wait until at least one event is queued (or the timeout passes) and return them all."""
@@ -106,8 +198,12 @@ class EventBus:
             sub._push(event)
         return event
 
-    def subscribe(self, types: Iterable[str] | None = None, maxlen: int | None = None) -> Subscription:
-        sub = Subscription(self, frozenset(types) if types else None, maxlen or self.queue_size)
+    def subscribe(
+        self, types: Iterable[str] | None = None, maxlen: int | None = None, maxbytes: int | None = None
+    ) -> Subscription:
+        """A new subscriber (all types, or ``types``), bounded to ``maxlen`` events and, if given,
+        ``maxbytes`` bytes of SSE encoding (always room for the newest event)."""
+        sub = Subscription(self, frozenset(types) if types else None, maxlen or self.queue_size, maxbytes)
         self._subs.append(sub)
         return sub
 

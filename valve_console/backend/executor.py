@@ -44,6 +44,7 @@ import struct
 import sys
 import time
 import uuid
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
@@ -572,7 +573,7 @@ class JobService:
         text: str,
         target: Optional[dict[str, Any]] = None,
         job_id: Optional[str] = None,
-        share: Optional[bytes] = None,
+        share: "Optional[bytes | Path]" = None,
         callback: Optional["Callback"] = None,
     ) -> dict[str, Any]:
         if self._stopping:
@@ -603,7 +604,7 @@ class JobService:
         tgt: Target,
         override: Optional[Target],
         job_id: str,
-        share: Optional[bytes],
+        share: "Optional[bytes | Path]",
         callback: Optional["Callback"],
     ) -> dict[str, Any]:
         # The share is unpacked first. The picked machine counts the job in its load while the job is

@@ -431,9 +431,31 @@ class Farm:
         from .api import create_app
 
         app = create_app(self)
-        for sock, asgi in ((api_sock, app), (unix_sock, TrustedApp(app))):
+        from .httpguard import (
+            ACCEPT_BACKLOG,
+            KEEP_ALIVE_TIMEOUT,
+            PER_SOURCE,
+            ConnectionLimits,
+            descriptor_share,
+            guarded_h11,
+        )
+
+        # TCP (the DUT network): a request head within 10 s, capped connections (64 per address but the
+        # trusted ones, a quarter of the descriptors in all); the unix socket (the local TUI) has no cap
+        # and its own server, so TCP floods never starve it (httpguard.py).
+        tcp_limits = ConnectionLimits(
+            max_connections=descriptor_share(), per_source=PER_SOURCE, exempt=self.trust.is_trusted
+        )
+        for sock, asgi, limits in ((api_sock, app, tcp_limits), (unix_sock, TrustedApp(app), ConnectionLimits())):
             config = uvicorn.Config(
-                asgi, log_config=None, lifespan="off", access_log=False, timeout_graceful_shutdown=2
+                asgi,
+                log_config=None,
+                lifespan="off",
+                access_log=False,
+                timeout_graceful_shutdown=2,
+                http=guarded_h11(limits),
+                timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
+                backlog=ACCEPT_BACKLOG,
             )
             server = EmbeddedServer(config)
             task = asyncio.create_task(server.serve(sockets=[sock]), name="api-server")

@@ -59,6 +59,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# The same rules for the OpenAPI schema, so that what the schema allows is what the validators take
+# (schemathesis checks both ways). Whitespace as str.strip() and Python's \s know it.
+_WS = "\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+NAME_SCHEMA = {"pattern": NAME.pattern}
+URL_SCHEMA = {"pattern": f"^[{_WS}]*https?://[^{_WS}/\\x00-\\x20\\x7f][^\\x00-\\x20\\x7f]*[{_WS}]*$"}
+TAGS_SCHEMA = {"items": {"type": "string", "pattern": "^[^,\\x00-\\x1f]{1,256}$"}}
+
+
+def _not_null(extra: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """A field's schema without its null branch, plus ``extra``: a PATCH may leave it out, not send null
+    (update_instance refuses null for it)."""
+
+    def edit(schema: dict[str, Any]) -> None:
+        schema.pop("default", None)  # (None: left out)
+        branches = [b for b in schema.pop("anyOf", []) if b.get("type") != "null"]
+        for branch in branches:
+            schema.update(branch)
+        schema.update(extra)
+
+    return edit
 MASK = "********"
 RETRY_BASE = 2.0  # seconds before the first retry of an unreachable instance; doubles up to the cap
 TOKEN_RENEW_MARGIN = 86400.0  # a token expiring within this (or half its lifetime, if shorter) is renewed
@@ -91,20 +111,24 @@ def _check_tags(tags: list[str]) -> list[str]:
 
 
 class GitlabInstanceCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # a token or a registration token (add_instance refuses neither), as the schema says
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["token"], "properties": {"token": {"minLength": 1}}},
+        {"required": ["registration_token"], "properties": {"registration_token": {"type": "string", "minLength": 1}}},
+    ]})
 
-    name: str
-    url: str
+    name: str = Field(json_schema_extra=NAME_SCHEMA)
+    url: str = Field(json_schema_extra=URL_SCHEMA)
     token: str = Field(default="", max_length=1024)
     registration_token: Optional[str] = Field(default=None, max_length=1024)
-    farm_name: Optional[str] = None  # default: the farm's name
+    farm_name: Optional[str] = Field(default=None, json_schema_extra=NAME_SCHEMA)  # default: the farm's name
     expose_runners: StrictBool = True
-    farm_tags: list[str] = Field(default_factory=list, max_length=64)
+    farm_tags: list[str] = Field(default_factory=list, max_length=64, json_schema_extra=TAGS_SCHEMA)
 
     @field_validator("name", "farm_name")
     @classmethod
     def _name(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not NAME.match(v):
+        if v is not None and not NAME.fullmatch(v):
             raise ValueError(f"{v[:40]!r} is not a name (1-64 letters, digits, '.', '_' or '-')")
         return v
 
@@ -122,12 +146,12 @@ class GitlabInstanceCreate(BaseModel):
 class GitlabInstanceUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: Optional[str] = None
-    token: Optional[str] = Field(default=None, max_length=1024)
+    url: Optional[str] = Field(default=None, json_schema_extra=_not_null(URL_SCHEMA))
+    token: Optional[str] = Field(default=None, max_length=1024, json_schema_extra=_not_null({}))
     registration_token: Optional[str] = Field(default=None, max_length=1024)
-    farm_name: Optional[str] = None
-    expose_runners: Optional[StrictBool] = None
-    farm_tags: Optional[list[str]] = Field(default=None, max_length=64)
+    farm_name: Optional[str] = Field(default=None, json_schema_extra=_not_null(NAME_SCHEMA))
+    expose_runners: Optional[StrictBool] = Field(default=None, json_schema_extra=_not_null({}))
+    farm_tags: Optional[list[str]] = Field(default=None, max_length=64, json_schema_extra=_not_null(TAGS_SCHEMA))
 
     @field_validator("farm_name")
     @classmethod
@@ -930,8 +954,8 @@ class RunnerService:
             if value is None and key in ("url", "token", "farm_name", "expose_runners", "farm_tags"):
                 raise BadRequest(f"{key} cannot be null")
             setattr(inst, key, value)
-        if not inst.token and not inst.registration_token:
-            raise BadRequest("the instance needs a token or a registration_token")
+        if not inst.token and not inst.registration_token:  # the patch is valid; the instance would not be
+            raise Conflict("the instance would have neither a token nor a registration_token: keep one of them")
         async with self._lock:
             if inst.url != old.url or inst.farm_name != old.farm_name:
                 # the runners belong to the old instance: forget them (full syncs clean leftovers up)

@@ -499,7 +499,7 @@ def _check_watchdog_names(names: Mapping[str, Any]) -> None:
     if len(names) > MAX_WATCHDOGS:
         raise ValueError(f"more than {MAX_WATCHDOGS} watchdogs")
     for name in names:
-        if not _WATCHDOG_NAME.match(str(name)):
+        if not _WATCHDOG_NAME.fullmatch(str(name)):
             raise ValueError(f"invalid watchdog name {str(name)[:40]!r} (letters, digits, '_', '.', '-')")
 
 

@@ -679,7 +679,7 @@ class PowerService:
 
     # ---------------------------------------------------------------- PDUs
     async def add_pdu(self, name: str, driver: str, config: dict[str, Any] | None, reserved: list[str] | None = None):
-        if not isinstance(name, str) or not PDU_NAME.match(name):
+        if not isinstance(name, str) or not PDU_NAME.fullmatch(name):
             raise BadRequest("a PDU name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         if name in self.pdus:
             raise Conflict(f"a PDU named {name!r} already exists")

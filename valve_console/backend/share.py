@@ -95,6 +95,10 @@ def safe_extract(
     hard links, devices and fifos, more than ``max_bytes`` unpacked or ``max_members`` entries. It
     unpacks into a temporary directory next to ``dest`` first, then merges (existing files are
     overwritten, others kept).
+
+    Symlinks are checked against the unpacked tree, not one by one: ``b -> z/..`` then ``z -> .`` is
+    harmless for each alone and leads out of the share together. Merged into a ``dest`` that already
+    has links, the links of ``dest`` are checked again (one leading out is removed, with an error).
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -114,10 +118,34 @@ def safe_extract(
             if isinstance(exc, ShareError):
                 raise
             raise ShareError(f"the share is not a readable tar or tar.gz archive: {exc}") from None
+        _check_links(staging)
         _merge(staging, dest)
+        _check_links(dest, remove=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return names
+
+
+def _check_links(root: Path, remove: bool = False) -> None:
+    """ShareError if a symlink under ``root`` resolves outside it on disk (through the other links of
+    the tree); with ``remove`` the offending links are deleted first."""
+    real_top = os.path.realpath(root)
+    links = [os.path.join(d, n) for d, dirs, files in os.walk(root) for n in (*dirs, *files)
+             if os.path.islink(os.path.join(d, n))]
+    escaping = []
+    for link in links:
+        real = os.path.realpath(link)
+        if real != real_top and not real.startswith(real_top + os.sep):
+            escaping.append(link)
+    if not escaping:
+        return
+    if remove:
+        for link in escaping:
+            with contextlib.suppress(OSError):
+                os.unlink(link)
+    name = os.path.relpath(escaping[0], root)
+    raise ShareError(f"{name[:80]!r}: the symlink points outside the share ({os.readlink(escaping[0])[:80]})"
+                     if not remove else f"{name[:80]!r}: the symlink points outside the share (removed)")
 
 
 def _merge(src: Path, dest: Path) -> None:
@@ -241,8 +269,9 @@ class ShareStore:
             )
 
     # ---------------------------------------------------------------- job lifecycle
-    def stage(self, key: str, tarball: Optional[bytes], evictable: Iterable[str] = ()) -> Path:
-        """A new share (``tarball`` unpacked, or empty) in a staging directory; :meth:`adopt` names it."""
+    def stage(self, key: str, tarball: bytes | Path | None, evictable: Iterable[str] = ()) -> Path:
+        """A new share (``tarball`` unpacked, or empty) in a staging directory; :meth:`adopt` names it.
+        ``tarball`` is the archive's bytes or a file holding it (an upload streamed to disk)."""
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".incoming-{uuid.uuid4().hex}"
         staging.mkdir()
@@ -336,33 +365,58 @@ class ShareStore:
                 out.append({"path": p.relative_to(root).as_posix(), "size": p.stat().st_size})
         return out
 
-    def write(self, job_id: str, path: str, data: bytes, evictable: Iterable[str] = ()) -> int:
-        """Write (replace) one file: atomically, parents created, within the per-job and total limits."""
+    def check_write(self, job_id: str, path: str) -> int:
+        """Whether ``path`` can be written (ShareError in words if not), before any byte of it is read:
+        answers how many bytes the file may have (the job's limit less what its other files use)."""
         _, target = self._resolve(job_id, path)
-        old = target.lstat().st_size if target.is_file() and not target.is_symlink() else 0
+        old = self._writable(job_id, path, target)
+        return max(self.max_bytes - self.usage(job_id) + old, 0)
+
+    def _writable(self, job_id: str, path: str, target: Path) -> int:
+        """The size of the file ``target`` replaces; ShareError if it is a directory or a parent is not."""
         if target.is_dir() and not target.is_symlink():
             raise ShareError(f"{path[:200]!r} is a directory in the share", 409)
-        self._make_room(job_id, len(data) - old, evictable)
         real_root = self.share_dir(job_id).resolve()
-        parent = target.parent
-        for p in [parent, *parent.parents]:
+        for p in [target.parent, *target.parent.parents]:
             if p == real_root:
                 break
             if p.is_symlink() or (p.exists() and not p.is_dir()):
                 raise ShareError(f"{path[:200]!r}: {p.name} is not a directory in the share", 409)
+        return target.lstat().st_size if target.is_file() and not target.is_symlink() else 0
+
+    def upload_dir(self, job_id: str) -> Path:
+        """Where an upload to ``job_id``'s share is streamed before :meth:`write` moves it in (its job
+        directory: the same file system, and removed with the job)."""
+        directory = self.job_dir(job_id)
+        if not directory.is_dir():
+            raise ShareError(f"job {job_id} has no share (removed with old job history)", 404)
+        return directory
+
+    def write(self, job_id: str, path: str, data: bytes | Path, evictable: Iterable[str] = ()) -> int:
+        """Write (replace) one file: atomically, parents created, within the per-job and total limits.
+        ``data`` is the content, or a file of :meth:`upload_dir` holding it (moved into the share)."""
+        _, target = self._resolve(job_id, path)
+        old = self._writable(job_id, path, target)
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
+        self._make_room(job_id, size - old, evictable)
+        parent = target.parent
         parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".put-", dir=parent)
+        if isinstance(data, Path):
+            tmp = str(data)
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=".put-", dir=parent)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+            if not isinstance(data, Path):
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)  # replaces a symlink itself, never what it points to
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        self._usage[job_id] = self.usage(job_id) + len(data) - old
-        return len(data)
+        self._usage[job_id] = self.usage(job_id) + size - old
+        return size
 
     def pack(self, job_id: str) -> bytes:
         root = self.share_dir(job_id)

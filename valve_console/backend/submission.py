@@ -8,6 +8,11 @@
 - **ours** (``valve-console job run``, curl): ``{"job", "target"?, "job_id"?}``; it follows the job over
   ``GET /api/v1/job/{id}/events`` and needs no callback.
 
+Bodies are read only once the caller is known to be the operator (the API checks that first). A v1
+form is streamed to a file in the data directory (``<data>/jobs/.incoming-*``, never whole in memory)
+and parsed there in a worker thread; its share part stays a file, which the job's share is unpacked
+from. JSON forms are small: they are read in memory, up to :data:`MAX_JSON_BODY`.
+
 valve-infra's clients build their answer object from every key of the JSON, so v1 answers are exactly
 ``{"version": 1, "error_msg": ...}`` and v0 answers ``{"reason": ...}``. Our clients send the header
 ``X-Valve-Console-Client`` and then get the richer answer (``id``, ``status``, ``position``,
@@ -17,12 +22,17 @@ valve-infra's clients build their answer object from every key of the JSON, so v
 
 from __future__ import annotations
 
+import asyncio
 import json
-from dataclasses import dataclass
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Optional
 
-from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from .errors import BadRequest, FarmError
@@ -32,6 +42,11 @@ CLIENT_HEADER = "x-valve-console-client"  # our clients ask for the rich answer 
 SHARE_PART = "job_bucket_initial_state_tarball_file"  # valve-infra's name of the share's tar(.gz) part
 MAX_FORM_PARTS = 16  # metadata, job, the share, and a few attachments newer clients may send
 MAX_TEXT_PART = 1024 * 1024  # metadata and job parts (the job template is limited to 1 MiB too)
+MAX_JSON_BODY = 8 * MAX_TEXT_PART  # a JSON submission: a 1 MiB job, escaped
+FORM_OVERHEAD = 4 * MAX_TEXT_PART  # a v1 form's parts besides the share (metadata, job, part headers)
+MAX_PART_HEADERS = 16 * 1024  # bytes of one part's headers
+SPOOL_FLUSH = 1024 * 1024  # body bytes gathered in memory before a write to the spool file
+READ_CHUNK = 256 * 1024  # bytes of a spooled form parsed at a time
 
 
 @dataclass
@@ -48,9 +63,29 @@ class Submission:
     text: str
     target: Optional[dict[str, Any]]
     job_id: Optional[str]
-    share: Optional[bytes]
+    share: Optional[Path]  # the share's tar(.gz), a file in ``spool``
     protocol: Protocol
     callback: Optional[Callback] = None
+    spool: Optional[Path] = None  # the directory of the body's files: remove it with discard()
+
+    async def discard(self) -> None:
+        """Remove the files of the submission (once its share is unpacked, or it was refused)."""
+        if self.spool is not None:
+            await asyncio.to_thread(shutil.rmtree, self.spool, True)
+            self.spool = None
+
+
+@dataclass
+class FormPart:
+    """One part of a multipart form: its name, file name and type (from its headers) and content (text
+    parts in ``data``; the share part written to ``path``)."""
+
+    name: str = ""
+    filename: Optional[str] = None
+    content_type: Optional[str] = None
+    data: bytearray = field(default_factory=bytearray)
+    path: Optional[Path] = None
+    size: int = 0
 
 
 def protocol_of(request: Request) -> Protocol:
@@ -78,21 +113,10 @@ def answer(protocol: Protocol, rich: bool, status: int, error: Optional[str], jo
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _part_bytes(value: Any, name: str, limit: int) -> bytes:
-    """A form part's content (a file part or a plain field), refused in words when over ``limit``."""
-    if isinstance(value, UploadFile):
-        data = await value.read(limit + 1)
-    else:
-        data = str(value).encode("utf-8")
-    if len(data) > limit:
-        raise FarmError(f"the {name} part is larger than {limit} bytes", 413)
-    return data
-
-
-def _check_mimetype(value: Any, name: str, expected: str) -> None:
-    """valve-infra refuses a part whose declared type is wrong (a part without a type passes)."""
-    if isinstance(value, UploadFile) and value.content_type and value.content_type.split(";")[0] != expected:
-        raise BadRequest(f"the {name} part has the type {value.content_type!r} instead of {expected}")
+def _check_mimetype(part: FormPart, name: str, expected: str) -> None:
+    """valve-infra refuses a file part whose declared type is wrong (a part without a type passes)."""
+    if part.filename is not None and part.content_type and part.content_type.split(";")[0].strip() != expected:
+        raise BadRequest(f"the {name} part has the type {part.content_type!r} instead of {expected}")
 
 
 def _callback(meta: dict[str, Any], peer: Optional[str], version: int) -> Optional[Callback]:
@@ -128,12 +152,13 @@ def _target(value: Any) -> Optional[dict[str, Any]]:
     return {k: v for k, v in value.items() if v is not None} or None
 
 
-async def read_submission(request: Request, share_limit: int) -> Submission:
-    """Parse a submission in any of the three forms; ``BadRequest``/``FarmError`` in words."""
+async def read_submission(request: Request, share_limit: int, spool_root: Path) -> Submission:
+    """Parse a submission in any of the three forms; ``BadRequest``/``FarmError`` in words. A v1 form's
+    body is streamed into a new directory under ``spool_root``: call ``discard()`` on the result."""
     peer = request.client.host if request.client else None
     if protocol_of(request) == "v1":
-        return await _read_v1(request, peer, share_limit)
-    body = await request.body()
+        return await _read_v1(request, peer, share_limit, spool_root)
+    body = await read_body(request, MAX_JSON_BODY, "a JSON job submission")
     try:
         data = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
@@ -162,47 +187,225 @@ async def read_submission(request: Request, share_limit: int) -> Submission:
     return Submission(text, _target(target), job_id, None, "ours")
 
 
-async def _read_v1(request: Request, peer: Optional[str], share_limit: int) -> Submission:
-    from python_multipart.exceptions import MultipartParseError
+# ------------------------------------------------------------------------------------------ bodies
 
+
+def _too_large(what: str, limit: int) -> FarmError:
+    return FarmError(f"{what} is larger than {limit} bytes", 413)
+
+
+async def read_body(request: Request, limit: int, what: str) -> bytes:
+    """A small body, in memory, refused (413, in words) as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(what, limit)
+    body = bytearray()
     try:
-        form = await request.form(max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS, max_part_size=MAX_TEXT_PART)
-    except MultipartParseError as exc:
-        raise BadRequest(f"cannot parse the multipart form: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - starlette wraps the parser's errors in its own types
-        status = getattr(exc, "status_code", 400)
-        detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
-        raise FarmError(f"cannot parse the multipart form: {detail}", status if 400 <= status < 500 else 400) from None
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _too_large(what, limit)
+    except ClientDisconnect:
+        raise BadRequest(f"{what} was cut off: the client went away") from None
+    return bytes(body)
+
+
+async def spool_body(request: Request, limit: int, directory: Path, what: str) -> Path:
+    """The request's body streamed into a new file (0600) in ``directory``, never whole in memory;
+    refused (413, in words) as soon as it passes ``limit`` bytes, with nothing left on disk."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(what, limit)
+    fd, name = await asyncio.to_thread(tempfile.mkstemp, prefix=".body-", dir=directory)
+    path = Path(name)
+    handle = os.fdopen(fd, "wb")
     try:
-        if "metadata" not in form or "job" not in form:
-            raise BadRequest("the form needs a 'metadata' part (JSON, version 1) and a 'job' part (YAML)")
-        _check_mimetype(form["metadata"], "metadata", "application/json")
-        _check_mimetype(form["job"], "job", "application/x-yaml")
-        try:
-            meta = json.loads(await _part_bytes(form["metadata"], "metadata", MAX_TEXT_PART))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"the metadata part is not JSON: {exc}") from None
-        if not isinstance(meta, dict) or meta.get("version") != 1:
-            version = meta.get("version") if isinstance(meta, dict) else None
-            raise BadRequest(f"the metadata must be a JSON object with version 1 (got version {version!r})")
-        try:
-            text = (await _part_bytes(form["job"], "job", MAX_TEXT_PART)).decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest("the job part is not UTF-8 text") from None
-        share = None
-        if SHARE_PART in form:
-            _check_mimetype(form[SHARE_PART], SHARE_PART, "application/octet-stream")
-            share = await _part_bytes(form[SHARE_PART], SHARE_PART, share_limit)
-        job_id = meta.get("job_id")
-        if job_id is not None and not isinstance(job_id, (str, int)):
-            raise BadRequest("metadata.job_id must be a string")
-        return Submission(
-            text,
-            _target(meta.get("target")),
-            None if job_id is None else str(job_id),
-            share,
-            "v1",
-            _callback(meta, peer, 1),
-        )
+        pending: list[bytes] = []
+        held = size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(what, limit)
+            pending.append(chunk)
+            held += len(chunk)
+            if held >= SPOOL_FLUSH:
+                await asyncio.to_thread(handle.writelines, pending)
+                pending, held = [], 0
+        await asyncio.to_thread(_finish, handle, pending)
+    except BaseException as exc:
+        handle.close()
+        path.unlink(missing_ok=True)
+        if isinstance(exc, ClientDisconnect):
+            raise BadRequest(f"{what} was cut off: the client went away") from None
+        raise
+    return path
+
+
+def _finish(handle: Any, pending: list[bytes]) -> None:
+    handle.writelines(pending)
+    handle.close()
+
+
+# ------------------------------------------------------------------------------------------ v1 forms
+
+
+async def _read_v1(request: Request, peer: Optional[str], share_limit: int, spool_root: Path) -> Submission:
+    content_type = request.headers.get("content-type", "")
+    spool = spool_root / f".incoming-{uuid.uuid4().hex}"
+    await asyncio.to_thread(_make_private_dir, spool)
+    sub: Optional[Submission] = None
+    try:
+        body = await spool_body(request, share_limit + FORM_OVERHEAD, spool, "the job form")
+        parts = await asyncio.to_thread(parse_form, body, content_type, spool, share_limit)
+        await asyncio.to_thread(body.unlink)
+        sub = _v1_submission(parts, peer)
+        sub.spool = spool
+        return sub
     finally:
-        await form.close()
+        if sub is None:
+            await asyncio.to_thread(shutil.rmtree, spool, True)
+
+
+def _make_private_dir(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700)
+
+
+def _v1_submission(parts: dict[str, FormPart], peer: Optional[str]) -> Submission:
+    if "metadata" not in parts or "job" not in parts:
+        raise BadRequest("the form needs a 'metadata' part (JSON, version 1) and a 'job' part (YAML)")
+    _check_mimetype(parts["metadata"], "metadata", "application/json")
+    _check_mimetype(parts["job"], "job", "application/x-yaml")
+    try:
+        meta = json.loads(bytes(parts["metadata"].data))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the metadata part is not JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("version") != 1:
+        version = meta.get("version") if isinstance(meta, dict) else None
+        raise BadRequest(f"the metadata must be a JSON object with version 1 (got version {version!r})")
+    try:
+        text = bytes(parts["job"].data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the job part is not UTF-8 text") from None
+    share = None
+    if SHARE_PART in parts:
+        _check_mimetype(parts[SHARE_PART], SHARE_PART, "application/octet-stream")
+        share = parts[SHARE_PART].path
+    job_id = meta.get("job_id")
+    if job_id is not None and not isinstance(job_id, (str, int)):
+        raise BadRequest("metadata.job_id must be a string")
+    return Submission(
+        text,
+        _target(meta.get("target")),
+        None if job_id is None else str(job_id),
+        share,
+        "v1",
+        _callback(meta, peer, 1),
+    )
+
+
+class _FormReader:
+    """python-multipart callbacks that keep the text parts (each up to MAX_TEXT_PART) and write the
+    share part to a file (up to the share limit); other parts are counted and their content dropped."""
+
+    def __init__(self, directory: Path, share_limit: int) -> None:
+        self.directory = directory
+        self.share_limit = share_limit
+        self.parts: dict[str, FormPart] = {}
+        self.count = 0
+        self.part = FormPart()
+        self.header_bytes = 0
+        self.header = [b"", b""]
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.file: Any = None
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": lambda data, start, end: self._header(0, data[start:end]),
+            "on_header_value": lambda data, start, end: self._header(1, data[start:end]),
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+        }
+
+    def on_part_begin(self) -> None:
+        self.count += 1
+        if self.count > 2 * MAX_FORM_PARTS:
+            raise BadRequest(f"the form has more than {2 * MAX_FORM_PARTS} parts")
+        self.part, self.headers, self.header_bytes, self.header = FormPart(), [], 0, [b"", b""]
+
+    def _header(self, index: int, data: bytes) -> None:
+        self.header_bytes += len(data)
+        if self.header_bytes > MAX_PART_HEADERS:
+            raise BadRequest(f"a part of the form has more than {MAX_PART_HEADERS} bytes of headers")
+        self.header[index] += data
+
+    def on_header_end(self) -> None:
+        self.headers.append((self.header[0].strip().lower(), self.header[1].strip()))
+        self.header = [b"", b""]
+
+    def on_headers_finished(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        part = self.part
+        for name, value in self.headers:
+            if name == b"content-disposition":
+                _, options = parse_options_header(value)
+                if b"name" not in options:
+                    raise BadRequest('a part of the form has no name (Content-Disposition: form-data; name="...")')
+                part.name = options[b"name"].decode("utf-8", "replace")
+                if b"filename" in options:
+                    part.filename = options[b"filename"].decode("utf-8", "replace")
+            elif name == b"content-type":
+                part.content_type = value.decode("latin-1")
+        if part.name == SHARE_PART:
+            part.path = self.directory / "share.tar"
+            self.file = open(part.path, "wb")  # noqa: SIM115 - closed in on_part_end or close()
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self.part
+        part.size += end - start
+        if self.file is not None:
+            if part.size > self.share_limit:
+                raise _too_large(f"the {SHARE_PART} part", self.share_limit)
+            self.file.write(data[start:end])
+        elif part.name in ("metadata", "job"):
+            if part.size > MAX_TEXT_PART:
+                raise _too_large(f"the {part.name} part", MAX_TEXT_PART)
+            part.data += data[start:end]
+
+    def on_part_end(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        self.parts[self.part.name] = self.part  # a repeated name: the last part counts
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def parse_form(body: Path, content_type: str, directory: Path, share_limit: int) -> dict[str, FormPart]:
+    """Parse a spooled ``multipart/form-data`` body (blocking: run it in a worker thread)."""
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadRequest("cannot parse the multipart form: its Content-Type has no boundary")
+    reader = _FormReader(directory, share_limit)
+    try:
+        parser = MultipartParser(boundary, reader.callbacks())
+        with open(body, "rb") as handle:
+            while chunk := handle.read(READ_CHUNK):
+                parser.write(chunk)
+        parser.finalize()
+    except FormParserError as exc:
+        raise BadRequest(f"cannot parse the multipart form: {exc}") from None
+    finally:
+        reader.close()
+    return reader.parts

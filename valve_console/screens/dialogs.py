@@ -63,7 +63,7 @@ _PDU_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def check_hostport(value: str) -> str | None:
     """None when ``value`` is HOST:PORT, else what is wrong, in words."""
-    match = _HOSTPORT.match(value.strip())
+    match = _HOSTPORT.fullmatch(value.strip())
     if not match:
         return "expected HOST:PORT, e.g. 127.0.0.1:9191"
     if not 0 < int(match.group(2)) <= 65535:
@@ -175,7 +175,7 @@ class AddPduScreen(ModalScreen[dict[str, Any] | None]):
         if not name:
             self._field_error("name", "a name is needed")
             ok = False
-        elif not _PDU_NAME.match(name):
+        elif not _PDU_NAME.fullmatch(name):
             self._field_error("name", "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
             ok = False
         config: dict[str, Any] = {}

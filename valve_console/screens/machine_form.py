@@ -374,7 +374,7 @@ class MachineFormScreen(FarmScreen):
             fields["pdu_port_id"] = port
 
         tty = self.query_one("#form-tty", Input).value.strip().removeprefix("/dev/") or None
-        if tty is not None and not _TTY.match(tty):
+        if tty is not None and not _TTY.fullmatch(tty):
             self._field_error("tty", "a device name such as ttyUSB0 (letters, digits, . _ : / -)")
             ok = False
         elif tty != (original.get("local_tty_device") or None):

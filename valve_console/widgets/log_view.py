@@ -9,7 +9,6 @@ event flush; while paused they are held and counted, and shown on resume.
 from __future__ import annotations
 
 import itertools
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -23,10 +22,11 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from valve_console.widgets.sanitize import plain_text
+
 PRIORITY_NAMES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 PRIORITY_STYLES = ("bold red", "bold red", "bold red", "red", "yellow", "bold", "", "dim")
 BACKEND_UNIT = "valve-console"
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]|\x1b\[[0-9;?]*[ -/]*[@-~]")
 _ids = itertools.count()
 
 
@@ -56,7 +56,8 @@ class Entry:
 
 
 def _clean(text: str) -> str:
-    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\n", " | ").replace("\t", "    "))
+    """One line of plain text: escape sequences and every control character (C0, DEL, C1) removed."""
+    return plain_text(text.replace("\r\n", "\n").replace("\n", " | ").replace("\t", "    "))
 
 
 def _ts(value: Any) -> float:

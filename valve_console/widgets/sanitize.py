@@ -8,13 +8,16 @@ and SGR sequences (``ESC [ <params> m``, colour and attributes), which
 
 Carriage returns follow a terminal's visible result for line-oriented output: ``"\\r\\n"`` is a
 line end, and a lone ``"\\r"`` (progress bars) keeps only the text written after it.
+
+A string sequence (OSC, DCS, SOS, PM, APC) ends at its terminator or, if it has none, at the end of
+its line: an unterminated ``ESC ]`` from a DUT removes the rest of that line, never the lines after it.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["MAX_SGR_LENGTH", "MAX_SGR_PARAMS", "LineAssembler", "sanitize", "strip_sgr"]
+__all__ = ["MAX_SGR_LENGTH", "MAX_SGR_PARAMS", "LineAssembler", "plain_text", "sanitize", "strip_sgr"]
 
 MAX_SGR_PARAMS = 32
 """An SGR with more parameters than this is dropped."""
@@ -25,8 +28,8 @@ MAX_SGR_LENGTH = 64
 # "csi_final" are set only for the CSI branch, so the callback can keep well-formed SGR.
 _CONTROLS = re.compile(
     r"""
-      \x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?               # OSC ... BEL | ST (unterminated: to next ESC or end)
-    | \x1b[PX^_][^\x1b]*(?:\x1b\\)?                     # DCS, SOS, PM, APC ... ST
+      \x1b\][^\x07\x1b\n]*(?:\x07|\x1b\\)?             # OSC ... BEL | ST (unterminated: to next ESC or line end)
+    | \x1b[PX^_][^\x1b\n]*(?:\x1b\\)?                   # DCS, SOS, PM, APC ... ST (or to the line end)
     | \x1b\[(?P<csi_params>[\x30-\x3f]*)(?P<csi_inter>[\x20-\x2f]*)(?P<csi_final>[\x40-\x7e])?  # CSI
     | \x1b[\x20-\x2f]*[\x30-\x7e]?                      # other escapes (ESC 7, ESC ( B, ESC c, ST); lone ESC
     | [\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f-\x9f\u2028\u2029]+  # C0 (not \t \n \r), DEL, C1, U+2028/9
@@ -42,8 +45,8 @@ _SGR_RESET = re.compile(r"\x1b\[(?:0*(?:;0*)*)?m")
 _INCOMPLETE_TAIL = re.compile(
     r"""
     \x1b(?:
-        \][^\x07\x1b]*                  # OSC without terminator
-      | [PX^_][^\x1b]*                  # string without ST
+        \][^\x07\x1b\n]*                # OSC without terminator (a line end ends it)
+      | [PX^_][^\x1b\n]*                # string without ST (a line end ends it)
       | \[[\x30-\x3f]*[\x20-\x2f]*      # CSI without final byte
       | [\x20-\x2f]*                    # ESC, ESC + intermediates
     )\Z
@@ -125,6 +128,12 @@ def sanitize(text: str) -> str:
     return "\n".join(_collapse_cr(line) for line in clean.split("\n"))
 
 
+def plain_text(text: str) -> str:
+    """``text`` without any escape sequence (SGR included) or control character: C0 (``\\t``, ``\\n``
+    and ``\\r`` too), DEL, C1 and U+2028/9 are removed. For one-line views (the journal)."""
+    return _CONTROLS.sub("", text).replace("\t", "").replace("\n", "").replace("\r", "")
+
+
 def _split_long(line: str, max_line: int) -> tuple[list[str], str]:
     """Cut ``line`` into pieces of at most ``max_line`` characters, never inside an SGR.
 
@@ -178,18 +187,12 @@ class LineAssembler:
     def _skip(self, text: str) -> str:
         """Drop the rest of an overlong escape sequence; return what follows it."""
         kind = self._skipping
-        if kind == "osc":
-            match = re.search(r"[\x07\x1b]", text)
+        if kind in ("osc", "str"):  # a BEL (OSC), an ESC or a line end ends it
+            match = re.search(r"[\x07\x1b\n]" if kind == "osc" else r"[\x1b\n]", text)
             if match is None:
                 return ""
             self._skipping = None
             return text[match.end() :] if match.group() == "\x07" else text[match.start() :]
-        if kind == "str":
-            index = text.find("\x1b")
-            if index == -1:
-                return ""
-            self._skipping = None
-            return text[index:]
         # CSI: parameters and intermediates continue it, a final byte ends it.
         match = re.search(r"[^\x20-\x3f]", text)
         if match is None:

@@ -142,7 +142,7 @@ def split_host(value: str) -> tuple[str, int | None]:
 
 def normalize_oid(value: Any) -> str:
     text = str(value).strip()
-    if not OID_RE.match(text):
+    if not OID_RE.fullmatch(text):
         raise ValueError(f"{value!r} is not a numeric OID such as 1.3.6.1.4.1.318.1.1.4.4.2.1.3")
     return text.lstrip(".")
 

@@ -30,7 +30,7 @@ def _read(path: Path) -> str | None:
 def _bus_path_prefix(root_parent: Path) -> str | None:
     """The path_id prefix of a USB host controller: ``pci-<addr>`` or ``platform-<name>``."""
     name = root_parent.name
-    if _PCI.match(name):
+    if _PCI.fullmatch(name):
         return f"pci-{name}"
     if "platform" in root_parent.parts:
         return f"platform-{name}"
@@ -60,8 +60,8 @@ def describe_tty(name: str, sys_root: str | Path = "/sys", baud: int = DEFAULT_B
         return None
     port_number = _read(root / "class" / "tty" / name / "device" / "port_number")
     id_path = None
-    usb_root = next((p for p in usb_dir.parents if _USB_ROOT.match(p.name)), None)
-    if usb_root is not None and interface_dir is not None and _USB_IFACE.match(interface_dir.name):
+    usb_root = next((p for p in usb_dir.parents if _USB_ROOT.fullmatch(p.name)), None)
+    if usb_root is not None and interface_dir is not None and _USB_IFACE.fullmatch(interface_dir.name):
         prefix = _bus_path_prefix(usb_root.parent)
         port_path = interface_dir.name.split("-", 1)[1]  # "1-1.2:1.0" -> "1.2:1.0"
         if prefix:
