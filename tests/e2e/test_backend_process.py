@@ -21,7 +21,7 @@ def test_sigterm_stops_cleanly_and_releases_ports(tmp_path):
     with backend.http() as http:
         assert http.get("/api/v1/health").json()["status"] == "ok"
     assert backend.stop(signal.SIGTERM) == 0
-    assert "farm stopped" in backend.proc.stderr.read()
+    assert "farm stopped" in backend.log_text()
     for port in (backend.port, backend.netconsole_port):
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))  # free again

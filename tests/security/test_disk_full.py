@@ -14,7 +14,6 @@ import errno
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -44,15 +43,6 @@ def small_volume() -> Iterator[Path]:
         point.rmdir()
 
 
-def drain(backend: Backend) -> list[str]:
-    """Read the backend's output in threads (its pipes must never fill up); the lines, as they come."""
-    lines: list[str] = []
-    assert backend.proc is not None
-    for pipe in (backend.proc.stdout, backend.proc.stderr):
-        threading.Thread(target=lambda p=pipe: lines.extend(p), daemon=True).start()
-    return lines
-
-
 def fill(volume: Path) -> Path:
     """Write a file until the volume has no room left for it."""
     filler = volume / "filler"
@@ -76,10 +66,9 @@ def assert_no_sql(response: httpx.Response) -> None:
         assert word not in response.text, f"{word!r} in the answer: {response.text[:300]}"
 
 
-def test_a_full_data_volume_is_said_in_words_and_loses_nothing(small_volume: Path) -> None:
+def test_a_full_data_volume_is_said_in_words_and_loses_nothing(small_volume: Path, tmp_path: Path) -> None:
     data = small_volume / "data"
-    backend = Backend(data).start()
-    output = drain(backend)
+    backend = Backend(data, log=tmp_path / "backend.log").start()  # its output off the full volume
     try:
         with backend.http() as http:
             r = http.post("/api/v1/pdu/", json={"name": "d1", "driver": "dummy", "config": {"ports": 2}})
@@ -133,9 +122,10 @@ def test_a_full_data_volume_is_said_in_words_and_loses_nothing(small_volume: Pat
                 time.sleep(0.2)
     finally:
         backend.stop()
-    assert not any("Traceback" in line for line in output), "".join(output)[-3000:]
+    output = backend.log_text()
+    assert "Traceback" not in output, output[-3000:]
 
-    backend = Backend(data).start()  # and after a restart, everything acknowledged is there
+    backend = Backend(data, log=tmp_path / "backend-2.log").start()  # after a restart: all acknowledged is there
     try:
         with backend.http() as http:
             assert stored <= set(http.get("/api/v1/machines").json()["machines"])

@@ -95,7 +95,7 @@ def test_wrong_modes_are_fixed_at_start(open_dir: Path) -> None:
         assert db.returncode != 0 and "Permission denied" in db.stderr, db
     finally:
         backend.stop()
-    assert backend.proc is not None and "modes fixed" in backend.proc.stderr.read()
+    assert "modes fixed" in backend.log_text()
 
 
 def test_with_the_managed_dnsmasq_only_its_files_are_reachable(open_dir: Path) -> None:
