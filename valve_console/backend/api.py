@@ -148,10 +148,22 @@ class ConsoleSource(BaseModel):
     url: Optional[str] = Field(max_length=300, description="tcp://HOST:PORT or rfc2217://HOST:PORT[?baud=N], or null")
 
 
+# A MAC as normalise_mac() takes it: aa:bb:cc:dd:ee:ff, AA-BB-..., aabbccddeeff, spaces around ignored.
+MAC_PATTERN = (
+    r"^\s*(?:[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{12})\s*$"
+)
+
+
 class ConsoleBind(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    mac: str = Field(min_length=1, max_length=64, description="the machine whose console the stream becomes")
+    mac: str = Field(
+        min_length=1,
+        max_length=64,
+        description="the machine whose console the stream becomes",
+        # in the schema only: mac_of() refuses other text with a clearer error than a pattern mismatch
+        json_schema_extra={"pattern": MAC_PATTERN},
+    )
     replace: bool = Field(default=False, description="take the console from the stream it is live on")
 
 
@@ -1165,10 +1177,6 @@ def create_app(farm: "Farm") -> Any:
 
 
 # ---------------------------------------------------------------------------------------- the schema
-# A MAC as normalise_mac() takes it: aa:bb:cc:dd:ee:ff, AA-BB-..., aabbccddeeff, spaces around ignored.
-MAC_PATTERN = (
-    r"^\s*(?:[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{12})\s*$"
-)
 # A boot file name as boot.safe_file_name takes it: a letter or digit, then letters, digits and . _ + -, no "..".
 FILE_NAME_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_+-])*\.?$"
 ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
