@@ -20,6 +20,7 @@ from valve_console.backend.boot import (
     find_dnsmasq,
     ipxe_script,
     parse_dhcp_hosts,
+    prepare_tftp_root,
     registration_boot,
     write_atomically,
 )
@@ -331,6 +332,30 @@ def test_dnsmasq_config_refuses(override: dict, message: str) -> None:
     with pytest.raises(ValueError) as info:
         dnsmasq_config(**{**CONFIG_ARGS, **override})
     assert message in str(info.value)
+
+
+def test_the_tftp_root_is_made_and_gets_the_ipxe_binaries(tmp_path: Path) -> None:
+    """dnsmasq does not start without its TFTP directory (a gateway's first start): it is made, and the
+    BIOS/EFI iPXE files the config hands out are copied there from Debian's ipxe package, once."""
+    ipxe = tmp_path / "usr-lib-ipxe"
+    ipxe.mkdir()
+    (ipxe / "undionly.kpxe").write_bytes(b"bios")
+    (ipxe / "ipxe.efi").write_bytes(b"efi")
+    tftp = tmp_path / "data" / "tftp"
+    config = dnsmasq_config(**{**CONFIG_ARGS, "tftp_root": str(tftp)})
+    root, problems = prepare_tftp_root(config, sources=[tmp_path / "nowhere", ipxe])
+    assert root == tftp and problems == []
+    assert (tftp / "undionly.kpxe").read_bytes() == b"bios" and (tftp / "ipxe.efi").read_bytes() == b"efi"
+    assert sorted(p.name for p in tftp.iterdir()) == ["ipxe.efi", "undionly.kpxe"]  # the chain URL is no file
+    (tftp / "ipxe.efi").write_bytes(b"the operator's own build")
+    prepare_tftp_root(config, sources=[ipxe])
+    assert (tftp / "ipxe.efi").read_bytes() == b"the operator's own build"  # present files are kept
+    # No ipxe package: the directory is still made (dnsmasq starts), and the missing files are named.
+    bare = tmp_path / "bare"
+    root, problems = prepare_tftp_root(dnsmasq_config(**{**CONFIG_ARGS, "tftp_root": str(bare)}), sources=[])
+    assert root == bare and bare.is_dir() and len(problems) == 2
+    assert any(p.startswith("undionly.kpxe is not in the TFTP root") for p in problems)
+    assert prepare_tftp_root("port=0\n") == (None, [])
 
 
 def test_dnsmasq_command() -> None:
