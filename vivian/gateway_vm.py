@@ -264,6 +264,7 @@ class Disk:
 
     directory: Path
     key: str
+    built: bool = False  # built by this call (False: reused)
 
     @property
     def root(self) -> Path:
@@ -297,8 +298,15 @@ def ssh_key(cache: Path) -> Path:
 
 
 def layer_sources() -> str:
-    """Hash of what the VM layer is made from (this file and the initramfs' init)."""
-    return _sha(Path(__file__).read_bytes(), INITRAMFS_INIT.read_bytes(), str(FORMAT))
+    """Hash of what the disk is made from besides the image and the kernel: the code of the VM layer and
+    of the initramfs, and its init (not the rest of this file: a change to how the VM runs keeps the disk)."""
+    import inspect
+
+    code = [inspect.getsource(f) for f in (build_disk, apply_vm_layer, farm_settings, gateway_initramfs)]
+    values = (PRUNED_MODULES, MASKED_UNITS, INITRAMFS_MODULES, REQUIRED_MODULES, FORMAT, PUBLIC_MAC, PRIVATE_MAC,
+              PRIVATE_IP, PUBLIC_IFACE, PRIVATE_IFACE, SLIRP_GUEST_IP, GUEST_API_PORT, GUEST_WEB_PORT)
+    return _sha(*code, repr(values),
+                INITRAMFS_INIT.read_bytes())
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -476,7 +484,7 @@ def build_disk(image: str, cache: Path = DEFAULT_CACHE, debs: Path = DEFAULT_DEB
         for old in others[:-1]:
             shutil.rmtree(old, ignore_errors=True)
         say(f"VM disk ready in {time.monotonic() - started:.0f} s: {disk.directory}")
-    return disk
+    return Disk(disk.directory, key, built=True)
 
 
 # ------------------------------------------------------------------------------------------ volumes
@@ -651,6 +659,21 @@ class StateDir:
                     return {"state": "starting"}
             fcntl.flock(handle, fcntl.LOCK_UN)
         return None
+
+
+def preflight(cfg: RunConfig) -> None:
+    """The checks that need no image nor disk: QEMU is there, no VM runs from the state directory, the
+    forwarded ports are free. :class:`VmError` says what is wrong."""
+    find_qemu(cfg.qemu)
+    state = StateDir(cfg.state)
+    status = state.running()
+    if status is not None:
+        raise VmError(f"refused: a gateway VM already runs from {state.path} (pid {status.get('pid', '?')}); "
+                      "connect with make vivian-connect, or stop it with make vivian-stop")
+    for sock in (state.serial, state.monitor):
+        if len(str(sock)) > 100:
+            raise VmError(f"the state directory path is too long for unix sockets: {state.path}")
+    cfg.ports.check_free()
 
 
 def qemu_command(cfg: RunConfig, disk: Disk, state: StateDir, accel: str, mcast: str) -> list[str]:
@@ -861,7 +884,9 @@ class Runner:
             if len(str(sock)) > 100:
                 raise VmError(f"the state directory path is too long for unix sockets: {self.state.path}")
         cfg.ports.check_free()
+        t0 = time.monotonic()
         disk = build_disk(cfg.image, cfg.cache, cfg.debs, cfg.kernel_meta)
+        self.status.update(disk_s=round(time.monotonic() - t0, 1), disk_built=disk.built)
         accel = accelerator(qemu, disk, cfg.cache, cfg.accel)
         make_volume(self.state.permanent, "permanent", "4G")
         make_volume(self.state.tmp, "tmp", "2G")
@@ -899,7 +924,7 @@ class Runner:
             f"  ssh:          make vivian-connect   (ssh -p {p.ssh} root@127.0.0.1 with {ssh_key(self.cfg.cache)})",
             f"  API:          http://127.0.0.1:{p.api}/api/v1/health   (token: /mnt/permanent/valve-console/token)",
             f"  web console:  http://127.0.0.1:{p.web}/   (log in with the token)",
-            "  tty2:         make vivian-connect CMD='cat /dev/vcs2', or DISPLAY=vnc / DISPLAY=gtk and ctrl+alt+F2",
+            "  tty2:         make vivian VIVIAN_DISPLAY=vnc (or gtk), then ctrl+alt+F2 in the viewer",
             f"  vPDU:         127.0.0.1:{p.vpdu} ({self.cfg.outlets} outlets; python vivian/client.py --port {p.vpdu} "
             "--outlet 3 --on); the gateway reaches it at 10.0.2.2",
             f"  DUT switch:   multicast {mcast} on 127.0.0.1; DUT serial ports on USB adapters "
@@ -910,31 +935,48 @@ class Runner:
             "  stop:         make vivian-stop, `systemctl poweroff` in the VM, or Ctrl-C here",
         ])
 
-    def wait_ready(self, patience: float = 600) -> None:
-        """Wait for the API (through the forward), register vpdu1, then wait for tty2 to be drawn."""
+    def wait_ready(self, patience: float = 900) -> None:
+        """Follow the boot: the API answers (through the forward), tty2 is drawn, vpdu1 is registered and
+        systemd has finished starting; each time goes to status.json (``ready`` at the end)."""
         cfg, state = self.cfg, self.state
         api = f"http://127.0.0.1:{cfg.ports.api}"
         deadline = time.monotonic() + patience
+
+        def alive() -> bool:
+            return self.qemu is not None and self.qemu.poll() is None and time.monotonic() < deadline
+
         while not self._api_up(api):
-            if self.qemu is None or self.qemu.poll() is not None or time.monotonic() > deadline:
+            if not alive():
                 return
             time.sleep(0.5)
         api_s = round(time.monotonic() - self.started, 1)
         self._write_status(state="api-ready", api_ready_s=api_s)
         _say(f"API ready {api_s:.0f} s after QEMU started: {api}")
+        while not tty2_drawn(read_vt(cfg, state, 2)):
+            if not alive():
+                return
+            time.sleep(1)
+        tty2_s = round(time.monotonic() - self.started, 1)
+        self._write_status(state="tty2-drawn", tty2_drawn_s=tty2_s)
+        _say(f"tty2 drawn {tty2_s:.0f} s after QEMU started")
         token = ""
-        while not token and time.monotonic() < deadline and self.qemu.poll() is None:
+        while not token and alive():
             done = guest(cfg, state, "cat /mnt/permanent/valve-console/token", timeout=30)
             token = done.stdout.strip() if done.returncode == 0 else ""
             if not token:
                 time.sleep(1)
         if token:
             self._register_vpdu(api, token)
-        while self.qemu.poll() is None and time.monotonic() < deadline:
-            if tty2_drawn(read_vt(cfg, state, 2)):
-                tty2_s = round(time.monotonic() - self.started, 1)
-                self._write_status(state="ready", tty2_drawn_s=tty2_s)
-                _say(f"tty2 drawn {tty2_s:.0f} s after QEMU started: the gateway is ready")
+        while alive():
+            done = guest(cfg, state, "systemctl is-system-running --wait", timeout=300)
+            system = done.stdout.strip()
+            if system in ("running", "degraded"):
+                booted_s = round(time.monotonic() - self.started, 1)
+                self._write_status(state="ready", system=system, boot_finished_s=booted_s)
+                failed = "" if system == "running" else ": " + guest(
+                    cfg, state, "systemctl --failed --plain --no-legend").stdout.strip().replace("\n", "; ")
+                _say(f"systemd finished starting {booted_s:.0f} s after QEMU started ({system}{failed}): "
+                     "the gateway is ready")
                 return
             time.sleep(1)
 
@@ -945,18 +987,26 @@ class Runner:
             return status == 200
         return False
 
-    def _register_vpdu(self, api: str, token: str) -> None:
+    def _register_vpdu(self, api: str, token: str, attempts: int = 5) -> None:
         """vpdu1 at 10.0.2.2:<vPDU port> (how the gateway reaches the host), as the seed's Vivian has it."""
         wanted = f"{HOST_FROM_GUEST}:{self.cfg.ports.vpdu}"
-        status, pdu = _http_json(f"{api}/api/v1/pdu/vpdu1", token)
-        if status == 200 and isinstance(pdu, dict) and (pdu.get("config") or {}).get("hostname") == wanted:
-            return
-        if status == 200:
-            _http_json(f"{api}/api/v1/pdu/vpdu1", token, method="DELETE")
-        status, answer = _http_json(f"{api}/api/v1/pdu/", token, {
-            "name": "vpdu1", "driver": "vpdu", "config": {"hostname": wanted}})
-        if status != 201:
-            _say(f"warning: could not register vpdu1 at {wanted}: HTTP {status} {answer}")
+        problem = ""
+        for _ in range(attempts):
+            try:
+                status, pdu = _http_json(f"{api}/api/v1/pdu/vpdu1", token, timeout=60)
+                if status == 200 and isinstance(pdu, dict) and (pdu.get("config") or {}).get("hostname") == wanted:
+                    return
+                if status == 200:
+                    _http_json(f"{api}/api/v1/pdu/vpdu1", token, method="DELETE", timeout=60)
+                status, answer = _http_json(f"{api}/api/v1/pdu/", token, {
+                    "name": "vpdu1", "driver": "vpdu", "config": {"hostname": wanted}}, timeout=60)
+                if status == 201:
+                    return
+                problem = f"HTTP {status} {answer}"
+            except OSError as exc:  # refused, reset, timed out: the VM is busy booting
+                problem = str(exc)
+            time.sleep(2)
+        _say(f"warning: could not register vpdu1 at {wanted}: {problem}")
 
     def stop(self, *_args: object) -> None:
         """Ctrl-C / SIGTERM: an ACPI power-off (systemd shuts down cleanly), then QEMU exits."""
@@ -1003,7 +1053,10 @@ def run(cfg: RunConfig) -> int:
     signal.signal(signal.SIGTERM, runner.stop)
     try:
         runner.start(disk, accel, mcast)
-        runner.wait_ready()
+        try:
+            runner.wait_ready()
+        except Exception as exc:  # noqa: BLE001 - the VM runs on; only the readiness report failed
+            _say(f"warning: could not follow the boot to the end: {type(exc).__name__}: {exc}")
         rc = runner.wait()
         if rc != 0:
             tail = cfg.state / "qemu.log"
@@ -1070,6 +1123,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--qemu", default=QEMU)
     r.add_argument("--kernel-package", default=KERNEL_META, help=f"kernel metapackage (default {KERNEL_META})")
     r.add_argument("--env", action="append", metavar="NAME=VALUE", help="a setting for the gateway (vivian.env)")
+    f = sub.add_parser("preflight", help="what run checks before it builds anything: QEMU, a VM already "
+                                         "running, the ports (make vivian runs it before building the image)")
+    for name, default in (("--ssh-port", 2222), ("--api-port", 8001), ("--web-port", 8081), ("--vpdu-port", 9191)):
+        f.add_argument(name, type=int, default=default)
+    f.add_argument("--qemu", default=QEMU)
     d = sub.add_parser("disk", help="build (or reuse) the VM disk and print where it is")
     d.add_argument("--kernel-package", default=KERNEL_META)
     c = sub.add_parser("connect", help="ssh into the running VM as root")
@@ -1088,6 +1146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = _config(args)
         if args.command == "run":
             return run(cfg)
+        if args.command == "preflight":
+            preflight(cfg)
+            return 0
         if args.command == "disk":
             disk = build_disk(cfg.image, cfg.cache, cfg.debs, args.kernel_package)
             print(json.dumps({"directory": str(disk.directory), **disk.info}, indent=1))
