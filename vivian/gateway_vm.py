@@ -107,7 +107,7 @@ PRUNED_MODULES = (
 MASKED_UNITS = ("e2scrub_reap.service", "e2scrub_all.timer", "apt-daily.timer", "apt-daily-upgrade.timer",
                 "fstrim.timer", "systemd-tmpfiles-clean.timer", "serial-getty@ttyS0.service")
 KERNEL_CMDLINE = (
-    "root=/dev/vda rw console=tty1 console=ttyS0,115200 panic=-1 systemd.show_status=auto "
+    "root=/dev/vda rw console=tty1 console=ttyS0,115200 panic=-1 systemd.show_status=yes "
     "net.ifnames=1 tsc=reliable"
 )
 
@@ -135,7 +135,10 @@ def _run(cmd: Sequence[str], *, what: str | None = None, timeout: float = 600, *
 
 
 def _say(message: str) -> None:
-    print(f"vivian: {message}", flush=True)
+    try:
+        print(f"vivian: {message}", flush=True)
+    except OSError:  # stdout went away (a closed pipe, a terminal gone): the VM is not stopped for that
+        pass
 
 
 def _sha(*parts: bytes | str) -> str:
@@ -559,7 +562,7 @@ def accelerator(qemu: str, disk: Disk, cache: Path, wanted: str = "auto", log: b
         return wanted
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip() if Path(
         "/proc/sys/kernel/random/boot_id").exists() else ""
-    stamp = _sha(boot_id, qemu, str(Path(qemu).stat().st_mtime), disk.key)
+    stamp = _sha(boot_id, qemu, str(Path(qemu).stat().st_mtime))  # the host and QEMU, not the disk
     cached = cache / "kvm-probe.json"
     with contextlib.suppress(OSError, ValueError):
         data = json.loads(cached.read_text())
@@ -915,7 +918,8 @@ class Runner:
                            ports={"ssh": p.ssh, "api": p.api, "web": p.web, "vpdu": p.vpdu},
                            outlets=cfg.outlets, ssh_key=str(ssh_key(cfg.cache)), known_hosts=str(state.known_hosts),
                            cache=str(cfg.cache), state_dir=str(state.path), started=time.time())
-        print(self.summary(accel, mcast), flush=True)
+        with contextlib.suppress(OSError):
+            print(self.summary(accel, mcast), flush=True)
 
     def summary(self, accel: str, mcast: str) -> str:
         p, s = self.cfg.ports, self.state
@@ -1035,6 +1039,12 @@ class Runner:
         return rc
 
     def cleanup(self) -> None:
+        """On the way out (an error here, or QEMU already gone): power the VM off cleanly if it still runs,
+        then end QEMU and the vPDU."""
+        if self.qemu is not None and self.qemu.poll() is None:
+            self.stop()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.qemu.wait(90)
         for proc in (self.vpdu, self.qemu):
             if proc is not None and proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
