@@ -296,6 +296,10 @@ def test_the_seed_walkthrough_in_the_vm_farm(image: str, tmp_path: Path) -> None
             conf = farm.guest("cat /mnt/permanent/valve-console/dnsmasq/dnsmasq.conf")
             assert f"interface={gvm.PRIVATE_IFACE}" in conf
             assert farm.guest("ls /mnt/permanent/valve-console/tftp").split() == ["ipxe.efi", "undionly.kpxe"]
+            # ssh's host keys were made at the first boot on the permanent volume; the image has none
+            assert farm.guest("ls /mnt/permanent/ssh").split() == [
+                "ssh_host_ecdsa_key", "ssh_host_ecdsa_key.pub", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
+            assert farm.guest("ls /etc/ssh/ | grep -c ssh_host_ || true").strip() == "0"
             # the volumes are the VM's virtio disks, the data lives on the permanent one
             mounts = farm.guest("findmnt -rno TARGET,SOURCE /mnt/permanent; findmnt -rno TARGET,SOURCE /mnt/tmp")
             assert mounts.split() == ["/mnt/permanent", "/dev/vdb", "/mnt/tmp", "/dev/vdc"]
