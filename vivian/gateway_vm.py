@@ -1182,8 +1182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "status":
             status = StateDir(cfg.state).running()
-            print(json.dumps(status, indent=1) if status else f"no gateway VM runs from {cfg.state}")
-            return 0 if status else 1
+            if status is None:
+                print(f"vivian: no gateway VM runs from {cfg.state}", file=sys.stderr)
+                return 1
+            print(json.dumps(status, indent=1))
+            return 0
         if args.command == "probe-kvm":
             disk = build_disk(cfg.image, cfg.cache, cfg.debs)
             works, why = kvm_probe(find_qemu(), disk)
