@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_TEST_PACKAGES := tmux socat procps snmpd snmp ser2net dnsmasq-base chromium openssh-server \
 	qemu-system-x86 ipxe-qemu busybox-static podman mmdebstrap e2fsprogs
 
-.PHONY: demo test venv deb-deps lint clean image-test vivian-image vivian vivian-connect vivian-stop vivian-status
+.PHONY: demo test venv deb-deps lint clean image-test vivian-image vivian vivian-connect vivian-stop vivian-status vivian-tty2
 
 venv: $(STAMP)
 
@@ -67,6 +67,9 @@ vivian-stop:
 
 vivian-status:
 	@$(MAKE) --no-print-directory -C containers vivian-status
+
+vivian-tty2:
+	@$(MAKE) --no-print-directory -C containers vivian-tty2
 
 # The venv and tool caches, and the gateway VM's disks (root disk, volumes, its ssh key): refused while
 # the VM runs. Downloads (.cache/gateway-debs, .cache/vivian) and the podman images stay.

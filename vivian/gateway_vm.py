@@ -929,7 +929,7 @@ class Runner:
             f"  ssh:          make vivian-connect   (ssh -p {p.ssh} root@127.0.0.1 with {ssh_key(self.cfg.cache)})",
             f"  API:          http://127.0.0.1:{p.api}/api/v1/health   (token: /mnt/permanent/valve-console/token)",
             f"  web console:  http://127.0.0.1:{p.web}/   (log in with the token)",
-            "  tty2:         make vivian VIVIAN_DISPLAY=vnc (or gtk), then ctrl+alt+F2 in the viewer",
+            "  tty2:         make vivian-tty2 (its text), or make vivian VIVIAN_DISPLAY=vnc (or gtk) and ctrl+alt+F2",
             f"  vPDU:         127.0.0.1:{p.vpdu} ({self.cfg.outlets} outlets; python vivian/client.py --port {p.vpdu} "
             "--outlet 3 --on); the gateway reaches it at 10.0.2.2",
             f"  DUT switch:   multicast {mcast} on 127.0.0.1; DUT serial ports on USB adapters "
@@ -1144,6 +1144,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("connect", help="ssh into the running VM as root")
     c.add_argument("--user", default="root")
     c.add_argument("cmd", nargs=argparse.REMAINDER, help="a command to run instead of a shell")
+    s = sub.add_parser("screen", help="print what a virtual terminal of the running VM shows (default tty2)")
+    s.add_argument("--vt", type=int, default=2)
     sub.add_parser("stop", help="power the running VM off (ACPI) and wait until QEMU exits")
     sub.add_parser("status", help="print the running VM's status.json")
     sub.add_parser("probe-kvm", help="does a KVM guest boot here? (else TCG)")
@@ -1169,6 +1171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd = [c for c in args.cmd if c != "--"]
             ssh = ssh_command(cfg, StateDir(cfg.state), args.user, tty=not cmd and sys.stdin.isatty())
             return subprocess.call([*ssh, *([" ".join(cmd)] if cmd else [])])  # as ssh joins its words
+        if args.command == "screen":
+            _ports_from_status(cfg)
+            text = read_vt(cfg, StateDir(cfg.state), args.vt)
+            if text is None:
+                raise VmError(f"cannot read tty{args.vt} of the VM (/dev/vcsu{args.vt} over ssh)")
+            print(text)
+            return 0
         if args.command == "stop":
             state = StateDir(cfg.state)
             _ports_from_status(cfg)
