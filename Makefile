@@ -9,9 +9,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages that tests use as real peers (installed only when missing).
 DEB_TEST_PACKAGES := tmux socat procps snmpd snmp ser2net dnsmasq-base chromium openssh-server \
-	qemu-system-x86 ipxe-qemu busybox-static podman mmdebstrap
+	qemu-system-x86 ipxe-qemu busybox-static podman mmdebstrap e2fsprogs
 
-.PHONY: demo test venv deb-deps lint clean image-test vivian-image
+.PHONY: demo test venv deb-deps lint clean image-test vivian-image vivian vivian-connect vivian-stop vivian-status vivian-tty2
 
 venv: $(STAMP)
 
@@ -53,5 +53,26 @@ image-test: $(STAMP)
 vivian-image: $(STAMP)
 	$(BIN)/python vivian/build_dut_image.py --refresh
 
+# Vivian, as in the seed: the gateway image booted in a QEMU VM (systemd, tty2, sshd, dnsmasq on a DUT
+# switch) with the vPDU here starting QEMU DUTs wired to it; builds the image first when the tree changed.
+# README "Vivian: the gateway in a VM"; options (SSH_PORT=, API_PORT=, VIVIAN_DISPLAY=vnc, ...) in containers/Makefile.
+vivian: $(STAMP)
+	@$(MAKE) --no-print-directory -C containers vivian
+
+vivian-connect:
+	@$(MAKE) --no-print-directory -C containers vivian-connect
+
+vivian-stop:
+	@$(MAKE) --no-print-directory -C containers vivian-stop
+
+vivian-status:
+	@$(MAKE) --no-print-directory -C containers vivian-status
+
+vivian-tty2:
+	@$(MAKE) --no-print-directory -C containers vivian-tty2
+
+# The venv and tool caches, and the gateway VM's disks (root disk, volumes, its ssh key): refused while
+# the VM runs. Downloads (.cache/gateway-debs, .cache/vivian) and the podman images stay.
 clean:
+	@$(MAKE) --no-print-directory -C containers clean
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -34,29 +34,54 @@ def _env_list(value: object) -> object:
 NETCONSOLE_PORT = 8100
 
 
+PRIVATE_IP_DEFAULT = "10.42.0.1/24"
+
+
+def private_ip_text() -> str:
+    """``VALVE_CONSOLE_PRIVATE_IP`` as given (the gateway's address on the DUT network, optionally with
+    its prefix; default 10.42.0.1/24)."""
+    return os.environ.get("VALVE_CONSOLE_PRIVATE_IP", PRIVATE_IP_DEFAULT).strip() or PRIVATE_IP_DEFAULT
+
+
+def private_ip() -> str:
+    """The gateway's address on the DUT network, without its prefix (10.42.0.1 by default); the default
+    when ``VALVE_CONSOLE_PRIVATE_IP`` is not an address (the start log says so, see default_netconsole)."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_interface(private_ip_text()).ip)
+    except ValueError:
+        return str(ipaddress.ip_interface(PRIVATE_IP_DEFAULT).ip)
+
+
 def default_netconsole() -> tuple[str, str | None]:
     """The netconsole's default address and, when it had to fall back, why (for the log).
 
     The private network's address (``VALVE_CONSOLE_PRIVATE_IP``, default 10.42.0.1/24) port 8100, so
-    the console port is not offered on the public NIC; a gateway without that address (a laptop, the
-    demo) listens on loopback instead. ``--netconsole 0.0.0.0:8100`` still listens everywhere.
+    the console port is not offered on the public NIC. When ``VALVE_CONSOLE_PRIVATE_IP`` is set (the
+    gateway's units set it), that address is used even while no interface has it yet: the private NIC
+    may come up after the backend, and the socket (bound with IP_FREEBIND) accepts once it is there. A
+    machine where it is not set and 10.42.0.1 is absent (a laptop, the demo) listens on loopback instead.
+    ``--netconsole 0.0.0.0:8100`` still listens everywhere.
     """
     import ipaddress
 
-    text = os.environ.get("VALVE_CONSOLE_PRIVATE_IP", "10.42.0.1/24").strip()
+    text = private_ip_text()
     try:
         private = ipaddress.ip_interface(text).ip
     except ValueError:
         return f"127.0.0.1:{NETCONSOLE_PORT}", (
             f"VALVE_CONSOLE_PRIVATE_IP={text!r} is not an address: the netconsole listens on loopback only"
         )
+    host = f"[{private}]" if private.version == 6 else str(private)
+    if "VALVE_CONSOLE_PRIVATE_IP" in os.environ:
+        return f"{host}:{NETCONSOLE_PORT}", None
     try:
         from .backend.trust import own_addresses
 
         present = private in own_addresses()
     except Exception:  # noqa: BLE001 - no interface list: assume the address is absent
         present = False
-    host = f"[{private}]" if private.version == 6 else str(private)
     if present:
         return f"{host}:{NETCONSOLE_PORT}", None
     return f"127.0.0.1:{NETCONSOLE_PORT}", (

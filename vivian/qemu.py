@@ -24,8 +24,17 @@ Two ways to boot (``--boot``):
 Under TCG, measured here (2 shared cores): power-on to registered in about 12 s through iPXE (most of it
 iPXE downloading the 14 MB Debian cloud kernel over slirp), about 5 s with ``--boot kernel``.
 
+In the VM farm (``vivian/gateway_vm.py``, the gateway image booted in QEMU) a DUT is wired as on real
+hardware instead: ``--netdev-mcast ADDR:PORT`` puts its NIC on the farm's DUT switch (a QEMU multicast
+socket netdev on 127.0.0.1 that the gateway VM's second NIC shares: DHCP and iPXE come from the gateway's
+managed dnsmasq, the boot script and files from its API at 10.42.0.1:8000) and ``--serial-socket PATH``
+connects its serial port to the unix socket of a ``usb-serial`` adapter plugged into the gateway VM
+(``{outlet}`` in PATH becomes the outlet number), which the gateway sees as ``/dev/ttyUSB*``. The DUT's
+QEMU is the socket's client and reconnects every second, so the gateway may boot after it.
+
 Run it by hand: ``python vivian/qemu.py --mac 52:54:00:11:22:00 --api http://127.0.0.1:8000
---console 127.0.0.1:8100 [--boot kernel] [--dry-run]``.
+--console 127.0.0.1:8100 [--boot kernel] [--dry-run]``, or in the VM farm ``... --netdev-mcast
+230.0.0.1:PORT --serial-socket STATE/outlet-{outlet}.sock``.
 """
 
 from __future__ import annotations
@@ -111,24 +120,40 @@ def qemu_command(
     kernel: str | None = None,
     initrd: str | None = None,
     cmdline: str = "",
+    netdev_mcast: str | None = None,
+    serial_socket: str | None = None,
 ) -> list[str]:
     """The QEMU command line of one DUT (see the module docstring)."""
     host, port = guest_api(api)
-    con_host, _, con_port = console.rpartition(":")
-    con_host = con_host.strip("[]") or "127.0.0.1"
-    if not con_port.isdigit():
-        raise ValueError(f"the console {console!r} is not HOST:PORT")
-    netdev = f"user,id=net0,dhcpstart={guest_ip(outlet)}"
+    if serial_socket:
+        chardev = f"socket,id=console,path={serial_socket.replace('{outlet}', str(outlet))},reconnect=1"
+    else:
+        con_host, _, con_port = console.rpartition(":")
+        con_host = con_host.strip("[]") or "127.0.0.1"
+        if not con_port.isdigit():
+            raise ValueError(f"the console {console!r} is not HOST:PORT")
+        chardev = f"socket,id=console,host={con_host},port={con_port},reconnect=1"
+    if netdev_mcast:
+        group, _, group_port = netdev_mcast.rpartition(":")
+        if not group or not group_port.isdigit() or not 0 < int(group_port) < 65536:
+            raise ValueError(f"the DUT switch {netdev_mcast!r} is not MULTICAST_ADDRESS:PORT")
+        if boot != "ipxe":
+            raise ValueError("on the VM farm's DUT switch a DUT network-boots from the gateway: --boot ipxe only")
+        # localaddr: the switch stays on this host (without it the frames leave through the default route)
+        netdev = f"socket,id=net0,mcast={group}:{group_port},localaddr=127.0.0.1"
+    else:
+        netdev = f"user,id=net0,dhcpstart={guest_ip(outlet)}"
     cmd = [
         qemu,
         "-accel", accel,
         "-m", str(memory),
         "-nographic", "-vga", "none", "-monitor", "none", "-parallel", "none",
-        "-chardev", f"socket,id=console,host={con_host},port={con_port},reconnect=1",
+        "-chardev", chardev,
         "-serial", "chardev:console",
     ]
     if boot == "ipxe":
-        netdev += f",bootfile=http://{host}:{port}/boot/{mac}/boot.ipxe{IPXE_QUERY}"
+        if not netdev_mcast:  # slirp hands iPXE the boot script's URL; on the switch the gateway's dnsmasq does
+            netdev += f",bootfile=http://{host}:{port}/boot/{mac}/boot.ipxe{IPXE_QUERY}"
         cmd += ["-boot", "n"]
     elif boot == "kernel":
         if not kernel or not initrd:
@@ -165,6 +190,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--accel", default="tcg", help="QEMU accelerator (default tcg; kvm where /dev/kvm works)")
     p.add_argument("--qemu", default=QEMU, help=f"the QEMU executable (default {QEMU})")
     p.add_argument("--image-dir", help="--boot kernel: directory of the built image (default the build cache)")
+    p.add_argument("--netdev-mcast", metavar="ADDR:PORT",
+                   help="VM farm: the NIC joins this multicast DUT switch (DHCP/iPXE from the gateway VM)")
+    p.add_argument("--serial-socket", metavar="PATH",
+                   help="VM farm: the serial port connects to this unix socket (a USB serial adapter of the gateway "
+                        "VM); {outlet} is replaced by the outlet number")
     p.add_argument("--dry-run", action="store_true", help="print the QEMU command line and exit")
     return p
 
@@ -191,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = qemu_command(
             args.mac, args.api, args.console, outlet=args.outlet, boot=args.boot, memory=args.memory,
             accel=args.accel, qemu=args.qemu, kernel=kernel, initrd=initrd, cmdline=cmdline,
+            netdev_mcast=args.netdev_mcast, serial_socket=args.serial_socket,
         )
     except ValueError as exc:
         print(f"qemu-dut: {exc}", file=sys.stderr)
@@ -202,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if executable is None:
         print(f"qemu-dut: {cmd[0]} is not installed (apt-get install qemu-system-x86 ipxe-qemu)", file=sys.stderr)
         return 2
-    if args.boot == "ipxe":
+    if args.boot == "ipxe" and not args.netdev_mcast:
         for url in unreachable_boot_urls(args.api, args.mac):
             print(
                 f"qemu-dut: warning: the gateway's boot script names {url}, which the guest cannot reach: "

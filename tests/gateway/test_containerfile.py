@@ -113,7 +113,12 @@ def test_make_push_container_and_vivian():
     out = make_n("push-container", "REGISTRY=reg:5000", "CONTAINER=farm/gw:1")
     push = [line for line in out.splitlines() if line.startswith("podman push")]
     assert push and shlex.split(push[0])[-1] == "reg:5000/farm/gw:1" and "--tls-verify=false" in push[0]
-    assert "valve-console demo" in make_n("vivian")
+    vivian = make_n("vivian", "SSH_PORT=2022", "VIVIAN_STATE=/tmp/vivian-state").replace("\\\n", " ")
+    run = next(line for line in vivian.splitlines() if " run " in line and "gateway_vm.py" in line)
+    words = shlex.split(run)
+    assert words[words.index("run") - 1:words.index("run") + 3] == ["/tmp/vivian-state", "run", "--ssh-port", "2022"]
+    assert "--image" in words and words[words.index("--image") + 1] == "localhost/valve-console/gateway:latest"
+    assert "image-fresh" in vivian and "podman build" not in vivian  # only printed: -n builds nothing
 
 
 def test_local_base_is_made_with_mmdebstrap():

@@ -27,6 +27,7 @@ UNIT_NAMES = [
     "valve-console-tty2.service",
     "valve-console-web.service",
 ]
+HOSTKEYS_UNIT = "valve-console-ssh-hostkeys.service"  # ssh's host keys, made at first boot on /mnt/permanent
 
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 
@@ -49,24 +50,31 @@ def _verify(unit_dir: Path, unit: str) -> subprocess.CompletedProcess:
 def _copies(tmp_path: Path) -> Path:
     out = tmp_path / "units"
     out.mkdir()
+    hostkeys = ROOT / "rootfs" / "usr" / "local" / "sbin" / "valve-console-ssh-hostkeys"
     for unit in UNITS.iterdir():
-        (out / unit.name).write_text(unit.read_text().replace(INSTALLED, _entry_point()))
+        text = unit.read_text().replace(INSTALLED, _entry_point()).replace(f"/{hostkeys.relative_to(ROOT / 'rootfs')}",
+                                                                            str(hostkeys))
+        (out / unit.name).write_text(text)
     return out
 
 
 def test_rootfs_has_the_units() -> None:
-    assert sorted(p.name for p in UNITS.iterdir()) == sorted(UNIT_NAMES)
+    assert sorted(p.name for p in UNITS.iterdir()) == sorted([*UNIT_NAMES, HOSTKEYS_UNIT])
     backend = (UNITS / "valve-console.service").read_text()
     assert "Type=notify" in backend and "Restart=on-failure" in backend and "--backend-only" in backend
+    # the DUTs reach registration and their boot files on the private NIC: not loopback only
+    assert "Environment=VALVE_CONSOLE_LISTEN=0.0.0.0:8000" in backend
     tty2 = (UNITS / "valve-console-tty2.service").read_text()
     assert "TTYPath=/dev/tty2" in tty2 and "Environment=TERM=linux" in tty2 and "--attach" in tty2
+    # Textual draws on stderr, and the console refuses to start when it is not a terminal
+    assert re.search(r"^StandardError=tty$", tty2, re.M) and re.search(r"^StandardOutput=tty$", tty2, re.M)
     target = (UNITS / "valve-console.target").read_text()
     for unit in UNIT_NAMES[2:] + UNIT_NAMES[:1]:
         assert unit in target
 
 
 @needs_analyze
-@pytest.mark.parametrize("unit", UNIT_NAMES)
+@pytest.mark.parametrize("unit", [*UNIT_NAMES, HOSTKEYS_UNIT])
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path, unit: str) -> None:
     result = _verify(_copies(tmp_path), unit)
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr

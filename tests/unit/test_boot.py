@@ -20,6 +20,7 @@ from valve_console.backend.boot import (
     find_dnsmasq,
     ipxe_script,
     parse_dhcp_hosts,
+    prepare_tftp_root,
     registration_boot,
     write_atomically,
 )
@@ -333,6 +334,30 @@ def test_dnsmasq_config_refuses(override: dict, message: str) -> None:
     assert message in str(info.value)
 
 
+def test_the_tftp_root_is_made_and_gets_the_ipxe_binaries(tmp_path: Path) -> None:
+    """dnsmasq does not start without its TFTP directory (a gateway's first start): it is made, and the
+    BIOS/EFI iPXE files the config hands out are copied there from Debian's ipxe package, once."""
+    ipxe = tmp_path / "usr-lib-ipxe"
+    ipxe.mkdir()
+    (ipxe / "undionly.kpxe").write_bytes(b"bios")
+    (ipxe / "ipxe.efi").write_bytes(b"efi")
+    tftp = tmp_path / "data" / "tftp"
+    config = dnsmasq_config(**{**CONFIG_ARGS, "tftp_root": str(tftp)})
+    root, problems = prepare_tftp_root(config, sources=[tmp_path / "nowhere", ipxe])
+    assert root == tftp and problems == []
+    assert (tftp / "undionly.kpxe").read_bytes() == b"bios" and (tftp / "ipxe.efi").read_bytes() == b"efi"
+    assert sorted(p.name for p in tftp.iterdir()) == ["ipxe.efi", "undionly.kpxe"]  # the chain URL is no file
+    (tftp / "ipxe.efi").write_bytes(b"the operator's own build")
+    prepare_tftp_root(config, sources=[ipxe])
+    assert (tftp / "ipxe.efi").read_bytes() == b"the operator's own build"  # present files are kept
+    # No ipxe package: the directory is still made (dnsmasq starts), and the missing files are named.
+    bare = tmp_path / "bare"
+    root, problems = prepare_tftp_root(dnsmasq_config(**{**CONFIG_ARGS, "tftp_root": str(bare)}), sources=[])
+    assert root == bare and bare.is_dir() and len(problems) == 2
+    assert any(p.startswith("undionly.kpxe is not in the TFTP root") for p in problems)
+    assert prepare_tftp_root("port=0\n") == (None, [])
+
+
 def test_dnsmasq_command() -> None:
     assert dnsmasq_command("/run/x.conf", executable="/usr/sbin/dnsmasq") == [
         "/usr/sbin/dnsmasq",
@@ -362,3 +387,27 @@ async def test_dnsmasq_rejects_a_bad_config() -> None:
 async def test_dnsmasq_test_without_dnsmasq(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("valve_console.backend.boot.find_dnsmasq", lambda: None)
     assert await dnsmasq_test("port=0\n") == (False, "dnsmasq is not installed")
+
+
+def test_the_tftp_root_is_readable_by_dnsmasq_under_the_units_umask(tmp_path: Path) -> None:
+    """valve-console.service runs with UMask=0077; dnsmasq serves TFTP as its unprivileged user, so the
+    TFTP root and its files must be 0755/0644 anyway (else dnsmasq exits 3, "TFTP directory inaccessible"),
+    while the data dir above it keeps its own mode."""
+    import os
+
+    ipxe = tmp_path / "ipxe"
+    ipxe.mkdir()
+    (ipxe / "undionly.kpxe").write_bytes(b"bios")
+    (ipxe / "ipxe.efi").write_bytes(b"efi")
+    data = tmp_path / "data"
+    data.mkdir(mode=0o711)
+    os.chmod(data, 0o711)
+    old = os.umask(0o077)
+    try:
+        root, problems = prepare_tftp_root(
+            dnsmasq_config(**{**CONFIG_ARGS, "tftp_root": str(data / "boot" / "tftp")}), sources=[ipxe])
+    finally:
+        os.umask(old)
+    assert problems == []
+    assert {p.name: p.stat().st_mode & 0o777 for p in [data, data / "boot", root, *root.iterdir()]} == {
+        "data": 0o711, "boot": 0o755, "tftp": 0o755, "undionly.kpxe": 0o644, "ipxe.efi": 0o644}

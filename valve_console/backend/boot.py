@@ -36,6 +36,10 @@ ipxe_bios, ipxe_efi, boot_url) -> str``
     chained to ``<boot_url>/boot/${netX/mac}/boot.ipxe?platform=${platform}&buildarch=${buildarch}``.
     Refuses a private IP inside the DHCP range.
 
+``prepare_tftp_root(config_text, sources=IPXE_SOURCES) -> (Path | None, problems)``
+    Makes the config's ``tftp-root=`` directory and copies the iPXE binaries of its ``dhcp-boot=`` lines
+    there from Debian's ipxe package when missing (dnsmasq does not start without the directory).
+
 ``dnsmasq_command(conf_file, executable="dnsmasq") -> list[str]``, ``find_dnsmasq() -> str | None``,
 ``async dnsmasq_test(config_text, timeout=10.0) -> tuple[bool, str]``
     How to run it; ``dnsmasq_test`` syntax-checks a config with ``dnsmasq --test`` (Debian package
@@ -83,6 +87,7 @@ __all__ = [
     "dnsmasq_config",
     "dnsmasq_test",
     "find_dnsmasq",
+    "prepare_tftp_root",
     "cache_name",
     "ipxe_script",
     "parse_dhcp_hosts",
@@ -515,6 +520,66 @@ def find_dnsmasq() -> Optional[str]:
     return None
 
 
+IPXE_SOURCES = (Path("/usr/lib/ipxe"), Path("/usr/share/ipxe"))  # Debian's ipxe package, other distributions
+
+
+def _public_dir(path: Path) -> None:
+    """``path`` made readable and enterable by everyone (0755 at least); the directories it makes on the
+    way are 0755 too, those that exist are left as they are (the data dir stays private)."""
+    missing = []
+    at = path
+    while not at.is_dir():
+        missing.append(at)
+        at = at.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        os.chmod(directory, 0o755)
+    mode = path.stat().st_mode & 0o7777
+    if mode & 0o755 != 0o755:
+        os.chmod(path, mode | 0o755)
+
+
+def prepare_tftp_root(
+    config_text: str, sources: Sequence[Union[str, os.PathLike[str]]] = IPXE_SOURCES
+) -> tuple[Optional[Path], list[str]]:
+    """Make the managed dnsmasq's TFTP root (its ``tftp-root=``) and copy the iPXE binaries its
+    ``dhcp-boot=`` lines name into it from ``sources``, where missing. dnsmasq refuses to start when the
+    directory does not exist ("TFTP directory ... inaccessible"), as on a gateway's first start.
+
+    Returns ``(tftp root or None, problems)``: each problem is a file no source has (firmware PXE clients
+    then get nothing; iPXE ROMs, as QEMU's, do not need them). Blocking: call it through ``asyncio.to_thread``.
+    """
+    root: Optional[Path] = None
+    wanted: list[str] = []
+    for line in config_text.splitlines():
+        key, _, value = line.strip().partition("=")
+        if key == "tftp-root":
+            root = Path(value)
+        elif key == "dhcp-boot":
+            name = value.split(",")[-1]
+            if "://" not in name and _TFTP_FILE.match(name) and ".." not in name.split("/"):
+                wanted.append(name)
+    if root is None:
+        return None, []
+    _public_dir(root)  # dnsmasq serves TFTP as its unprivileged user, whatever the service's umask (0077)
+    problems = []
+    for name in wanted:
+        target = root / name
+        if target.is_file():
+            continue
+        source = next((Path(d) / name for d in sources if (Path(d) / name).is_file()), None)
+        if source is None:
+            where = ", ".join(str(d) for d in sources) or "no iPXE directory given"
+            problems.append(f"{name} is not in the TFTP root, and not in {where} (apt-get install ipxe)")
+            continue
+        _public_dir(target.parent)
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    return root, problems
+
+
 def dnsmasq_command(conf_file: Union[str, os.PathLike[str]], executable: str = "dnsmasq") -> list[str]:
     """Argv of the managed dnsmasq: in the foreground, only our config, logging to stderr."""
     return [executable, "--keep-in-foreground", f"--conf-file={os.fspath(conf_file)}", "--log-facility=-"]
@@ -891,6 +956,13 @@ class BootService:
             return
         conf = self.root / "dnsmasq.conf"
         await asyncio.to_thread(write_atomically, conf, self.dnsmasq_conf)
+        try:
+            _, problems = await asyncio.to_thread(prepare_tftp_root, self.dnsmasq_conf)
+        except OSError as exc:
+            self._health("degraded", f"managed dnsmasq not started: cannot prepare its TFTP directory: {exc}")
+            return
+        for problem in problems:
+            _log.warning("managed dnsmasq: %s", problem)
         executable = find_dnsmasq() or "dnsmasq"
         try:
             log_file = await asyncio.to_thread(open, self.root / "dnsmasq.log", "ab")

@@ -20,7 +20,7 @@ from typing import Any
 import uvicorn
 
 from .. import __version__
-from ..config import Settings, parse_hostport
+from ..config import Settings, parse_hostport, private_ip_text
 from .auth import load_or_create_token
 from .boot import BootCache, BootService, dnsmasq_config
 from .consoles import ConsoleHub, build_device_sources
@@ -157,7 +157,12 @@ class BusLogHandler(logging.Handler):
         self.bus.publish("log", entry)
 
 
-def _bind_tcp(address: str, what: str) -> socket.socket:
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux: bind an address the host does not have (yet)
+
+
+def _bind_tcp(address: str, what: str, freebind: bool = False) -> socket.socket:
+    """A listening TCP socket on ``address``. ``freebind``: the address may not be up yet (the private
+    NIC still coming up when the unit starts); the socket accepts once it is (systemd's FreeBind=)."""
     try:
         host, port = parse_hostport(address)
     except ValueError as exc:
@@ -168,12 +173,32 @@ def _bind_tcp(address: str, what: str) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if freebind:
+            level = socket.IPPROTO_IPV6 if family == socket.AF_INET6 else socket.IPPROTO_IP
+            sock.setsockopt(level, IP_FREEBIND, 1)
         sock.bind((host, port))
         sock.listen(128)
         return sock
     except OSError as exc:
         sock.close()
         raise FarmStartError(f"cannot listen for the {what} on {address}: {exc.strerror or exc}") from None
+
+
+def _warn_if_not_up(sock: socket.socket, what: str) -> None:
+    """A socket bound (with freebind) to an address this gateway does not have: said in the log."""
+    import ipaddress
+
+    from .trust import own_addresses
+
+    host = sock.getsockname()[0]
+    try:
+        address = ipaddress.ip_address(host)
+        if address.is_unspecified or address in own_addresses():
+            return
+    except Exception:  # noqa: BLE001 - no interface list: nothing to say
+        return
+    log.warning("the %s listens on %s, which is not (yet) an address of this gateway: it accepts "
+                "connections once an interface has it", what, host)
 
 
 class Farm:
@@ -258,7 +283,7 @@ class Farm:
         try:
             return dnsmasq_config(
                 iface,
-                os.environ.get("VALVE_CONSOLE_PRIVATE_IP", "10.42.0.1"),
+                private_ip_text(),
                 os.environ.get("VALVE_CONSOLE_DHCP_RANGE", "10.42.0.10,10.42.0.100"),
                 self.settings.data_dir / "tftp",
                 root / "hosts.dhcp",
@@ -330,10 +355,11 @@ class Farm:
         api_sock = _bind_tcp(self.settings.listen, "API")
         self._sockets.append(api_sock)
         try:
-            nc_sock = _bind_tcp(self.settings.netconsole, "netconsole")
+            nc_sock = _bind_tcp(self.settings.netconsole, "netconsole", freebind=True)
         except FarmStartError:
             api_sock.close()
             raise
+        _warn_if_not_up(nc_sock, "netconsole")
         self._sockets.append(nc_sock)
         try:
             unix_sock = self._bind_unix()

@@ -86,9 +86,9 @@ class JournalFollower:
                 self._set("degraded", "no system journal: no journal files in /var/log/journal or /run/log/journal")
                 return
             command = [exe, "-f", "-o", "json", "-n", "200", "--no-pager"]
-        self._task = asyncio.create_task(self._follow(command), name="journal")
-
-    async def _follow(self, command: list[str]) -> None:
+        # journalctl is started here, not in the follower task: the state is settled ("ok", or why not)
+        # before the farm reports ready and its API answers, so a client's first snapshot is not
+        # "starting" (under TCG the fork alone took long enough for tty2's console to miss the change).
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *command,
@@ -100,8 +100,11 @@ class JournalFollower:
         except OSError as exc:
             self._set("degraded", f"no system journal: {exc}")
             return
-        assert self._proc.stdout is not None and self._proc.stderr is not None
         self._set("ok", None)
+        self._task = asyncio.create_task(self._follow(), name="journal")
+
+    async def _follow(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None and self._proc.stderr is not None
         seen = 0
         while True:
             try:
