@@ -431,7 +431,7 @@ class JobClient:
 
     async def _share_form(self, body: dict[str, Any], share_dir: Path) -> dict[str, Any] | None:
         """valve-infra's v1 multipart form: metadata, job and the share directory as a tar.gz."""
-        from .backend.share import pack_dir
+        from .tarball import pack_dir
 
         try:
             await asyncio.to_thread(share_dir.mkdir, parents=True, exist_ok=True)
@@ -448,7 +448,7 @@ class JobClient:
 
     async def _fetch_share(self, share_dir: Path) -> None:
         """Download the job's share (a tar.gz) and unpack it safely into ``share_dir``."""
-        from .backend.share import ShareError, safe_extract
+        from .tarball import ShareError, safe_extract
 
         assert self._http is not None
         try:

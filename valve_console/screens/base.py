@@ -15,7 +15,7 @@ from textual.screen import Screen
 
 from ..widgets.banner import Banner, StatusLine, TopBar
 from ..widgets.keybar import KeyBar
-from .model import Changes, FarmModel
+from ..console_data import Changes, FarmModel
 
 if TYPE_CHECKING:
     from ..app import ConsoleApp

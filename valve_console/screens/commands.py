@@ -16,7 +16,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from ..widgets.banner import SCREENS
 from .machine_detail import open_details, training_action
-from .model import port_sort_key
+from ..console_data import port_sort_key
 
 if TYPE_CHECKING:
     from ..app import ConsoleApp

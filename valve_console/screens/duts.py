@@ -14,7 +14,7 @@ from ..widgets.state_badge import machine_state, yes_no
 from ..widgets.keyed_table import cursor_key, select_key
 from .base import FarmScreen
 from .machine_detail import open_details, training_action
-from .model import Changes, FarmModel
+from ..console_data import Changes, FarmModel
 
 COLUMNS = (
     ("Name", "name"),

@@ -24,7 +24,7 @@ from ..widgets.console_view import ConsoleView
 from ..widgets.keyed_table import cursor_key, select_key
 from .base import FarmScreen
 from .consoles import without_overlap
-from .model import Changes, FarmModel
+from ..console_data import Changes, FarmModel
 
 if TYPE_CHECKING:
     from ..app import ConsoleApp

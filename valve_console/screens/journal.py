@@ -15,7 +15,7 @@ from textual.widgets import Input, Label, Select, Static
 
 from ..widgets.log_view import BACKEND_UNIT, PRIORITY_NAMES, Entry, JournalView
 from .base import FarmScreen
-from .model import Changes, FarmModel
+from ..console_data import Changes, FarmModel
 
 PRIORITY_CHOICES = [
     ("all (debug)", 7),

@@ -13,7 +13,7 @@ from textual.widgets import Static
 
 from ..widgets.state_badge import outlet_badge, service_badge
 from .base import FarmScreen
-from .model import Changes, FarmModel
+from ..console_data import Changes, FarmModel
 
 
 def format_uptime(seconds: float) -> str:

@@ -18,7 +18,7 @@ from textual.widgets import Static
 
 from ..widgets.outlet_grid import OutletGrid
 from .base import FarmScreen
-from .model import Changes, FarmModel, outlet_of
+from ..console_data import Changes, FarmModel, outlet_of
 
 
 class PduSection(Vertical):
