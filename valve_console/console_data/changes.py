@@ -46,7 +46,6 @@ class Changes:
     journal: list[dict[str, Any]] = field(default_factory=list)
     discovery: list[dict[str, Any]] = field(default_factory=list)  # discovery events, in order
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # job id -> latest job JSON
-    dropped_lines: int = 0
     # filled in by FarmModel.apply: where machines were before this batch (mac -> (pdu, port))
     old_outlets: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
 
@@ -123,4 +122,3 @@ class Changes:
         target.append(entry)
         if len(target) > MAX_PENDING_LINES:
             del target[: len(target) - MAX_PENDING_LINES]
-            self.dropped_lines += 1

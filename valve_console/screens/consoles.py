@@ -31,12 +31,12 @@ from textual.widgets import OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
 
 from ..client import FarmClientError
+from ..console_data import Changes, FarmModel
 from ..widgets.console_view import ConsoleView
 from ..widgets.sanitize import sanitize, strip_sgr
 from ..widgets.state_badge import connection_badge
 from .base import FarmScreen
 from .dialogs import ConfirmScreen
-from ..console_data import Changes, FarmModel
 
 MAX_OVERLAP = 256 * 1024
 MAX_HIDDEN = 256 * 1024  # characters of output kept for a console whose tab was never shown
