@@ -1,11 +1,11 @@
 """ConsoleApp: the operator console (Textual), built on the FarmClient only.
 
 The same app serves the all-in-one program (over the unix socket), ``--attach URL``, ssh and the
-browser. Live data: one worker reads the event stream into per-kind buffers (``Changes``, latest
-state wins per machine/outlet/PDU/service); a 15 Hz timer applies the buffer to the ``FarmModel``
-and hands it to every mounted screen under ``App.batch_update()``. When the stream or a fetch
-fails, a banner says so and the worker reconnects with back-off (0.5 s → 5 s), then refetches
-everything.
+browser. Live data comes from the console's data layer (``console_data``): one worker runs the
+``EventFeed``, which reads the event stream into its latest-wins buffer (``Changes``) and reconnects
+with back-off when the stream or a fetch fails; a 15 Hz timer takes the buffer, applies it to the
+``FarmModel`` and hands it to every mounted screen under ``App.batch_update()``. While the backend is
+lost, a banner says so.
 """
 
 from __future__ import annotations
@@ -19,15 +19,17 @@ import signal
 import socket
 from collections import OrderedDict, deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from textual.app import App
 from textual.binding import Binding
+from textual.dom import DOMNode
 from textual.reactive import reactive
 from textual.scrollbar import ScrollBarRender
 from textual.worker import Worker, WorkerState
 
 from .client import FarmClient, FarmClientError
+from .console_data import EventFeed, FarmModel, outlet_of
 from .screens.base import FarmScreen
 from .screens.commands import FarmCommands
 from .screens.consoles import ConsolesScreen
@@ -36,7 +38,6 @@ from .screens.duts import DutsScreen
 from .screens.jobs import JobsScreen
 from .screens.journal import JournalScreen
 from .screens.machine_form import MachineFormScreen
-from .screens.model import Changes, FarmModel, Snapshot, outlet_of
 from .screens.overview import OverviewScreen
 from .screens.pdus import PdusScreen
 
@@ -46,9 +47,6 @@ HERE = Path(__file__).resolve().parent
 APP_TCSS = HERE / "app.tcss"
 VCONSOLE_TCSS = HERE / "vconsole.tcss"
 FLUSH_HZ = 15
-BACKOFF_START = 0.5
-BACKOFF_MAX = 5.0
-STREAM_SETTLE = 0.1  # seconds given to the event stream to subscribe before the refetch
 RECENT_LOG = 5000
 GC_THRESHOLD = (50_000, 20, 100)
 """Collector thresholds once start-up is over: the frozen start-up objects are never scanned again,
@@ -122,12 +120,10 @@ class ConsoleApp(App[int]):
         self.held_writers: set[str] = set()  # consoles this TUI typed into and has not released yet
         self.recent_log_entries: deque[tuple[str, dict[str, Any]]] = deque(maxlen=RECENT_LOG)
         self._log_keys: OrderedDict[tuple[Any, ...], None] = OrderedDict()
-        self._pending = Changes()
+        self.feed = EventFeed(client, flush=self.flush, connected=self._set_connected, lost=self._set_lost,
+                              report=self.report, discovery=self.set_discovery)
         self._views: list[FarmScreen] = []
         self._form_return = "duts"
-        self._refetch_task: asyncio.Task[None] | None = None
-        self._discovery_task: asyncio.Task[None] | None = None
-        self._discovery_dirty = False
         self._saved_bars: tuple[Any, Any] | None = None
         self._saved_gc: tuple[int, int, int] | None = None
 
@@ -139,12 +135,10 @@ class ConsoleApp(App[int]):
             ScrollBarRender.VERTICAL_BARS = [" "] * 8
             ScrollBarRender.HORIZONTAL_BARS = [" "] * 8
         self.set_interval(1 / self.flush_hz, self.flush)
-        self.run_worker(self._connection_loop(), name="events", group="events", exit_on_error=False)
+        self.run_worker(self.feed.run(), name="events", group="events", exit_on_error=False)
 
     def on_unmount(self) -> None:
-        for task in (self._refetch_task, self._discovery_task):
-            if task is not None and not task.done():
-                task.cancel()
+        self.feed.close()
         if self._saved_bars is not None:
             ScrollBarRender.VERTICAL_BARS, ScrollBarRender.HORIZONTAL_BARS = self._saved_bars
             self._saved_bars = None
@@ -172,88 +166,6 @@ class ConsoleApp(App[int]):
             self._views.remove(view)
 
     # ---------------------------------------------------------------- connection
-    async def _connection_loop(self) -> None:
-        delay = BACKOFF_START
-        while True:
-            stream = asyncio.create_task(self._read_events(), name="valve-console-events")
-            reason = ""
-            try:
-                await asyncio.sleep(STREAM_SETTLE)
-                if stream.done():
-                    stream.result()  # raises the stream's error
-                    raise FarmClientError("the event stream ended")
-                await self.refetch()
-            except FarmClientError as exc:
-                reason = str(exc)
-            else:
-                self._set_connected()
-                delay = BACKOFF_START
-                try:
-                    await stream
-                    reason = "the event stream ended"
-                except FarmClientError as exc:
-                    reason = str(exc)
-            finally:
-                if not stream.done():
-                    stream.cancel()
-                await asyncio.gather(stream, return_exceptions=True)  # its error is retrieved, never leaked
-            self._set_lost(reason)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
-
-    async def _read_events(self) -> None:
-        async for event in self.client.events():
-            if self._pending.add_event(event):
-                self._schedule_refetch()
-
-    def _schedule_refetch(self) -> None:
-        if self._refetch_task is None or self._refetch_task.done():
-            self._refetch_task = asyncio.create_task(self._refetch_quietly())
-
-    async def _refetch_quietly(self) -> None:
-        try:
-            await self.refetch()
-        except FarmClientError as exc:
-            self.report(f"refetch after dropped events failed: {exc}", "error")
-
-    async def refetch(self) -> None:
-        """Fetch everything; the next flush replaces the model with it."""
-        self.flush()  # events buffered so far are older than what comes back now
-        c = self.client
-        health, gateway, machines, pdus, consoles, backend_log, discovery, jobs = await asyncio.gather(
-            c.health(), c.gateway(), c.machines(), c.pdus(), c.request("GET", "/api/v1/consoles"),
-            c.backend_log(500), self._fetch_discovery(), self._fetch_jobs()
-        )
-        self._pending.snapshot = Snapshot(
-            health=health,
-            gateway=gateway.get("interfaces", []) if isinstance(gateway, dict) else list(gateway or []),
-            machines=machines,
-            pdus=pdus,
-            consoles=consoles.get("consoles", {}),
-            backend_log=backend_log,
-            devices=consoles.get("devices") or {},
-            discovery=discovery,
-            jobs=jobs,
-        )
-
-    async def _fetch_discovery(self) -> dict[str, Any] | None:
-        """The discovery status; None from a backend without discovery (404)."""
-        try:
-            return await self.client.discovery()
-        except FarmClientError as exc:
-            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 401:
-                return None  # an older backend: no discovery there
-            raise
-
-    async def _fetch_jobs(self) -> list[dict[str, Any]] | None:
-        """The jobs, newest first; None from a backend without jobs (404)."""
-        try:
-            return await self.client.jobs()
-        except FarmClientError as exc:
-            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 401:
-                return None  # an older backend: no jobs there
-            raise
-
     async def release_writers(self, timeout: float = 2.0) -> None:
         """Give back write access to every console this TUI still holds (on the way out)."""
         macs, self.held_writers = list(self.held_writers), set()
@@ -264,23 +176,6 @@ class ConsoleApp(App[int]):
             await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout)
         except asyncio.TimeoutError:
             log.warning("giving back write access to %d consoles timed out", len(macs))
-
-    def _schedule_discovery_refresh(self) -> None:
-        self._discovery_dirty = True
-        if self._discovery_task is None or self._discovery_task.done():
-            self._discovery_task = asyncio.create_task(self._refresh_discovery())
-
-    async def _refresh_discovery(self) -> None:
-        """A cheap refetch of the discovery status (the queue is not in the events); again when
-        more discovery events came in while it was on its way, so the last word is the backend's."""
-        while self._discovery_dirty:
-            self._discovery_dirty = False
-            try:
-                status = await self._fetch_discovery()
-            except FarmClientError:
-                return  # the connection loop reports a lost backend
-            if status is not None and not self._pending.discovery:
-                self.set_discovery(status)
 
     def set_discovery(self, status: dict[str, Any]) -> None:
         self.model.set_discovery(status)
@@ -314,9 +209,9 @@ class ConsoleApp(App[int]):
     # ---------------------------------------------------------------- batching
     def flush(self) -> None:
         """Apply the buffered changes to the model and to every screen, in one batch."""
-        if not self._pending:
+        changes = self.feed.take()
+        if changes is None:
             return
-        changes, self._pending = self._pending, Changes()
         if changes.snapshot is not None:
             changes.logs = changes.snapshot.backend_log + changes.logs
             if changes.snapshot.health.get("farm_name"):
@@ -339,7 +234,7 @@ class ConsoleApp(App[int]):
         for event in changes.discovery:
             self._report_discovery(event)
         if changes.discovery:
-            self._schedule_discovery_refresh()
+            self.feed.schedule_discovery_refresh()
 
     def _report_discovery(self, event: dict[str, Any]) -> None:
         state = event.get("state")
@@ -436,34 +331,65 @@ class ConsoleApp(App[int]):
         self.switch_mode(back)
 
     # ---------------------------------------------------------------- actions (all confirmed first)
-    def _confirm(self, question: str, then: Callable[[], None], *, label: str = "Yes", danger: bool = False) -> None:
+    def run_confirmed(
+        self,
+        question: str,
+        call: Callable[[], Awaitable[Any]],
+        *,
+        failed: str,
+        success: str | Callable[[Any], str | None] | None = None,
+        busy: str | None = None,
+        label: str = "Yes",
+        danger: bool = False,
+        group: str = "action",
+        owner: DOMNode | None = None,
+    ) -> None:
+        """Ask ``question``; on yes, run ``call()`` in a worker (of ``owner``, the app by default) and
+        report its outcome: ``"<failed>: <the API's error>"`` as an error, or ``success`` (a message, or
+        one made from the answer; None says nothing). ``busy`` is the status line while the call runs."""
+
         def answered(ok: bool | None) -> None:
             if ok:
-                then()
+                (owner or self).run_worker(self._run_action(call, failed, success, busy), group=group,
+                                           exit_on_error=False)
 
         self.push_screen(ConfirmScreen(question, confirm_label=label, danger=danger), answered)
+
+    async def _run_action(
+        self,
+        call: Callable[[], Awaitable[Any]],
+        failed: str,
+        success: str | Callable[[Any], str | None] | None,
+        busy: str | None,
+    ) -> None:
+        if busy is not None:
+            self.last_status = (busy, "information")
+        try:
+            answer = await call()
+        except FarmClientError as exc:
+            self.report(f"{failed}: {exc}", "error")
+            return
+        message = success(answer) if callable(success) else success
+        if message:
+            self.report(message)
 
     def _machine_suffix(self, pdu: str, port: str) -> str:
         machine = self.model.machine_on(pdu, port)
         return f" ({machine.get('full_name') or machine.get('mac_address')})" if machine else ""
 
+    def _confirm_switch(self, question: str, pdu: str, port: str, state: str, *, label: str, danger: bool) -> None:
+        """Switch an outlet after ``question``; the read-back state is reported."""
+        self.run_confirmed(
+            question, lambda: self.client.set_outlet(pdu, port, state), label=label, danger=danger,
+            group=f"outlet-{pdu}-{port}", busy=f"{pdu}/{port}: switching {state}...",
+            failed=f"{pdu}/{port} {state} failed",
+            success=lambda result: f"{pdu}/{port}{self._machine_suffix(pdu, port)} is {result} (read back)",
+        )
+
     def power_outlet(self, pdu: str, port: str, state: str) -> None:
         """Switch an outlet (on/off/reboot) after a confirmation; the read-back state is reported."""
         question = f"Switch outlet {pdu}/{port}{self._machine_suffix(pdu, port)} {state.upper()}?"
-        self._confirm(question, lambda: self._start_power(pdu, port, state), label=f"Power {state}",
-                      danger=state != "on")
-
-    def _start_power(self, pdu: str, port: str, state: str) -> None:
-        self.run_worker(self._power(pdu, port, state), group=f"outlet-{pdu}-{port}", exit_on_error=False)
-
-    async def _power(self, pdu: str, port: str, state: str) -> None:
-        self.last_status = (f"{pdu}/{port}: switching {state}...", "information")
-        try:
-            result = await self.client.set_outlet(pdu, port, state)
-        except FarmClientError as exc:
-            self.report(f"{pdu}/{port} {state} failed: {exc}", "error")
-            return
-        self.report(f"{pdu}/{port}{self._machine_suffix(pdu, port)} is {result} (read back)")
+        self._confirm_switch(question, pdu, port, state, label=f"Power {state}", danger=state != "on")
 
     # ---------------------------------------------------------------- outlet discovery
     @property
@@ -473,20 +399,17 @@ class ConsoleApp(App[int]):
 
     def discover_outlet(self, pdu: str, port: str) -> None:
         """Power a free outlet on; the next machine that registers without an outlet gets it (asks first)."""
-        question = f"Power {pdu}/{port} on and give it to the next machine that registers?"
-        self._confirm(question, lambda: self.run_worker(self._discover(pdu, port), group="discovery",
-                                                        exit_on_error=False), label="Discover")
 
-    async def _discover(self, pdu: str, port: str) -> None:
-        self.last_status = (f"{pdu}/{port}: starting discovery...", "information")
-        try:
-            answer = await self.client.discover(pdu, port)
-        except FarmClientError as exc:
-            self.report(f"discovering {pdu}/{port} failed: {exc}", "error")
-            return
-        if isinstance(answer, dict) and answer.get("discovery"):
-            self.set_discovery({"current": answer["discovery"], "queue": self.model.discovery.get("queue", [])})
-        self.report(str((answer or {}).get("message") or f"discovering {pdu}/{port}"))
+        def started(answer: Any) -> str:
+            if isinstance(answer, dict) and answer.get("discovery"):
+                self.set_discovery({"current": answer["discovery"], "queue": self.model.discovery.get("queue", [])})
+            return str((answer or {}).get("message") or f"discovering {pdu}/{port}")
+
+        self.run_confirmed(
+            f"Power {pdu}/{port} on and give it to the next machine that registers?",
+            lambda: self.client.discover(pdu, port), label="Discover", group="discovery",
+            busy=f"{pdu}/{port}: starting discovery...", failed=f"discovering {pdu}/{port} failed", success=started,
+        )
 
     def find_outlets(self, pdu: str) -> None:
         """Discover every free outlet of ``pdu`` that is off, one after another (asks first)."""
@@ -494,20 +417,17 @@ class ConsoleApp(App[int]):
                 if str((self.model.outlet(pdu, p) or {}).get("state", "")).upper() == "OFF"]
         question = (f"Find outlets on {pdu}: power its {len(free)} free outlets that are off on, one at a time, "
                     "and give each to the next machine that registers?")
-        self._confirm(question, lambda: self.run_worker(self._find_outlets(pdu), group="discovery",
-                                                        exit_on_error=False), label="Find outlets")
 
-    async def _find_outlets(self, pdu: str) -> None:
-        self.last_status = (f"{pdu}: starting to find outlets...", "information")
-        try:
-            answer = await self.client.find_outlets(pdu)
-        except FarmClientError as exc:
-            self.report(f"finding outlets on {pdu} failed: {exc}", "error")
-            return
-        if isinstance(answer, dict) and "queue" in answer:
-            self.set_discovery(answer)
-        self._schedule_discovery_refresh()
-        self.report(str((answer or {}).get("message") or f"finding outlets on {pdu}"))
+        def started(answer: Any) -> str:
+            if isinstance(answer, dict) and "queue" in answer:
+                self.set_discovery(answer)
+            self.feed.schedule_discovery_refresh()
+            return str((answer or {}).get("message") or f"finding outlets on {pdu}")
+
+        self.run_confirmed(
+            question, lambda: self.client.find_outlets(pdu), label="Find outlets", group="discovery",
+            busy=f"{pdu}: starting to find outlets...", failed=f"finding outlets on {pdu} failed", success=started,
+        )
 
     def cancel_discovery(self) -> None:
         current = self.model.discovery.get("current")
@@ -517,17 +437,16 @@ class ConsoleApp(App[int]):
             return
         what = f"the discovery of {current['pdu']}/{current['port_id']}" if current else "the discovery"
         more = f" and the {queued} queued outlets" if queued else ""
-        self._confirm(f"Cancel {what}{more}? The outlet is switched off.", lambda: self.run_worker(
-            self._cancel_discovery(), group="discovery", exit_on_error=False), label="Cancel discovery", danger=True)
 
-    async def _cancel_discovery(self) -> None:
-        try:
-            status = await self.client.cancel_discovery()
-        except FarmClientError as exc:
-            self.report(f"cancelling the discovery failed: {exc}", "error")
-            return
-        if isinstance(status, dict):
-            self.set_discovery(status)
+        def cancelled(status: Any) -> None:
+            if isinstance(status, dict):
+                self.set_discovery(status)
+
+        self.run_confirmed(
+            f"Cancel {what}{more}? The outlet is switched off.", self.client.cancel_discovery,
+            label="Cancel discovery", danger=True, group="discovery", failed="cancelling the discovery failed",
+            success=cancelled,
+        )
 
     def power_cycle(self, mac: str) -> None:
         machine = self.model.machines.get(mac) or {}
@@ -536,39 +455,28 @@ class ConsoleApp(App[int]):
         if pdu is None or port is None:
             self.report(f"{name} has no PDU outlet: set its PDU and port in the machine form (e)", "error")
             return
-        self._confirm(f"Power cycle {name} (outlet {pdu}/{port})?", lambda: self._start_power(pdu, port, "reboot"),
-                      label="Power cycle", danger=True)
+        self._confirm_switch(f"Power cycle {name} (outlet {pdu}/{port})?", pdu, port, "reboot",
+                             label="Power cycle", danger=True)
 
     def toggle_retired(self, mac: str) -> None:
         machine = self.model.machines.get(mac) or {}
         name = self.model.machine_name(mac)
         retire = not machine.get("is_retired")
         verb = "Retire" if retire else "Activate"
-        self._confirm(f"{verb} {name} ({mac})?", lambda: self.run_worker(
-            self._retire(mac, retire), group=f"retire-{mac}", exit_on_error=False), label=verb, danger=retire)
-
-    async def _retire(self, mac: str, retire: bool) -> None:
-        name = self.model.machine_name(mac)
-        try:
-            answer = await (self.client.retire(mac) if retire else self.client.activate(mac))
-        except FarmClientError as exc:
-            self.report(f"{'retiring' if retire else 'activating'} {name} failed: {exc}", "error")
-            return
-        self.report(str(answer).strip() or f"{name} {'retired' if retire else 'activated'}")
+        self.run_confirmed(
+            f"{verb} {name} ({mac})?", lambda: self.client.retire(mac) if retire else self.client.activate(mac),
+            label=verb, danger=retire, group=f"retire-{mac}",
+            failed=f"{'retiring' if retire else 'activating'} {name} failed",
+            success=lambda answer: str(answer).strip() or f"{name} {'retired' if retire else 'activated'}",
+        )
 
     def remove_machine(self, mac: str) -> None:
         name = self.model.machine_name(mac)
-        self._confirm(f"Remove {name} ({mac}) from the farm? It registers again if it boots.", lambda: self.run_worker(
-            self._remove_machine(mac), group=f"remove-{mac}", exit_on_error=False), label="Remove", danger=True)
-
-    async def _remove_machine(self, mac: str) -> None:
-        name = self.model.machine_name(mac)
-        try:
-            await self.client.remove_machine(mac)
-        except FarmClientError as exc:
-            self.report(f"removing {name} failed: {exc}", "error")
-            return
-        self.report(f"{name} removed")
+        self.run_confirmed(
+            f"Remove {name} ({mac}) from the farm? It registers again if it boots.",
+            lambda: self.client.remove_machine(mac), label="Remove", danger=True, group=f"remove-{mac}",
+            failed=f"removing {name} failed", success=f"{name} removed",
+        )
 
     def add_pdu(self) -> None:
         def added(result: dict[str, Any] | None) -> None:
@@ -580,8 +488,11 @@ class ConsoleApp(App[int]):
         self.push_screen(AddPduScreen(), added)
 
     def remove_pdu(self, name: str) -> None:
-        self._confirm(f"Remove PDU {name}? Its outlets are left as they are.", lambda: self.run_worker(
-            self._remove_pdu(name), group=f"remove-pdu-{name}", exit_on_error=False), label="Remove", danger=True)
+        self.run_confirmed(
+            f"Remove PDU {name}? Its outlets are left as they are.", lambda: self.client.remove_pdu(name),
+            label="Remove", danger=True, group=f"remove-pdu-{name}",
+            failed=f"removing PDU {name} failed", success=f"PDU {name} removed",
+        )
 
     def cancel_job(self, job_id: str) -> None:
         """Cancel a job after a confirmation; the API's answer (or error) is reported."""
@@ -591,30 +502,18 @@ class ConsoleApp(App[int]):
         where = f" on {self.model.machine_name(str(mac))}" if mac else ""
         what = {"QUEUED": "queued ", "RUNNING": "running "}.get(str(status), "")
         stop = " The DUT is powered off." if status == "RUNNING" else ""
-        self._confirm(f"Cancel the {what}job {job_id}{where}?{stop}", lambda: self.run_worker(
-            self._cancel_job(job_id), group=f"cancel-job-{job_id}", exit_on_error=False),
-            label="Cancel job", danger=True)
 
-    async def _cancel_job(self, job_id: str) -> None:
-        self.last_status = (f"cancelling job {job_id}...", "information")
-        try:
-            answer = await self.client.cancel_job(job_id)
-        except FarmClientError as exc:
-            self.report(f"cancelling job {job_id} failed: {exc}", "error")
-            return
-        if isinstance(answer, dict) and answer.get("id") == job_id:
-            self._pending.jobs[job_id] = answer  # the answer is the job's latest state
-            self.report(f"job {job_id}: {answer.get('status')} ({answer.get('state')})")
-        else:
-            self.report(f"job {job_id}: {answer}")
+        def cancelled(answer: Any) -> str:
+            if isinstance(answer, dict) and answer.get("id") == job_id:
+                self.feed.pending.jobs[job_id] = answer  # the answer is the job's latest state
+                return f"job {job_id}: {answer.get('status')} ({answer.get('state')})"
+            return f"job {job_id}: {answer}"
 
-    async def _remove_pdu(self, name: str) -> None:
-        try:
-            await self.client.remove_pdu(name)
-        except FarmClientError as exc:
-            self.report(f"removing PDU {name} failed: {exc}", "error")
-            return
-        self.report(f"PDU {name} removed")
+        self.run_confirmed(
+            f"Cancel the {what}job {job_id}{where}?{stop}", lambda: self.client.cancel_job(job_id),
+            label="Cancel job", danger=True, group=f"cancel-job-{job_id}", busy=f"cancelling job {job_id}...",
+            failed=f"cancelling job {job_id} failed", success=cancelled,
+        )
 
 
 def make_app(client: FarmClient, *, title: str | None = None, linux_console: bool | None = None) -> ConsoleApp:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import httpx
+from httpx_sse import ServerSentEvent, aconnect_sse
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +91,6 @@ class FarmClient:
     async def machines(self) -> dict[str, dict[str, Any]]:
         return (await self.request("GET", "/api/v1/machines"))["machines"]
 
-    async def machine(self, mac: str) -> dict[str, Any]:
-        return await self.request("GET", f"/api/v1/machine/{mac}/")
-
     async def pdus(self) -> dict[str, dict[str, Any]]:
         return (await self.request("GET", "/api/v1/pdus"))["pdus"]
 
@@ -110,9 +109,6 @@ class FarmClient:
     async def jobs(self) -> list[dict[str, Any]]:
         """Every job the backend keeps, newest first."""
         return (await self.request("GET", "/api/v1/jobs"))["jobs"]
-
-    async def job(self, job_id: str) -> dict[str, Any]:
-        return await self.request("GET", f"/api/v1/job/{job_id}")
 
     async def cancel_job(self, job_id: str) -> dict[str, Any]:
         """Cancel a job: a queued one leaves the queue, a running one is stopped."""
@@ -135,10 +131,6 @@ class FarmClient:
     async def activate(self, mac: str) -> str:
         return await self.request("POST", f"/api/v1/machine/{mac}/activate")
 
-    async def held_registrations(self) -> dict[str, dict[str, Any]]:
-        """Registrations held for the operator: per MAC {changes, source, reasons, at, attempts, current}."""
-        return (await self.request("GET", "/api/v1/registrations/held"))["held"]
-
     async def approve_registration(self, mac: str) -> dict[str, Any]:
         """Apply a machine's held registration; returns the machine."""
         return await self.request("POST", f"/api/v1/machine/{mac}/registration/approve")
@@ -151,15 +143,6 @@ class FarmClient:
         """Sgt. Hartman: ``start``, ``stop`` or ``skip`` a machine's training; returns the machine."""
         return await self.request("POST", f"/api/v1/machine/{mac}/training/{action}")
 
-    async def start_training(self, mac: str) -> dict[str, Any]:
-        return await self.training(mac, "start")
-
-    async def stop_training(self, mac: str) -> dict[str, Any]:
-        return await self.training(mac, "stop")
-
-    async def skip_training(self, mac: str) -> dict[str, Any]:
-        return await self.training(mac, "skip")
-
     async def set_outlet(self, pdu: str, port_id: str, state: str) -> str:
         """Switch an outlet (``on``, ``off``, ``reboot``); returns the state read back."""
         return (await self.request("POST", f"/api/v1/pdu/{pdu}/port/{port_id}/state", json={"state": state}))["state"]
@@ -170,22 +153,6 @@ class FarmClient:
 
     async def remove_pdu(self, name: str) -> dict[str, Any]:
         return await self.request("DELETE", f"/api/v1/pdu/{name}")
-
-    async def gitlab(self) -> dict[str, Any]:
-        """GitLab instances (tokens masked) with their state, and the runners."""
-        return await self.request("GET", "/api/v1/gitlab")
-
-    async def add_gitlab(self, name: str, url: str, token: str = "", **fields: Any) -> dict[str, Any]:
-        return await self.request("POST", "/api/v1/gitlab", json={"name": name, "url": url, "token": token, **fields})
-
-    async def update_gitlab(self, name: str, **fields: Any) -> dict[str, Any]:
-        return await self.request("PATCH", f"/api/v1/gitlab/{name}", json=fields)
-
-    async def remove_gitlab(self, name: str) -> dict[str, Any]:
-        return await self.request("DELETE", f"/api/v1/gitlab/{name}")
-
-    async def sync_gitlab(self, name: str) -> dict[str, Any]:
-        return await self.request("POST", f"/api/v1/gitlab/{name}/sync")
 
     async def discover(self, pdu: str, port_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Power a free outlet on; the next machine registering without an outlet gets it."""
@@ -247,14 +214,6 @@ class FarmClient:
     async def console_devices(self) -> dict[str, dict[str, Any]]:
         return (await self.request("GET", "/api/v1/consoles")).get("devices", {})
 
-    async def console_slice(self, mac: str, start: int, end: int | None = None) -> tuple[int, bytes]:
-        """Bytes [start, end) of a machine's console stream: (offset of the first byte returned, bytes)."""
-        params: dict[str, Any] = {"start": start, "raw": "true"}
-        if end is not None:
-            params["end"] = end
-        response = await self._send("GET", f"/api/v1/console/{mac}/log", params=params)
-        return int(response.headers.get("x-console-start", start)), response.content
-
     # ------------------------------------------------------------------ events
     async def events(self, types: list[str] | None = None) -> AsyncIterator[dict[str, Any]]:
         """Yield events (``{"type", "seq", "ts", "data"}``) until the stream ends or fails.
@@ -262,73 +221,44 @@ class FarmClient:
         Raises FarmClientError when the backend cannot be reached; the caller reconnects.
         """
         params = {"types": ",".join(types)} if types else None
-        try:
-            async with self._http.stream("GET", "/api/v1/events", params=params, timeout=None) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise FarmClientError(response.text, response.status_code)
-                async for event in _parse_sse(response.aiter_lines()):
-                    yield event
-        except httpx.HTTPError as exc:
-            raise FarmClientError(f"event stream from {self.describe} lost: {exc or type(exc).__name__}") from None
+        lost = f"event stream from {self.describe} lost"
+        async with aclosing(self._sse_json("/api/v1/events", params, lost)) as events:
+            async for event in events:
+                yield event
 
-    async def console_stream(self, mac: str, replay: bool = False) -> AsyncIterator[str]:
-        params = {"replay": "true"} if replay else None
+    async def _sse_json(self, path: str, params: dict[str, str] | None, lost: str) -> AsyncIterator[dict[str, Any]]:
+        """The JSON data of a Server-Sent Events stream (httpx-sse); an error answer or a lost stream
+        raises FarmClientError (``lost`` says which stream)."""
         try:
-            async with self._http.stream(
-                "GET", f"/api/v1/console/{mac}/stream", params=params, timeout=None
-            ) as response:
+            async with aconnect_sse(self._http, "GET", path, params=params, timeout=None) as source:
+                response = source.response
                 if response.status_code >= 400:
                     await response.aread()
                     raise FarmClientError(response.text, response.status_code)
-                async for event in _parse_sse(response.aiter_lines()):
-                    yield event.get("text", "")
-        except httpx.HTTPError as exc:
-            raise FarmClientError(f"console stream lost: {exc or type(exc).__name__}") from None
+                async for event in _json_events(source.aiter_sse()):
+                    yield event
+        except httpx.HTTPError as exc:  # httpx_sse.SSEError (not an event stream) is one too
+            raise FarmClientError(f"{lost}: {exc or type(exc).__name__}") from None
 
 
 MAX_EVENT_CHARS = 16 << 20  # one event's data; the backend's largest (a console batch) is 256 KiB
 
 
-async def _parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+async def _json_events(events: AsyncIterator[ServerSentEvent]) -> AsyncIterator[dict[str, Any]]:
     """Server-Sent Events → their JSON data. An event larger than MAX_EVENT_CHARS is skipped (and a
-    ``dropped`` event given in its place, so a reader refetches), never held whole."""
-    data: list[str] = []
-    size = 0
-    oversized = False
-    async for line in lines:
-        if line == "":
-            if oversized:
-                log.warning("an event of more than %d characters was skipped", MAX_EVENT_CHARS)
-                yield {"type": "dropped", "seq": -1, "data": {"count": 1}}
-            elif data:
-                try:
-                    yield json.loads("\n".join(data))
-                except ValueError:
-                    log.warning("unparsable event: %.80s", data)
-            data, size, oversized = [], 0, False
+    ``dropped`` event given in its place, so a reader refetches). httpx-sse hands the event over whole,
+    as ``aiter_lines`` handed over each whole line before: the backend sends one ``data:`` line per event."""
+    async for sse in events:
+        if not sse.data:
+            continue  # ``retry:`` and the like
+        if len(sse.data) > MAX_EVENT_CHARS:
+            log.warning("an event of more than %d characters was skipped", MAX_EVENT_CHARS)
+            yield {"type": "dropped", "seq": -1, "data": {"count": 1}}
             continue
-        if line.startswith(":") or oversized:
-            continue
-        field, _, value = line.partition(":")
-        if field == "data":
-            value = value[1:] if value.startswith(" ") else value
-            size += len(value) + 1
-            if size > MAX_EVENT_CHARS:
-                data, oversized = [], True
-                continue
-            data.append(value)
-
-
-async def wait_until_up(client: FarmClient, timeout: float = 10.0) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
         try:
-            return await client.health()
-        except FarmClientError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+            yield json.loads(sse.data)
+        except ValueError:
+            log.warning("unparsable event: %.80s", sse.data)
 
 
 # ---------------------------------------------------------------------------------------- job client
@@ -431,7 +361,7 @@ class JobClient:
 
     async def _share_form(self, body: dict[str, Any], share_dir: Path) -> dict[str, Any] | None:
         """valve-infra's v1 multipart form: metadata, job and the share directory as a tar.gz."""
-        from .backend.share import pack_dir
+        from .tarball import pack_dir
 
         try:
             await asyncio.to_thread(share_dir.mkdir, parents=True, exist_ok=True)
@@ -448,7 +378,7 @@ class JobClient:
 
     async def _fetch_share(self, share_dir: Path) -> None:
         """Download the job's share (a tar.gz) and unpack it safely into ``share_dir``."""
-        from .backend.share import ShareError, safe_extract
+        from .tarball import ShareError, safe_extract
 
         assert self._http is not None
         try:
@@ -488,22 +418,20 @@ class JobClient:
         while True:
             params = {"io_offset": io_offset, "ctrl_offset": ctrl_offset}
             try:
-                async with self._http.stream(
-                    "GET", f"/api/v1/job/{self.job_id}/events", params=params, timeout=httpx.Timeout(30, read=None)
-                ) as response:
+                async with aconnect_sse(
+                    self._http, "GET", f"/api/v1/job/{self.job_id}/events", params=params,
+                    timeout=httpx.Timeout(30, read=None),
+                ) as source:
+                    response = source.response
                     if response.status_code >= 400:
                         await response.aread()
                         self.say(f"valve-console: job stream refused (HTTP {response.status_code}): {response.text}")
                         return JOB_EXIT["SETUP_FAIL"]
                     failures = 0
-                    kind = "message"
-                    async for line in response.aiter_lines():
-                        if line.startswith("event:"):
-                            kind = line[6:].strip()
+                    async for sse in source.aiter_sse():
+                        if not sse.data:
                             continue
-                        if not line.startswith("data:"):
-                            continue
-                        data = json.loads(line[5:].strip())
+                        kind, data = sse.event, sse.json()
                         if kind == "job_io":
                             chunk = base64.b85decode(data["data"])
                             io_offset += len(chunk)

@@ -156,11 +156,11 @@ async def test_the_client_skips_an_oversized_event_with_a_dropped_marker(monkeyp
     from valve_console import client as client_module
 
     monkeypatch.setattr(client_module, "MAX_EVENT_CHARS", 1000)
-
-    async def lines():
-        for line in ("retry: 2000", "", "id: 1", "event: log", 'data: {"type": "log", "seq": 1}', "",
-                     "event: console", *(["data: " + "x" * 300] * 5), "", 'data: {"type": "job", "seq": 3}', ""):
-            yield line
-
-    events = [e async for e in client_module._parse_sse(lines())]
+    lines = ("retry: 2000", "", "id: 1", "event: log", 'data: {"type": "log", "seq": 1}', "",
+             "event: console", *(["data: " + "x" * 300] * 5), "", 'data: {"type": "job", "seq": 3}', "")
+    body = "".join(line + "\n" for line in lines).encode()
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body))
+    async with FarmClient("http://farm", transport=transport) as client:
+        events = [e async for e in client.events()]
     assert [e["type"] for e in events] == ["log", "dropped", "job"]

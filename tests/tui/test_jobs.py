@@ -15,7 +15,7 @@ from valve_console.app import ConsoleApp
 from valve_console.backend.farm import Farm
 from valve_console.screens.dialogs import ConfirmScreen
 from valve_console.screens.jobs import JobConsoleScreen, JobsScreen
-from valve_console.screens.model import Changes
+from valve_console.console_data import Changes
 
 from .helpers import screen_text, wait_for, wait_no_text, wait_text
 
@@ -90,7 +90,7 @@ async def test_jobs_table_console_and_cancel(farm: Farm, jobhttp, app: ConsoleAp
         await wait_for(pilot, lambda: any("Command line:" in line for line in dialog.view.plain_lines()), 10,
                        "the job's console text")
         assert "RUNNING" in screen_text(app)
-        app._pending.console_text[mac] = ["+ live line from the DUT\r\n"]
+        app.feed.pending.console_text[mac] = ["+ live line from the DUT\r\n"]
         await wait_for(pilot, lambda: "+ live line from the DUT" in dialog.view.plain_lines(), 5, "a live line")
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen is screen, 5, "the console closed")
@@ -139,10 +139,10 @@ async def test_palette_goes_to_jobs_and_a_refetch_brings_them_back(farm: Farm, j
                        "the job PASS")
         # a job the TUI never heard of (say, its events were dropped) shows after a refetch
         app.model.jobs.pop(job_id)
-        app._pending = Changes()
+        app.feed.pending = Changes()
         screen.farm_reset(app.model)
         await wait_no_text(pilot, job_id)
-        assert app._pending.add_event({"type": "dropped", "data": {}})
-        app._schedule_refetch()
+        assert app.feed.pending.add_event({"type": "dropped", "data": {}})
+        app.feed.schedule_refetch()
         await wait_for(pilot, lambda: job_id in screen.rows, 10, "the job back after the refetch")
         assert cell(screen, job_id, "status") == "PASS"

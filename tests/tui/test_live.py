@@ -6,7 +6,7 @@ from valve_console.app import ConsoleApp
 from valve_console.backend.farm import Farm
 from valve_console.backend.registration import Registration
 from valve_console.screens.consoles import ConsolesScreen, without_overlap
-from valve_console.screens.model import Changes, FarmModel, Snapshot
+from valve_console.console_data import Changes, FarmModel, Snapshot
 
 from .helpers import wait_for
 

@@ -20,7 +20,7 @@ from valve_console.backend.registration import Registration
 from valve_console.client import FarmClient
 from valve_console.screens.consoles import ConsolesScreen, writer_conflict
 from valve_console.screens.dialogs import ConfirmScreen
-from valve_console.screens.model import Changes, FarmModel
+from valve_console.console_data import Changes, FarmModel
 from valve_console.screens.pdus import PdusScreen
 
 from .helpers import screen_text, until, wait_for, wait_no_text, wait_text

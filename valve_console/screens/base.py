@@ -13,9 +13,9 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.screen import Screen
 
+from ..console_data import Changes, FarmModel
 from ..widgets.banner import Banner, StatusLine, TopBar
 from ..widgets.keybar import KeyBar
-from .model import Changes, FarmModel
 
 if TYPE_CHECKING:
     from ..app import ConsoleApp

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Callable, Iterator, cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+from ..console_data import port_sort_key
 from ..widgets.banner import SCREENS
 from .machine_detail import open_details, training_action
-from .model import port_sort_key
 
 if TYPE_CHECKING:
     from ..app import ConsoleApp

@@ -31,12 +31,12 @@ from textual.widgets import OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
 
 from ..client import FarmClientError
+from ..console_data import Changes, FarmModel
 from ..widgets.console_view import ConsoleView
 from ..widgets.sanitize import sanitize, strip_sgr
 from ..widgets.state_badge import connection_badge
 from .base import FarmScreen
 from .dialogs import ConfirmScreen
-from .model import Changes, FarmModel
 
 MAX_OVERLAP = 256 * 1024
 MAX_HIDDEN = 256 * 1024  # characters of output kept for a console whose tab was never shown
@@ -549,19 +549,11 @@ class ConsolesScreen(FarmScreen):
         name = self.model.machine_name(mac)
         question = (f"Remove {name}'s console ({mac})?\n\nIts log files, its TCP port and its stored settings "
                     "(serial device, console server) go; a netconsole connection is dropped.")
-        self.app.push_screen(
-            ConfirmScreen(question, confirm_label="Remove", danger=True),
-            lambda yes: yes and self.run_worker(self._remove(mac), group="console-remove", exit_on_error=False),
+        self.console_app.run_confirmed(
+            question, lambda: self.console_app.client.remove_console(mac), label="Remove", danger=True,
+            group="console-remove", owner=self, failed=f"removing {name}'s console failed",
+            success=f"{name}'s console removed",
         )
-
-    async def _remove(self, mac: str) -> None:
-        name = self.model.machine_name(mac)
-        try:
-            await self.console_app.client.remove_console(mac)
-        except FarmClientError as exc:
-            self.console_app.report(f"removing {name}'s console failed: {exc}", "error")
-            return
-        self.console_app.report(f"{name}'s console removed")
 
     def _console_removed(self, mac: str, keep_tab: bool) -> None:
         """The console is gone: its output goes from the view, and its tab unless ``keep_tab``."""

@@ -10,11 +10,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Input, Static
 
+from ..console_data import Changes, FarmModel
 from ..widgets.state_badge import machine_state, yes_no
 from ..widgets.keyed_table import cursor_key, select_key
 from .base import FarmScreen
 from .machine_detail import open_details, training_action
-from .model import Changes, FarmModel
 
 COLUMNS = (
     ("Name", "name"),

@@ -20,11 +20,11 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
 from ..client import FarmClientError
+from ..console_data import Changes, FarmModel
 from ..widgets.console_view import ConsoleView
 from ..widgets.keyed_table import cursor_key, select_key
 from .base import FarmScreen
 from .consoles import without_overlap
-from .model import Changes, FarmModel
 
 if TYPE_CHECKING:
     from ..app import ConsoleApp

@@ -13,9 +13,9 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Input, Label, Select, Static
 
+from ..console_data import Changes, FarmModel
 from ..widgets.log_view import BACKEND_UNIT, PRIORITY_NAMES, Entry, JournalView
 from .base import FarmScreen
-from .model import Changes, FarmModel
 
 PRIORITY_CHOICES = [
     ("all (debug)", 7),

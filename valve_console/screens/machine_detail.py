@@ -21,8 +21,6 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from ..client import FarmClientError
-from .dialogs import ConfirmScreen
 
 if TYPE_CHECKING:
     from ..app import ConsoleApp
@@ -87,26 +85,13 @@ def held_action(app: "ConsoleApp", mac: str, decision: str) -> None:
         return
     changes = ", ".join(f"{k} -> {_shown(v)}" for k, v in (pending.get("changes") or {}).items()) or "No change."
     question, label, danger = HELD_QUESTIONS[decision]
-
-    def answered(ok: bool | None) -> None:
-        if ok:
-            app.run_worker(_held(app, mac, decision), group=f"held-{mac}", exit_on_error=False)
-
-    app.push_screen(ConfirmScreen(question.format(name=name, source=pending.get("source"), changes=changes),
-                                  confirm_label=label, danger=danger), answered)
-
-
-async def _held(app: "ConsoleApp", mac: str, decision: str) -> None:
-    name = app.model.machine_name(mac)
-    try:
-        if decision == "approve":
-            await app.client.approve_registration(mac)
-        else:
-            await app.client.reject_registration(mac)
-    except FarmClientError as exc:
-        app.report(f"{decision} the held registration of {name} failed: {exc}", "error")
-        return
-    app.report(f"{name}: held registration {'applied' if decision == 'approve' else 'dropped'}")
+    decided = "applied" if decision == "approve" else "dropped"
+    call = app.client.approve_registration if decision == "approve" else app.client.reject_registration
+    app.run_confirmed(
+        question.format(name=name, source=pending.get("source"), changes=changes), lambda: call(mac),
+        label=label, danger=danger, group=f"held-{mac}",
+        failed=f"{decision} the held registration of {name} failed", success=f"{name}: held registration {decided}",
+    )
 
 
 def training_summary(training: Any) -> str:
@@ -130,25 +115,15 @@ def training_action(app: "ConsoleApp", mac: str, action: str) -> None:
     name = app.model.machine_name(mac)
     question, label, danger = QUESTIONS[action]
 
-    def answered(ok: bool | None) -> None:
-        if ok:
-            app.run_worker(_training(app, mac, action), group=f"training-{mac}", exit_on_error=False)
-
-    app.push_screen(ConfirmScreen(question.format(name=name), confirm_label=label, danger=danger), answered)
+    app.run_confirmed(
+        question.format(name=name), lambda: app.client.training(mac, action), label=label, danger=danger,
+        group=f"training-{mac}", failed=f"{action} training of {name} failed",
+        success=lambda machine: f"{name}: {DONE[action]} (state {machine.get('state')})",
+    )
 
 
 def open_details(app: "ConsoleApp", mac: str) -> None:
     app.push_screen(MachineDetailScreen(mac))
-
-
-async def _training(app: "ConsoleApp", mac: str, action: str) -> None:
-    name = app.model.machine_name(mac)
-    try:
-        machine = await app.client.training(mac, action)
-    except FarmClientError as exc:
-        app.report(f"{action} training of {name} failed: {exc}", "error")
-        return
-    app.report(f"{name}: {DONE[action]} (state {machine.get('state')})")
 
 
 class MachineDetailScreen(ModalScreen[None]):

@@ -18,9 +18,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from ..client import FarmClientError
+from ..console_data import Changes, FarmModel, outlet_of
 from ..widgets.state_badge import outlet_badge
 from .base import FarmScreen
-from .model import Changes, FarmModel, outlet_of
 
 _TTY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
 FIELDS = ("machine", "pdu", "port", "tty", "tags", "delay", "comment", "ready", "retired", "condev", "remote",

@@ -11,9 +11,9 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
+from ..console_data import Changes, FarmModel
 from ..widgets.state_badge import outlet_badge, service_badge
 from .base import FarmScreen
-from .model import Changes, FarmModel
 
 
 def format_uptime(seconds: float) -> str:

@@ -16,9 +16,9 @@ from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static
 
+from ..console_data import Changes, FarmModel, outlet_of
 from ..widgets.outlet_grid import OutletGrid
 from .base import FarmScreen
-from .model import Changes, FarmModel, outlet_of
 
 
 class PduSection(Vertical):

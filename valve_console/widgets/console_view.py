@@ -470,20 +470,6 @@ class ConsoleLines(ScrollView, can_focus=False):
             self._highlight = absolute
             self.refresh()
 
-    def row_of(self, absolute: int) -> int:
-        """Virtual row (y) where line ``absolute`` is shown."""
-        return absolute - self._view_first
-
-    def plain_text_at(self, absolute: int) -> str | None:
-        """Text (without ANSI) of a line by absolute number, if it is still stored."""
-        if absolute == self._view_first + self._view_count and self._view_partial:
-            return strip_sgr(self._view_partial)
-        source, first = self._source()
-        index = absolute - first
-        if 0 <= index < len(source):
-            return strip_sgr(source[index])
-        return None
-
     # -- rendering -------------------------------------------------------------------------
 
     def notify_style_update(self) -> None:

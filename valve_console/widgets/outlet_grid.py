@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
-from ..screens.model import FarmModel, port_sort_key
+from ..console_data import FarmModel, port_sort_key
 from .state_badge import outlet_badge
 
 PER_ROW = 8
