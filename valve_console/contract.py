@@ -1,0 +1,338 @@
+"""The contract between the backend and its clients: every answer and event of the API, as models.
+
+The backend declares these as its routes' ``response_model`` (so ``/openapi.json`` describes every
+answer and schemathesis checks answers against it); :class:`valve_console.client.FarmClient` parses
+answers into them and the console's farm model holds them. Both sides import this module and nothing
+else of each other.
+
+Answers carry the keys declared here. A key the backend adds without declaring it is kept in
+production (``extra="allow"``: valve-infra's tools and older clients read the JSON, not these models)
+but refused when ``VALVE_CONSOLE_STRICT_CONTRACT=1`` (the test suite sets it), so an undeclared or
+renamed key fails a test instead of reaching a client silently.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+STRICT = os.environ.get("VALVE_CONSOLE_STRICT_CONTRACT") == "1"
+
+
+class Answer(BaseModel):
+    """A part of an answer or event (see the module's note on undeclared keys)."""
+
+    model_config = ConfigDict(extra="forbid" if STRICT else "allow")
+
+
+# ---------------------------------------------------------------------------------------- machines
+class TrainingResult(Answer):
+    model_config = ConfigDict(extra="allow")  # a loop's record: loop, status, job, at, and what it found
+
+    loop: int = 0
+    status: Optional[str] = None
+
+
+class Training(Answer):
+    """Sgt. Hartman's run for one machine: valve-infra's keys first (its dashboard reads them), then ours."""
+
+    is_active: bool
+    is_registered: bool
+    boot_loop_counts: int
+    qualifying_rate: int
+    current_loop_count: int
+    statuses: dict[str, int]
+    state: str
+    loop: int
+    loops: int
+    qualify: int
+    passes: int
+    results: list[TrainingResult]
+    failures: list[TrainingResult]
+    attempt: int
+    next_attempt_at: Optional[float] = None
+    reason: Optional[str] = None
+    job: Optional[str] = None
+    started_at: Optional[float] = None
+    updated_at: Optional[float] = None
+
+
+class MachineOutlet(Answer):
+    name: Optional[str] = None
+    port_id: Optional[str] = None
+
+
+class TokenCheck(Answer):
+    verified_at: Optional[float] = None
+    verify: Optional[str] = None
+    token_expires_at: Optional[str] = None
+
+
+class MachineRunner(TokenCheck):
+    instance: str
+    runner_id: Optional[int] = None
+    state: str
+    error: Optional[str] = None
+
+
+class Machine(Answer):
+    mac_address: str
+    base_name: Optional[str] = None
+    full_name: str
+    tags: list[str] = Field(description="what the DUT registered (what `machine_registration check` compares)")
+    registered_tags: list[str]
+    manual_tags: list[str]
+    all_tags: list[str] = Field(description="registered and manual tags: what jobs match")
+    ip_address: Optional[str] = None
+    local_tty_device: Optional[str] = None
+    pdu: MachineOutlet
+    has_pdu_assigned: bool
+    pdu_off_delay: Optional[float] = None
+    pdu_off_delay_is_default: bool
+    ready_for_service: bool
+    is_retired: bool
+    available: bool
+    comment: str = ""
+    state: str
+    training: Optional[Training] = None
+    training_loops: Optional[int] = None
+    training_qualify: Optional[int] = None
+    gitlab_exposed: bool
+    runners: list[MachineRunner]
+    pending_registration: Optional[dict[str, Any]] = Field(
+        default=None, description="a registration held for the operator: changes, source, reasons, at, attempts")
+    first_seen: Optional[float] = None
+    last_seen: Optional[float] = None
+
+
+class Machines(Answer):
+    machines: dict[str, Machine]
+
+
+# -------------------------------------------------------------------------------------- PDUs
+class Outlet(Answer):
+    label: Optional[str] = None
+    state: str
+    reserved: bool
+    locked_by: Optional[str] = None
+    min_off_time: float
+    changed_at: Optional[float] = None
+
+
+class OutletOf(Outlet):
+    """An outlet with the PDU it is on (outlet answers and events)."""
+
+    pdu: str
+    port_id: str
+
+
+class Pdu(Answer):
+    name: str
+    driver: str
+    pdu_model: str
+    config: dict[str, Any]
+    reserved_ports: list[str]
+    state: Literal["unknown", "reachable", "unreachable"]
+    error: Optional[str] = None
+    ports: dict[str, Outlet]
+
+
+class Pdus(Answer):
+    pdus: dict[str, Pdu]
+
+
+# ----------------------------------------------------------------------------------- consoles
+class Console(Answer):
+    mac: str
+    source: Optional[str] = None
+    connected: bool
+    device: Optional[str] = None
+    remote: Optional[str] = None
+    baud: Optional[int] = None
+    tcp_host: Optional[str] = None
+    tcp_port: Optional[int] = None
+    tcp_error: Optional[str] = None
+    writer: Optional[str] = None
+    viewers: int
+    bytes: int
+    buffered: int
+    last_activity: Optional[float] = None
+    log_path: str
+    provisional: bool
+
+
+class SerialDevice(Answer):
+    model_config = ConfigDict(extra="allow")  # what udev/sysfs say of the device (serial, vendor, path...)
+
+    identity: str
+    machine: Optional[str] = None
+    open: bool
+    error: Optional[str] = None
+
+
+class Consoles(Answer):
+    consoles: dict[str, Console]
+    devices: dict[str, SerialDevice]
+
+
+class UnboundStream(Answer):
+    id: str
+    name: str
+    kind: str
+    source: Optional[str] = None
+    device: Optional[str] = None
+    machine: Optional[str] = None
+    announced: Optional[str] = None
+    waiting: Optional[str] = None
+    connected_for: float
+    idle: float
+    bytes: int
+    tail: str
+
+
+class UnboundStreams(Answer):
+    streams: dict[str, UnboundStream]
+
+
+# --------------------------------------------------------------------------------------- jobs
+class Job(Answer):
+    id: str
+    machine: str
+    status: Optional[str] = None
+    state: str
+    position: int
+    submitted_at: float
+    started_at: Optional[float] = None
+    ended_at: Optional[float] = None
+    target: Optional[str] = None
+    result: Optional[str] = None
+    console_start: Optional[int] = None
+    console_end: Optional[int] = None
+    training: Optional[str] = None
+    job: Optional[str] = Field(default=None, description="the job's text (a single job's answer only)")
+
+
+class Jobs(Answer):
+    jobs: list[Job]
+
+
+# ------------------------------------------------------------------------------------- health
+class ServiceHealth(Answer):
+    state: str
+    reason: Optional[str] = None
+
+
+class Health(Answer):
+    status: str
+    farm_name: str
+    version: str
+    api: Optional[str] = None
+    netconsole: Optional[str] = None
+    uptime: float
+    services: dict[str, ServiceHealth]
+
+
+# ------------------------------------------------------------------------------------- GitLab
+class GatewayRunner(TokenCheck):
+    runner_id: Optional[int] = None
+    description: str
+    tags: list[str]
+    state: str
+    error: Optional[str] = None
+
+
+class GitlabInstance(Answer):
+    name: str
+    url: str
+    token: str
+    registration_token: Optional[str] = None
+    farm_name: Optional[str] = None
+    expose_runners: bool
+    farm_tags: list[str]
+    state: str
+    reason: Optional[str] = None
+    last_sync: Optional[float] = None
+    last_attempt: Optional[float] = None
+    failures: int = 0
+    retry_in: Optional[float] = None
+    runners: int
+    gateway_runner: Optional[GatewayRunner] = None
+    last_verify: Optional[float] = None
+    verify_result: Optional[str] = None
+
+
+class GitlabRunner(TokenCheck):
+    model_config = ConfigDict(extra="allow")
+
+    instance: str
+    mac_address: Optional[str] = None
+    gateway: bool = False
+    runner_id: Optional[int] = None
+
+
+class Gitlab(Answer):
+    instances: dict[str, GitlabInstance]
+    runners: list[GitlabRunner]
+    config_path: str
+    state: str
+    reason: Optional[str] = None
+
+
+# ------------------------------------------------------------------------------------- events
+class MachineEvent(Answer):
+    action: str
+    mac: str
+    machine: Optional[Machine] = None
+
+
+class PduEvent(Answer):
+    action: Literal["added", "updated", "removed"]
+    name: str
+    pdu: Optional[Pdu] = None
+
+
+class ConsoleRemoved(Answer):
+    mac: str
+    removed: Literal[True]
+
+
+class ConsoleEvent(Answer):
+    mac: str
+    text: str = ""
+    console: Optional[Union[Console, ConsoleRemoved]] = None
+
+
+class HealthEvent(Answer):
+    service: str
+    state: str
+    reason: Optional[str] = None
+
+
+class Dropped(Answer):
+    dropped: int
+
+
+EVENT_DATA: dict[str, type[BaseModel]] = {
+    "machine": MachineEvent,
+    "pdu": PduEvent,
+    "outlet": OutletOf,
+    "console": ConsoleEvent,
+    "health": HealthEvent,
+    "job": Job,
+    "dropped": Dropped,
+}
+"""The model of each event type's ``data``; the others (discovery, log, journal, gitlab) are free-form."""
+
+
+class Event(Answer):
+    type: str
+    seq: int
+    ts: float
+    data: dict[str, Any]
+
+    def parsed(self) -> Any:
+        """The event's data as its model (EVENT_DATA), or the dict for free-form types."""
+        model = EVENT_DATA.get(self.type)
+        return model.model_validate(self.data) if model is not None else self.data
