@@ -49,7 +49,6 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
 from sqlmodel import Session, select
 
-from ..config import private_ip
 from ..drivers.pdu.base import PortState
 from .boot import BootCache, BootCacheError, BootConfig
 from .errors import BadRequest, Conflict, FarmError, NotFound
@@ -1148,7 +1147,7 @@ def default_boot_urls(settings: "Settings", api_address: Optional[tuple[str, int
     """(kernel URL, initrd URL, api host:port) that unknown or idle DUTs boot."""
     host, port = api_address or ("127.0.0.1", 8000)
     if host in ("0.0.0.0", "::", ""):
-        host = private_ip()
+        host = settings.private_address
     api_host = settings.boot_api_host or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     kernel = settings.boot_kernel_url or f"http://{api_host}/files/kernel"
     initrd = settings.boot_initrd_url or f"http://{api_host}/files/initramfs.cpio.xz"

@@ -20,7 +20,7 @@ from typing import Any
 import uvicorn
 
 from .. import __version__
-from ..config import Settings, parse_hostport, private_ip_text
+from ..config import Settings, parse_hostport
 from .auth import load_or_create_token
 from .boot import BootCache, BootService, dnsmasq_config
 from .consoles import ConsoleHub, build_device_sources
@@ -283,8 +283,8 @@ class Farm:
         try:
             return dnsmasq_config(
                 iface,
-                private_ip_text(),
-                os.environ.get("VALVE_CONSOLE_DHCP_RANGE", "10.42.0.10,10.42.0.100"),
+                self.settings.private_ip_text,
+                self.settings.dhcp_range,
                 self.settings.data_dir / "tftp",
                 root / "hosts.dhcp",
                 root / "dnsmasq.leases",
