@@ -71,7 +71,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
-from .registration import normalise_mac
+from .rules import IPXE_OPERATORS, control_chars, is_http_url, normalise_mac, validate_url
 
 __all__ = [
     "BootCache",
@@ -102,40 +102,7 @@ __all__ = [
 DEFAULT_REGISTRY = "ci-gateway:8002"
 DEFAULT_REGISTRATION_IMAGE = "mupuf/valve-infra/machine_registration:latest"
 
-MAX_URL_LENGTH = 2048
 MAX_CMDLINE_LENGTH = 8192
-_URL_SCHEMES = ("http://", "https://", "tftp://")
-# Sequences that iPXE reads as command separators or conditional operators on a command line.
-_IPXE_OPERATORS = ("&&", "||")
-
-
-def _control_chars(text: str) -> list[str]:
-    return [c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
-
-
-def validate_url(url: str, what: str = "URL") -> str:
-    """Check a kernel/initrd URL for an iPXE script; returns it, raises ``ValueError`` in words.
-
-    Accepted: ``http://``, ``https://`` or ``tftp://`` URLs of printable ASCII without spaces, ``;``,
-    ``&&`` or ``||`` (which iPXE would read as further commands).
-    """
-    if not isinstance(url, str):
-        raise ValueError(f"the {what} must be a string")
-    if not url:
-        raise ValueError(f"the {what} is empty")
-    if len(url) > MAX_URL_LENGTH:
-        raise ValueError(f"the {what} is longer than {MAX_URL_LENGTH} characters")
-    bad = [c for c in url if not 33 <= ord(c) <= 126]
-    if bad:
-        raise ValueError(
-            f"the {what} {url[:80]!r} contains {bad[0]!r}: spaces, control and non-ASCII characters are refused"
-        )
-    if not url.lower().startswith(_URL_SCHEMES):
-        raise ValueError(f"the {what} {url[:80]!r} must start with http://, https:// or tftp://")
-    for token in (";", *_IPXE_OPERATORS):
-        if token in url:
-            raise ValueError(f"the {what} {url[:80]!r} contains {token!r}, which iPXE would run as a command")
-    return url
 
 
 def validate_cmdline(cmdline: str) -> str:
@@ -148,12 +115,12 @@ def validate_cmdline(cmdline: str) -> str:
         raise ValueError("the kernel cmdline must be a string")
     if len(cmdline) > MAX_CMDLINE_LENGTH:
         raise ValueError(f"the kernel cmdline is longer than {MAX_CMDLINE_LENGTH} characters")
-    bad = _control_chars(cmdline)
+    bad = control_chars(cmdline)
     if bad:
         raise ValueError(
             f"the kernel cmdline contains the control character {bad[0]!r} (a newline would start an iPXE command)"
         )
-    for token in _IPXE_OPERATORS:
+    for token in IPXE_OPERATORS:
         if token in cmdline:
             raise ValueError(f"the kernel cmdline contains {token!r}, which iPXE would run as a conditional command")
     return cmdline
@@ -482,7 +449,7 @@ def dnsmasq_config(
         if not isinstance(name, str) or not _TFTP_FILE.fullmatch(name) or ".." in name.split("/"):
             raise ValueError(f"{what} {name!r} is not a file name inside the TFTP root")
     base = _conf_value(boot_url, "the boot URL").rstrip("/")
-    if not base.lower().startswith(("http://", "https://")):
+    if not is_http_url(base):
         raise ValueError(f"the boot URL {boot_url!r} must start with http:// or https://")
     if "$" in base or "?" in base:
         raise ValueError(f"the boot URL {boot_url!r} must be a base URL (no '$' or '?')")

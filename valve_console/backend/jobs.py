@@ -102,7 +102,8 @@ from pydantic import (
     model_validator,
 )
 
-from .boot import DEFAULT_REGISTRATION_IMAGE, DEFAULT_REGISTRY, BootConfig, validate_cmdline, validate_url
+from .boot import DEFAULT_REGISTRATION_IMAGE, DEFAULT_REGISTRY, BootConfig, validate_cmdline
+from .rules import target_tags, validate_url
 
 __all__ = [
     "BUILTIN_DEFAULTS",
@@ -395,10 +396,7 @@ class Target(_Strict):
     @field_validator("tags")
     @classmethod
     def _tags(cls, v: list[str]) -> list[str]:
-        for tag in v:
-            if not tag or any(ord(c) < 32 for c in tag):
-                raise ValueError(f"invalid tag {tag[:40]!r}")
-        return list(dict.fromkeys(v))
+        return target_tags(v)
 
     @model_validator(mode="after")
     def _some(self) -> "Target":
