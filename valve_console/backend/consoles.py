@@ -42,11 +42,11 @@ from typing import Any, Callable, Iterable
 
 from .errors import BadRequest, Conflict, NotFound
 from .events import EventBus
+from .rules import MAC_PREFIX, normalise_mac
 
 log = logging.getLogger(__name__)
 
 MARKER = re.compile(rb"SALAD\.machine_id=(\S+)")
-MAC_PREFIX = re.compile(rb"^[0-9A-Fa-f]{2}(?:[:-]?[0-9A-Fa-f]{2}){5}")
 MAX_LINE = 4096  # bytes kept while waiting for a newline; longer "lines" are cut
 PENDING_MAX = 64 * 1024  # bytes kept from a stream before it is bound to a machine
 EVENT_HZ = 20
@@ -1211,19 +1211,15 @@ class ConsoleHub:
         if self.store is None or console.tcp_index is None:
             return
         from .models import MachineConsole, now
+        from .store import upsert_row
 
         mac, index, device, remote = console.mac, console.tcp_index, console.device, console.remote
 
         def upsert(session: Any) -> None:
-            row = session.get(MachineConsole, mac)
-            if row is None:
-                row = MachineConsole(mac_address=mac, tcp_index=index)
-            row.device = device
-            row.remote_url = remote
+            values = {"device": device, "remote_url": remote, "updated_at": now()}
             if set_by is not None:
-                row.device_set_by = set_by
-            row.updated_at = now()
-            session.add(row)
+                values["device_set_by"] = set_by
+            upsert_row(session, MachineConsole, values, mac, on_insert={"mac_address": mac, "tcp_index": index})
 
         async def run() -> None:
             try:
@@ -1498,7 +1494,6 @@ class ConsoleHub:
                 log.debug("pong to %s failed: %s", stream.name, exc)
         match = MARKER.search(line)
         if match:
-            from .registration import normalise_mac
 
             token = match.group(1)
             try:

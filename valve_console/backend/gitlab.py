@@ -45,12 +45,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from sqlmodel import Session, select
 
 from .errors import BadRequest, Conflict, NotFound
 from .events import EventBus
 from .models import GitlabInstance, GitlabRunner, Machine
+from .rules import HTTP_URL_SCHEMA, RUNNER_TAGS_SCHEMA, http_url, runner_tags
 from .store import Store
 
 if TYPE_CHECKING:
@@ -60,11 +62,8 @@ log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # The same rules for the OpenAPI schema, so that what the schema allows is what the validators take
-# (schemathesis checks both ways). Whitespace as str.strip() and Python's \s know it.
-_WS = "\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+# (schemathesis checks both ways).
 NAME_SCHEMA = {"pattern": NAME.pattern}
-URL_SCHEMA = {"pattern": f"^[{_WS}]*https?://[^{_WS}/\\x00-\\x20\\x7f][^\\x00-\\x20\\x7f]*[{_WS}]*$"}
-TAGS_SCHEMA = {"items": {"type": "string", "pattern": "^[^,\\x00-\\x1f]{1,256}$"}}
 
 
 def _not_null(extra: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
@@ -96,20 +95,6 @@ class RunnerRefused(Exception):
 
 
 # ---------------------------------------------------------------------------------------- API bodies
-def _check_url(v: str) -> str:
-    v = v.strip().rstrip("/")
-    if not re.match(r"^https?://[^\s/]+", v) or len(v) > 2048 or any(ord(c) < 33 or ord(c) == 127 for c in v):
-        raise ValueError(f"{v[:60]!r} is not an http(s):// URL")
-    return v
-
-
-def _check_tags(tags: list[str]) -> list[str]:
-    for tag in tags:
-        if not tag or len(tag) > 256 or "," in tag or any(ord(c) < 32 for c in tag):
-            raise ValueError(f"invalid tag {tag[:40]!r}: 1-256 printable characters, no comma")
-    return list(dict.fromkeys(tags))
-
-
 class GitlabInstanceCreate(BaseModel):
     # a token or a registration token (add_instance refuses neither), as the schema says
     model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
@@ -118,12 +103,12 @@ class GitlabInstanceCreate(BaseModel):
     ]})
 
     name: str = Field(json_schema_extra=NAME_SCHEMA)
-    url: str = Field(json_schema_extra=URL_SCHEMA)
+    url: str = Field(json_schema_extra=HTTP_URL_SCHEMA)
     token: str = Field(default="", max_length=1024)
     registration_token: Optional[str] = Field(default=None, max_length=1024)
     farm_name: Optional[str] = Field(default=None, json_schema_extra=NAME_SCHEMA)  # default: the farm's name
     expose_runners: StrictBool = True
-    farm_tags: list[str] = Field(default_factory=list, max_length=64, json_schema_extra=TAGS_SCHEMA)
+    farm_tags: list[str] = Field(default_factory=list, max_length=64, json_schema_extra=RUNNER_TAGS_SCHEMA)
 
     @field_validator("name", "farm_name")
     @classmethod
@@ -135,23 +120,23 @@ class GitlabInstanceCreate(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        return _check_url(v)
+        return http_url(v)
 
     @field_validator("farm_tags")
     @classmethod
     def _tags(cls, v: list[str]) -> list[str]:
-        return _check_tags(v)
+        return runner_tags(v)
 
 
 class GitlabInstanceUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: Optional[str] = Field(default=None, json_schema_extra=_not_null(URL_SCHEMA))
+    url: Optional[str] = Field(default=None, json_schema_extra=_not_null(HTTP_URL_SCHEMA))
     token: Optional[str] = Field(default=None, max_length=1024, json_schema_extra=_not_null({}))
     registration_token: Optional[str] = Field(default=None, max_length=1024)
     farm_name: Optional[str] = Field(default=None, json_schema_extra=_not_null(NAME_SCHEMA))
     expose_runners: Optional[StrictBool] = Field(default=None, json_schema_extra=_not_null({}))
-    farm_tags: Optional[list[str]] = Field(default=None, max_length=64, json_schema_extra=_not_null(TAGS_SCHEMA))
+    farm_tags: Optional[list[str]] = Field(default=None, max_length=64, json_schema_extra=_not_null(RUNNER_TAGS_SCHEMA))
 
     @field_validator("farm_name")
     @classmethod
@@ -161,55 +146,34 @@ class GitlabInstanceUpdate(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, v: Optional[str]) -> Optional[str]:
-        return None if v is None else _check_url(v)
+        return None if v is None else http_url(v)
 
     @field_validator("farm_tags")
     @classmethod
     def _tags(cls, v: Optional[list[str]]) -> Optional[list[str]]:
-        return None if v is None else _check_tags(v)
+        return None if v is None else runner_tags(v)
 
 
 # ---------------------------------------------------------------------------------------- config.toml
-def toml_value(value: Any) -> str:
-    """A TOML value for str, bool, int, float or a list of those (JSON string escapes are TOML's)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=True)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {type(value).__name__}")
+CONFIG_HEADER = (
+    "# Written by valve-console: edits are overwritten. One [[runners]] per exposed machine and instance\n"
+    "# (and <farm>-gateway per instance when gitlab_gateway_runner is on).\n"
+    "\n"
+)
+
+
+def _without_none(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without None (TOML has no null: a key left out is gitlab-runner's default), recursively."""
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in values.items() if v is not None}
 
 
 def render_config_toml(global_values: dict[str, Any], runners: list[dict[str, Any]]) -> str:
-    """gitlab-runner's config.toml: top-level keys and tables (dict values), then ``[[runners]]``
-    entries whose dict values become sub-tables (``[runners.custom]``)."""
-    lines = [
-        "# Written by valve-console: edits are overwritten. One [[runners]] per exposed machine and instance",
-        "# (and <farm>-gateway per instance when gitlab_gateway_runner is on).",
-        "",
-    ]
-
-    def table(prefix: str, values: dict[str, Any]) -> None:
-        subs = []
-        for key, value in values.items():
-            if isinstance(value, dict):
-                subs.append((key, value))
-            elif value is not None:
-                lines.append(f"{key} = {toml_value(value)}")
-        for key, value in subs:
-            lines.append("")
-            lines.append(f"[{prefix}{key}]")
-            table(f"{prefix}{key}.", value)
-
-    table("", global_values)
-    for runner in runners:
-        lines.append("")
-        lines.append("[[runners]]")
-        table("runners.", runner)
-    return "\n".join(lines) + "\n"
+    """gitlab-runner's config.toml (tomli-w): top-level keys and tables (dict values), then ``[[runners]]``
+    entries whose dict values become sub-tables (``[runners.custom]``); None values are left out."""
+    document = {**_without_none(global_values), "runners": [_without_none(runner) for runner in runners]}
+    if not runners:
+        del document["runners"]
+    return CONFIG_HEADER + tomli_w.dumps(document)
 
 
 def gateway_limit() -> int:
@@ -760,16 +724,7 @@ class RunnerService:
 
     async def _save(self, row: GitlabRunner) -> None:
         values = {name: getattr(row, name) for name in GitlabRunner.model_fields}
-
-        def write(s: Session) -> None:
-            old = s.get(GitlabRunner, (row.instance, row.mac_address))
-            if old is None:
-                s.add(GitlabRunner(**values))
-            else:
-                for k, v in values.items():
-                    setattr(old, k, v)
-
-        await self.store.run(write)
+        await self.store.upsert(GitlabRunner, values, (row.instance, row.mac_address))
         self.runners[(row.instance, row.mac_address)] = row
 
     async def _forget(self, iname: str, mac: str) -> None:
@@ -1006,16 +961,7 @@ class RunnerService:
 
     async def _store_instance(self, inst: GitlabInstance) -> None:
         values = {k: getattr(inst, k) for k in GitlabInstance.model_fields}
-
-        def write(s: Session) -> None:
-            row = s.get(GitlabInstance, inst.name)
-            if row is None:
-                s.add(GitlabInstance(**values))
-            else:
-                for k, v in values.items():
-                    setattr(row, k, v)
-
-        await self.store.run(write)
+        await self.store.upsert(GitlabInstance, values, inst.name)
         self.instances[inst.name] = inst
 
     # ------------------------------------------------------------------ config.toml
