@@ -26,7 +26,7 @@ from .boot import BootCache, BootService, dnsmasq_config
 from .consoles import ConsoleHub, build_device_sources
 from .discovery import DiscoveryService
 from .events import EventBus
-from .executor import JobService
+from .jobs.executor import JobService
 from .gitlab import RunnerService
 from .journal import JournalFollower
 from .power import PowerService
@@ -269,7 +269,7 @@ class Farm:
         }
 
     def _files_base(self) -> str:
-        from .executor import default_boot_urls
+        from .jobs.executor import default_boot_urls
 
         _, _, api_host = default_boot_urls(self.settings, self.api_address)
         return f"http://{api_host}/files"
@@ -303,7 +303,7 @@ class Farm:
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def _training_boot_urls(self) -> tuple[str, str, str]:
-        from .executor import default_boot_urls
+        from .jobs.executor import default_boot_urls
 
         return default_boot_urls(self.settings, self.api_address)
 
