@@ -1,768 +1,46 @@
-"""ConsoleHub: console streams → association with a machine → per-machine console.
-
-A *stream* is one source of console bytes: a TCP connection to the netconsole port (QEMU DUTs,
-Vivian's simulated DUTs), a serial device (a USB adapter found by a device source, or a path
-given with ``--serial``), or a machine's remote console server (ser2net, raw TCP or RFC 2217).
-A line holding ``SALAD.machine_id=<mac>`` binds the stream to that machine; a line ending in
-``SALAD.ping`` is answered ``SALAD.pong\\n``. A serial device's binding (its stable identity →
-MAC) is stored, so after a restart or a re-plug the device is that machine's console at once.
-
-Each machine's *console* keeps a bounded ring buffer of timestamped chunks, a rotated log file
-(byte offsets in the machine's whole stream survive rotation and restarts: ``mark``/``slice``),
-any number of live viewers (API streams, and TCP clients on the machine's fixed port), and at
-most one writer. Bytes are stored raw; sanitising is the viewer's job. Every buffer on the way is
-bounded: a slow viewer loses bytes (and is told how many), never stalls the hub.
-
-The DUT network is hostile (DUTs run merge requests' code), so a binding is earned (``ConsolePolicy``):
-a marker never takes a live binding over; a netconsole stream binds only from the machine's
-registered address, from a local source (the gateway itself: QEMU and Vivian DUTs), or anywhere
-under the "free" policy; the others wait as *unbound streams* the operator sees and binds by hand.
-Consoles of machines that never registered are *provisional*: capped (overall and per source),
-with a small ring, removed with their logs when unused. Connections are capped and time out; all
-console logs together stay under a farm-wide cap (``LogBudget``), the oldest rotated files going first.
-"""
+"""ConsoleHub: streams bound to machines' consoles, the netconsole server, serial and remote sources, viewers
+on each machine's TCP port, console events, persistence of bindings, housekeeping (see the package's face)."""
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import errno
-import ipaddress
-import itertools
 import logging
 import os
-import re
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .errors import BadRequest, Conflict, NotFound
-from .events import EventBus
-from .rules import MAC_PREFIX, normalise_mac
-
-log = logging.getLogger(__name__)
-
-MARKER = re.compile(rb"SALAD\.machine_id=(\S+)")
-MAX_LINE = 4096  # bytes kept while waiting for a newline; longer "lines" are cut
-PENDING_MAX = 64 * 1024  # bytes kept from a stream before it is bound to a machine
-EVENT_HZ = 20
-EVENT_MAX_TEXT = 256 * 1024
-COALESCE = 4096  # ring chunks smaller than this, arriving within a second, are merged
-RING_MAX_CHUNKS = 65536  # a trickle of tiny chunks cannot make the ring's index grow without bound
-VIEWER_HIGH = 256 * 1024  # a TCP viewer's unsent bytes above which its output is dropped
-VIEWER_LOW = 64 * 1024
-SUBSCRIBER_MAX = 1024 * 1024  # an API stream's unsent bytes above which the oldest are dropped
-WRITE_MAX = 1024 * 1024  # bytes waiting to go to a device before input is refused
-NOTICE_INTERVAL = 1.0  # at most one refusal notice a second per TCP client
-MAX_CONSOLES = 1024  # consoles of registered machines at most (each holds a listening socket)
-UNKNOWN_RING = 256 * 1024  # ring buffer of a provisional console (a machine that never registered)
-WARN_INTERVAL = 60.0  # the same refusal is logged at most once a minute (a flood must not flood the log)
-WARN_BURST = 30  # and refusals of any kind at most this many times a minute
-KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 10, 3  # a dead DUT's connection goes in ~90 s
-LOG_CAP_LOW = 0.9  # evicting console logs goes down to this share of the farm-wide cap
-LOG_SCAN_INTERVAL = 2.0  # seconds between two scans of the console log directory
-TAKEOVER = b"\x1dt"  # Ctrl-] then t: take write access over
-RETRY_MIN, RETRY_MAX = 0.5, 30.0  # back-off when a device or a console server cannot be opened
-SHARE_RETRY = 30.0  # seconds between attempts to listen on a machine's port when it is taken
-SLICE_MAX = 64 * 1024 * 1024
-
-
-# --------------------------------------------------------------------------- storage
-class RotatingLog:
-    """Append-only log file rotated by size: ``x.log``, ``x.log.1`` ... ``x.log.<backups>``.
-
-    Each file's first byte has a known offset in the machine's whole console stream, kept in
-    ``x.base`` (one offset a line: x.log, x.log.1, ...), so a byte range can be read back across
-    rotations and restarts.
-    """
-
-    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.backups = backups
-        self._fd: int | None = None
-        self._size = 0
-        self._starts: list[int] | None = None  # stream offset of x.log, x.log.1, ...
-
-    @property
-    def base_path(self) -> Path:
-        return self.path.with_suffix(".base")
-
-    def _file(self, i: int) -> Path:
-        return self.path if i == 0 else self.path.with_name(f"{self.path.name}.{i}")
-
-    def _load(self) -> list[int]:
-        if self._starts is None:
-            sizes = []
-            for i in range(self.backups + 1):
-                try:
-                    sizes.append(self._file(i).stat().st_size)
-                except OSError:
-                    sizes.append(0)
-            self._size = sizes[0]
-            try:
-                starts = [int(x) for x in self.base_path.read_text().split()]
-            except (OSError, ValueError):
-                starts = []
-            if not starts:
-                # No offsets recorded (a new log, or one from before they were): the oldest file starts at 0.
-                starts = [sum(sizes[1:])]
-            while len(starts) < self.backups + 1:  # older files than recorded: each ends where the next starts
-                starts.append(starts[-1] - sizes[len(starts)])
-            self._starts = starts[: self.backups + 1]
-        return self._starts
-
-    @property
-    def end(self) -> int:
-        """The stream offset just past the last byte written."""
-        return self._load()[0] + self._size
-
-    def _open(self) -> int:
-        if self._fd is None:
-            self._load()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            self._size = os.fstat(self._fd).st_size
-        return self._fd
-
-    def write(self, data: bytes, at: int | None = None) -> None:
-        """Append ``data``, whose first byte is at stream offset ``at`` (default: right after the last)."""
-        fd = self._open()
-        if at is not None and at != self.end:
-            self._rotate(at)  # a gap (an earlier write failed): a new file keeps offsets exact
-            fd = self._open()
-        elif self.max_bytes and self._size + len(data) > self.max_bytes and self._size > 0:
-            self._rotate(self.end)
-            fd = self._open()
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            self._size += n
-            view = view[n:]
-
-    def _rotate(self, new_start: int) -> None:
-        starts = self._load()
-        if self._size == 0:  # nothing in the current file: it simply starts elsewhere
-            starts[0] = new_start
-            self._write_starts()
-            return
-        self.close()
-        for i in range(self.backups - 1, 0, -1):
-            src = self._file(i)
-            if src.exists():
-                os.replace(src, self._file(i + 1))
-        if self.backups > 0:
-            if self.path.exists():
-                os.replace(self.path, self._file(1))
-        else:
-            self.path.unlink(missing_ok=True)
-        self._starts = [new_start] + starts[: self.backups]
-        self._size = 0
-        self._write_starts()
-
-    def _write_starts(self) -> None:
-        assert self._starts is not None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.base_path.with_name(self.base_path.name + ".tmp")
-        tmp.write_text("\n".join(str(s) for s in self._starts) + "\n")
-        os.replace(tmp, self.base_path)
-
-    def segments(self) -> list[tuple[Path, int, int]]:
-        """(file, stream offset of its first byte, size) for each file, oldest first."""
-        starts = self._load()
-        result = []
-        for i in range(self.backups, -1, -1):
-            size = self._size if i == 0 else _size_of(self._file(i))
-            if size:
-                result.append((self._file(i), starts[i], size))
-        return result
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def files(self) -> list[Path]:
-        """Every file of this log that exists (x.log, x.log.1 ..., x.base)."""
-        names = [self._file(i) for i in range(self.backups + 1)] + [self.base_path]
-        return [p for p in names if p.exists()]
-
-    def discard_current(self) -> int:
-        """Delete x.log (the farm-wide cap needs room): later bytes start a new file at the same offset."""
-        starts = self._load()
-        end = self.end
-        self.close()
-        freed = _size_of(self.path)
-        self.path.unlink(missing_ok=True)
-        starts[0] = end
-        self._size = 0
-        self._write_starts()
-        return freed
-
-    def remove(self) -> None:
-        """Delete every file of this log (the console is removed)."""
-        self.close()
-        for path in self.files():
-            path.unlink(missing_ok=True)
-        self._starts = None
-        self._size = 0
-
-
-def _size_of(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-class SliceReader:
-    """A byte range of a console, prepared on the loop (files opened, ring copied), read anywhere."""
-
-    def __init__(self, start: int, end: int) -> None:
-        self.start = start  # the first byte actually available (older ones were rotated away)
-        self.end = end
-        self._parts: list[tuple[int, int, int] | bytes] = []  # (fd, position, length) or bytes
-
-    def read(self) -> bytes:
-        out = bytearray()
-        try:
-            for part in self._parts:
-                if isinstance(part, bytes):
-                    out += part
-                    continue
-                fd, pos, length = part
-                while length > 0:
-                    chunk = os.pread(fd, min(length, 1 << 20), pos)
-                    if not chunk:
-                        break
-                    out += chunk
-                    pos += len(chunk)
-                    length -= len(chunk)
-        finally:
-            self.close()
-        return bytes(out)
-
-    def close(self) -> None:
-        for part in self._parts:
-            if not isinstance(part, bytes):
-                with contextlib.suppress(OSError):
-                    os.close(part[0])
-        self._parts = [p for p in self._parts if isinstance(p, bytes)]
-
-
-class LogBudget:
-    """All console logs together under ``max_bytes``: the oldest rotated files go first, then the oldest
-    current files of consoles without a live stream (``protected`` tells which paths must stay).
-
-    Bytes written are counted as they go; the directory is scanned only when the count passes the cap
-    (at most every LOG_SCAN_INTERVAL s: the count overshoots, rotations overwrite), and then emptied
-    down to LOG_CAP_LOW of the cap.
-    """
-
-    def __init__(self, directory: Path, max_bytes: int) -> None:
-        self.directory = directory
-        self.max_bytes = max_bytes
-        self.total = 0  # bytes in the directory's log files, as far as we know (a scan makes it exact)
-        self.evicted_files = 0
-        self.evicted_bytes = 0
-        self._last_scan = float("-inf")
-
-    def scan(self) -> list[tuple[float, int, Path]]:
-        """(mtime, size, path) of every log file; sets ``total``."""
-        found = []
-        try:
-            entries = list(os.scandir(self.directory))
-        except OSError:
-            entries = []
-        for entry in entries:
-            if ".log" not in entry.name or entry.name.endswith(".tmp"):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            found.append((st.st_mtime, st.st_size, Path(entry.path)))
-        self.total = sum(size for _, size, _ in found)
-        return found
-
-    def add(self, n: int) -> bool:
-        """Count ``n`` bytes written; True when the logs are (as far as we know) over the cap."""
-        self.total += n
-        return bool(self.max_bytes) and self.total > self.max_bytes
-
-    def delay(self) -> float:
-        """Seconds until the next scan may run (scans are at least LOG_SCAN_INTERVAL apart)."""
-        return max(0.0, self._last_scan + LOG_SCAN_INTERVAL - time.monotonic())
-
-    def enforce(self, protected: set[Path], discard: Callable[[Path], int | None]) -> None:
-        """Delete the oldest files until the logs fit. ``discard(path)`` handles a console's current file
-        (returns the bytes freed, or None if it is not a loaded console's: the file is simply deleted)."""
-        self._last_scan = time.monotonic()
-        if not self.max_bytes:
-            return
-        files = self.scan()
-        if self.total <= self.max_bytes:
-            return
-        goal = int(self.max_bytes * LOG_CAP_LOW)
-        rotated = sorted(f for f in files if not f[2].name.endswith(".log"))
-        current = sorted(f for f in files if f[2].name.endswith(".log") and f[2] not in protected)
-        for _, size, path in rotated + current:
-            if self.total <= goal:
-                break
-            try:
-                freed = discard(path) if path.name.endswith(".log") else None
-                if freed is None:
-                    path.unlink(missing_ok=True)
-                    freed = size
-            except OSError as exc:
-                log.warning("console logs: cannot delete %s: %s", path, exc.strerror or exc)
-                continue
-            self.total -= freed
-            self.evicted_files += 1
-            self.evicted_bytes += freed
-        if self.total > self.max_bytes:
-            log.warning("console logs: %d bytes, above the cap of %d, all in the logs of live consoles",
-                        self.total, self.max_bytes)
-
-
-@dataclass
-class ConsolePolicy:
-    """How a console binding is earned and what DUT-facing console state may cost.
-
-    ``bind``: "address" (a netconsole stream binds a machine from its registered address or from a
-    local source) or "free" (from anywhere, while the machine has no live stream). ``local_sources``:
-    trusted_networks-style items naming the gateway itself. A hub built without settings (tests of its
-    buffers) is permissive: ``ConsolePolicy()`` binds any free console; a farm's comes from its settings.
-    """
-
-    bind: str = "free"
-    local_sources: tuple[str, ...] = ("auto",)
-    max_connections: int = 256
-    max_per_source: int = 4
-    marker_timeout: float = 60.0
-    unbound_ttl: float = 1800.0
-    unknown_max: int = 64
-    unknown_per_source: int = 4
-    unknown_ttl: float = 600.0
-    logs_max_bytes: int = 0
-    sweep_interval: float = 1.0
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> "ConsolePolicy":
-        return cls(
-            bind=settings.console_bind_policy,
-            local_sources=tuple(settings.console_local_sources),
-            max_connections=settings.netconsole_max_connections,
-            max_per_source=settings.netconsole_max_per_source,
-            marker_timeout=settings.netconsole_marker_timeout,
-            unbound_ttl=settings.console_unbound_ttl,
-            unknown_max=settings.console_unknown_max,
-            unknown_per_source=settings.console_unknown_per_source,
-            unknown_ttl=settings.console_unknown_ttl,
-            logs_max_bytes=settings.console_logs_max_bytes,
-            sweep_interval=min(1.0, settings.netconsole_marker_timeout / 4, settings.console_unknown_ttl / 4),
-        )
-
-
-def _ip(host: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    if not host:
-        return None
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0].strip("[]"))
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
-def same_address(a: str | None, b: str | None) -> bool:
-    """Two textual addresses name the same host (``::ffff:10.0.0.1`` is ``10.0.0.1``)."""
-    x, y = _ip(a), _ip(b)
-    return x is not None and x == y
-
-
-# --------------------------------------------------------------------------- viewers and writers
-class Subscriber:
-    """An API stream's queue of console bytes, bounded in bytes; the oldest are dropped and counted."""
-
-    def __init__(self, limit: int = SUBSCRIBER_MAX, who: str | None = None) -> None:
-        self.limit = limit
-        self.who = who  # "api" for an API stream; None: inside the backend (a running job reads it)
-        self.chunks: deque[bytes] = deque()
-        self.size = 0
-        self.dropped = 0
-        self.closed = False
-        self._wakeup = asyncio.Event()
-
-    def put(self, data: bytes) -> None:
-        self.chunks.append(data)
-        self.size += len(data)
-        while self.size > self.limit and len(self.chunks) > 1:
-            old = self.chunks.popleft()
-            self.size -= len(old)
-            self.dropped += len(old)
-        self._wakeup.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self._wakeup.set()
-
-    async def get(self, timeout: float | None = None) -> bytes | None:
-        """Everything queued (after a drop notice if bytes were lost); ``b""`` on timeout; None once closed."""
-        if not self.chunks and not self.closed:
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
-            except asyncio.TimeoutError:
-                return b""
-        self._wakeup.clear()
-        if self.chunks:
-            data = b"".join(self.chunks)
-            self.chunks.clear()
-            self.size = 0
-            if self.dropped:
-                data = f"\r\n[valve-console: {self.dropped} bytes dropped]\r\n".encode() + data
-                self.dropped = 0
-            return data
-        return None if self.closed else b""
-
-
-class TcpViewer(asyncio.Protocol):
-    """A TCP client of a machine's console port: sees the output; may type when it holds write."""
-
-    def __init__(self, hub: "ConsoleHub", console: "Console") -> None:
-        self.hub = hub
-        self.console = console
-        self.transport: asyncio.Transport | None = None
-        self.who = "tcp:?"
-        self.paused = False
-        self.dropped = 0
-        self.escape = False  # the last byte received was Ctrl-]
-        self._last_notice: tuple[float, str] = (0.0, "")
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.set_write_buffer_limits(high=VIEWER_HIGH, low=VIEWER_LOW)
-        peer = transport.get_extra_info("peername") or ("?", 0)
-        self.who = f"tcp:{peer[0]}:{peer[1]}"
-        self.console.viewers.add(self)
-        self.hub._changed(self.console)
-
-    def send(self, data: bytes) -> None:
-        if self.paused:
-            self.dropped += len(data)
-        else:
-            self.transport.write(data)  # type: ignore[union-attr]
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        if self.dropped:
-            self.transport.write(f"\r\n[valve-console: {self.dropped} bytes dropped]\r\n".encode())  # type: ignore
-            self.dropped = 0
-
-    def notice(self, text: str, rate_limited: bool = False) -> None:
-        if rate_limited:  # a refusal repeats with every keystroke: the same one at most once a second
-            now = time.monotonic()
-            if text == self._last_notice[1] and now - self._last_notice[0] < NOTICE_INTERVAL:
-                return
-            self._last_notice = (now, text)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(text.encode("utf-8", "replace"))
-
-    def data_received(self, data: bytes) -> None:
-        self.hub._tcp_input(self, data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.console.viewers.discard(self)
-        if self.console.writer is not None and self.console.writer.viewer is self:
-            self.console.writer = None
-        self.hub._changed(self.console)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-@dataclass
-class Writer:
-    who: str  # tcp:HOST:PORT, api or api:<client id>
-    viewer: TcpViewer | None  # the TCP client holding write, or None for an API writer
-    last_input: float = field(default_factory=time.monotonic)
-
-
-# --------------------------------------------------------------------------- console
-class Console:
-    """One machine's console: ring buffer, log file, viewers, the writer, and the stream to write to."""
-
-    def __init__(self, mac: str, ring_bytes: int, logfile: RotatingLog) -> None:
-        self.mac = mac
-        self.ring: deque[list[Any]] = deque()  # [timestamp, bytes], oldest first
-        self.ring_bytes = ring_bytes
-        self._held = 0
-        self.log = logfile
-        try:
-            self.total = logfile.end  # stream offsets carry on from the log of an earlier run
-        except OSError:
-            self.total = 0
-        self.lines = 0  # newlines received since this process started
-        self.stream: "Stream | None" = None
-        self.subscribers: set[Subscriber] = set()
-        self.viewers: set[TcpViewer] = set()
-        self.writer: Writer | None = None
-        self.api_writer_timeout = 60.0
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.pending_event = bytearray()
-        self.last_activity: float | None = None
-        # A machine that never registered has a provisional console: capped, small ring, removed when unused.
-        self.provisional = False
-        self.origin: str | None = None  # the source that created a provisional console (per-source cap)
-        self.unbound_at: float = time.monotonic()  # since when no stream is bound (meaningful when stream is None)
-        self.on_pending: Callable[[], None] = lambda: None
-        self.on_logged: Callable[[int], None] = lambda n: None
-        self.on_writer_change: Callable[[], None] = lambda: None
-        self._writer_expiry: asyncio.TimerHandle | None = None
-        # Settings kept in the database (MachineConsole)
-        self.tcp_index: int | None = None
-        self.device: str | None = None
-        self.remote: str | None = None
-        # The shared TCP port
-        self.tcp_host: str | None = None
-        self.tcp_port: int | None = None
-        self.tcp_error: str | None = None
-        self.server: asyncio.base_events.Server | None = None
-        self._share_retry: asyncio.TimerHandle | None = None
-
-    # ---------------------------------------------------------------- bytes in
-    def feed(self, data: bytes) -> None:
-        if not data:
-            return
-        for viewer in self.viewers:  # live viewers first: a keystroke's echo is latency-bound
-            viewer.send(data)
-        now = time.time()
-        self.last_activity = now
-        at = self.total
-        self.total += len(data)
-        self.lines += data.count(b"\n")  # for /metrics
-        ring = self.ring
-        if ring and len(data) < COALESCE and len(ring[-1][1]) < COALESCE and now - ring[-1][0] < 1.0:
-            ring[-1][1] = ring[-1][1] + data
-        else:
-            ring.append([now, data])
-        self._held += len(data)
-        while (self._held > self.ring_bytes or len(ring) > RING_MAX_CHUNKS) and len(ring) > 1:
-            self._held -= len(ring.popleft()[1])
-        if self._held > self.ring_bytes:  # one chunk larger than the whole ring
-            only = ring[-1][1]
-            ring[-1][1] = only[-self.ring_bytes :]
-            self._held = len(ring[-1][1])
-        try:
-            self.log.write(data, at)
-        except OSError as exc:
-            if exc.strerror != getattr(self, "_log_error", None):  # once per kind of failure, not per chunk
-                log.error("console log of %s: %s", self.mac, exc)
-                self._log_error = exc.strerror
-        else:
-            self._log_error = None
-            self.on_logged(len(data))
-        for sub in self.subscribers:
-            sub.put(data)
-        if len(self.pending_event) < EVENT_MAX_TEXT:
-            if not self.pending_event:
-                self.on_pending()
-            self.pending_event += data[: EVENT_MAX_TEXT - len(self.pending_event)]
-
-    def contents(self) -> bytes:
-        return b"".join(chunk for _, chunk in self.ring)
-
-    def ring_chunks(self) -> list[tuple[float, bytes]]:
-        """The ring buffer as (arrival time, bytes), oldest first."""
-        return [(ts, chunk) for ts, chunk in self.ring]
-
-    # ---------------------------------------------------------------- offsets
-    def mark(self) -> int:
-        """The offset of the next byte in this machine's whole console stream (for a job's start/end)."""
-        return self.total
-
-    def open_slice(self, start: int, end: int | None = None) -> SliceReader:
-        """Prepare bytes [start, end) on the loop: copy what the ring holds, open the log files for older ones."""
-        end = self.total if end is None else min(max(end, 0), self.total)
-        start = min(max(start, 0), end)
-        ring_start = self.total - self._held
-        reader = SliceReader(start, end)
-        first: int | None = None
-        if start < ring_start:
-            upto = min(end, ring_start)
-            for path, seg_start, size in self.log.segments():
-                lo, hi = max(start, seg_start), min(upto, seg_start + size)
-                if lo >= hi:
-                    continue
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except OSError:
-                    continue
-                reader._parts.append((fd, lo - seg_start, hi - lo))
-                first = lo if first is None else first
-        if end > ring_start:
-            lo = max(start, ring_start)
-            pos = ring_start
-            pieces = []
-            for _, chunk in self.ring:
-                chunk_end = pos + len(chunk)
-                if chunk_end > lo and pos < end:
-                    pieces.append(chunk[max(lo - pos, 0) : min(end, chunk_end) - pos])
-                pos = chunk_end
-                if pos >= end:
-                    break
-            reader._parts.append(b"".join(pieces))
-            first = lo if first is None else first
-        reader.start = first if first is not None else end
-        return reader
-
-    def slice(self, start: int, end: int | None = None) -> bytes:
-        """Bytes [start, end) of the machine's stream, from the ring and, when older, the rotated logs.
-
-        Bytes rotated out of every log file are gone: the answer then starts later (``open_slice``
-        tells where).
-        """
-        return self.open_slice(start, end).read()
-
-    # ---------------------------------------------------------------- writer
-    def current_writer(self) -> Writer | None:
-        w = self.writer
-        if w is not None and w.viewer is None and time.monotonic() - w.last_input > self.api_writer_timeout:
-            self.writer = None
-        return self.writer
-
-    def claim(self, who: str, viewer: TcpViewer | None, takeover: bool) -> Writer | None:
-        """Make ``who`` the writer. Returns the writer that refused it (when not a takeover), else None."""
-        current = self.current_writer()
-        if current is not None and current.who == who and current.viewer is viewer:
-            current.last_input = time.monotonic()
-            return None
-        if current is not None and not takeover:
-            return current
-        if current is not None and current.viewer is not None:
-            current.viewer.notice(
-                f"\r\nvalve-console: {who} took over write access to {self.mac}; you are read-only now\r\n"
-            )
-        self.writer = Writer(who, viewer)
-        if current is not None:
-            log.info("console %s: %s took write access over from %s", self.mac, who, current.who)
-        return None
-
-    def _watch_api_writer(self) -> None:
-        """An API writer is let go after its idle timeout: say so when it happens, not on the next look."""
-        if self._writer_expiry is not None:
-            self._writer_expiry.cancel()
-            self._writer_expiry = None
-        w = self.writer
-        if w is None or w.viewer is not None:
-            return
-        delay = max(0.0, w.last_input + self.api_writer_timeout - time.monotonic()) + 0.05
-
-        def check() -> None:
-            self._writer_expiry = None
-            if self.writer is w and self.current_writer() is None:
-                self.on_writer_change()
-            elif self.writer is w:
-                self._watch_api_writer()
-
-        self._writer_expiry = asyncio.get_running_loop().call_later(delay, check)
-
-    def to_json(self) -> dict[str, Any]:
-        stream = self.stream
-        writer = self.current_writer()
-        return {
-            "mac": self.mac,
-            "source": stream.name if stream else None,
-            "connected": stream is not None,
-            "device": self.device,
-            "remote": self.remote,
-            "baud": stream.baud if stream else None,
-            "tcp_host": self.tcp_host,
-            "tcp_port": self.tcp_port,
-            "tcp_error": self.tcp_error,
-            "writer": writer.who if writer else None,
-            "viewers": len(self.viewers) + len(self.subscribers),
-            "bytes": self.total,
-            "buffered": self._held,
-            "last_activity": self.last_activity,
-            "log_path": str(self.log.path),
-            "provisional": self.provisional,
-        }
-
-
-class Stream:
-    """One console byte source. ``write`` sends bytes back to the device.
-
-    ``kind``: netconsole, serial or remote. A serial stream has its device ``identity``; a remote
-    stream is ``pinned`` to the machine it was configured for (markers do not move it).
-    """
-
-    _ids = itertools.count(1)
-
-    def __init__(
-        self,
-        name: str,
-        write: Callable[[bytes], None],
-        buffered: Callable[[], int] | None = None,
-        kind: str = "netconsole",
-        device: str | None = None,
-        pinned: str | None = None,
-        baud: int | None = None,
-        host: str | None = None,
-        close: Callable[[], None] | None = None,
-    ) -> None:
-        self.id = f"s{next(Stream._ids)}"
-        self.name = name
-        self.write = write
-        self.buffered = buffered or (lambda: 0)
-        self.kind = kind
-        self.device = device
-        self.pinned = pinned
-        self.baud = baud
-        self.host = host  # the peer's address (netconsole)
-        self.close = close or (lambda: None)  # ends the stream (netconsole: drops the connection)
-        self.machine: str | None = None
-        self.line = b""
-        self.pending = bytearray()
-        self.opened_at = self.last_bytes = self.unbound_since = time.monotonic()
-        self.bytes = 0
-        self.announced: str | None = None  # the last machine it announced (SALAD.machine_id=)
-        self.waiting: str | None = None  # why it is not bound to the machine it announced
-
-    def to_json(self) -> dict[str, Any]:
-        now = time.monotonic()
-        return {
-            "id": self.id,
-            "name": self.name,
-            "kind": self.kind,
-            "source": self.host,
-            "device": self.device,
-            "machine": self.machine,
-            "announced": self.announced,
-            "waiting": self.waiting,
-            "connected_for": round(now - self.opened_at, 1),
-            "idle": round(now - self.last_bytes, 1),
-            "bytes": self.bytes,
-            "tail": bytes(self.pending[-512:]).decode("utf-8", "replace"),
-        }
-
-
-@dataclass
-class DeviceState:
-    info: Any  # drivers.serial.SerialDeviceInfo
-    task: asyncio.Task | None = None
-    stream: Stream | None = None
-    link: Any = None
-    error: str | None = None
+from ..errors import BadRequest, Conflict, NotFound
+from ..events import EventBus
+from ..rules import MAC_PREFIX, normalise_mac
+from .console import Console
+from .limits import (
+    EVENT_HZ,
+    KEEPALIVE_COUNT,
+    KEEPALIVE_IDLE,
+    KEEPALIVE_INTERVAL,
+    MARKER,
+    MAX_CONSOLES,
+    MAX_LINE,
+    PENDING_MAX,
+    RETRY_MAX,
+    RETRY_MIN,
+    SHARE_RETRY,
+    UNKNOWN_RING,
+    WARN_BURST,
+    WARN_INTERVAL,
+    WRITE_MAX,
+)
+from .logstore import LogBudget, RotatingLog
+from .policy import ConsolePolicy, same_address
+from .streams import DeviceState, Stream
+from .viewers import Subscriber, TcpViewer
+
+log = logging.getLogger(__package__)
 
 
 # --------------------------------------------------------------------------- hub
@@ -785,7 +63,7 @@ class ConsoleHub:
         policy: ConsolePolicy | None = None,
         settings: Any = None,
     ) -> None:
-        from .trust import Trust
+        from ..trust import Trust
 
         self.bus = bus
         self.log_dir = log_dir
@@ -860,7 +138,7 @@ class ConsoleHub:
     async def _load(self) -> None:
         from sqlmodel import select
 
-        from .models import MachineConsole
+        from ..models import MachineConsole
 
         rows = await self.store.run(lambda s: list(s.exec(select(MachineConsole)).all()))
         for row in rows:
@@ -904,7 +182,7 @@ class ConsoleHub:
     async def _forget_rows(self, macs: list[str]) -> None:
         from sqlmodel import delete
 
-        from .models import MachineConsole
+        from ..models import MachineConsole
 
         def run(session: Any) -> None:
             for i in range(0, len(macs), 500):
@@ -1210,8 +488,8 @@ class ConsoleHub:
     def _save(self, console: Console, set_by: str | None = None) -> None:
         if self.store is None or console.tcp_index is None:
             return
-        from .models import MachineConsole, now
-        from .store import upsert_row
+        from ..models import MachineConsole, now
+        from ..store import upsert_row
 
         mac, index, device, remote = console.mac, console.tcp_index, console.device, console.remote
 
@@ -1281,7 +559,7 @@ class ConsoleHub:
 
     async def set_remote(self, mac: str, url: str | None) -> dict[str, Any]:
         """The operator points a machine's console at a console server (ser2net), or at none."""
-        from ..drivers.serial.remote import parse_console_url
+        from ...drivers.serial.remote import parse_console_url
 
         console = self.get(mac)
         if url is not None:
@@ -1358,7 +636,7 @@ class ConsoleHub:
         log.info("serial device %s (%s) went away", ident, info.devnode)
 
     async def _serial_loop(self, state: DeviceState) -> None:
-        from ..drivers.serial.transport import open_serial
+        from ...drivers.serial.transport import open_serial
 
         info = state.info
         ident = info.identity
@@ -1424,7 +702,7 @@ class ConsoleHub:
             )
 
     async def _remote_loop(self, mac: str, url: str) -> None:
-        from ..drivers.serial.remote import open_remote, parse_console_url
+        from ...drivers.serial.remote import open_remote, parse_console_url
 
         spec = parse_console_url(url)
         delay = RETRY_MIN
@@ -1923,7 +1201,7 @@ def _keepalive(sock: Any) -> None:
 
 def build_device_sources(settings: Any) -> list[Any]:
     """The device sources a farm's settings ask for: explicit ``--serial`` paths, then USB discovery."""
-    from ..drivers.serial import ExplicitDeviceSource, PyudevDeviceSource
+    from ...drivers.serial import ExplicitDeviceSource, PyudevDeviceSource
 
     sources: list[Any] = []
     if settings.serial:
