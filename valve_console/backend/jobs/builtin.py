@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Mapping, Optional
 
-from ..boot import DEFAULT_REGISTRATION_IMAGE, DEFAULT_REGISTRY
+from ..boot.ipxe import DEFAULT_REGISTRATION_IMAGE, DEFAULT_REGISTRY
 from .schema import Job
 from .templating import MachineLike, job_variables
 

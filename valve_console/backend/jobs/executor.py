@@ -47,10 +47,11 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 from sqlmodel import Session, select
 
 from ...drivers.pdu.base import PortState
-from ..boot import BootCache, BootCacheError, BootConfig
+from ..boot.cache import BootCache, BootCacheError
+from ..boot.ipxe import BootConfig
 from ..errors import BadRequest, Conflict, FarmError, NotFound
 from ..models import JobRow
-from ..registration import normalise_mac
+from ..rules import normalise_mac
 from ..share import ShareError, ShareStore, bucket_name
 from .errors import JobError, JobStatus
 from .parser import JobParser
@@ -60,7 +61,7 @@ from .templating import MachineInfo
 
 if TYPE_CHECKING:
     from ...config import Settings
-    from ..consoles import ConsoleHub
+    from ..consoles.hub import ConsoleHub
     from ..events import EventBus
     from ..power import PowerService
     from ..registration import MachineService

@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from ...drivers.pdu.base import PortState
-from ..boot import BootCacheError
+from ..boot.cache import BootCacheError
 from ..errors import FarmError
 from .errors import JobConsoleState, JobError, JobStatus
 from .schema import Target

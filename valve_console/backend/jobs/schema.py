@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..boot import BootConfig, validate_cmdline
+from ..boot.ipxe import BootConfig, validate_cmdline
 from ..rules import target_tags, validate_url
 from .console import DEFAULT_MAX_LINE_LENGTH, ConsolePatterns, JobConsole
 from .errors import JobError, JobIssue
