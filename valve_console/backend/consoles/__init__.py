@@ -21,7 +21,8 @@ Consoles of machines that never registered are *provisional*: capped (overall an
 with a small ring, removed with their logs when unused. Connections are capped and time out; all
 console logs together stay under a farm-wide cap (``LogBudget``), the oldest rotated files going first.
 
-The package: ``hub`` (ConsoleHub, build_device_sources), ``console`` (Console), ``streams`` (Stream,
+The package: ``hub`` (ConsoleHub, with its parts ``netconsole``, ``binding``, ``sources`` (and
+build_device_sources), ``tcpport``), ``console`` (Console), ``streams`` (Stream,
 DeviceState), ``viewers`` (Subscriber, TcpViewer, Writer), ``policy`` (ConsolePolicy), ``logstore`` (RotatingLog,
 SliceReader, LogBudget) and ``limits`` (bounds and intervals); this face re-exports what other modules use.
 """
@@ -29,10 +30,11 @@ SliceReader, LogBudget) and ``limits`` (bounds and intervals); this face re-expo
 from __future__ import annotations
 
 from .console import Console
-from .hub import ConsoleHub, build_device_sources
+from .hub import ConsoleHub
 from .limits import MARKER, MAX_LINE, PENDING_MAX, SLICE_MAX
 from .logstore import LogBudget, RotatingLog, SliceReader
 from .policy import ConsolePolicy, same_address
+from .sources import build_device_sources
 from .streams import DeviceState, Stream
 from .viewers import Subscriber, TcpViewer, Writer
 

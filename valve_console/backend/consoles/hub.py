@@ -1,13 +1,12 @@
-"""ConsoleHub: streams bound to machines' consoles, the netconsole server, serial and remote sources, viewers
-on each machine's TCP port, console events, persistence of bindings, housekeeping (see the package's face)."""
+"""ConsoleHub: consoles of machines, their lifecycle, input, stored settings, housekeeping, removal, the farm-wide
+log cap and console events; the netconsole (netconsole.py), other sources (sources.py), binding (binding.py) and
+each machine's TCP port (tcpport.py) are its parts, mixed in (see the package's face)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
-import os
 import socket
 import time
 from collections import deque
@@ -16,35 +15,29 @@ from typing import Any, Callable, Iterable
 
 from ..errors import BadRequest, Conflict, NotFound
 from ..events import EventBus
-from ..rules import MAC_PREFIX, normalise_mac
+from .binding import BindingMixin
 from .console import Console
 from .limits import (
     EVENT_HZ,
-    KEEPALIVE_COUNT,
-    KEEPALIVE_IDLE,
-    KEEPALIVE_INTERVAL,
-    MARKER,
     MAX_CONSOLES,
-    MAX_LINE,
-    PENDING_MAX,
-    RETRY_MAX,
-    RETRY_MIN,
-    SHARE_RETRY,
     UNKNOWN_RING,
     WARN_BURST,
     WARN_INTERVAL,
     WRITE_MAX,
 )
 from .logstore import LogBudget, RotatingLog
-from .policy import ConsolePolicy, same_address
+from .netconsole import NetconsoleMixin
+from .policy import ConsolePolicy
+from .sources import SourcesMixin
 from .streams import DeviceState, Stream
-from .viewers import Subscriber, TcpViewer
+from .tcpport import TcpPortMixin
+from .viewers import Subscriber
 
 log = logging.getLogger(__package__)
 
 
 # --------------------------------------------------------------------------- hub
-class ConsoleHub:
+class ConsoleHub(NetconsoleMixin, BindingMixin, SourcesMixin, TcpPortMixin):
     def __init__(
         self,
         bus: EventBus,
@@ -333,115 +326,6 @@ class ConsoleHub:
         if not self._stopping:
             self.bus.publish("console", {"mac": console.mac, "text": "", "console": console.to_json()})
 
-    # ---------------------------------------------------------------- the machine's TCP port
-    def _open_share(self, console: Console, starting: bool = False) -> None:
-        """Listen on the machine's fixed TCP port; retried later if that fails (a port in use). Out of file
-        descriptors at start is a start failure (``OSError``, in words): the farm would not work."""
-        console._share_retry = None
-        if self.tcp_host is None or console.tcp_index is None or self._stopping or console.server is not None:
-            return
-        port = self.tcp_base + console.tcp_index if self.tcp_base else 0
-        host = self.tcp_host
-        console.tcp_host = host
-        if port > 65535:
-            console.tcp_error = f"port {port} (base {self.tcp_base} + index {console.tcp_index}) is above 65535"
-            log.error("console %s: %s", console.mac, console.tcp_error)
-            return
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = None
-        try:
-            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(32)
-            sock.setblocking(False)
-        except OSError as exc:
-            if sock is not None:
-                sock.close()
-            if starting and exc.errno in (errno.EMFILE, errno.ENFILE):
-                raise OSError(
-                    exc.errno,
-                    f"out of file descriptors opening the console port of {console.mac} "
-                    f"({len(self.consoles)} consoles, one listening socket each): raise the open-file limit "
-                    "(LimitNOFILE=65536 in the unit, or ulimit -n)",
-                ) from None
-            console.tcp_port = None
-            reason = exc.strerror or exc
-            console.tcp_error = f"cannot listen on {host}:{port}: {reason}; retrying every {SHARE_RETRY:g} s"
-            if console.tcp_error != getattr(console, "_logged_error", None):
-                log.warning("console %s: %s", console.mac, console.tcp_error)
-                console._logged_error = console.tcp_error  # type: ignore[attr-defined]
-            console._share_retry = asyncio.get_running_loop().call_later(SHARE_RETRY, self._open_share, console)
-            return
-        console.tcp_port = sock.getsockname()[1]
-        console.tcp_error = None
-        self._spawn(self._serve_share(console, sock), f"console-share-{console.mac}")
-
-    async def _serve_share(self, console: Console, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            console.server = await loop.create_server(lambda: TcpViewer(self, console), sock=sock)
-        except Exception as exc:  # noqa: BLE001 - reported on the console
-            sock.close()
-            console.tcp_port = None
-            console.tcp_error = f"cannot serve {self.tcp_host}: {exc}"
-            log.error("console %s: %s", console.mac, console.tcp_error)
-        self._changed(console)
-
-    def _tcp_input(self, viewer: TcpViewer, data: bytes) -> None:
-        """Bytes typed by a TCP client: Ctrl-] t takes write over; the rest goes to the DUT if it may write."""
-        if viewer.escape:
-            data = b"\x1d" + data
-            viewer.escape = False
-        while data:
-            i = data.find(b"\x1d")
-            if i < 0:
-                self._tcp_type(viewer, data)
-                return
-            if i + 1 == len(data):
-                self._tcp_type(viewer, data[:i])
-                viewer.escape = True
-                return
-            if data[i + 1 : i + 2] == b"t":
-                self._tcp_type(viewer, data[:i])
-                self._tcp_takeover(viewer)
-                data = data[i + 2 :]
-            else:
-                self._tcp_type(viewer, data[: i + 1])
-                data = data[i + 1 :]
-
-    def _tcp_takeover(self, viewer: TcpViewer) -> None:
-        console = viewer.console
-        current = console.current_writer()
-        if current is not None and current.viewer is viewer:
-            return
-        console.claim(viewer.who, viewer, takeover=True)
-        viewer.notice(f"\r\nvalve-console: you now hold write access to {console.mac}\r\n")
-        self._changed(console)
-
-    def _tcp_type(self, viewer: TcpViewer, data: bytes) -> None:
-        if not data:
-            return
-        console = viewer.console
-        before = console.current_writer()
-        holder = console.claim(viewer.who, viewer, takeover=False)
-        if holder is not None:
-            viewer.notice(
-                f"valve-console: {console.mac} already has a writer ({holder.who}); "
-                "send Ctrl-] then t to take over\r\n",
-                rate_limited=True,
-            )
-            return
-        if before is None or before.viewer is not viewer:
-            self._changed(console)
-        if console.stream is None:
-            viewer.notice(f"valve-console: {console.mac} has no console connected; input dropped\r\n", True)
-            return
-        try:
-            self._send(console, data)
-        except Conflict as exc:
-            viewer.notice(f"valve-console: {exc}\r\n", True)
-
     # ---------------------------------------------------------------- input
     def _send(self, console: Console, data: bytes) -> int:
         stream = console.stream
@@ -582,409 +466,6 @@ class ConsoleHub:
             self._changed(console)
         return console.to_json()
 
-    # ---------------------------------------------------------------- serial devices
-    async def _consume(self, source: Any) -> None:
-        async for event in source.events():
-            try:
-                if event.action == "add":
-                    self._device_added(event.device)
-                else:
-                    self._device_removed(event.device)
-            except Exception:  # noqa: BLE001 - one odd device must not stop discovery
-                log.exception("serial device event %s failed", event)
-
-    def _device_added(self, info: Any) -> None:
-        from dataclasses import replace
-
-        real = os.path.realpath(info.devnode)
-        for ident, state in self.devices.items():
-            if os.path.realpath(state.info.devnode) == real and ident != info.identity:
-                log.info("%s is already open as %s; ignoring it as %s", info.devnode, ident, info.identity)
-                return
-        ident = info.identity
-        state = self.devices.get(ident)
-        if state is not None and state.info.devnode != info.devnode and os.path.exists(state.info.devnode):
-            alternative = info.path_identity or info.devnode
-            log.warning(
-                "two adapters report the identity %s (%s and %s): the second one is known as %s",
-                ident,
-                state.info.devnode,
-                info.devnode,
-                alternative,
-            )
-            info = replace(info, identity_override=alternative)
-            ident = info.identity
-            state = self.devices.get(ident)
-        if state is not None:
-            if state.info == info and state.task is not None and not state.task.done():
-                return
-            if state.task is not None:
-                state.task.cancel()
-        state = DeviceState(info)
-        self.devices[ident] = state
-        self._by_node[info.devnode] = ident
-        state.task = asyncio.get_running_loop().create_task(self._serial_loop(state), name=f"serial-{ident}")
-        log.info("serial device %s (%s) appeared", ident, info.devnode)
-
-    def _device_removed(self, info: Any) -> None:
-        ident = self._by_node.pop(info.devnode, info.identity)
-        state = self.devices.pop(ident, None)
-        if state is None:
-            return
-        if state.task is not None:
-            state.task.cancel()
-        log.info("serial device %s (%s) went away", ident, info.devnode)
-
-    async def _serial_loop(self, state: DeviceState) -> None:
-        from ...drivers.serial.transport import open_serial
-
-        info = state.info
-        ident = info.identity
-        delay = RETRY_MIN
-        while True:
-            stream = Stream(f"serial:{ident}", self._closed_write, kind="serial", device=ident, baud=info.baud)
-            stream.close = lambda: None  # a wire: it stays open (unbound) until unplugged
-            link = None
-            opened_at = None
-            try:
-                link = await open_serial(info.devnode, info.baud, lambda data, s=stream: self.feed(s, data))
-                opened_at = time.monotonic()
-                stream.write = link.write
-                stream.buffered = link.buffered
-                state.link, state.stream, state.error = link, stream, None
-                self.streams.add(stream)
-                owner = self.device_owner.get(ident)
-                if owner is not None:  # wired to that machine: its console at once, unless another stream is live
-                    stream.announced = owner
-                    reason = self._claim(stream, owner)
-                    if reason is not None:
-                        self._warn(("refused", stream.id), f"{stream.name} (stored for {owner}) waits: {reason}")
-                log.info("%s opened (%s at %d baud)", stream.name, info.devnode, info.baud)
-                exc = await asyncio.shield(link.closed)
-                state.error = f"closed: {exc}" if exc else "closed"
-                log.info("%s closed%s", stream.name, f": {exc}" if exc else "")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - SerialException, OSError, ValueError: try again later
-                message = str(exc) or type(exc).__name__
-                if message != state.error:
-                    log.warning("cannot open serial device %s (%s): %s", ident, info.devnode, message)
-                state.error = message
-            finally:
-                if link is not None:
-                    self._close_link(link)
-                state.link = state.stream = None
-                self.close_stream(stream)
-            if opened_at is not None and time.monotonic() - opened_at > 5:
-                delay = RETRY_MIN
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
-
-    def _close_link(self, link: Any) -> None:
-        link.close()
-        if not link.closed.done():
-            self._closing.add(link.closed)
-            link.closed.add_done_callback(self._closing.discard)
-
-    @staticmethod
-    def _closed_write(data: bytes) -> None:
-        raise ConnectionError("not open yet")
-
-    # ---------------------------------------------------------------- remote consoles
-    def _start_remote(self, console: Console) -> None:
-        if console.remote and console.mac not in self._remotes and not self._stopping:
-            task = asyncio.get_running_loop().create_task(
-                self._remote_loop(console.mac, console.remote), name=f"remote-console-{console.mac}"
-            )
-            self._remotes[console.mac] = task
-            task.add_done_callback(
-                lambda t, mac=console.mac: self._remotes.pop(mac, None) if self._remotes.get(mac) is t else None
-            )
-
-    async def _remote_loop(self, mac: str, url: str) -> None:
-        from ...drivers.serial.remote import open_remote, parse_console_url
-
-        spec = parse_console_url(url)
-        delay = RETRY_MIN
-        last_error = None
-        while True:
-            stream = Stream(spec.url, self._closed_write, kind="remote", pinned=mac, baud=spec.baud)
-            link = None
-            opened_at = None
-            try:
-                link = await open_remote(spec, lambda data, s=stream: self.feed(s, data))
-                opened_at = time.monotonic()
-                stream.write = link.write
-                stream.buffered = link.buffered
-                self.streams.add(stream)
-                self.bind(stream, mac, persist=False)
-                log.info("console %s: connected to %s", mac, spec.url)
-                last_error = None
-                exc = await asyncio.shield(link.closed)
-                log.warning("console %s: %s closed%s", mac, spec.url, f": {exc}" if exc else "")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - refused, unreachable, timed out: try again later
-                message = str(exc) or type(exc).__name__
-                if message != last_error:
-                    log.warning("console %s: cannot connect to %s: %s", mac, spec.url, message)
-                last_error = message
-            finally:
-                if link is not None:
-                    self._close_link(link)
-                self.close_stream(stream)
-            if opened_at is not None and time.monotonic() - opened_at > 5:
-                delay = RETRY_MIN
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
-
-    # ---------------------------------------------------------------- streams
-    def feed(self, stream: Stream, data: bytes) -> None:
-        """Process bytes from a stream: store them, and act on association markers and pings."""
-        stream.last_bytes = time.monotonic()
-        stream.bytes += len(data)
-        if stream.machine is not None:
-            self.consoles[stream.machine].feed(data)
-        else:
-            stream.pending += data
-            if len(stream.pending) > PENDING_MAX:
-                del stream.pending[: len(stream.pending) - PENDING_MAX]
-        buf = stream.line + data if stream.line else data
-        if b"SALAD." not in buf:
-            # The common case: no marker. Keep only the unfinished line (a marker may straddle chunks).
-            nl = buf.rfind(b"\n")
-            tail = buf[nl + 1 :] if nl >= 0 else buf
-            stream.line = tail[-256:] if len(tail) > MAX_LINE else tail
-            return
-        lines = buf.split(b"\n")
-        tail = lines.pop()
-        stream.line = tail[-256:] if len(tail) > MAX_LINE else tail
-        for line in lines:
-            if b"SALAD." in line:
-                self._on_line(stream, line)
-
-    def _on_line(self, stream: Stream, line: bytes) -> None:
-        if line.rstrip(b"\r \t").endswith(b"SALAD.ping"):
-            try:
-                if stream.buffered() <= WRITE_MAX:
-                    stream.write(b"SALAD.pong\n")
-            except Exception as exc:  # noqa: BLE001 - a closing stream may refuse writes
-                log.debug("pong to %s failed: %s", stream.name, exc)
-        match = MARKER.search(line)
-        if match:
-
-            token = match.group(1)
-            try:
-                mac = normalise_mac(token.decode("ascii", "replace"))
-            except ValueError:
-                prefix = MAC_PREFIX.match(token)  # a MAC followed by garbage, e.g. "...:07\x00"
-                try:
-                    mac = normalise_mac(prefix.group(0).decode()) if prefix else ""
-                except ValueError:
-                    mac = ""
-                if not mac:
-                    self._warn(("invalid", stream.id), f"{stream.name} announced an invalid machine id {token[:40]!r}")
-                    return
-            if stream.pinned is not None and mac != stream.pinned:
-                self._warn(
-                    ("pinned", stream.id),
-                    f"{stream.name} (the console of {stream.pinned}) announced machine {mac}; ignored",
-                )
-                return
-            stream.announced = mac
-            reason = self._claim(stream, mac)
-            if reason is not None:
-                self._warn(("refused", stream.id), f"{stream.name} announced {mac}, not bound: {reason}")
-
-    # ---------------------------------------------------------------- earning a binding
-    def _is_local(self, stream: Stream) -> bool:
-        """A netconsole peer that is the gateway itself (QEMU, Vivian), per console_local_sources."""
-        return stream.host is not None and self.local.is_trusted(stream.host)
-
-    def _origin(self, stream: Stream) -> str | None:
-        """Whom a provisional console created by ``stream`` is counted against (None: nobody)."""
-        if stream.kind == "serial":
-            return f"serial:{stream.device}"
-        if stream.kind == "netconsole" and not self._is_local(stream):
-            return stream.host or stream.name
-        return None
-
-    def _claim(self, stream: Stream, mac: str) -> str | None:
-        """A marker (or a stored serial binding) asks for ``mac``: bind when plausible; else say why not."""
-        if stream.machine == mac:
-            stream.waiting = None
-            if stream.device is not None and self.device_owner.get(stream.device) != mac:
-                self._assign_device(stream.device, mac, "marker")
-            return None
-        reason = self._refusal(stream, mac)
-        stream.waiting = reason
-        if reason is None:
-            self.bind(stream, mac, origin=self._origin(stream))
-        return reason
-
-    def _refusal(self, stream: Stream, mac: str) -> str | None:
-        """Why ``stream`` may not bind ``mac`` now (None: it may)."""
-        if stream.kind == "netconsole" and stream.machine is not None:
-            # A connection is one DUT's console (QEMU keeps it across the guest's reboots): code running on
-            # that DUT must not carry it to another machine. Wires may move (a marker re-plugs them).
-            return f"{stream.name} is the console of {stream.machine}; only the operator moves it"
-        console = self.consoles.get(mac)
-        if console is not None and console.stream is not None and console.stream is not stream:
-            return (
-                f"the console of {mac} is live on {console.stream.name}; a live binding is never taken over "
-                "(the operator may bind this stream by hand)"
-            )
-        if stream.kind == "netconsole" and self.policy.bind != "free" and not self._is_local(stream):
-            registered = self.machine_address(mac)
-            if registered is None:
-                return f"{mac} is not registered: it waits for a registration from {stream.host} or the operator"
-            if not same_address(stream.host, registered):
-                return f"its source {stream.host} is not the registered address of {mac} ({registered})"
-        if console is None:
-            if self.known_machine(mac):
-                if sum(1 for c in self.consoles.values() if not c.provisional) >= MAX_CONSOLES:
-                    return f"too many consoles ({MAX_CONSOLES})"
-                return None
-            provisional = self._provisional()
-            if len(provisional) >= self.policy.unknown_max:
-                return (
-                    f"{len(provisional)} consoles of machines that never registered exist already "
-                    f"(console_unknown_max); it waits for the registration of {mac}"
-                )
-            origin = self._origin(stream)
-            if origin is not None:
-                mine = sum(1 for c in provisional if c.origin == origin)
-                if mine >= self.policy.unknown_per_source:
-                    return (
-                        f"{origin} created {mine} consoles of machines that never registered already "
-                        f"(console_unknown_per_source); it waits for the registration of {mac}"
-                    )
-        return None
-
-    def _retry_waiting(self, mac: str | None = None) -> None:
-        """Unbound streams that announced ``mac`` (None: any machine) try again, oldest first."""
-        if self._stopping:
-            return
-        waiting = sorted(
-            (s for s in self.streams if s.machine is None and s.announced and (mac is None or s.announced == mac)),
-            key=lambda s: s.opened_at,
-        )
-        for stream in waiting:
-            if stream in self.streams and stream.machine is None:
-                self._claim(stream, stream.announced)  # type: ignore[arg-type]
-
-    def bind(self, stream: Stream, mac: str, persist: bool = True, origin: str | None = None) -> None:
-        """Make ``stream`` the console of ``mac`` (no questions asked: callers decided it may)."""
-        if stream.machine == mac:
-            if persist and stream.device is not None and self.device_owner.get(stream.device) != mac:
-                self._assign_device(stream.device, mac, "marker")
-            return
-        console = self.consoles.get(mac)
-        if console is None:
-            console = self._create(mac, provisional=not self.known_machine(mac), origin=origin)
-        elif console.provisional and self.known_machine(mac):
-            self._promote(console)
-        if stream.machine is not None:
-            log.info("%s moves from machine %s to %s", stream.name, stream.machine, mac)
-            old = self.consoles.get(stream.machine)
-            if old is not None and old.stream is stream:
-                self._lost_stream(old)
-        previous = console.stream
-        if previous is not None and previous is not stream:
-            log.warning("console of %s moves from %s to %s", mac, previous.name, stream.name)
-            previous.machine = None
-            previous.unbound_since = time.monotonic()
-            previous.waiting = f"the console of {mac} was given to {stream.name}"
-        stream.machine = mac
-        stream.waiting = None
-        console.stream = stream
-        if persist and stream.device is not None:
-            self._assign_device(stream.device, mac, "marker")
-        if stream.pending:
-            console.feed(bytes(stream.pending))
-            stream.pending.clear()
-        log.info("%s is the console of %s", stream.name, mac)
-        self._changed(console)
-
-    def _lost_stream(self, console: Console) -> None:
-        """``console`` has no stream any more: free its log file, let a waiting stream have it."""
-        console.stream = None
-        console.unbound_at = time.monotonic()
-        console.log.close()  # reopened with the next byte: a console without a stream holds no descriptor
-        self._changed(console)
-        if not self._stopping:
-            asyncio.get_running_loop().call_soon(self._retry_waiting, console.mac)
-
-    def unbind(self, stream: Stream) -> None:
-        if stream.machine is None:
-            return
-        console = self.consoles.get(stream.machine)
-        stream.machine = None
-        stream.unbound_since = time.monotonic()
-        if console is not None and console.stream is stream:
-            self._lost_stream(console)
-
-    def close_stream(self, stream: Stream) -> None:
-        self.streams.discard(stream)
-        if stream.machine is not None:
-            console = self.consoles.get(stream.machine)
-            if console is not None and console.stream is stream:
-                self._lost_stream(console)
-
-    # ---------------------------------------------------------------- the netconsole
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        host = str(peer[0])
-        stream = Stream(
-            f"netconsole@{peer[0]}:{peer[1]}",
-            writer.write,
-            buffered=writer.transport.get_write_buffer_size,
-            host=host,
-            close=writer.transport.abort,
-        )
-        refusal = self._connection_refusal(stream)
-        if refusal is not None:
-            self.refused_connections += 1
-            self._warn(("connections", stream.host if not self._is_local(stream) else "local"),
-                       f"netconsole connection from {host} refused: {refusal}")
-            with contextlib.suppress(Exception):
-                writer.write(f"valve-console: {refusal}\n".encode())
-            writer.close()
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._conn_tasks.add(task)
-        self._per_source[host] = self._per_source.get(host, 0) + 1
-        _keepalive(writer.get_extra_info("socket"))
-        self.streams.add(stream)
-        log.info("%s connected", stream.name)
-        try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    break
-                self.feed(stream, data)
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            self.close_stream(stream)
-            writer.close()
-            left = self._per_source.get(host, 1) - 1
-            if left > 0:
-                self._per_source[host] = left
-            else:
-                self._per_source.pop(host, None)
-            log.info("%s disconnected", stream.name)
-            self._conn_tasks.discard(task)
-
-    def _connection_refusal(self, stream: Stream) -> str | None:
-        if len(self._conn_tasks) >= self.policy.max_connections:
-            return f"too many console connections ({len(self._conn_tasks)}, netconsole_max_connections)"
-        count = self._per_source.get(stream.host or "", 0)
-        if count >= self.policy.max_per_source and not self._is_local(stream):
-            return f"too many console connections from {stream.host} ({count}, netconsole_max_per_source)"
-        return None
-
     # ---------------------------------------------------------------- housekeeping
     async def _housekeeping(self) -> None:
         """Once a second: time limits of unbound streams and provisional consoles, and late bindings."""
@@ -1042,47 +523,6 @@ class ConsoleHub:
             self._warned = {k: v for k, v in self._warned.items() if now - v[0] < WARN_INTERVAL}
         self._warned[key] = (now, 0)
         log.warning("%s%s", message, f" ({suppressed} more like it in the last minute)" if suppressed else "")
-
-    # ---------------------------------------------------------------- the operator: unbound streams, removal
-    def unbound_json(self) -> dict[str, Any]:
-        """Streams bound to no machine (netconsole connections, serial devices), oldest first."""
-        streams = sorted((s for s in self.streams if s.machine is None), key=lambda s: s.opened_at)
-        return {s.id: s.to_json() for s in streams}
-
-    def _stream(self, stream_id: str) -> Stream:
-        for stream in self.streams:
-            if stream.id == stream_id:
-                return stream
-        raise NotFound(f"no console stream {stream_id} (see GET /api/v1/consoles/unbound)")
-
-    def bind_by_hand(self, stream_id: str, mac: str, replace: bool = False) -> dict[str, Any]:
-        """The operator binds a stream to a machine: it stays there (its markers no longer move it)."""
-        stream = self._stream(stream_id)
-        if stream.kind == "remote":
-            raise BadRequest(f"{stream.name} is the console server of {stream.pinned}: set that machine's source")
-        console = self.consoles.get(mac)
-        if console is not None and console.stream is not None and console.stream is not stream and not replace:
-            raise Conflict(
-                f"the console of {mac} is live on {console.stream.name}: send replace=true to give it {stream.name}"
-            )
-        console = self.console(mac)  # created (or promoted): the operator's choice
-        self._promote(console)
-        if stream.kind == "serial" and stream.device is not None:
-            self._assign_device(stream.device, mac, "operator")
-        else:
-            stream.pinned = mac
-        self.bind(stream, mac, persist=False)
-        log.info("%s bound to %s by the operator", stream.name, mac)
-        return console.to_json()
-
-    def close_unbound(self, stream_id: str) -> dict[str, Any]:
-        """The operator drops a netconsole connection."""
-        stream = self._stream(stream_id)
-        if stream.kind != "netconsole":
-            raise BadRequest(f"{stream.name} is a {stream.kind} console: unplug it or change the machine's source")
-        log.info("%s closed by the operator", stream.name)
-        stream.close()
-        return {"closed": stream_id}
 
     def remove(self, mac: str) -> dict[str, Any]:
         """The operator removes a machine's console: its port, logs, stored settings and device binding."""
@@ -1188,24 +628,3 @@ class ConsoleHub:
                     self.bus.publish("console", {"mac": console.mac, "text": text})
 
 
-def _keepalive(sock: Any) -> None:
-    """TCP keepalive on a netconsole connection: a DUT that lost power frees its binding in ~90 s."""
-    if sock is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
-
-
-def build_device_sources(settings: Any) -> list[Any]:
-    """The device sources a farm's settings ask for: explicit ``--serial`` paths, then USB discovery."""
-    from ...drivers.serial import ExplicitDeviceSource, PyudevDeviceSource
-
-    sources: list[Any] = []
-    if settings.serial:
-        sources.append(ExplicitDeviceSource(settings.serial))
-    if settings.console_discovery != "off":
-        sources.append(PyudevDeviceSource(settings.console_discovery, baud=settings.console_serial_baud))
-    return sources
