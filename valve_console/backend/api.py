@@ -29,6 +29,7 @@ from .gitlab import GitlabInstanceCreate, GitlabInstanceUpdate
 from .events import EVENT_TYPES, sse_message
 from .jobs.executor import ListenerOverflow
 from .registration import MachineUpdate, Registration, SourceRateLimit, is_loopback, normalise_mac, peer_address
+from .rules import MAC_PATTERN  # a MAC as normalise_mac() takes it, for the schema
 from .submission import FORM_OVERHEAD, answer, protocol_of, read_submission, spool_body, wants_rich_answer
 
 if TYPE_CHECKING:
@@ -146,12 +147,6 @@ class ConsoleSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: Optional[str] = Field(max_length=300, description="tcp://HOST:PORT or rfc2217://HOST:PORT[?baud=N], or null")
-
-
-# A MAC as normalise_mac() takes it: aa:bb:cc:dd:ee:ff, AA-BB-..., aabbccddeeff, spaces around ignored.
-MAC_PATTERN = (
-    r"^\s*(?:[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{12})\s*$"
-)
 
 
 class ConsoleBind(BaseModel):
