@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from ..registration import MachineService
 
 log = logging.getLogger(__package__)
-
-
 MASK = "********"
 RETRY_BASE = 2.0  # seconds before the first retry of an unreachable instance; doubles up to the cap
 TOKEN_RENEW_MARGIN = 86400.0  # a token expiring within this (or half its lifetime, if shorter) is renewed

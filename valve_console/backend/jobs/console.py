@@ -19,11 +19,7 @@ from .source import Clock, _Strict
 from .timeouts import Timeout, Timeouts, _check_watchdog_names
 
 DEFAULT_SESSION_END = r"^\[[\d \.]{12}\] reboot: Power Down$"
-
-
 MAX_PATTERN_CHARS = 4096  # a console pattern's regex (compiled again by the backend, ~2 ms per KiB)
-
-
 DEFAULT_MAX_LINE_LENGTH = 16 * 1024  # console bytes kept per line for pattern matching
 
 

@@ -69,8 +69,6 @@ if TYPE_CHECKING:
     from ..submission import Callback
 
 log = logging.getLogger("valve_console.backend.executor")
-
-
 HISTORY = 500  # finished jobs kept in memory (all are in the database)
 CTRL_KEEP = 2000  # control messages kept per job for late stream readers
 _JOB_ID_CHARS = re.compile(r"[^A-Za-z0-9_.:+-]+")

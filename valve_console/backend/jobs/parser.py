@@ -19,8 +19,6 @@ from .templating import MachineInfo
 from .worker import WORKER_READY
 
 log = logging.getLogger("valve_console.backend.executor")
-
-
 PARSE_WORKERS = 2  # processes rendering and parsing jobs (the gateway has few cores; each is ~50 MB)
 PARSE_CPU_SECONDS = 2.0  # CPU a job may take to render and parse (a normal one takes a few ms)
 PARSE_MEMORY_BYTES = 512 * 1024 * 1024  # RLIMIT_DATA of a worker

@@ -17,15 +17,9 @@ from pydantic import (
 from .errors import JobError, JobIssue
 
 Clock = Callable[[], float]
-
-
 MAX_JOB_CHARS = 1024 * 1024  # a job template or rendered job bigger than this is refused
 MAX_YAML_NODES = 100_000  # nodes visited (aliases included): refuses "billion laughs" documents
-
-
 _stage = ["render"]  # what the parse worker is doing ("render" or "parse"), for its "took too long" message
-
-
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 

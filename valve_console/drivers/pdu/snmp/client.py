@@ -17,8 +17,6 @@ REQUEST_ERRORS = {"noAccess", "authorizationError", "readOnly", "genErr", "tooBi
 # The engine used for v1/v2c GET and SET when the config says engine "auto": "ber" is the codec of
 # ber.py, "pysnmp" is pysnmp (tests set this to run the same agent tests on both).
 DEFAULT_ENGINE: Literal["ber", "pysnmp"] = "ber"
-
-
 WRITE_HINTS = {
     "noAccess": "is the community or user allowed to write?",
     "authorizationError": "is the community or user allowed to write?",

@@ -12,8 +12,6 @@ from ..base import DriverConfig
 
 ENTERPRISES = "1.3.6.1.4.1"
 MAX_OUTLETS = 1024
-
-
 OID_RE = re.compile(r"^\.?\d+(\.\d+)*$")
 
 AUTH_PROTOCOLS = ("MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512")
