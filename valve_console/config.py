@@ -35,38 +35,37 @@ NETCONSOLE_PORT = 8100
 
 
 PRIVATE_IP_DEFAULT = "10.42.0.1/24"
+DHCP_RANGE_DEFAULT = "10.42.0.10,10.42.0.100"
 
 
-def private_ip_text() -> str:
-    """``VALVE_CONSOLE_PRIVATE_IP`` as given (the gateway's address on the DUT network, optionally with
-    its prefix; default 10.42.0.1/24)."""
-    return os.environ.get("VALVE_CONSOLE_PRIVATE_IP", PRIVATE_IP_DEFAULT).strip() or PRIVATE_IP_DEFAULT
+def _private_interface(text: str | None) -> str:
+    """``VALVE_CONSOLE_PRIVATE_IP`` as given (blank: the default 10.42.0.1/24)."""
+    return (text or "").strip() or PRIVATE_IP_DEFAULT
 
 
-def private_ip() -> str:
-    """The gateway's address on the DUT network, without its prefix (10.42.0.1 by default); the default
-    when ``VALVE_CONSOLE_PRIVATE_IP`` is not an address (the start log says so, see default_netconsole)."""
+def _private_address(text: str | None) -> str:
+    """The address without its prefix; the default's when ``text`` is not an address."""
     import ipaddress
 
     try:
-        return str(ipaddress.ip_interface(private_ip_text()).ip)
+        return str(ipaddress.ip_interface(_private_interface(text)).ip)
     except ValueError:
         return str(ipaddress.ip_interface(PRIVATE_IP_DEFAULT).ip)
 
 
-def default_netconsole() -> tuple[str, str | None]:
+def default_netconsole(private_ip: str | None = None, explicit: bool = False) -> tuple[str, str | None]:
     """The netconsole's default address and, when it had to fall back, why (for the log).
 
     The private network's address (``VALVE_CONSOLE_PRIVATE_IP``, default 10.42.0.1/24) port 8100, so
     the console port is not offered on the public NIC. When ``VALVE_CONSOLE_PRIVATE_IP`` is set (the
-    gateway's units set it), that address is used even while no interface has it yet: the private NIC
-    may come up after the backend, and the socket (bound with IP_FREEBIND) accepts once it is there. A
-    machine where it is not set and 10.42.0.1 is absent (a laptop, the demo) listens on loopback instead.
-    ``--netconsole 0.0.0.0:8100`` still listens everywhere.
+    gateway's units set it: ``explicit``), that address is used even while no interface has it yet: the
+    private NIC may come up after the backend, and the socket (bound with IP_FREEBIND) accepts once it is
+    there. A machine where it is not set and 10.42.0.1 is absent (a laptop, the demo) listens on loopback
+    instead. ``--netconsole 0.0.0.0:8100`` still listens everywhere.
     """
     import ipaddress
 
-    text = private_ip_text()
+    text = _private_interface(private_ip)
     try:
         private = ipaddress.ip_interface(text).ip
     except ValueError:
@@ -74,7 +73,7 @@ def default_netconsole() -> tuple[str, str | None]:
             f"VALVE_CONSOLE_PRIVATE_IP={text!r} is not an address: the netconsole listens on loopback only"
         )
     host = f"[{private}]" if private.version == 6 else str(private)
-    if "VALVE_CONSOLE_PRIVATE_IP" in os.environ:
+    if explicit:
         return f"{host}:{NETCONSOLE_PORT}", None
     try:
         from .backend.trust import own_addresses
@@ -228,12 +227,19 @@ class Settings(BaseSettings):
     minio_url: str | None = None
     job_variables: dict[str, str] = Field(default_factory=dict)
     log_level: str = "INFO"
+    # The gateway's address on the DUT network, optionally with its prefix (the netconsole's default address,
+    # the managed dnsmasq's, the API host DUTs are told when the API listens everywhere); blank: the default.
+    private_ip: str = PRIVATE_IP_DEFAULT
+    # The managed dnsmasq's DHCP range on the DUT network: "FIRST,LAST".
+    dhcp_range: str = DHCP_RANGE_DEFAULT
     _notes: list[str] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _netconsole_default(self) -> "Settings":
         if not self.netconsole.strip():
-            self.netconsole, note = default_netconsole()
+            # set explicitly (argument or VALVE_CONSOLE_PRIVATE_IP): used even while no interface has it
+            explicit = "private_ip" in self.model_fields_set
+            self.netconsole, note = default_netconsole(self.private_ip, explicit)
             if note:
                 self._notes.append(note)
         return self
@@ -306,6 +312,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name!r} is not a GitLab user or namespace (empty, or with spaces)")
             out.append(text)
         return out
+
+    @property
+    def private_ip_text(self) -> str:
+        """``private_ip`` as given (blank: 10.42.0.1/24), optionally with its prefix."""
+        return _private_interface(self.private_ip)
+
+    @property
+    def private_address(self) -> str:
+        """The gateway's address on the DUT network without its prefix (10.42.0.1 by default); the default
+        when ``private_ip`` is not an address (the start log says so, see default_netconsole)."""
+        return _private_address(self.private_ip)
 
     @property
     def db_path(self) -> Path:

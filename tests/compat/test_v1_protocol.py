@@ -228,7 +228,7 @@ def test_frame_codec_round_trip():
 
 async def test_a_reader_that_falls_behind_is_let_go_not_buffered_for_ever():
     """A job's reader (callback relay, SSE) holds at most its byte budget; past it, get() says so."""
-    from valve_console.backend.executor import JobListener, ListenerOverflow
+    from valve_console.backend.jobs.executor import JobListener, ListenerOverflow
 
     listener = JobListener(max_bytes=10_000)
     for _ in range(20):

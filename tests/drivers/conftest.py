@@ -128,7 +128,7 @@ class SnmpdAgent:
         """Send the agent one GETNEXT for ``vendor``: the helper writes the sets it has not written yet
         (it writes its file when a GET or GETNEXT follows sets, not per var-bind; see pp_pdu.py).
         A GETNEXT, so the agent's GET counter (snmpInGetRequests, which tests count) does not move."""
-        from valve_console.drivers.pdu import snmp_ber
+        from valve_console.drivers.pdu.snmp import ber as snmp_ber
 
         oid = SYNC_OIDS[vendor]
         request = snmp_ber.encode_message(1, b"public", snmp_ber.GET_NEXT, 4242, [(oid, None)])
@@ -323,7 +323,7 @@ class DelayProxy:
 @pytest.fixture(params=["ber", "pysnmp"])
 def snmp_engine(request, monkeypatch):
     """Run a test once with the built-in BER codec and once with pysnmp (engine "auto" picks this one)."""
-    from valve_console.drivers.pdu import snmp
+    from valve_console.drivers.pdu.snmp import client as snmp_client
 
-    monkeypatch.setattr(snmp, "DEFAULT_ENGINE", request.param)
+    monkeypatch.setattr(snmp_client, "DEFAULT_ENGINE", request.param)
     return request.param

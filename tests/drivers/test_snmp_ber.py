@@ -11,7 +11,8 @@ from pysnmp.proto import api
 
 from tests.drivers.conftest import APC_OUTLETS
 from valve_console.drivers.pdu import DriverError, PortState, create_driver
-from valve_console.drivers.pdu import snmp, snmp_ber as ber
+from valve_console.drivers.pdu.snmp import ber, transport as snmp_transport
+from valve_console.drivers.pdu.snmp import driver as snmp_driver, engine as snmp_engine
 from valve_console.drivers.pdu import DriverConfigError
 
 OID = "1.3.6.1.4.1.318.1.1.4.4.2.1.3"
@@ -306,7 +307,7 @@ async def test_stray_datagrams_are_ignored_and_the_answer_matched():
         assert agent.requests == 3  # no resends
         (endpoint,) = drv.client._endpoints.values()
         assert endpoint.stray == 3 * 6
-        assert not snmp._engines  # pysnmp was never started
+        assert not snmp_engine._engines  # pysnmp was never started
     finally:
         await drv.close()
         transport.close()
@@ -402,7 +403,7 @@ async def test_closing_the_socket_ends_a_waiting_request():
     loop = asyncio.get_running_loop()
     transport, agent = await loop.create_datagram_endpoint(SilentAgent, local_addr=("127.0.0.1", 0))
     port = transport.get_extra_info("sockname")[1]
-    endpoint = await ber.Endpoint.open("127.0.0.1", port)
+    endpoint = await snmp_transport.Endpoint.open("127.0.0.1", port)
     try:
         task = asyncio.create_task(endpoint.request(1, b"c", ber.GET, [(OID, None)], 5.0, 3))
         while not agent.requests:
@@ -437,7 +438,7 @@ class RecordingAgent(asyncio.DatagramProtocol):
 
 
 async def test_set_many_sends_each_outlet_its_command_and_a_reboot_without_one_alone(monkeypatch):
-    monkeypatch.setattr(snmp, "REBOOT_PAUSE", 0)
+    monkeypatch.setattr(snmp_driver, "REBOOT_PAUSE", 0)
     loop = asyncio.get_running_loop()
     transport, agent = await loop.create_datagram_endpoint(RecordingAgent, local_addr=("127.0.0.1", 0))
     port = transport.get_extra_info("sockname")[1]
@@ -499,7 +500,7 @@ async def test_both_engines_read_and_switch_the_same_agent(snmpd, engine):
         (count,) = await drv.client.get(["1.3.6.1.4.1.318.1.1.4.4.1.0"], "outlet count")
         assert int(count) == APC_OUTLETS
         assert bool(drv.client._endpoints) is (engine == "ber")
-        assert bool(snmp._engines) is (engine == "pysnmp")
+        assert bool(snmp_engine._engines) is (engine == "pysnmp")
     finally:
         await drv.close()
 

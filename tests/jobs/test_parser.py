@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from valve_console.backend.errors import FarmError
-from valve_console.backend.executor import JobParser
+from valve_console.backend.jobs.parser import JobParser
 from valve_console.backend.jobs import Job, JobError, MachineInfo, Target
 
 from .conftest import job_yaml

@@ -253,7 +253,7 @@ async def test_completed_job_gives_its_share_back_and_bad_uploads_are_refused(jo
 
 async def test_share_limits_and_history_trim(tmp_path):
     from tests.conftest import make_settings
-    from valve_console.backend import executor as executor_module
+    from valve_console.backend.jobs import executor as executor_module
     from valve_console.backend.farm import Farm
 
     farm = Farm(make_settings(tmp_path / "data", job_share_max_bytes=1000))

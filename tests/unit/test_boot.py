@@ -385,7 +385,7 @@ async def test_dnsmasq_rejects_a_bad_config() -> None:
 
 
 async def test_dnsmasq_test_without_dnsmasq(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("valve_console.backend.boot.find_dnsmasq", lambda: None)
+    monkeypatch.setattr("valve_console.backend.boot.dnsmasq.find_dnsmasq", lambda: None)
     assert await dnsmasq_test("port=0\n") == (False, "dnsmasq is not installed")
 
 

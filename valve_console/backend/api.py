@@ -27,8 +27,9 @@ from .consoles import SLICE_MAX
 from .errors import BadRequest, FarmError
 from .gitlab import GitlabInstanceCreate, GitlabInstanceUpdate
 from .events import EVENT_TYPES, sse_message
-from .executor import ListenerOverflow
+from .jobs.executor import ListenerOverflow
 from .registration import MachineUpdate, Registration, SourceRateLimit, is_loopback, normalise_mac, peer_address
+from .rules import MAC_PATTERN  # a MAC as normalise_mac() takes it, for the schema
 from .submission import FORM_OVERHEAD, answer, protocol_of, read_submission, spool_body, wants_rich_answer
 
 if TYPE_CHECKING:
@@ -146,12 +147,6 @@ class ConsoleSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: Optional[str] = Field(max_length=300, description="tcp://HOST:PORT or rfc2217://HOST:PORT[?baud=N], or null")
-
-
-# A MAC as normalise_mac() takes it: aa:bb:cc:dd:ee:ff, AA-BB-..., aabbccddeeff, spaces around ignored.
-MAC_PATTERN = (
-    r"^\s*(?:[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{12})\s*$"
-)
 
 
 class ConsoleBind(BaseModel):
@@ -911,7 +906,7 @@ def create_app(farm: "Farm") -> Any:
 
     # ------------------------------------------------------------------ job shares (share.py)
     if farm.jobs is not None:
-        from .executor import default_boot_urls as _boot_urls
+        from .jobs.executor import default_boot_urls as _boot_urls
 
         farm.jobs.api_host = lambda: _boot_urls(farm.settings, farm.api_address)[2]
 
@@ -1000,7 +995,7 @@ def create_app(farm: "Farm") -> Any:
     ) -> str:
         """The DUT's iPXE script: its job's current boot, or the registration boot."""
         from .boot import ipxe_script, registration_boot
-        from .executor import default_boot_urls
+        from .jobs.executor import default_boot_urls
 
         try:
             key: Optional[str] = normalise_mac(mac)
@@ -1029,7 +1024,7 @@ def create_app(farm: "Farm") -> Any:
         ``.../default_boot2container.cpio.xz`` are this gateway's default boot kernel and initramfs."""
         from fastapi.responses import FileResponse, RedirectResponse
 
-        from .executor import default_boot_urls
+        from .jobs.executor import default_boot_urls
 
         kernel, initrd, host = default_boot_urls(farm.settings, farm.api_address)
         url = kernel if name == "default_kernel" else initrd

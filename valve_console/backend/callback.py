@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from .submission import Callback
 
-from .executor import ListenerOverflow
+from .jobs.executor import ListenerOverflow
 
 if TYPE_CHECKING:
-    from .executor import JobService, RunningJob
+    from .jobs.executor import JobService, RunningJob
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,13 @@ from typing import Any
 import uvicorn
 
 from .. import __version__
-from ..config import Settings, parse_hostport, private_ip_text
+from ..config import Settings, parse_hostport
 from .auth import load_or_create_token
 from .boot import BootCache, BootService, dnsmasq_config
 from .consoles import ConsoleHub, build_device_sources
 from .discovery import DiscoveryService
 from .events import EventBus
-from .executor import JobService
+from .jobs.executor import JobService
 from .gitlab import RunnerService
 from .journal import JournalFollower
 from .power import PowerService
@@ -269,7 +269,7 @@ class Farm:
         }
 
     def _files_base(self) -> str:
-        from .executor import default_boot_urls
+        from .jobs.executor import default_boot_urls
 
         _, _, api_host = default_boot_urls(self.settings, self.api_address)
         return f"http://{api_host}/files"
@@ -283,8 +283,8 @@ class Farm:
         try:
             return dnsmasq_config(
                 iface,
-                private_ip_text(),
-                os.environ.get("VALVE_CONSOLE_DHCP_RANGE", "10.42.0.10,10.42.0.100"),
+                self.settings.private_ip_text,
+                self.settings.dhcp_range,
                 self.settings.data_dir / "tftp",
                 root / "hosts.dhcp",
                 root / "dnsmasq.leases",
@@ -303,7 +303,7 @@ class Farm:
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def _training_boot_urls(self) -> tuple[str, str, str]:
-        from .executor import default_boot_urls
+        from .jobs.executor import default_boot_urls
 
         return default_boot_urls(self.settings, self.api_address)
 

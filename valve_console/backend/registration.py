@@ -38,6 +38,7 @@ from sqlmodel import Session, select
 from .errors import BadRequest, Conflict, FarmError, NotFound
 from .events import EventBus
 from .models import Machine, Training
+from .rules import machine_tags, normalise_mac  # normalise_mac: re-exported, its old home
 from .store import Store
 
 if TYPE_CHECKING:
@@ -47,29 +48,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Whole-string patterns, always used with fullmatch: "$" would also match before a trailing newline.
-_MAC = re.compile(r"[0-9a-f]{2}([-:]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}")
 _TTY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
 _BASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # What identifies a machine: a registration from a DUT may not change these while it is ready for service.
 IDENTITY = ("ip_address", "base_name", "tags", "local_tty_device")
-
-
-def normalise_mac(value: str) -> str:
-    """``AA-BB-CC-DD-EE-FF``, ``aabbccddeeff`` or ``aa:bb:...`` → ``aa:bb:cc:dd:ee:ff``."""
-    text = str(value).strip().lower()
-    if not _MAC.fullmatch(text):
-        raise ValueError(f"{value!r} is not a MAC address (expected aa:bb:cc:dd:ee:ff)")
-    digits = re.sub(r"[^0-9a-f]", "", text)
-    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
-
-
-def _check_tags(tags: list[str]) -> list[str]:
-    if len(tags) > 256:
-        raise ValueError("at most 256 tags")
-    for tag in tags:
-        if not tag or len(tag) > 256 or any(ord(c) < 32 for c in tag):
-            raise ValueError(f"invalid tag {tag[:40]!r}: 1-256 printable characters")
-    return list(dict.fromkeys(tags))
 
 
 class Registration(BaseModel):
@@ -108,7 +90,7 @@ class Registration(BaseModel):
     @field_validator("tags")
     @classmethod
     def _tags(cls, v: Optional[list[str]]) -> Optional[list[str]]:
-        return None if v is None else _check_tags(v)
+        return None if v is None else machine_tags(v)
 
     @field_validator("local_tty_device")
     @classmethod
@@ -153,7 +135,7 @@ class MachineUpdate(BaseModel):
     @field_validator("manual_tags")
     @classmethod
     def _tags(cls, v: Optional[list[str]]) -> Optional[list[str]]:
-        return None if v is None else _check_tags(v)
+        return None if v is None else machine_tags(v)
 
     @field_validator("local_tty_device")
     @classmethod
@@ -448,17 +430,8 @@ class MachineService:
     async def _save(self, machine: Machine, action: str) -> dict[str, Any]:
         """Write ``machine`` (one transaction), then update memory and publish. Call with the lock held."""
         values = {name: getattr(machine, name) for name in Machine.model_fields}
-
-        def write(session: Session) -> None:
-            row = session.get(Machine, machine.mac_address)
-            if row is None:
-                session.add(Machine(**values))
-            else:
-                for name, value in values.items():
-                    setattr(row, name, value)
-
         try:
-            await self.store.run(write)
+            await self.store.upsert(Machine, values, machine.mac_address)
         except IntegrityError as exc:
             raise Conflict(self._integrity_words(exc, machine)) from None
         old = self.machines.get(machine.mac_address)

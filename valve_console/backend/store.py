@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
-from sqlalchemy import event, exc as sa_exc
+from sqlalchemy import event, exc as sa_exc, inspect as sa_inspect
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine, select
 
@@ -105,6 +105,26 @@ def _is_full(exc: BaseException) -> bool:
     if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
         return True
     return "disk is full" in str(getattr(exc, "orig", exc))
+
+
+def upsert_row(
+    session: Session, model: type[T], values: dict[str, Any], key: Any = None,
+    on_insert: Optional[dict[str, Any]] = None,
+) -> T:
+    """Insert or update by primary key, in ``session``: the row of ``model`` whose primary key is ``key``
+    (default: taken from ``values``, a tuple for a composite key) gets ``values``; without such a row, a new
+    one is added from ``on_insert`` and ``values``. Returns the row."""
+    if key is None:
+        names = [column.key for column in sa_inspect(model).primary_key]
+        key = values[names[0]] if len(names) == 1 else tuple(values[name] for name in names)
+    row = session.get(model, key)
+    if row is None:
+        row = model(**{**(on_insert or {}), **values})
+        session.add(row)
+    else:
+        for name, value in values.items():
+            setattr(row, name, value)
+    return row
 
 
 class Store:
@@ -257,6 +277,13 @@ class Store:
                 return result
 
         return await self.run_raw(job)
+
+    async def upsert(
+        self, model: type[T], values: dict[str, Any], key: Any = None, on_insert: Optional[dict[str, Any]] = None
+    ) -> None:
+        """Store ``values`` on the row of ``model`` with primary key ``key`` (one transaction, see
+        ``upsert_row``). A constraint violation (IntegrityError) is left to the caller, as in ``run``."""
+        await self.run(lambda session: upsert_row(session, model, values, key, on_insert))
 
     async def all(self, model: type[T]) -> list[T]:
         return await self.run(lambda s: list(s.exec(select(model)).all()))

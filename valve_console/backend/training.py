@@ -41,7 +41,7 @@ from .models import Machine, Training
 if TYPE_CHECKING:
     from ..config import Settings
     from .events import EventBus
-    from .executor import JobService
+    from .jobs.executor import JobService
     from .registration import MachineService
     from .store import Store
 

@@ -37,40 +37,38 @@ import base64
 import collections
 import contextlib
 import logging
-import pickle
 import re
-import struct
-import sys
 import time
 import uuid
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
 from sqlmodel import Session, select
 
-from ..config import private_ip
-from ..drivers.pdu.base import PortState
-from .boot import BootCache, BootCacheError, BootConfig
-from .errors import BadRequest, Conflict, FarmError, NotFound
-from .jobs import WORKER_READY, Job, JobConsoleState, JobError, JobIssue, JobStatus, MachineInfo, Target
-from .models import JobRow
-from .registration import normalise_mac
-from .share import ShareError, ShareStore, bucket_name
+from ...drivers.pdu.base import PortState
+from ..boot.cache import BootCache, BootCacheError
+from ..boot.ipxe import BootConfig
+from ..errors import BadRequest, Conflict, FarmError, NotFound
+from ..models import JobRow
+from ..rules import normalise_mac
+from ..share import ShareError, ShareStore, bucket_name
+from .errors import JobError, JobStatus
+from .parser import JobParser
+from .run import JobRun
+from .schema import Target
+from .templating import MachineInfo
 
 if TYPE_CHECKING:
-    from ..config import Settings
-    from .submission import Callback
-    from .consoles import ConsoleHub
-    from .events import EventBus
-    from .power import PowerService
-    from .registration import MachineService
-    from .store import Store
+    from ...config import Settings
+    from ..consoles.hub import ConsoleHub
+    from ..events import EventBus
+    from ..power import PowerService
+    from ..registration import MachineService
+    from ..store import Store
+    from ..submission import Callback
 
-log = logging.getLogger(__name__)
-
-POLL = 0.1  # seconds: the shortest wait of the boot loop (it never wakes faster than 10 Hz when idle)
-IDLE_WAKE = 1.0  # seconds: the longest wait without console bytes, timeout or cancel
+log = logging.getLogger("valve_console.backend.executor")
 HISTORY = 500  # finished jobs kept in memory (all are in the database)
 CTRL_KEEP = 2000  # control messages kept per job for late stream readers
 _JOB_ID_CHARS = re.compile(r"[^A-Za-z0-9_.:+-]+")
@@ -136,190 +134,6 @@ class JobListener:
         item = self._items.popleft()
         self.bytes -= self._size(item)
         return item
-
-
-# ---------------------------------------------------------------------------------- the parse workers
-
-PARSE_WORKERS = 2  # processes rendering and parsing jobs (the gateway has few cores; each is ~50 MB)
-PARSE_CPU_SECONDS = 2.0  # CPU a job may take to render and parse (a normal one takes a few ms)
-PARSE_MEMORY_BYTES = 512 * 1024 * 1024  # RLIMIT_DATA of a worker
-PARSE_MAX_WAITING = 64  # requests waiting for a worker beyond this are refused (503)
-PARSE_START_TIMEOUT = 60.0  # seconds a new worker has to import its modules
-_WORKER_CODE = "import sys; from valve_console.backend.jobs import worker_main; worker_main(int(sys.argv[1]))"
-
-
-class _ParseWorker:
-    """One worker process (jobs.worker_main) and its pipes; one request at a time."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.alive = True
-
-    @classmethod
-    async def start(cls, memory_bytes: int) -> "_ParseWorker":
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _WORKER_CODE, str(memory_bytes),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        )
-        worker = cls(proc)
-        try:
-            assert proc.stdout is not None
-            ready = await asyncio.wait_for(proc.stdout.readexactly(1), PARSE_START_TIMEOUT)
-            if ready != WORKER_READY:
-                raise OSError(f"the job parser process said {ready!r} at start")
-        except BaseException:
-            await worker.kill()
-            raise
-        return worker
-
-    async def call(self, request: bytes, wall: float) -> tuple[str, Any]:
-        """Send one pickled request, read its answer within ``wall`` seconds (else the worker is killed)."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        async with asyncio.timeout(wall):
-            self.proc.stdin.write(struct.pack("!I", len(request)) + request)
-            await self.proc.stdin.drain()
-            (size,) = struct.unpack("!I", await self.proc.stdout.readexactly(4))
-            answer = await self.proc.stdout.readexactly(size)
-        # Unpickling a job compiles its console patterns again (bounded by jobs.MAX_PATTERN_CHARS): in a
-        # thread, so that the loop keeps its turns.
-        outcome = await asyncio.to_thread(pickle.loads, answer)
-        if outcome[0] == "limit":  # the worker exits after a limit: a fresh one takes its place
-            self.alive = False
-        return outcome
-
-    def kill(self) -> asyncio.Future:
-        """Kill it (if it runs); the future is done once it is reaped and its pipes are closed."""
-        self.alive = False
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-        return asyncio.ensure_future(self._reap())
-
-    async def _reap(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.proc.communicate(), PARSE_START_TIMEOUT)  # to EOF: its pipes close
-
-
-class JobParser:
-    """Renders and parses job templates in worker processes, never on the event loop.
-
-    At most ``workers`` processes, started at the first request and reused (a round trip costs well under
-    a millisecond more than the parse itself). Each request gets ``cpu_seconds`` of CPU (RLIMIT_CPU in the
-    worker) and a wall-clock limit (``wall_seconds``: the worker is killed); a worker has
-    ``memory_bytes`` (RLIMIT_DATA). Over a limit, the job is refused in words (``JobError``); with more
-    than ``max_waiting`` requests waiting, ``FarmError`` 503.
-    """
-
-    def __init__(
-        self,
-        workers: int = PARSE_WORKERS,
-        cpu_seconds: float = PARSE_CPU_SECONDS,
-        memory_bytes: int = PARSE_MEMORY_BYTES,
-        max_waiting: int = PARSE_MAX_WAITING,
-        wall_seconds: Optional[float] = None,
-    ) -> None:
-        self.cpu_seconds = cpu_seconds
-        self.memory_bytes = memory_bytes
-        self.max_waiting = max_waiting
-        self.wall_seconds = wall_seconds if wall_seconds is not None else 5 * cpu_seconds + 5
-        self._slots = asyncio.Semaphore(workers)
-        self._idle: list[_ParseWorker] = []
-        self._busy: set[_ParseWorker] = set()
-        self._waiting = 0
-        self._closed = False
-        self._reaping: set[asyncio.Future] = set()
-        self.requests = 0  # answered requests, for tests and figures
-        self.spawned = 0
-
-    async def peek_target(self, text: str, variables: Optional[dict[str, Any]] = None) -> Target:
-        return await self._call("peek", {"text": text, "variables": variables})
-
-    async def parse(
-        self,
-        text: str,
-        machine: Optional[MachineInfo],
-        *,
-        target: Optional[Target] = None,
-        variables: Optional[dict[str, Any]] = None,
-        defaults: Optional[dict[str, Any]] = None,
-        strict: bool = False,
-    ) -> Job:
-        args = {"text": text, "machine": machine, "target": target, "variables": variables,
-                "defaults": defaults, "strict": strict}
-        return await self._call("parse", args)
-
-    async def _call(self, kind: str, args: dict[str, Any]) -> Any:
-        if self._closed:
-            raise Conflict("the gateway is stopping")
-        request = pickle.dumps((kind, args, self.cpu_seconds), protocol=pickle.HIGHEST_PROTOCOL)
-        if self._waiting >= self.max_waiting:
-            raise FarmError(f"the job parser is busy ({self._waiting} jobs wait for it); try again later", 503)
-        self._waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
-        try:
-            outcome = await self._on_a_worker(request)
-        finally:
-            self._slots.release()
-        self.requests += 1
-        status, value = outcome
-        if status == "ok":
-            return value
-        if status == "limit":
-            raise JobError(value)
-        raise JobError(issues=[JobIssue(line, where, message) for line, where, message in value])
-
-    async def _on_a_worker(self, request: bytes) -> tuple[str, Any]:
-        """The answer of an idle worker (or a new one). A reused worker that died meanwhile is replaced
-        and the request sent again; a new worker that dies on the request is the job's doing (400)."""
-        while True:
-            reused = bool(self._idle)
-            worker = self._idle.pop() if reused else await self._start_worker()
-            self._busy.add(worker)
-            done = False
-            try:
-                outcome = await worker.call(request, self.wall_seconds)
-                done = True
-                return outcome
-            except TimeoutError:
-                raise JobError(f"the job template took more than {self.wall_seconds:g} s to render and parse "
-                               "(its worker was stopped)") from None
-            except (OSError, asyncio.IncompleteReadError, pickle.UnpicklingError) as exc:
-                if not reused:
-                    why = f"exit status {worker.proc.returncode}" if worker.proc.returncode is not None else exc
-                    raise JobError(f"the job template stopped the job parser ({why})") from None
-                log.warning("a job parse worker had gone (%s); starting another", exc or type(exc).__name__)
-            finally:
-                self._busy.discard(worker)
-                if done and worker.alive and not self._closed:
-                    self._idle.append(worker)
-                else:  # a limit, a timeout, a cancel mid-request (its answer would come to the next one)
-                    self._kill(worker)
-
-    async def _start_worker(self) -> _ParseWorker:
-        try:
-            worker = await _ParseWorker.start(self.memory_bytes)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
-            raise FarmError(f"the job parser cannot start: {exc or type(exc).__name__}", 503) from None
-        self.spawned += 1
-        return worker
-
-    def _kill(self, worker: _ParseWorker) -> None:
-        reaped = worker.kill()
-        self._reaping.add(reaped)
-        reaped.add_done_callback(self._reaping.discard)
-
-    async def close(self) -> None:
-        self._closed = True
-        for worker in [*self._idle, *self._busy]:
-            self._kill(worker)
-        self._idle.clear()
-        if self._reaping:
-            await asyncio.wait(list(self._reaping), timeout=PARSE_START_TIMEOUT)
 
 
 @dataclass
@@ -689,7 +503,7 @@ class JobService:
             raise
         self._trim()
         if callback is not None:  # listening before the first message, so the client hears them all
-            from .callback import CallbackRelay
+            from ..callback import CallbackRelay
 
             job.relay = CallbackRelay(self, job, callback)
             job.relay.start()
@@ -830,7 +644,7 @@ class JobService:
                 continue
             self.running[mac] = job.id
             try:
-                await self._execute(job, mac)
+                await JobRun(self, job, mac).run()
             except asyncio.CancelledError:
                 if not job.done.is_set():
                     await asyncio.shield(self._finish(job, JobStatus.INCOMPLETE, "cancelled", "the gateway stopped"))
@@ -848,170 +662,6 @@ class JobService:
 
     async def _set_power(self, job: RunningJob, pdu: str, port: str, state: PortState) -> None:
         await self.power.set_outlet(pdu, port, state, source=f"job:{job.id}", owner=job.id)
-
-    async def _execute(self, job: RunningJob, mac: str) -> None:
-        row = job.row
-        machine = self.machines.machines.get(mac)
-        row.status, row.state, row.started_at = "RUNNING", "running", time.time()
-        job.t0 = time.monotonic()
-        self._queue_changed(mac)
-        self._machine_event(mac)
-        await self._save(job)
-        self._job_event(job)
-        training = job.id in self.training_jobs
-        if machine is None or self._eligible(mac, training) is not None:
-            why = "the machine is gone" if machine is None else self._eligible(mac, training)
-            self._log(job, f"ERROR: cannot run the job: {why}", severity=3)
-            await self._finish(job, JobStatus.SETUP_FAIL, "done", str(why))
-            return
-        try:
-            target = Target.model_validate(row.target) if row.target else None
-            parsed = await self.parser.parse(
-                row.job_text,
-                MachineInfo.from_json(self.machines.to_json(machine)),
-                target=target,
-                variables=self.share_variables(job.id, mac),
-                defaults=self.template_defaults(),
-                strict=training,  # Sgt. Hartman's own templates define every variable they use
-            )
-        except (JobError, ValueError) as exc:
-            self._log(job, f"ERROR: invalid job: {exc}", severity=3)
-            await self._finish(job, JobStatus.SETUP_FAIL, "done", str(exc))
-            return
-        except FarmError as exc:  # no parser (503): the job could not be set up
-            self._log(job, f"ERROR: {exc.message}", severity=3)
-            await self._finish(job, JobStatus.SETUP_FAIL, "done", exc.message)
-            return
-        if parsed.undefined_names:
-            self._log(
-                job,
-                "WARNING: the job template uses undefined variables, rendered empty as valve-infra's Jinja2 "
-                f"did: {', '.join(parsed.undefined_names)}",
-                severity=2,
-            )
-        job.teardown = min(parsed.timeouts.infra_teardown.duration.total_seconds(), 86400.0)
-        pdu, port = str(machine.pdu), str(machine.pdu_port_id)
-        try:
-            self.power.lock(pdu, port, job.id)
-        except FarmError as exc:
-            self._log(job, f"ERROR: {exc.message}", severity=3)
-            await self._finish(job, JobStatus.SETUP_FAIL, "done", exc.message)
-            return
-        console = self.consoles.console(mac)
-        sub = job.sub = self.consoles.subscribe(mac)
-        row.console_start = console.mark()
-        await self._save(job)
-        job.input_ok = True
-        timeouts = parsed.make_timeouts()
-        jc = parsed.make_console(timeouts)
-        cancelled = False
-        aborted: Optional[str] = None
-        setup_fail: Optional[str] = None
-        try:
-            timeouts.overall.start()
-            self._log(job, "Power the machine off at the start of the session")
-            await self._set_power(job, pdu, port, PortState.OFF)
-            boot = 0
-            while True:
-                if job.cancel.is_set():
-                    cancelled = True
-                    break
-                if timeouts.overall.has_expired() or (timeouts.deadline and timeouts.deadline.has_expired()):
-                    aborted = "the overall timeout expired"
-                    break
-                if jc.session_ended:
-                    break
-                await self._set_power(job, pdu, port, PortState.OFF)
-                config = parsed.deployment_for_boot(boot)
-                if self.boot_cache is not None:
-                    try:
-                        config = await self._localise(job, config)
-                    except (BootCacheError, ValueError, OSError) as exc:
-                        if job.cancel.is_set():
-                            cancelled = True
-                            break
-                        setup_fail = str(exc)
-                        self._log(job, f"ERROR: {setup_fail}", severity=3)
-                        break
-                self._boot[mac] = config
-                while sub.chunks:  # bytes from before this boot belong to the previous one
-                    await self._pump(job, jc, sub, 0)
-                self._log(
-                    job,
-                    f"Power up the machine, enforcing {self.power.min_off_time(pdu, port):g} seconds of down time",
-                )
-                await self._set_power(job, pdu, port, PortState.ON)
-                jc.start_boot()
-                expired: list = []
-                while True:
-                    await self._pump(job, jc, sub, _next_wake(timeouts))
-                    if job.cancel.is_set():
-                        cancelled = True
-                        break
-                    if jc.session_ended or jc.needs_reboot:
-                        break
-                    expired = timeouts.expired()
-                    if expired:
-                        break
-                await self._set_power(job, pdu, port, PortState.OFF)
-                if cancelled:
-                    break
-                for timeout in expired:
-                    if timeout.retry():
-                        self._log(job, f"Hit the timeout {timeout.name} --> Try again!", severity=2)
-                    else:
-                        self._log(job, f"Hit the timeout {timeout.name} --> Abort!", severity=3)
-                        aborted = f"the timeout {timeout.name} expired"
-                if not aborted and jc.needs_reboot and not jc.session_ended:
-                    if timeouts.boot_cycle.retry():
-                        self._log(
-                            job, f"Boot cycle {timeouts.boot_cycle.retried}/{timeouts.boot_cycle.retries}, go ahead!"
-                        )
-                    else:
-                        self._log(job, "Exceeded boot loop count, aborting!", severity=3)
-                        aborted = "too many reboots"
-                if aborted:
-                    jc.advance(JobConsoleState.DUT_DONE)
-                    break
-                timeouts.stop_boot()
-                boot += 1
-            if not cancelled and jc.session_ended and not aborted:
-                row.state = "teardown"
-                self._job_event(job)
-                if self.drain_delay:
-                    await self._pump(job, jc, sub, self.drain_delay, once=False)
-                jc.tear_down()
-            else:
-                self._log(job, "The job is over, skipping the teardown")
-        finally:
-            job.input_ok = False
-            job.sub = None
-            self._boot.pop(mac, None)
-            self.consoles.unsubscribe(mac, sub)
-            try:
-                await asyncio.shield(self._set_power(job, pdu, port, PortState.OFF))
-            except Exception as exc:  # noqa: BLE001 - reported, the job still ends
-                self._log(job, f"ERROR: could not power the machine off: {exc}", severity=3)
-            self.power.unlock(pdu, port, job.id)
-            row.console_end = row.console_start + job.fed if row.console_start is not None else None
-        if cancelled:
-            await self._finish(job, job.cancel_status or JobStatus.INCOMPLETE, "cancelled",
-                               job.cancel_reason or "cancelled")
-        elif setup_fail is not None:
-            await self._finish(job, JobStatus.SETUP_FAIL, "done", setup_fail)
-        elif jc.unfit_for_service:
-            # valve-infra §13.1 fixed: only a match counts, and it ends the session; the job says why.
-            status = jc.job_status
-            if status in (JobStatus.PASS, JobStatus.WARN, JobStatus.COMPLETE):
-                status = JobStatus.INCOMPLETE
-            why = "the machine is unfit for service (machine_unfit_for_service matched): sent back to training"
-            self._log(job, f"The DUT reported it is unfit for service: {mac} is taken out of service", severity=3)
-            await self._unfit(job, mac)
-            await self._finish(job, status, "done", why)
-        else:
-            status = jc.job_status
-            why = aborted or ("the session ended" if jc.session_ended else "stopped")
-            await self._finish(job, status, "done", why)
 
     async def _unfit(self, job: RunningJob, mac: str) -> None:
         try:
@@ -1065,18 +715,8 @@ class JobService:
         self._job_event(job)
 
     async def _save(self, job: RunningJob) -> None:
-        values = job.row.model_dump()
-
-        def write(session: Session) -> None:
-            existing = session.get(JobRow, values["id"])
-            if existing is None:
-                session.add(JobRow(**values))
-            else:
-                for key, value in values.items():
-                    setattr(existing, key, value)
-
         try:
-            await self.store.run(write)
+            await self.store.upsert(JobRow, job.row.model_dump())
         except Exception:  # noqa: BLE001 - the history is best effort; the job goes on
             log.exception("cannot store job %s", job.id)
 
@@ -1137,18 +777,11 @@ def _training_kind(job_id: str) -> Optional[str]:
     return None
 
 
-def _next_wake(timeouts: Any) -> float:
-    """How long the boot loop may wait for console bytes: until the next timeout, within POLL..IDLE_WAKE."""
-    now = timeouts.clock()
-    left = [r for r in (t.remaining(now) for t in timeouts) if r is not None]
-    return min(max(min(left, default=IDLE_WAKE), POLL), IDLE_WAKE)
-
-
 def default_boot_urls(settings: "Settings", api_address: Optional[tuple[str, int]]) -> tuple[str, str, str]:
     """(kernel URL, initrd URL, api host:port) that unknown or idle DUTs boot."""
     host, port = api_address or ("127.0.0.1", 8000)
     if host in ("0.0.0.0", "::", ""):
-        host = private_ip()
+        host = settings.private_address
     api_host = settings.boot_api_host or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     kernel = settings.boot_kernel_url or f"http://{api_host}/files/kernel"
     initrd = settings.boot_initrd_url or f"http://{api_host}/files/initramfs.cpio.xz"

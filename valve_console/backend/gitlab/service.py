@@ -1,36 +1,5 @@
-"""GitLab runners: one runner per exposed machine per GitLab instance, and gitlab-runner's config.toml.
-
-- ``GitlabInstance`` rows (API ``/api/v1/gitlab``) name a GitLab URL, an access token able to create
-  runners (``POST /api/v4/user/runners``, scope ``create_runner``; listing every runner for the
-  clean-up needs an admin token), an optional legacy registration token (``POST /api/v4/runners``,
-  used when the user-runners call is refused with 403/404), the farm name and farm tags.
-- A machine is *exposed* when it is ready for service, not retired and ``gitlab_exposed``. Each exposed
-  machine gets one runner on every instance with ``expose_runners``: description ``<full_name>`` (with
-  the instance's farm name as prefix; the same as the farm's by default), tags = the machine's tags plus
-  the instance's farm tags, ``run_untagged`` false, locked. Its id and token are kept (``GitlabRunner``).
-- **Which GitLab runners are ours**: those whose description starts with ``<farm_name>-``. A runner
-  with that prefix that is not one of our stored runners is a stray and is deleted (at start and at
-  every periodic full sync).
-- python-gitlab is synchronous (requests): every call runs in a worker thread (``asyncio.to_thread``).
-- GitLab down (connection errors, timeouts, 5xx): the instance is ``unreachable`` with the reason,
-  retried with exponential back-off capped at ``gitlab_retry_max``; the farm keeps working and
-  config.toml leaves out machines that are no longer exposed at once, whatever GitLab says.
-- ``config.toml`` (custom executor calling ``valve-console gitlab-executor``) is rewritten atomically,
-  mode 0600 (it holds runner tokens), only when its text changes. The prepare stage's args carry the
-  pre-build filter (``gitlab_allowed_users``/``gitlab_allowed_namespaces``: ``--allow-user``/``--allow-namespace``).
-- **Tokens** (valve-infra's verify_or_renew_token): on full syncs, each runner's token is checked with
-  ``POST /runners/verify`` at most every ``gitlab_verify_interval``. Only a 403 means invalid (an outage or
-  any other answer keeps the token); an invalid token, or one whose ``token_expires_at`` is within a day
-  (or half its lifetime), is replaced: the old runner is deleted (best effort), a new one is created with the
-  same description and tags. The last check is in the runner and instance JSON (in memory: no column).
-- **The gateway runner** (valve-infra's generic gateway runner, setting ``gitlab_gateway_runner``, off by
-  default): every exposing instance also gets ``<farm_name>-gateway`` with tags ``<farm_name>-gateway`` and
-  ``CI-gateway``, for CI jobs that need no particular DUT. It is stored like a machine's runner under the
-  reserved key ``GATEWAY`` (never a MAC, so no schema change), which also keeps the stray clean-up off it,
-  and goes through the same create/update/verify/renew/delete paths; views that list a machine's runners
-  skip it. Its config.toml entry calls the executor with ``--gateway`` (no machine) and
-  ``limit = max(1, cpu_count // 8)``. Turned off, the next sync deletes it like an un-exposed machine's.
-"""
+"""RunnerService: GitLab instances and one runner per exposed machine (plus the optional gateway runner), token
+verification and renewal, stray clean-up, back-off while GitLab is down, config.toml kept written."""
 
 from __future__ import annotations
 
@@ -38,47 +7,24 @@ import asyncio
 import json
 import logging
 import os
-import re
-import shutil
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from sqlmodel import Session, select
 
-from .errors import BadRequest, Conflict, NotFound
-from .events import EventBus
-from .models import GitlabInstance, GitlabRunner, Machine
-from .store import Store
+from ..errors import BadRequest, Conflict, NotFound
+from ..events import EventBus
+from ..models import GitlabInstance, GitlabRunner, Machine
+from ..store import Store
+from .bodies import GitlabInstanceCreate, GitlabInstanceUpdate
+from .client import NO_EXPIRY_INFO, GitlabApi, GitlabDown, RunnerRefused, _short
+from .config import executor_command, gateway_limit, render_config_toml
 
 if TYPE_CHECKING:
-    from .registration import MachineService
+    from ..registration import MachineService
 
-log = logging.getLogger(__name__)
-
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# The same rules for the OpenAPI schema, so that what the schema allows is what the validators take
-# (schemathesis checks both ways). Whitespace as str.strip() and Python's \s know it.
-_WS = "\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
-NAME_SCHEMA = {"pattern": NAME.pattern}
-URL_SCHEMA = {"pattern": f"^[{_WS}]*https?://[^{_WS}/\\x00-\\x20\\x7f][^\\x00-\\x20\\x7f]*[{_WS}]*$"}
-TAGS_SCHEMA = {"items": {"type": "string", "pattern": "^[^,\\x00-\\x1f]{1,256}$"}}
-
-
-def _not_null(extra: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
-    """A field's schema without its null branch, plus ``extra``: a PATCH may leave it out, not send null
-    (update_instance refuses null for it)."""
-
-    def edit(schema: dict[str, Any]) -> None:
-        schema.pop("default", None)  # (None: left out)
-        branches = [b for b in schema.pop("anyOf", []) if b.get("type") != "null"]
-        for branch in branches:
-            schema.update(branch)
-        schema.update(extra)
-
-    return edit
+log = logging.getLogger(__package__)
 MASK = "********"
 RETRY_BASE = 2.0  # seconds before the first retry of an unreachable instance; doubles up to the cap
 TOKEN_RENEW_MARGIN = 86400.0  # a token expiring within this (or half its lifetime, if shorter) is renewed
@@ -87,300 +33,12 @@ GATEWAY = "gateway"
 GATEWAY_TAG = "CI-gateway"
 
 
-class GitlabDown(Exception):
-    """The instance cannot be talked to now (network, timeout, 5xx, token refused): retry later."""
-
-
-class RunnerRefused(Exception):
-    """GitLab refused one runner operation (4xx): recorded on that runner, the others go on."""
-
-
-# ---------------------------------------------------------------------------------------- API bodies
-def _check_url(v: str) -> str:
-    v = v.strip().rstrip("/")
-    if not re.match(r"^https?://[^\s/]+", v) or len(v) > 2048 or any(ord(c) < 33 or ord(c) == 127 for c in v):
-        raise ValueError(f"{v[:60]!r} is not an http(s):// URL")
-    return v
-
-
-def _check_tags(tags: list[str]) -> list[str]:
-    for tag in tags:
-        if not tag or len(tag) > 256 or "," in tag or any(ord(c) < 32 for c in tag):
-            raise ValueError(f"invalid tag {tag[:40]!r}: 1-256 printable characters, no comma")
-    return list(dict.fromkeys(tags))
-
-
-class GitlabInstanceCreate(BaseModel):
-    # a token or a registration token (add_instance refuses neither), as the schema says
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
-        {"required": ["token"], "properties": {"token": {"minLength": 1}}},
-        {"required": ["registration_token"], "properties": {"registration_token": {"type": "string", "minLength": 1}}},
-    ]})
-
-    name: str = Field(json_schema_extra=NAME_SCHEMA)
-    url: str = Field(json_schema_extra=URL_SCHEMA)
-    token: str = Field(default="", max_length=1024)
-    registration_token: Optional[str] = Field(default=None, max_length=1024)
-    farm_name: Optional[str] = Field(default=None, json_schema_extra=NAME_SCHEMA)  # default: the farm's name
-    expose_runners: StrictBool = True
-    farm_tags: list[str] = Field(default_factory=list, max_length=64, json_schema_extra=TAGS_SCHEMA)
-
-    @field_validator("name", "farm_name")
-    @classmethod
-    def _name(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not NAME.fullmatch(v):
-            raise ValueError(f"{v[:40]!r} is not a name (1-64 letters, digits, '.', '_' or '-')")
-        return v
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        return _check_url(v)
-
-    @field_validator("farm_tags")
-    @classmethod
-    def _tags(cls, v: list[str]) -> list[str]:
-        return _check_tags(v)
-
-
-class GitlabInstanceUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    url: Optional[str] = Field(default=None, json_schema_extra=_not_null(URL_SCHEMA))
-    token: Optional[str] = Field(default=None, max_length=1024, json_schema_extra=_not_null({}))
-    registration_token: Optional[str] = Field(default=None, max_length=1024)
-    farm_name: Optional[str] = Field(default=None, json_schema_extra=_not_null(NAME_SCHEMA))
-    expose_runners: Optional[StrictBool] = Field(default=None, json_schema_extra=_not_null({}))
-    farm_tags: Optional[list[str]] = Field(default=None, max_length=64, json_schema_extra=_not_null(TAGS_SCHEMA))
-
-    @field_validator("farm_name")
-    @classmethod
-    def _name(cls, v: Optional[str]) -> Optional[str]:
-        return GitlabInstanceCreate._name(v)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: Optional[str]) -> Optional[str]:
-        return None if v is None else _check_url(v)
-
-    @field_validator("farm_tags")
-    @classmethod
-    def _tags(cls, v: Optional[list[str]]) -> Optional[list[str]]:
-        return None if v is None else _check_tags(v)
-
-
-# ---------------------------------------------------------------------------------------- config.toml
-def toml_value(value: Any) -> str:
-    """A TOML value for str, bool, int, float or a list of those (JSON string escapes are TOML's)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=True)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {type(value).__name__}")
-
-
-def render_config_toml(global_values: dict[str, Any], runners: list[dict[str, Any]]) -> str:
-    """gitlab-runner's config.toml: top-level keys and tables (dict values), then ``[[runners]]``
-    entries whose dict values become sub-tables (``[runners.custom]``)."""
-    lines = [
-        "# Written by valve-console: edits are overwritten. One [[runners]] per exposed machine and instance",
-        "# (and <farm>-gateway per instance when gitlab_gateway_runner is on).",
-        "",
-    ]
-
-    def table(prefix: str, values: dict[str, Any]) -> None:
-        subs = []
-        for key, value in values.items():
-            if isinstance(value, dict):
-                subs.append((key, value))
-            elif value is not None:
-                lines.append(f"{key} = {toml_value(value)}")
-        for key, value in subs:
-            lines.append("")
-            lines.append(f"[{prefix}{key}]")
-            table(f"{prefix}{key}.", value)
-
-    table("", global_values)
-    for runner in runners:
-        lines.append("")
-        lines.append("[[runners]]")
-        table("runners.", runner)
-    return "\n".join(lines) + "\n"
-
-
-def gateway_limit() -> int:
-    """Jobs the gateway runner takes at once (valve-infra's ``max(1, cpu_count/8)``): its CI scripts share the
-    gateway's CPUs with the farm itself."""
-    return max(1, (os.cpu_count() or 1) // 8)
-
-
-def executor_command() -> str:
-    """The ``valve-console`` program gitlab-runner calls: the one next to this Python, else on PATH."""
-    here = Path(sys.executable).parent / "valve-console"
-    if here.exists():
-        return str(here)
-    return shutil.which("valve-console") or "valve-console"
-
-
-# ---------------------------------------------------------------------------------------- GitLab calls
-class GitlabApi:
-    """python-gitlab for one instance. Every method blocks: call it through ``asyncio.to_thread``."""
-
-    def __init__(self, url: str, token: str, timeout: float) -> None:
-        import gitlab
-        from gitlab.v4.objects.users import CurrentUserRunnerManager
-
-        self.gl = gitlab.Gitlab(url, private_token=token or None, timeout=timeout, retry_transient_errors=False)
-        self.user_runners = CurrentUserRunnerManager(self.gl)
-
-    @staticmethod
-    def classify(exc: Exception, what: str) -> Exception:
-        """GitlabDown for outages and refused tokens, RunnerRefused for other 4xx answers."""
-        import gitlab
-        import requests
-
-        if isinstance(exc, requests.RequestException):
-            return GitlabDown(f"{what}: {type(exc).__name__}: {_short(exc)}")
-        if isinstance(exc, gitlab.GitlabError):
-            code = exc.response_code
-            message = _short(exc.error_message)
-            if code is None or code >= 500:
-                return GitlabDown(f"{what}: HTTP {code}: {message}")
-            if code == 401:
-                return GitlabDown(f"{what}: the token was refused (HTTP 401: {message})")
-            return RunnerRefused(f"{what}: HTTP {code}: {message}")
-        return exc
-
-    def create(self, inst: GitlabInstance, description: str, tags: list[str]) -> tuple[int, str, Optional[float]]:
-        """A new runner: (id, token, the token's expiry as a Unix time, None when it does not expire)."""
-        import gitlab
-
-        fields = {"description": description, "tag_list": tags, "run_untagged": False, "locked": True}
-        refused = None
-        if inst.token:
-            try:
-                r = self.user_runners.create({"runner_type": "instance_type", **fields})
-                return int(r.id), str(r.token), parse_gitlab_time(r.attributes.get("token_expires_at"))
-            except gitlab.GitlabError as exc:
-                if exc.response_code not in (403, 404):
-                    raise
-                refused = f"POST /user/runners refused (HTTP {exc.response_code}: {_short(exc.error_message)})"
-        if not inst.registration_token:
-            raise RunnerRefused(f"{refused or 'no access token'}, and no registration token to fall back on")
-        log.info("gitlab %s: %s; registering %s with the registration token", inst.name, refused, description)
-        r = self.gl.runners.create({"token": inst.registration_token, **fields})
-        return int(r.id), str(r.token), parse_gitlab_time(r.attributes.get("token_expires_at"))
-
-    def verify(self, token: str) -> tuple[Optional[bool], Any, str]:
-        """POST /runners/verify: (valid, expiry, detail). Only a 403 is a refused token (False); an outage,
-        a timeout or any other answer is inconclusive (None), so a token is never dropped because GitLab is
-        down. expiry is the answer's ``token_expires_at`` (Unix time or None), or NO_EXPIRY_INFO."""
-        import gitlab
-
-        try:
-            answer = self.gl.http_post("/runners/verify", post_data={"token": token})
-        except gitlab.GitlabError as exc:
-            if exc.response_code == 403:
-                return False, NO_EXPIRY_INFO, f"HTTP 403: {_short(exc.error_message)}"
-            return None, NO_EXPIRY_INFO, f"HTTP {exc.response_code}: {_short(exc.error_message)}"
-        except Exception as exc:  # noqa: BLE001 - network errors and odd answers are inconclusive
-            return None, NO_EXPIRY_INFO, f"{type(exc).__name__}: {_short(exc)}"
-        if isinstance(answer, dict) and "token_expires_at" in answer:
-            return True, parse_gitlab_time(answer.get("token_expires_at")), "valid"
-        return True, NO_EXPIRY_INFO, "valid"
-
-    def get(self, runner_id: int) -> Optional[dict[str, Any]]:
-        import gitlab
-
-        try:
-            return dict(self.gl.runners.get(runner_id).attributes)
-        except gitlab.GitlabGetError as exc:
-            if exc.response_code == 404:
-                return None
-            raise
-
-    def update(self, runner_id: int, description: str, tags: list[str]) -> bool:
-        """PUT /runners/:id; False if the runner is gone (404)."""
-        import gitlab
-
-        try:
-            self.gl.runners.update(runner_id, {"description": description, "tag_list": tags})
-            return True
-        except gitlab.GitlabUpdateError as exc:
-            if exc.response_code == 404:
-                return False
-            raise
-
-    def delete(self, runner_id: int, token: str) -> None:
-        """DELETE /runners/:id; a gone runner is fine; a 403 falls back to DELETE /runners?token=."""
-        import gitlab
-
-        try:
-            self.gl.runners.delete(runner_id)
-            return
-        except gitlab.GitlabDeleteError as exc:
-            if exc.response_code == 404:
-                return
-            if exc.response_code != 403 or not token:
-                raise
-        try:
-            self.gl.http_delete("/runners", query_data={"token": token})
-        except gitlab.GitlabHttpError as exc:
-            if exc.response_code not in (403, 404):  # 403: the token is unknown, so the runner is gone
-                raise
-
-    def list_ours(self, prefix: str) -> list[dict[str, Any]]:
-        """Runners whose description starts with ``prefix``: GET /runners/all (admin), else GET /runners."""
-        import gitlab
-
-        try:
-            items = self.gl.runners_all.list(get_all=True)
-        except gitlab.GitlabListError as exc:
-            if exc.response_code not in (403, 404):
-                raise
-            items = self.gl.runners.list(get_all=True)
-        out = []
-        for item in items:
-            attrs = dict(item.attributes)
-            if str(attrs.get("description") or "").startswith(prefix):
-                out.append(attrs)
-        return out
-
-
-NO_EXPIRY_INFO = object()  # verify's answer said nothing about the token's expiry
-
-
-def parse_gitlab_time(value: Any) -> Optional[float]:
-    """GitLab's ``2024-02-20T10:08:17.000Z`` as a Unix time; None for null or what does not parse."""
-    if not value or not isinstance(value, str):
-        return None
-    from datetime import datetime, timezone
-
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.timestamp()
-
-
 def _iso(when: Optional[float]) -> Optional[str]:
     if when is None:
         return None
     from datetime import datetime, timezone
 
     return datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _short(value: Any, limit: int = 200) -> str:
-    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------- the service
@@ -760,16 +418,7 @@ class RunnerService:
 
     async def _save(self, row: GitlabRunner) -> None:
         values = {name: getattr(row, name) for name in GitlabRunner.model_fields}
-
-        def write(s: Session) -> None:
-            old = s.get(GitlabRunner, (row.instance, row.mac_address))
-            if old is None:
-                s.add(GitlabRunner(**values))
-            else:
-                for k, v in values.items():
-                    setattr(old, k, v)
-
-        await self.store.run(write)
+        await self.store.upsert(GitlabRunner, values, (row.instance, row.mac_address))
         self.runners[(row.instance, row.mac_address)] = row
 
     async def _forget(self, iname: str, mac: str) -> None:
@@ -1006,16 +655,7 @@ class RunnerService:
 
     async def _store_instance(self, inst: GitlabInstance) -> None:
         values = {k: getattr(inst, k) for k in GitlabInstance.model_fields}
-
-        def write(s: Session) -> None:
-            row = s.get(GitlabInstance, inst.name)
-            if row is None:
-                s.add(GitlabInstance(**values))
-            else:
-                for k, v in values.items():
-                    setattr(row, k, v)
-
-        await self.store.run(write)
+        await self.store.upsert(GitlabInstance, values, inst.name)
         self.instances[inst.name] = inst
 
     # ------------------------------------------------------------------ config.toml
@@ -1072,7 +712,7 @@ class RunnerService:
 
     async def write_config(self) -> bool:
         """Write config.toml (atomically, 0600) if its text changed; True if written."""
-        from .boot import write_atomically
+        from ..boot.files import write_atomically
 
         async with self._write_lock:  # one writer: two callers must not both see the old text
             text = self.config_text()
