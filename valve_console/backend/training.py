@@ -32,7 +32,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from .errors import BadRequest, Conflict
 from .jobs import JobStatus, MachineInfo, builtin_job
@@ -413,18 +413,8 @@ class TrainingService:
         asyncio.create_task(self._save(row))
 
     async def _save(self, row: Training) -> None:
-        values = row.model_dump()
-
-        def write(session: Session) -> None:
-            existing = session.get(Training, values["mac_address"])
-            if existing is None:
-                session.add(Training(**values))
-            else:
-                for key, value in values.items():
-                    setattr(existing, key, value)
-
         try:
-            await self.store.run(write)
+            await self.store.upsert(Training, row.model_dump())
         except Exception:  # noqa: BLE001 - in memory it goes on; the next save retries
             log.exception("cannot store the training of %s", row.mac_address)
         machine = self.machines.machines.get(row.mac_address)
