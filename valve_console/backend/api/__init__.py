@@ -7,7 +7,8 @@ One module per resource, each an ``APIRouter`` (machines, pdus, consoles, jobs, 
 gitlab, health); routes reach the farm through the ``get_farm`` dependency (deps.py). Shared pieces:
 models.py (request bodies, ``ERRORS``, ``MAC_PATTERN``), deps.py (farm, operator, MACs, registration
 rate), schema.py (the conformant OpenAPI), middleware.py (PathNormaliser, BodyLimit), handlers.py
-(errors.py's types and validation errors as answers), streams.py (SSE answers).
+(errors.py's types and validation errors as answers), streams.py (SSE answers), submit.py (the
+HTTP side of job submission and of streamed bodies).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ import codecs
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import APIRouter, Query
-from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response
+from sse_starlette import EventSourceResponse
 
 from ..consoles import SLICE_MAX
 from ..errors import BadRequest
@@ -65,7 +66,7 @@ async def console_log(
 
 
 @router.get("/api/v1/console/{mac}/stream", responses=ERRORS, tags=["consoles"], dependencies=SECRET_READ)
-async def console_stream(mac: str, farm: FarmDep, replay: bool = False) -> StreamingResponse:
+async def console_stream(mac: str, farm: FarmDep, replay: bool = False) -> EventSourceResponse:
     """Live console output as SSE (a read-only viewer, counted in ``viewers``)."""
     key = mac_of(mac)
     hub = farm.consoles
@@ -89,7 +90,7 @@ async def console_stream(mac: str, farm: FarmDep, replay: bool = False) -> Strea
         finally:
             hub.unsubscribe(key, sub)
 
-    return event_stream(gen())
+    return event_stream(gen(), lambda: hub.unsubscribe(key, sub))
 
 
 @router.post("/api/v1/console/{mac}/input", responses=ERRORS, tags=["consoles"], dependencies=OPERATOR)

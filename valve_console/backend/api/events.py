@@ -31,7 +31,7 @@ async def events(
         wanted.add("dropped")
     sub = farm.bus.subscribe(wanted, maxlen=EVENTS_QUEUE_LEN, maxbytes=EVENTS_QUEUE_BYTES)
 
-    async def gen() -> AsyncIterator[bytes | memoryview]:
+    async def gen() -> AsyncIterator[bytes]:
         # Events are taken in pieces of at most 64 KiB, each event encoded once for every reader: a
         # reader that stops reading holds one piece in its connection and at most EVENTS_QUEUE_BYTES
         # of shared events in its queue (the oldest are dropped, then a "dropped" marker is sent).
@@ -43,11 +43,11 @@ async def events(
                     continue
                 chunk = sub.take()
                 if chunk:
-                    yield chunk
+                    yield bytes(chunk)  # a piece of one event is a memoryview of the shared encoding
                 # A write the kernel takes at once does not suspend: let other readers and
                 # requests run between pieces, or one reader's backlog holds the loop.
                 await asyncio.sleep(0)
         finally:
             sub.close()
 
-    return event_stream(gen())
+    return event_stream(gen(), sub.close)

@@ -8,14 +8,15 @@ import base64
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from sse_starlette import EventSourceResponse
 
 from ..errors import BadRequest, FarmError
 from ..executor import ListenerOverflow
-from ..submission import answer, protocol_of, read_submission, wants_rich_answer
 from .deps import OPERATOR, SECRET_READ, TOKEN_NEEDED, FarmDep, is_operator, mac_of
 from .models import ERRORS, JOB_SUBMIT_SCHEMA, ErrorBody, JobInput
 from .streams import RETRY, event_stream, sse
+from .submit import answer, protocol_of, read_submission, wants_rich_answer
 
 router = APIRouter()
 
@@ -121,7 +122,7 @@ async def job_events(
     farm: FarmDep,
     io_offset: int = Query(default=0, ge=0, description="console bytes of the job already received"),
     ctrl_offset: int = Query(default=0, ge=0, description="control messages already received"),
-) -> StreamingResponse:
+) -> EventSourceResponse:
     """SSE: ``queue`` {position}, ``ctrl`` {msg, severity}, ``job_io`` {data: base85 bytes}, then
     ``session_end`` {status}. Reconnect with io_offset/ctrl_offset to resume without repeats."""
     service = farm.jobs
@@ -156,4 +157,4 @@ async def job_events(
         finally:
             service.unlisten(job, queue)
 
-    return event_stream(gen())
+    return event_stream(gen(), lambda: service.unlisten(job, queue))

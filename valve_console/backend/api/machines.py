@@ -10,9 +10,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ..errors import FarmError
 from ..registration import MachineUpdate, Registration
-from ..submission import wants_rich_answer
 from .deps import OPERATOR, FarmDep, registration_rate
 from .models import ERRORS, DiscoverRequest, ErrorBody, FindOutlets
+from .submit import wants_rich_answer
 
 router = APIRouter()
 

@@ -11,9 +11,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from ..errors import FarmError
 from ..share import ShareError
-from ..submission import spool_body
 from .deps import OPERATOR, FarmDep
 from .models import ERRORS, ErrorBody
+from .submit import spool_body
 
 router = APIRouter()
 
