@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.routing import Match
 
 from valve_console.backend.api import ROUTERS, create_app
-from valve_console.backend.api.middleware import BodyLimit, PathNormaliser, flat_routes
+from valve_console.backend.api.middleware import BodyLimit, PathNormaliser
 from valve_console.config import Settings
 
 
@@ -25,7 +25,7 @@ def app_of(tmp_path, **settings):
 
 def first_match(app, method: str, path: str):
     scope = {"type": "http", "method": method, "path": path, "root_path": "", "query_string": b"", "headers": []}
-    return next(r for r in flat_routes(app.router.routes) if r.matches(scope)[0] == Match.FULL)
+    return next(r for r in app.router.routes if r.matches(scope)[0] == Match.FULL)
 
 
 def test_every_router_route_is_served_once_and_the_farm_is_the_apps(tmp_path):
@@ -33,7 +33,7 @@ def test_every_router_route_is_served_once_and_the_farm_is_the_apps(tmp_path):
     assert isinstance(served, BodyLimit)
     assert app.state.farm is farm
     prefixes = ("/api/", "/boot/", "/files/", "/metrics")
-    ours = [r for r in flat_routes(app.router.routes) if getattr(r, "path", "").startswith(prefixes)]
+    ours = [r for r in app.router.routes if getattr(r, "path", "").startswith(prefixes)]
     expected = [(r.path, tuple(sorted(r.methods))) for module in ROUTERS for r in module.router.routes]
     assert [(r.path, tuple(sorted(r.methods))) for r in ours] == expected
     assert len(set(expected)) == len(expected)

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from ..errors import FarmError
-from .middleware import allow_header, flat_routes
+from .middleware import allow_header
 
 log = logging.getLogger("valve_console.backend.api")
 
@@ -50,7 +50,7 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
     headers = exc.headers
     if exc.status_code == 405:  # every method of the path, not only those of the first route found
         methods: set[str] = set()
-        for route in flat_routes(request.app.router.routes):
+        for route in request.app.router.routes:
             if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
                 methods |= route.methods
         headers = {**(headers or {}), "Allow": allow_header(methods)}

@@ -5,23 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from starlette.routing import Match
 
 from ..errors import FarmError
-
-
-def flat_routes(routes: Any) -> Iterator[Any]:
-    """Every route of an app's router, those of included routers too: FastAPI (0.16x) keeps an included
-    ``APIRouter`` as one entry (its ``original_router`` holds the routes); older releases copied them in.
-    The API's routers have no prefix, so their routes' paths are the app's."""
-    for route in routes:
-        included = getattr(route, "original_router", None)
-        if included is not None:
-            yield from flat_routes(included.routes)
-        else:
-            yield route
 
 
 class BodyLimit:
@@ -120,7 +108,7 @@ class PathNormaliser:
 
     def _matches(self, scope: dict, path: str) -> bool:
         probe = {**scope, "path": path}
-        return any(route.matches(probe)[0] != Match.NONE for route in flat_routes(self.router.routes))
+        return any(route.matches(probe)[0] != Match.NONE for route in self.router.routes)
 
     def _normalise(self, scope: dict) -> str:
         path = scope["path"]
@@ -142,7 +130,7 @@ class PathNormaliser:
         """The methods of the routes whose path is exactly ``path`` (no parameter), or None if none is."""
         if self._static is None:
             self._static = {}
-            for route in flat_routes(self.router.routes):
+            for route in self.router.routes:
                 methods = getattr(route, "methods", None)
                 if methods and "{" not in getattr(route, "path", "{"):
                     self._static.setdefault(route.path, set()).update(methods)
