@@ -302,10 +302,16 @@ class Farm:
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
-    def _training_boot_urls(self) -> tuple[str, str, str]:
+    def boot_urls(self) -> tuple[str, str, str]:
+        """The default boot's kernel and initramfs URLs and the API's host:port as DUTs reach it (from the
+        settings, else the bound API socket's address: known once start() bound it)."""
         from .jobs.executor import default_boot_urls
 
         return default_boot_urls(self.settings, self.api_address)
+
+    def _dut_api_host(self) -> str:
+        """host:port of the API for the DUTs (a job's minio_url and job_share_url)."""
+        return self.boot_urls()[2]
 
     @property
     def recent_log(self) -> list[dict[str, Any]]:
@@ -419,21 +425,23 @@ class Farm:
             settings=self.settings,
         )
         await self.consoles.start(nc_sock)
-        self.jobs = JobService(self.store, self.bus, self.machines, self.power, self.consoles, self.settings)
-        await self.jobs.start()
-        self.machines.job_state = self.jobs.machine_state
-        self.training = TrainingService(
-            self.store, self.bus, self.machines, self.jobs, self.settings, self._training_boot_urls
-        )
-        await self.training.start()
+        boot_cache = None
         if self.settings.boot_cache:
-            self.jobs.boot_cache = BootCache(
+            boot_cache = BootCache(
                 self.settings.data_dir / "files",
                 self._files_base,
                 max_bytes=self.settings.boot_cache_max_bytes,
                 timeout=self.settings.boot_cache_timeout,
                 guard=self.trust.check_fetch_url,
             )
+        self.jobs = JobService(self.store, self.bus, self.machines, self.power, self.consoles, self.settings,
+                               api_host=self._dut_api_host, boot_cache=boot_cache)
+        await self.jobs.start()
+        self.machines.job_state = self.jobs.machine_state
+        self.training = TrainingService(
+            self.store, self.bus, self.machines, self.jobs, self.settings, self.boot_urls
+        )
+        await self.training.start()
         self.boot = BootService(
             self.bus,
             lambda: machines.list_json().values(),

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 if TYPE_CHECKING:
     from .farm import Farm
@@ -29,16 +32,9 @@ OUTLET_STATES = ("on", "off", "unknown")
 
 
 # --------------------------------------------------------------------------- text format
-def escape_label(value: Any) -> str:
-    """A label value as the text format wants it: backslash, double quote and newline escaped."""
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
 def format_value(value: float) -> str:
+    """A number as the text format writes it (``le`` bounds: the same text as prometheus-client's own
+    histograms, e.g. ``0.01``, ``30.0``, ``+Inf``)."""
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, int):
@@ -50,25 +46,29 @@ def format_value(value: float) -> str:
     return repr(float(value))
 
 
-def _labels(labels: dict[str, Any]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items()) + "}"
+FAMILY_TYPES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily}
 
 
 class Exposition:
-    """Collects metric families and renders them; each family's HELP/TYPE is written once, first."""
+    """Collects the figures of a scrape by family and renders them with prometheus-client: the families
+    are its metric families (``GaugeMetricFamily``, ``CounterMetricFamily``, ``HistogramMetricFamily``),
+    given by ``collect()`` (a custom collector) to a registry made for the scrape, and written by
+    ``generate_latest`` (text format 0.0.4: label values and help texts escaped, one HELP/TYPE per family,
+    before its samples). Families keep the order they were first named in; a family named but given no
+    sample is still described."""
 
     def __init__(self) -> None:
-        self._families: dict[str, tuple[str, str, list[str]]] = {}
+        # name -> (type, help, samples: (labels, value) for gauges and counters,
+        #          (labels, buckets, cumulative counts, sum, count) for histograms)
+        self._families: dict[str, tuple[str, str, list[tuple[Any, ...]]]] = {}
 
-    def family(self, name: str, kind: str, help_text: str) -> list[str]:
-        if name not in self._families:
-            self._families[name] = (kind, help_text, [])
-        return self._families[name][2]
+    def family(self, name: str, kind: str, help_text: str) -> None:
+        if kind not in (*FAMILY_TYPES, "histogram"):
+            raise ValueError(f"unknown metric type {kind!r}")
+        self._families.setdefault(name, (kind, help_text, []))
 
-    def sample(self, family: str, value: float, labels: dict[str, Any] | None = None, suffix: str = "") -> None:
-        self._families[family][2].append(f"{family}{suffix}{_labels(labels or {})} {format_value(value)}")
+    def sample(self, family: str, value: float, labels: dict[str, Any] | None = None) -> None:
+        self._families[family][2].append((labels or {}, value))
 
     def add(self, name: str, kind: str, help_text: str, value: float, labels: dict[str, Any] | None = None) -> None:
         self.family(name, kind, help_text)
@@ -85,20 +85,28 @@ class Exposition:
         count: int,
     ) -> None:
         self.family(name, "histogram", help_text)
-        for bound, n in zip(buckets, cumulative, strict=True):
-            self.sample(name, n, {**labels, "le": format_value(float(bound))}, "_bucket")
-        self.sample(name, count, {**labels, "le": "+Inf"}, "_bucket")
-        self.sample(name, total, labels, "_sum")
-        self.sample(name, count, labels, "_count")
+        self._families[name][2].append((labels, tuple(buckets), tuple(cumulative), total, count))
+
+    def collect(self) -> Iterator[Metric]:
+        for name, (kind, help_text, samples) in self._families.items():
+            names = list(samples[0][0]) if samples else []
+            if kind == "histogram":
+                hist = HistogramMetricFamily(name, help_text, labels=names)
+                for labels, buckets, cumulative, total, count in samples:
+                    # le as format_value writes it (0.01, 30.0); +Inf holds every observation
+                    les = [(format_value(float(b)), float(n)) for b, n in zip(buckets, cumulative, strict=True)]
+                    hist.add_metric([str(labels[k]) for k in names], [*les, ("+Inf", float(count))], float(total))
+                yield hist
+                continue
+            metric = FAMILY_TYPES[kind](name, help_text, labels=names)
+            for labels, value in samples:
+                metric.add_metric([str(labels[k]) for k in names], float(value))
+            yield metric
 
     def render(self) -> str:
-        out: list[str] = []
-        for name, (kind, help_text, samples) in self._families.items():
-            base = name[: -len("_total")] if kind == "counter" and name.endswith("_total") else name
-            out.append(f"# HELP {base} {escape_help(help_text)}")
-            out.append(f"# TYPE {base} {kind}")
-            out.extend(samples)
-        return "\n".join(out) + "\n"
+        registry = CollectorRegistry(auto_describe=False)  # one per scrape: the figures are read now
+        registry.register(self)
+        return generate_latest(registry).decode("utf-8")
 
 
 # --------------------------------------------------------------------------- live observations

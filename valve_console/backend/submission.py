@@ -11,7 +11,9 @@
 Bodies are read only once the caller is known to be the operator (the API checks that first). A v1
 form is streamed to a file in the data directory (``<data>/jobs/.incoming-*``, never whole in memory)
 and parsed there in a worker thread; its share part stays a file, which the job's share is unpacked
-from. JSON forms are small: they are read in memory, up to :data:`MAX_JSON_BODY`.
+from. JSON forms are small: they are read in memory, up to :data:`MAX_JSON_BODY`. Reading the request
+(the body, its content type, the answer as an HTTP response) is the API's (api/submit.py); here are
+the forms, their parsing and the answers' shapes, in errors.py's types.
 
 valve-infra's clients build their answer object from every key of the JSON, so v1 answers are exactly
 ``{"version": 1, "error_msg": ...}`` and v0 answers ``{"reason": ...}``. Our clients send the header
@@ -24,28 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
-
 from .errors import BadRequest, FarmError
 
 Protocol = Literal["v0", "v1", "ours"]
-CLIENT_HEADER = "x-valve-console-client"  # our clients ask for the rich answer with it
+CLIENT_HEADER = "x-valve-console-client"  # our clients ask for the rich answer with it (api/submit.py)
 SHARE_PART = "job_bucket_initial_state_tarball_file"  # valve-infra's name of the share's tar(.gz) part
 MAX_FORM_PARTS = 16  # metadata, job, the share, and a few attachments newer clients may send
 MAX_TEXT_PART = 1024 * 1024  # metadata and job parts (the job template is limited to 1 MiB too)
 MAX_JSON_BODY = 8 * MAX_TEXT_PART  # a JSON submission: a 1 MiB job, escaped
 FORM_OVERHEAD = 4 * MAX_TEXT_PART  # a v1 form's parts besides the share (metadata, job, part headers)
 MAX_PART_HEADERS = 16 * 1024  # bytes of one part's headers
-SPOOL_FLUSH = 1024 * 1024  # body bytes gathered in memory before a write to the spool file
 READ_CHUNK = 256 * 1024  # bytes of a spooled form parsed at a time
 
 
@@ -88,19 +83,9 @@ class FormPart:
     size: int = 0
 
 
-def protocol_of(request: Request) -> Protocol:
-    """The form a request is in, judged from its content type alone (before its body is read)."""
-    ctype = request.headers.get("content-type", "").lower()
-    return "v1" if ctype.startswith("multipart/") else "ours"
-
-
-def wants_rich_answer(request: Request) -> bool:
-    return CLIENT_HEADER in request.headers
-
-
-def answer(protocol: Protocol, rich: bool, status: int, error: Optional[str], job: Optional[dict[str, Any]] = None,
-           headers: Optional[dict[str, str]] = None) -> JSONResponse:
-    """The answer in the form the client reads: see the module's docstring."""
+def answer_body(protocol: Protocol, rich: bool, error: Optional[str],
+                job: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The answer's JSON in the form the client reads: see the module's docstring."""
     body: dict[str, Any]
     if protocol == "ours" or (rich and error is not None):
         body = {"error": error} if error is not None else dict(job or {})
@@ -110,7 +95,7 @@ def answer(protocol: Protocol, rich: bool, status: int, error: Optional[str], jo
         body = {"version": 1, "error_msg": error}
     if rich and error is None and protocol != "ours":
         body.update(job or {})
-    return JSONResponse(body, status_code=status, headers=headers)
+    return body
 
 
 def _check_mimetype(part: FormPart, name: str, expected: str) -> None:
@@ -152,13 +137,9 @@ def _target(value: Any) -> Optional[dict[str, Any]]:
     return {k: v for k, v in value.items() if v is not None} or None
 
 
-async def read_submission(request: Request, share_limit: int, spool_root: Path) -> Submission:
-    """Parse a submission in any of the three forms; ``BadRequest``/``FarmError`` in words. A v1 form's
-    body is streamed into a new directory under ``spool_root``: call ``discard()`` on the result."""
-    peer = request.client.host if request.client else None
-    if protocol_of(request) == "v1":
-        return await _read_v1(request, peer, share_limit, spool_root)
-    body = await read_body(request, MAX_JSON_BODY, "a JSON job submission")
+def json_submission(body: bytes, peer: Optional[str]) -> Submission:
+    """A JSON submission (v0 or ours) from its body; ``BadRequest`` in words. ``peer``: the client's
+    address, a v0 callback's host when it names none."""
     try:
         data = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
@@ -187,91 +168,19 @@ async def read_submission(request: Request, share_limit: int, spool_root: Path) 
     return Submission(text, _target(target), job_id, None, "ours")
 
 
-# ------------------------------------------------------------------------------------------ bodies
-
-
-def _too_large(what: str, limit: int) -> FarmError:
+def too_large(what: str, limit: int) -> FarmError:
     return FarmError(f"{what} is larger than {limit} bytes", 413)
-
-
-async def read_body(request: Request, limit: int, what: str) -> bytes:
-    """A small body, in memory, refused (413, in words) as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(what, limit)
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise _too_large(what, limit)
-    except ClientDisconnect:
-        raise BadRequest(f"{what} was cut off: the client went away") from None
-    return bytes(body)
-
-
-async def spool_body(request: Request, limit: int, directory: Path, what: str) -> Path:
-    """The request's body streamed into a new file (0600) in ``directory``, never whole in memory;
-    refused (413, in words) as soon as it passes ``limit`` bytes, with nothing left on disk."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(what, limit)
-    fd, name = await asyncio.to_thread(tempfile.mkstemp, prefix=".body-", dir=directory)
-    path = Path(name)
-    handle = os.fdopen(fd, "wb")
-    try:
-        pending: list[bytes] = []
-        held = size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(what, limit)
-            pending.append(chunk)
-            held += len(chunk)
-            if held >= SPOOL_FLUSH:
-                await asyncio.to_thread(handle.writelines, pending)
-                pending, held = [], 0
-        await asyncio.to_thread(_finish, handle, pending)
-    except BaseException as exc:
-        handle.close()
-        path.unlink(missing_ok=True)
-        if isinstance(exc, ClientDisconnect):
-            raise BadRequest(f"{what} was cut off: the client went away") from None
-        raise
-    return path
-
-
-def _finish(handle: Any, pending: list[bytes]) -> None:
-    handle.writelines(pending)
-    handle.close()
 
 
 # ------------------------------------------------------------------------------------------ v1 forms
 
 
-async def _read_v1(request: Request, peer: Optional[str], share_limit: int, spool_root: Path) -> Submission:
-    content_type = request.headers.get("content-type", "")
-    spool = spool_root / f".incoming-{uuid.uuid4().hex}"
-    await asyncio.to_thread(_make_private_dir, spool)
-    sub: Optional[Submission] = None
-    try:
-        body = await spool_body(request, share_limit + FORM_OVERHEAD, spool, "the job form")
-        parts = await asyncio.to_thread(parse_form, body, content_type, spool, share_limit)
-        await asyncio.to_thread(body.unlink)
-        sub = _v1_submission(parts, peer)
-        sub.spool = spool
-        return sub
-    finally:
-        if sub is None:
-            await asyncio.to_thread(shutil.rmtree, spool, True)
-
-
-def _make_private_dir(path: Path) -> None:
+def make_private_dir(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.mkdir(mode=0o700)
 
 
-def _v1_submission(parts: dict[str, FormPart], peer: Optional[str]) -> Submission:
+def v1_submission(parts: dict[str, FormPart], peer: Optional[str]) -> Submission:
     if "metadata" not in parts or "job" not in parts:
         raise BadRequest("the form needs a 'metadata' part (JSON, version 1) and a 'job' part (YAML)")
     _check_mimetype(parts["metadata"], "metadata", "application/json")
@@ -369,11 +278,11 @@ class _FormReader:
         part.size += end - start
         if self.file is not None:
             if part.size > self.share_limit:
-                raise _too_large(f"the {SHARE_PART} part", self.share_limit)
+                raise too_large(f"the {SHARE_PART} part", self.share_limit)
             self.file.write(data[start:end])
         elif part.name in ("metadata", "job"):
             if part.size > MAX_TEXT_PART:
-                raise _too_large(f"the {part.name} part", MAX_TEXT_PART)
+                raise too_large(f"the {part.name} part", MAX_TEXT_PART)
             part.data += data[start:end]
 
     def on_part_end(self) -> None:

@@ -169,7 +169,11 @@ class JobService:
         power: "PowerService",
         consoles: "ConsoleHub",
         settings: "Settings",
+        api_host: Optional[Callable[[], str]] = None,
+        boot_cache: Optional[BootCache] = None,
     ) -> None:
+        """``api_host()``: host:port of the API as DUTs reach it (known once the farm bound its socket);
+        ``boot_cache``: where boot artefacts are fetched to (settings.boot_cache), None to pass URLs on."""
         self.store = store
         self.bus = bus
         self.machines = machines
@@ -184,7 +188,7 @@ class JobService:
         self._tasks: dict[str, asyncio.Task] = {}
         self._stopping = False
         self.drain_delay = settings.job_console_drain
-        self.boot_cache: Optional[BootCache] = None  # set by the farm when settings.boot_cache is on
+        self.boot_cache = boot_cache
         self.training_jobs: dict[str, str] = {}  # job id -> "register" | "bootloop" (Sgt. Hartman's jobs)
         # Why a machine in training takes no user job (None: not training); set by the training service.
         self.training_note: Callable[[str], Optional[str]] = lambda mac: None
@@ -194,7 +198,7 @@ class JobService:
         self.shares = ShareStore(
             settings.data_dir / "jobs", settings.job_share_max_bytes, settings.job_shares_max_total_bytes
         )
-        self.api_host: Callable[[], str] = lambda: default_boot_urls(settings, None)[2]
+        self.api_host: Callable[[], str] = api_host or (lambda: default_boot_urls(settings, None)[2])
         self._share_tasks: set[asyncio.Future] = set()
         self._reserved_ids: set[str] = set()  # ids being submitted (between their check and their queueing)
         # Templates are rendered and parsed in worker processes (a CPU budget each), never on the loop.
