@@ -197,6 +197,13 @@ class UnboundStreams(Answer):
 
 
 # --------------------------------------------------------------------------------------- jobs
+class JobTarget(Answer):
+    """What the job asked for: a machine (``id``: its MAC or name) and/or tags it must have."""
+
+    id: Optional[str] = None
+    tags: list[str] = Field(default_factory=list)
+
+
 class Job(Answer):
     id: str
     machine: str
@@ -206,7 +213,7 @@ class Job(Answer):
     submitted_at: float
     started_at: Optional[float] = None
     ended_at: Optional[float] = None
-    target: Optional[str] = None
+    target: JobTarget
     result: Optional[str] = None
     console_start: Optional[int] = None
     console_end: Optional[int] = None
@@ -336,3 +343,22 @@ class Event(Answer):
         """The event's data as its model (EVENT_DATA), or the dict for free-form types."""
         model = EVENT_DATA.get(self.type)
         return model.model_validate(self.data) if model is not None else self.data
+
+
+# ------------------------------------------------------------------------------ small answers
+class Removed(Answer):
+    removed: str
+
+
+class Written(Answer):
+    written: int
+
+
+class OutletSwitched(Answer):
+    pdu: str
+    port_id: str
+    state: str
+
+
+class Drivers(Answer):
+    drivers: list[str]

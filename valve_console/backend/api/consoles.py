@@ -16,17 +16,24 @@ from ..errors import BadRequest
 from .deps import OPERATOR, SECRET_READ, FarmDep, mac_of
 from .models import ERRORS, ConsoleBind, ConsoleDevice, ConsoleInput, ConsoleSource
 from .streams import KEEPALIVE, KEEPALIVE_COMMENT, RETRY, event_stream, sse
+from ... import contract
 
 router = APIRouter()
 
 
-@router.get("/api/v1/consoles", tags=["consoles"])
+@router.get("/api/v1/consoles", tags=["consoles"], response_model=contract.Consoles, response_model_exclude_unset=True)
 async def list_consoles(farm: FarmDep) -> dict[str, Any]:
     """Every machine's console (source, device, tcp_port, writer, viewers...) and the serial devices seen."""
     return {"consoles": farm.consoles.list_json(), "devices": farm.consoles.devices_json()}
 
 
-@router.get("/api/v1/console/{mac}", responses=ERRORS, tags=["consoles"])
+@router.get(
+    "/api/v1/console/{mac}",
+    responses=ERRORS,
+    tags=["consoles"],
+    response_model=contract.Console,
+    response_model_exclude_unset=True,
+)
 async def get_console(mac: str, farm: FarmDep) -> dict[str, Any]:
     return farm.consoles.console(mac_of(mac), create=False).to_json()
 
@@ -93,7 +100,13 @@ async def console_stream(mac: str, farm: FarmDep, replay: bool = False) -> Event
     return event_stream(gen(), lambda: hub.unsubscribe(key, sub))
 
 
-@router.post("/api/v1/console/{mac}/input", responses=ERRORS, tags=["consoles"], dependencies=OPERATOR)
+@router.post(
+    "/api/v1/console/{mac}/input",
+    responses=ERRORS,
+    tags=["consoles"],
+    dependencies=OPERATOR,
+    response_model=contract.Written, response_model_exclude_unset=True,
+)
 async def console_input(mac: str, body: ConsoleInput, farm: FarmDep) -> dict[str, Any]:
     """Type into the console. One writer at a time: 409 while someone else writes, unless takeover."""
     try:
@@ -131,7 +144,13 @@ async def console_remove(mac: str, farm: FarmDep) -> dict[str, Any]:
     return farm.consoles.remove(mac_of(mac))
 
 
-@router.get("/api/v1/consoles/unbound", responses=ERRORS, tags=["consoles"], dependencies=OPERATOR)
+@router.get(
+    "/api/v1/consoles/unbound",
+    responses=ERRORS,
+    tags=["consoles"],
+    dependencies=OPERATOR,
+    response_model=contract.UnboundStreams, response_model_exclude_unset=True,
+)
 async def consoles_unbound(farm: FarmDep) -> dict[str, Any]:
     """Console streams bound to no machine: where from, what they announced, why they wait, their
     last output (``tail``). Netconsole streams are closed after console_unbound_ttl s."""

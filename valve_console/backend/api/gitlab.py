@@ -9,27 +9,47 @@ from fastapi import APIRouter
 from ..gitlab import GitlabInstanceCreate, GitlabInstanceUpdate
 from .deps import OPERATOR, FarmDep
 from .models import ERRORS
+from ... import contract
 
 router = APIRouter()
 
 
-@router.get("/api/v1/gitlab", tags=["gitlab"])
+@router.get("/api/v1/gitlab", tags=["gitlab"], response_model=contract.Gitlab, response_model_exclude_unset=True)
 async def list_gitlab(farm: FarmDep) -> dict[str, Any]:
     """GitLab instances (tokens masked) with their state (ok, unreachable: reason, last sync) and runners."""
     return farm.gitlab.list_json()
 
 
-@router.post("/api/v1/gitlab", status_code=201, responses=ERRORS, tags=["gitlab"], dependencies=OPERATOR)
+@router.post(
+    "/api/v1/gitlab",
+    status_code=201,
+    responses=ERRORS,
+    tags=["gitlab"],
+    dependencies=OPERATOR,
+    response_model=contract.GitlabInstance, response_model_exclude_unset=True,
+)
 async def add_gitlab(body: GitlabInstanceCreate, farm: FarmDep) -> dict[str, Any]:
     return await farm.gitlab.add_instance(body)
 
 
-@router.get("/api/v1/gitlab/{name}", responses=ERRORS, tags=["gitlab"])
+@router.get(
+    "/api/v1/gitlab/{name}",
+    responses=ERRORS,
+    tags=["gitlab"],
+    response_model=contract.GitlabInstance,
+    response_model_exclude_unset=True,
+)
 async def get_gitlab(name: str, farm: FarmDep) -> dict[str, Any]:
     return farm.gitlab.instance_json(name)
 
 
-@router.patch("/api/v1/gitlab/{name}", responses=ERRORS, tags=["gitlab"], dependencies=OPERATOR)
+@router.patch(
+    "/api/v1/gitlab/{name}",
+    responses=ERRORS,
+    tags=["gitlab"],
+    dependencies=OPERATOR,
+    response_model=contract.GitlabInstance, response_model_exclude_unset=True,
+)
 async def patch_gitlab(name: str, body: GitlabInstanceUpdate, farm: FarmDep) -> dict[str, Any]:
     return await farm.gitlab.update_instance(name, body)
 
@@ -40,7 +60,13 @@ async def delete_gitlab(name: str, farm: FarmDep) -> dict[str, Any]:
     return await farm.gitlab.remove_instance(name)
 
 
-@router.post("/api/v1/gitlab/{name}/sync", responses=ERRORS, tags=["gitlab"], dependencies=OPERATOR)
+@router.post(
+    "/api/v1/gitlab/{name}/sync",
+    responses=ERRORS,
+    tags=["gitlab"],
+    dependencies=OPERATOR,
+    response_model=contract.GitlabInstance, response_model_exclude_unset=True,
+)
 async def sync_gitlab(name: str, farm: FarmDep) -> dict[str, Any]:
     """A full sync now (create, update, verify, clean strays); answers the instance's state after it."""
     return await farm.gitlab.sync(name, full=True)

@@ -14,11 +14,12 @@ from fastapi.responses import PlainTextResponse, Response
 from ..metrics import CONTENT_TYPE, render
 from .deps import SECRET_READ, FarmDep
 from .models import ERRORS
+from ... import contract
 
 router = APIRouter()
 
 
-@router.get("/api/v1/health", tags=["health"])
+@router.get("/api/v1/health", tags=["health"], response_model=contract.Health, response_model_exclude_unset=True)
 async def health(farm: FarmDep) -> dict[str, Any]:
     return farm.health()
 

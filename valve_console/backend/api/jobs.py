@@ -17,6 +17,7 @@ from .deps import OPERATOR, SECRET_READ, TOKEN_NEEDED, FarmDep, is_operator, mac
 from .models import ERRORS, JOB_SUBMIT_SCHEMA, ErrorBody, JobInput
 from .streams import RETRY, event_stream, sse
 from .submit import answer, protocol_of, read_submission, wants_rich_answer
+from ... import contract
 
 router = APIRouter()
 
@@ -54,13 +55,19 @@ async def submit_job(request: Request, farm: FarmDep) -> Response:
     return answer(protocol, rich, 200, None, job, headers={"Location": f"/api/v1/job/{job['id']}"})
 
 
-@router.get("/api/v1/jobs", tags=["jobs"])
+@router.get("/api/v1/jobs", tags=["jobs"], response_model=contract.Jobs, response_model_exclude_unset=True)
 async def list_jobs(farm: FarmDep) -> dict[str, Any]:
     """Every job kept (newest first): id, machine, status, state, position, timestamps."""
     return {"jobs": farm.jobs.list_json()}
 
 
-@router.get("/api/v1/job/{job_id}", responses=ERRORS, tags=["jobs"])
+@router.get(
+    "/api/v1/job/{job_id}",
+    responses=ERRORS,
+    tags=["jobs"],
+    response_model=contract.Job,
+    response_model_exclude_unset=True,
+)
 async def get_job(job_id: str, request: Request, farm: FarmDep) -> dict[str, Any]:
     """The job as ``/api/v1/jobs`` lists it; with its text (``job``) for the operator only."""
     return farm.jobs.job_json(farm.jobs.get(job_id), with_text=is_operator(request))
@@ -109,7 +116,13 @@ async def job_console(job_id: str, farm: FarmDep, raw: bool = False) -> Response
     return PlainTextResponse(data.decode("utf-8", "replace"))
 
 
-@router.post("/api/v1/job/{job_id}/input", responses=ERRORS, tags=["jobs"], dependencies=OPERATOR)
+@router.post(
+    "/api/v1/job/{job_id}/input",
+    responses=ERRORS,
+    tags=["jobs"],
+    dependencies=OPERATOR,
+    response_model=contract.Written, response_model_exclude_unset=True,
+)
 async def job_input(job_id: str, body: JobInput, farm: FarmDep) -> dict[str, Any]:
     """Keystrokes for the DUT of a running job."""
     data = body.data.encode("utf-8", "surrogateescape") if body.data else b""

@@ -13,6 +13,7 @@ from ..registration import MachineUpdate, Registration
 from .deps import OPERATOR, FarmDep, registration_rate
 from .models import ERRORS, DiscoverRequest, ErrorBody, FindOutlets
 from .submit import wants_rich_answer
+from ... import contract
 
 router = APIRouter()
 
@@ -30,6 +31,7 @@ REGISTRATION_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=REGISTRATION_RESPONSES,
     tags=["machines"],
     summary="Register a DUT (open, rate-limited per source address)",
+    response_model=contract.Machine, response_model_exclude_unset=True,
 )
 async def register(reg: Registration, farm: FarmDep, source: Optional[str] = Depends(registration_rate)) -> Any:
     """valve-infra's registration. A known machine re-registering from another address than its own, or
@@ -110,13 +112,18 @@ async def find_outlets(name: str, farm: FarmDep, body: Optional[FindOutlets] = N
 
 
 # ---------------------------------------------------------------------------------------- machines
-@router.get("/api/v1/machines", tags=["machines"], response_model=dict[str, Any])
-async def list_machines(farm: FarmDep) -> Any:
-    # JSON-native already: encoded at once, without FastAPI's per-value walk (a large farm's list)
-    return JSONResponse({"machines": farm.machines.list_json()})
+@router.get("/api/v1/machines", tags=["machines"], response_model=contract.Machines, response_model_exclude_unset=True)
+async def list_machines(farm: FarmDep) -> dict[str, Any]:
+    return {"machines": farm.machines.list_json()}
 
 
-@router.get("/api/v1/machine/{mac}/", responses=ERRORS, tags=["machines"])
+@router.get(
+    "/api/v1/machine/{mac}/",
+    responses=ERRORS,
+    tags=["machines"],
+    response_model=contract.Machine,
+    response_model_exclude_unset=True,
+)
 async def get_machine(mac: str, farm: FarmDep) -> dict[str, Any]:
     return farm.machines.to_json(farm.machines.get(mac))
 
@@ -124,7 +131,13 @@ async def get_machine(mac: str, farm: FarmDep) -> dict[str, Any]:
 router.add_api_route("/api/v1/machine/{mac}", get_machine, methods=["GET"], include_in_schema=False)
 
 
-@router.patch("/api/v1/machine/{mac}/", responses=ERRORS, tags=["machines"], dependencies=OPERATOR)
+@router.patch(
+    "/api/v1/machine/{mac}/",
+    responses=ERRORS,
+    tags=["machines"],
+    dependencies=OPERATOR,
+    response_model=contract.Machine, response_model_exclude_unset=True,
+)
 async def patch_machine(mac: str, patch: MachineUpdate, farm: FarmDep) -> dict[str, Any]:
     return await farm.machines.update(mac, patch)
 
@@ -138,7 +151,13 @@ router.add_api_route(
 )
 
 
-@router.delete("/api/v1/machine/{mac}/", responses=ERRORS, tags=["machines"], dependencies=OPERATOR)
+@router.delete(
+    "/api/v1/machine/{mac}/",
+    responses=ERRORS,
+    tags=["machines"],
+    dependencies=OPERATOR,
+    response_model=contract.Removed, response_model_exclude_unset=True,
+)
 async def delete_machine(mac: str, farm: FarmDep) -> dict[str, Any]:
     return await farm.machines.remove(mac)
 
