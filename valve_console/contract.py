@@ -33,6 +33,9 @@ class TrainingResult(Answer):
 
     loop: int = 0
     status: Optional[str] = None
+    job: Optional[str] = None
+    why: Optional[str] = None
+    at: Optional[float] = None
 
 
 class Training(Answer):
@@ -77,6 +80,16 @@ class MachineRunner(TokenCheck):
     error: Optional[str] = None
 
 
+class PendingRegistration(Answer):
+    """A registration held for the operator: what it would change, from where, why it was held."""
+
+    changes: dict[str, Any]
+    source: Optional[str] = None
+    reasons: list[str] = []
+    at: float
+    attempts: int = 1
+
+
 class Machine(Answer):
     mac_address: str
     base_name: Optional[str] = None
@@ -101,7 +114,7 @@ class Machine(Answer):
     training_qualify: Optional[int] = None
     gitlab_exposed: bool
     runners: list[MachineRunner]
-    pending_registration: Optional[dict[str, Any]] = Field(
+    pending_registration: Optional[PendingRegistration] = Field(
         default=None, description="a registration held for the operator: changes, source, reasons, at, attempts")
     first_seen: Optional[float] = None
     last_seen: Optional[float] = None
@@ -167,6 +180,8 @@ class SerialDevice(Answer):
     model_config = ConfigDict(extra="allow")  # what udev/sysfs say of the device (serial, vendor, path...)
 
     identity: str
+    devnode: Optional[str] = None
+    serial: Optional[str] = None
     machine: Optional[str] = None
     open: bool
     error: Optional[str] = None
@@ -206,7 +221,7 @@ class Job(Answer):
     submitted_at: float
     started_at: Optional[float] = None
     ended_at: Optional[float] = None
-    target: Optional[str] = None
+    target: Optional[dict[str, Any]] = Field(default=None, description="what the job asked for: id, tags")
     result: Optional[str] = None
     console_start: Optional[int] = None
     console_end: Optional[int] = None
@@ -232,6 +247,49 @@ class Health(Answer):
     netconsole: Optional[str] = None
     uptime: float
     services: dict[str, ServiceHealth]
+
+
+class NetworkInterface(Answer):
+    name: str
+    state: str
+    speed: Optional[int] = None
+    mac: Optional[str] = None
+    addresses: list[str]
+
+
+class Gateway(Answer):
+    interfaces: list[NetworkInterface]
+
+
+# ---------------------------------------------------------------------------------- discovery
+class DiscoveryOutlet(Answer):
+    pdu: str
+    port_id: str
+
+
+class DiscoveryCurrent(DiscoveryOutlet):
+    """The running discovery: ``remaining`` seconds were left when the answer was made."""
+
+    timeout: float
+    started_at: Optional[float] = None
+    remaining: float
+    waiting: bool = False
+
+
+class DiscoveryStatus(Answer):
+    current: Optional[DiscoveryCurrent] = None
+    queue: list[DiscoveryOutlet] = []
+
+
+class DiscoveryStarted(Answer):
+    message: str
+    discovery: DiscoveryCurrent
+
+
+class OutletsDiscovery(DiscoveryStatus):
+    """``POST /api/v1/pdu/{name}/discover``: every free outlet queued, one after another."""
+
+    message: str
 
 
 # ------------------------------------------------------------------------------------- GitLab
@@ -310,8 +368,46 @@ class HealthEvent(Answer):
     reason: Optional[str] = None
 
 
+class DiscoveryEvent(Answer):
+    """A discovery's step: ``started`` (with its timeout), ``found`` (with the machine's mac),
+    ``timeout`` or ``cancelled``; ``queue`` is what is left to discover."""
+
+    state: str
+    pdu: str
+    port_id: str
+    queue: list[DiscoveryOutlet] = []
+    timeout: Optional[float] = None
+    mac: Optional[str] = None
+
+
+class LogEntry(Answer):
+    """One record of the backend's log (``GET /api/v1/log`` and ``log`` events)."""
+
+    ts: float
+    level: str
+    priority: int
+    logger: str
+    message: str
+
+
+class JournalEntry(Answer):
+    """One entry of the system journal (``journal`` events)."""
+
+    ts: float
+    priority: int
+    unit: str
+    message: str
+    hostname: str = ""
+
+
+class BackendLog(Answer):
+    entries: list[LogEntry]
+
+
 class Dropped(Answer):
-    dropped: int
+    """Events lost for this reader (its queue overflowed): it refetches. ``count`` is what the bus sends."""
+
+    count: int
 
 
 EVENT_DATA: dict[str, type[BaseModel]] = {
@@ -322,8 +418,11 @@ EVENT_DATA: dict[str, type[BaseModel]] = {
     "health": HealthEvent,
     "job": Job,
     "dropped": Dropped,
+    "discovery": DiscoveryEvent,
+    "log": LogEntry,
+    "journal": JournalEntry,
 }
-"""The model of each event type's ``data``; the others (discovery, log, journal, gitlab) are free-form."""
+"""The model of each event type's ``data``; the others (gitlab) are free-form."""
 
 
 class Event(Answer):
