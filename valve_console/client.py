@@ -296,16 +296,16 @@ class FarmClient:
         model) until the stream ends or fails.
 
         Raises FarmClientError when the backend cannot be reached; the caller reconnects. An event that
-        does not fit the contract is logged and skipped (one bad event must not cut the stream), or
-        raises FarmClientError under the strict contract (tests).
+        does not fit the contract is logged and a ``dropped`` marker given in its place (one bad event
+        must not cut the stream; the reader refetches), or raises FarmClientError under the strict
+        contract (tests).
         """
         params = {"types": ",".join(types)} if types else None
         lost = f"event stream from {self.describe} lost"
         async with aclosing(self._sse_json("/api/v1/events", params, lost)) as events:
             async for data in events:
                 event = parse_event(data)
-                if event is not None:
-                    yield event
+                yield event if event is not None else Event(type="dropped", seq=-1, ts=time.time(), data={"count": 1})
 
     async def _sse_json(self, path: str, params: dict[str, str] | None, lost: str) -> AsyncIterator[dict[str, Any]]:
         """The JSON data of a Server-Sent Events stream (httpx-sse); an error answer or a lost stream

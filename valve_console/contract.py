@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 STRICT = os.environ.get("VALVE_CONSOLE_STRICT_CONTRACT") == "1"
 
@@ -431,7 +431,12 @@ class Event(Answer):
     ts: float
     data: dict[str, Any]
 
+    _parsed: Any = PrivateAttr(default=None)
+
     def parsed(self) -> Any:
-        """The event's data as its model (EVENT_DATA), or the dict for free-form types."""
-        model = EVENT_DATA.get(self.type)
-        return model.model_validate(self.data) if model is not None else self.data
+        """The event's data as its model (EVENT_DATA), or the dict for free-form types. Parsed once:
+        the client checks each event as it arrives and its reader gets the same model."""
+        if self._parsed is None:
+            model = EVENT_DATA.get(self.type)
+            self._parsed = model.model_validate(self.data) if model is not None else self.data
+        return self._parsed

@@ -157,7 +157,27 @@ async def test_an_event_with_a_renamed_key_ends_the_stream_with_a_clear_error() 
     from valve_console.client import parse_event
 
     good = {"type": "health", "seq": 1, "ts": 0.0, "data": {"service": "power", "state": "ok", "reason": None}}
-    assert parse_event(good) == Event.model_validate(good)
+    event = parse_event(good)
+    assert event is not None and event.model_dump() == good and event.parsed().state == "ok"
     bad = {**good, "data": {"service": "power", "status": "ok", "reason": None}}
     with pytest.raises(FarmClientError, match=r"a health event does not fit the contract: state: Field required"):
         parse_event(bad)
+
+
+async def test_outside_the_tests_a_misfit_event_becomes_a_dropped_marker(monkeypatch) -> None:
+    """In production (not strict) one event that does not fit must not cut the stream: the reader gets a
+    ``dropped`` marker in its place, so it refetches (and the answers say what does not fit)."""
+    import json
+
+    from valve_console import client as client_module
+
+    monkeypatch.setattr(client_module, "STRICT", False)
+    good = {"type": "health", "seq": 1, "ts": 0.0, "data": {"service": "power", "state": "ok", "reason": None}}
+    bad = {**good, "seq": 2, "data": {"service": "power", "status": "ok"}}
+    body = "".join(f"data: {json.dumps(e)}\n\n" for e in (good, bad, {**good, "seq": 3})).encode()
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body))
+    async with FarmClient("http://farm", transport=transport) as client:
+        events = [e async for e in client.events()]
+    assert [(e.type, e.seq) for e in events] == [("health", 1), ("dropped", -1), ("health", 3)]
+    assert events[1].parsed().count == 1
