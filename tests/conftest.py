@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
+import os
+
+# Before valve_console is imported (contract.py reads it at import): every answer and event must carry
+# exactly the keys the contract declares, so an undeclared or renamed key fails a test.
+os.environ["VALVE_CONSOLE_STRICT_CONTRACT"] = "1"
+
+import asyncio  # noqa: E402
 import contextlib
 import inspect
 import sys

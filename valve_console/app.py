@@ -30,6 +30,16 @@ from textual.worker import Worker, WorkerState
 
 from .client import FarmClient, FarmClientError
 from .console_data import EventFeed, FarmModel, outlet_of
+from .contract import (
+    DiscoveryEvent,
+    DiscoveryStarted,
+    DiscoveryStatus,
+    Job,
+    JournalEntry,
+    LogEntry,
+    OutletsDiscovery,
+    Pdu,
+)
 from .screens.base import FarmScreen
 from .screens.commands import FarmCommands
 from .screens.consoles import ConsolesScreen
@@ -118,7 +128,7 @@ class ConsoleApp(App[int]):
         self.console_target: str | None = None
         self.writer_id = make_writer_id()
         self.held_writers: set[str] = set()  # consoles this TUI typed into and has not released yet
-        self.recent_log_entries: deque[tuple[str, dict[str, Any]]] = deque(maxlen=RECENT_LOG)
+        self.recent_log_entries: deque[tuple[str, LogEntry | JournalEntry]] = deque(maxlen=RECENT_LOG)
         self._log_keys: OrderedDict[tuple[Any, ...], None] = OrderedDict()
         self.feed = EventFeed(client, flush=self.flush, connected=self._set_connected, lost=self._set_lost,
                               report=self.report, discovery=self.set_discovery)
@@ -177,7 +187,7 @@ class ConsoleApp(App[int]):
         except asyncio.TimeoutError:
             log.warning("giving back write access to %d consoles timed out", len(macs))
 
-    def set_discovery(self, status: dict[str, Any]) -> None:
+    def set_discovery(self, status: DiscoveryStatus) -> None:
         self.model.set_discovery(status)
         for view in list(self._views):
             show = getattr(view, "show_discovery", None)
@@ -214,8 +224,8 @@ class ConsoleApp(App[int]):
             return
         if changes.snapshot is not None:
             changes.logs = changes.snapshot.backend_log + changes.logs
-            if changes.snapshot.health.get("farm_name"):
-                self.farm_name = str(changes.snapshot.health["farm_name"])
+            if changes.snapshot.health.farm_name:
+                self.farm_name = changes.snapshot.health.farm_name
         changes.logs = [e for e in changes.logs if self._new_log_entry(e)]
         self.model.apply(changes)
         with self.batch_update():
@@ -236,11 +246,11 @@ class ConsoleApp(App[int]):
         if changes.discovery:
             self.feed.schedule_discovery_refresh()
 
-    def _report_discovery(self, event: dict[str, Any]) -> None:
-        state = event.get("state")
-        outlet = f"{event.get('pdu')}/{event.get('port_id')}"
+    def _report_discovery(self, event: DiscoveryEvent) -> None:
+        state = event.state
+        outlet = f"{event.pdu}/{event.port_id}"
         if state == "found":
-            mac = str(event.get("mac") or "?")
+            mac = event.mac or "?"
             name = self.model.machine_name(mac)
             self.report(f"{mac} is behind {outlet}" + (f" ({name})" if name != mac else ""))
         elif state == "timeout":
@@ -250,8 +260,8 @@ class ConsoleApp(App[int]):
         elif state == "started":
             self.last_status = (f"discovering {outlet}: waiting for a machine to register...", "information")
 
-    def _new_log_entry(self, entry: dict[str, Any]) -> bool:
-        key = (entry.get("ts"), entry.get("logger"), entry.get("message"))
+    def _new_log_entry(self, entry: LogEntry) -> bool:
+        key = (entry.ts, entry.logger, entry.message)
         if key in self._log_keys:
             return False
         self._log_keys[key] = None
@@ -375,7 +385,7 @@ class ConsoleApp(App[int]):
 
     def _machine_suffix(self, pdu: str, port: str) -> str:
         machine = self.model.machine_on(pdu, port)
-        return f" ({machine.get('full_name') or machine.get('mac_address')})" if machine else ""
+        return f" ({machine.full_name or machine.mac_address})" if machine else ""
 
     def _confirm_switch(self, question: str, pdu: str, port: str, state: str, *, label: str, danger: bool) -> None:
         """Switch an outlet after ``question``; the read-back state is reported."""
@@ -400,10 +410,9 @@ class ConsoleApp(App[int]):
     def discover_outlet(self, pdu: str, port: str) -> None:
         """Power a free outlet on; the next machine that registers without an outlet gets it (asks first)."""
 
-        def started(answer: Any) -> str:
-            if isinstance(answer, dict) and answer.get("discovery"):
-                self.set_discovery({"current": answer["discovery"], "queue": self.model.discovery.get("queue", [])})
-            return str((answer or {}).get("message") or f"discovering {pdu}/{port}")
+        def started(answer: DiscoveryStarted) -> str:
+            self.set_discovery(DiscoveryStatus(current=answer.discovery, queue=self.model.discovery.queue))
+            return answer.message or f"discovering {pdu}/{port}"
 
         self.run_confirmed(
             f"Power {pdu}/{port} on and give it to the next machine that registers?",
@@ -414,15 +423,14 @@ class ConsoleApp(App[int]):
     def find_outlets(self, pdu: str) -> None:
         """Discover every free outlet of ``pdu`` that is off, one after another (asks first)."""
         free = [p for p in self.model.free_ports(pdu)
-                if str((self.model.outlet(pdu, p) or {}).get("state", "")).upper() == "OFF"]
+                if (outlet := self.model.outlet(pdu, p)) is not None and outlet.state.upper() == "OFF"]
         question = (f"Find outlets on {pdu}: power its {len(free)} free outlets that are off on, one at a time, "
                     "and give each to the next machine that registers?")
 
-        def started(answer: Any) -> str:
-            if isinstance(answer, dict) and "queue" in answer:
-                self.set_discovery(answer)
+        def started(answer: OutletsDiscovery) -> str:
+            self.set_discovery(DiscoveryStatus(current=answer.current, queue=answer.queue))
             self.feed.schedule_discovery_refresh()
-            return str((answer or {}).get("message") or f"finding outlets on {pdu}")
+            return answer.message or f"finding outlets on {pdu}"
 
         self.run_confirmed(
             question, lambda: self.client.find_outlets(pdu), label="Find outlets", group="discovery",
@@ -430,17 +438,16 @@ class ConsoleApp(App[int]):
         )
 
     def cancel_discovery(self) -> None:
-        current = self.model.discovery.get("current")
-        queued = len(self.model.discovery.get("queue") or [])
+        current = self.model.discovery.current
+        queued = len(self.model.discovery.queue)
         if not current and not queued:
             self.report("no discovery is running", "warning")
             return
-        what = f"the discovery of {current['pdu']}/{current['port_id']}" if current else "the discovery"
+        what = f"the discovery of {current.pdu}/{current.port_id}" if current else "the discovery"
         more = f" and the {queued} queued outlets" if queued else ""
 
-        def cancelled(status: Any) -> None:
-            if isinstance(status, dict):
-                self.set_discovery(status)
+        def cancelled(status: DiscoveryStatus) -> None:
+            self.set_discovery(status)
 
         self.run_confirmed(
             f"Cancel {what}{more}? The outlet is switched off.", self.client.cancel_discovery,
@@ -449,8 +456,7 @@ class ConsoleApp(App[int]):
         )
 
     def power_cycle(self, mac: str) -> None:
-        machine = self.model.machines.get(mac) or {}
-        pdu, port = outlet_of(machine)
+        pdu, port = outlet_of(self.model.machines.get(mac))
         name = self.model.machine_name(mac)
         if pdu is None or port is None:
             self.report(f"{name} has no PDU outlet: set its PDU and port in the machine form (e)", "error")
@@ -459,9 +465,9 @@ class ConsoleApp(App[int]):
                              label="Power cycle", danger=True)
 
     def toggle_retired(self, mac: str) -> None:
-        machine = self.model.machines.get(mac) or {}
+        machine = self.model.machines.get(mac)
         name = self.model.machine_name(mac)
-        retire = not machine.get("is_retired")
+        retire = not (machine and machine.is_retired)
         verb = "Retire" if retire else "Activate"
         self.run_confirmed(
             f"{verb} {name} ({mac})?", lambda: self.client.retire(mac) if retire else self.client.activate(mac),
@@ -479,11 +485,9 @@ class ConsoleApp(App[int]):
         )
 
     def add_pdu(self) -> None:
-        def added(result: dict[str, Any] | None) -> None:
+        def added(result: Pdu | None) -> None:
             if result:
-                name = result.get("name", "?")
-                state = result.get("state", "")
-                self.report(f"PDU {name} added ({result.get('driver', '?')}, {state})")
+                self.report(f"PDU {result.name} added ({result.driver}, {result.state})")
 
         self.push_screen(AddPduScreen(), added)
 
@@ -496,17 +500,17 @@ class ConsoleApp(App[int]):
 
     def cancel_job(self, job_id: str) -> None:
         """Cancel a job after a confirmation; the API's answer (or error) is reported."""
-        job = self.model.jobs.get(job_id) or {}
-        status = job.get("status")
-        mac = job.get("machine")
-        where = f" on {self.model.machine_name(str(mac))}" if mac else ""
+        job = self.model.jobs.get(job_id)
+        status = job.status if job else None
+        mac = job.machine if job else None
+        where = f" on {self.model.machine_name(mac)}" if mac else ""
         what = {"QUEUED": "queued ", "RUNNING": "running "}.get(str(status), "")
         stop = " The DUT is powered off." if status == "RUNNING" else ""
 
-        def cancelled(answer: Any) -> str:
-            if isinstance(answer, dict) and answer.get("id") == job_id:
+        def cancelled(answer: Job) -> str:
+            if answer.id == job_id:
                 self.feed.pending.jobs[job_id] = answer  # the answer is the job's latest state
-                return f"job {job_id}: {answer.get('status')} ({answer.get('state')})"
+                return f"job {job_id}: {answer.status} ({answer.state})"
             return f"job {job_id}: {answer}"
 
         self.run_confirmed(

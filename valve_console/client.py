@@ -10,12 +10,37 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, TypeVar
 
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
+from pydantic import BaseModel, ValidationError
+
+from .contract import (
+    STRICT,
+    BackendLog,
+    Console,
+    Consoles,
+    DiscoveryStarted,
+    DiscoveryStatus,
+    Event,
+    Gateway,
+    Health,
+    Job,
+    Jobs,
+    LogEntry,
+    Machine,
+    Machines,
+    OutletsDiscovery,
+    Pdu,
+    Pdus,
+    SerialDevice,
+    UnboundStream,
+    UnboundStreams,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +55,43 @@ class FarmClientError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def contract_error(what: str, exc: ValidationError) -> str:
+    """A failed parse in words: the call and each key that did not fit (``machines.<mac>.state: Field
+    required``), so a renamed key names itself."""
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(answer)'}: {e['msg']}" for e in exc.errors()[:5]
+    )
+    more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+    return f"the answer to {what} does not fit the contract: {problems}{more}"
+
+
+def parse(model: type[M], data: Any, what: str) -> M:
+    """``data`` (decoded JSON) as ``model``; FarmClientError in words when it does not fit."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise FarmClientError(contract_error(what, exc)) from None
+
+
+def parse_event(data: Any) -> Event | None:
+    """One event of the stream as an ``Event`` whose data fits its model (``Event.parsed``). An event
+    that does not fit raises FarmClientError under the strict contract, else is logged and skipped."""
+    try:
+        event = Event.model_validate(data)
+        event.parsed()
+        return event
+    except ValidationError as exc:
+        kind = data.get("type") if isinstance(data, dict) else None
+        message = contract_error(f"a {kind or 'malformed'} event", exc)
+        if STRICT:
+            raise FarmClientError(message) from None
+        log.warning("%s", message)
+        return None
 
 
 class FarmClient:
@@ -81,46 +143,56 @@ class FarmClient:
             return response.json()
         return response.text
 
+    async def answer(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
+        """One API call whose JSON answer is parsed into its contract ``model``; an answer that does not
+        fit (a key renamed or missing, or an undeclared one under the strict contract) raises
+        FarmClientError naming the call and the keys."""
+        return parse(model, await self.request(method, path, **kwargs), f"{method} {path}")
+
     # ------------------------------------------------------------------ reads
-    async def health(self) -> dict[str, Any]:
-        return await self.request("GET", "/api/v1/health")
+    async def health(self) -> Health:
+        return await self.answer(Health, "GET", "/api/v1/health")
 
-    async def gateway(self) -> dict[str, Any]:
-        return await self.request("GET", "/api/v1/gateway")
+    async def gateway(self) -> Gateway:
+        return await self.answer(Gateway, "GET", "/api/v1/gateway")
 
-    async def machines(self) -> dict[str, dict[str, Any]]:
-        return (await self.request("GET", "/api/v1/machines"))["machines"]
+    async def machines(self) -> dict[str, Machine]:
+        return (await self.answer(Machines, "GET", "/api/v1/machines")).machines
 
-    async def pdus(self) -> dict[str, dict[str, Any]]:
-        return (await self.request("GET", "/api/v1/pdus"))["pdus"]
+    async def pdus(self) -> dict[str, Pdu]:
+        return (await self.answer(Pdus, "GET", "/api/v1/pdus")).pdus
 
     async def drivers(self) -> list[str]:
         return (await self.request("GET", "/api/v1/pdu/drivers"))["drivers"]
 
-    async def consoles(self) -> dict[str, dict[str, Any]]:
-        return (await self.request("GET", "/api/v1/consoles"))["consoles"]
+    async def consoles_and_devices(self) -> Consoles:
+        """The consoles (mac -> console) and the serial devices seen (identity -> device), in one answer."""
+        return await self.answer(Consoles, "GET", "/api/v1/consoles")
+
+    async def consoles(self) -> dict[str, Console]:
+        return (await self.consoles_and_devices()).consoles
 
     async def console_log(self, mac: str) -> str:
         return await self.request("GET", f"/api/v1/console/{mac}/log")
 
-    async def backend_log(self, lines: int = 500) -> list[dict[str, Any]]:
-        return (await self.request("GET", "/api/v1/log", params={"lines": lines}))["entries"]
+    async def backend_log(self, lines: int = 500) -> list[LogEntry]:
+        return (await self.answer(BackendLog, "GET", "/api/v1/log", params={"lines": lines})).entries
 
-    async def jobs(self) -> list[dict[str, Any]]:
+    async def jobs(self) -> list[Job]:
         """Every job the backend keeps, newest first."""
-        return (await self.request("GET", "/api/v1/jobs"))["jobs"]
+        return (await self.answer(Jobs, "GET", "/api/v1/jobs")).jobs
 
-    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+    async def cancel_job(self, job_id: str) -> Job:
         """Cancel a job: a queued one leaves the queue, a running one is stopped."""
-        return await self.request("DELETE", f"/api/v1/job/{job_id}")
+        return await self.answer(Job, "DELETE", f"/api/v1/job/{job_id}")
 
     async def job_console(self, job_id: str) -> str:
         """The job's console text (so far, while it runs)."""
         return await self.request("GET", f"/api/v1/job/{job_id}/console")
 
     # ------------------------------------------------------------------ actions
-    async def update_machine(self, mac: str, **fields: Any) -> dict[str, Any]:
-        return await self.request("PATCH", f"/api/v1/machine/{mac}/", json=fields)
+    async def update_machine(self, mac: str, **fields: Any) -> Machine:
+        return await self.answer(Machine, "PATCH", f"/api/v1/machine/{mac}/", json=fields)
 
     async def remove_machine(self, mac: str) -> dict[str, Any]:
         return await self.request("DELETE", f"/api/v1/machine/{mac}/")
@@ -131,45 +203,49 @@ class FarmClient:
     async def activate(self, mac: str) -> str:
         return await self.request("POST", f"/api/v1/machine/{mac}/activate")
 
-    async def approve_registration(self, mac: str) -> dict[str, Any]:
+    async def approve_registration(self, mac: str) -> Machine:
         """Apply a machine's held registration; returns the machine."""
-        return await self.request("POST", f"/api/v1/machine/{mac}/registration/approve")
+        return await self.answer(Machine, "POST", f"/api/v1/machine/{mac}/registration/approve")
 
-    async def reject_registration(self, mac: str) -> dict[str, Any]:
+    async def reject_registration(self, mac: str) -> Machine:
         """Drop a machine's held registration (the machine stays as it is); returns the machine."""
-        return await self.request("POST", f"/api/v1/machine/{mac}/registration/reject")
+        return await self.answer(Machine, "POST", f"/api/v1/machine/{mac}/registration/reject")
 
-    async def training(self, mac: str, action: str) -> dict[str, Any]:
+    async def training(self, mac: str, action: str) -> Machine:
         """Sgt. Hartman: ``start``, ``stop`` or ``skip`` a machine's training; returns the machine."""
-        return await self.request("POST", f"/api/v1/machine/{mac}/training/{action}")
+        return await self.answer(Machine, "POST", f"/api/v1/machine/{mac}/training/{action}")
 
     async def set_outlet(self, pdu: str, port_id: str, state: str) -> str:
         """Switch an outlet (``on``, ``off``, ``reboot``); returns the state read back."""
         return (await self.request("POST", f"/api/v1/pdu/{pdu}/port/{port_id}/state", json={"state": state}))["state"]
 
-    async def add_pdu(self, name: str, driver: str, config: dict[str, Any], reserved_ports: list[str] | None = None):
+    async def add_pdu(
+        self, name: str, driver: str, config: dict[str, Any], reserved_ports: list[str] | None = None
+    ) -> Pdu:
         body = {"name": name, "driver": driver, "config": config, "reserved_ports": reserved_ports or []}
-        return await self.request("POST", "/api/v1/pdu/", json=body)
+        return await self.answer(Pdu, "POST", "/api/v1/pdu/", json=body)
 
     async def remove_pdu(self, name: str) -> dict[str, Any]:
         return await self.request("DELETE", f"/api/v1/pdu/{name}")
 
-    async def discover(self, pdu: str, port_id: str, timeout: float | None = None) -> dict[str, Any]:
+    async def discover(self, pdu: str, port_id: str, timeout: float | None = None) -> DiscoveryStarted:
         """Power a free outlet on; the next machine registering without an outlet gets it."""
         body: dict[str, Any] = {"pdu": pdu, "port_id": port_id}
         if timeout is not None:
             body["timeout"] = timeout
-        return await self.request("POST", "/api/v1/machine/discover", json=body)
+        return await self.answer(DiscoveryStarted, "POST", "/api/v1/machine/discover", json=body)
 
-    async def find_outlets(self, pdu: str, timeout: float | None = None) -> dict[str, Any]:
+    async def find_outlets(self, pdu: str, timeout: float | None = None) -> OutletsDiscovery:
         """Discover every free outlet of a PDU, one after another."""
-        return await self.request("POST", f"/api/v1/pdu/{pdu}/discover", json={"timeout": timeout} if timeout else {})
+        body = {"timeout": timeout} if timeout else {}
+        return await self.answer(OutletsDiscovery, "POST", f"/api/v1/pdu/{pdu}/discover", json=body)
 
-    async def discovery(self) -> dict[str, Any]:
-        return await self.request("GET", "/api/v1/machine/discover")
+    async def discovery(self) -> DiscoveryStatus:
+        return await self.answer(DiscoveryStatus, "GET", "/api/v1/machine/discover")
 
-    async def cancel_discovery(self) -> dict[str, Any]:
-        return await self.request("DELETE", "/api/v1/machine/discover")
+    async def cancel_discovery(self) -> DiscoveryStatus:
+        """Cancel the running discovery and the queued outlets; returns the status (now empty)."""
+        return await self.answer(DiscoveryStatus, "DELETE", "/api/v1/machine/discover")
 
     async def console_input(self, mac: str, data: str, writer: str | None = None, takeover: bool = False) -> int:
         """Type into a console. Raises FarmClientError 409 while someone else holds write (unless takeover)."""
@@ -184,21 +260,21 @@ class FarmClient:
         params = {"writer": writer} if writer else None
         return await self.request("DELETE", f"/api/v1/console/{mac}/writer", params=params)
 
-    async def set_console_device(self, mac: str, device: str | None) -> dict[str, Any]:
+    async def set_console_device(self, mac: str, device: str | None) -> Console:
         """Bind a serial device identity to a machine's console (None unbinds it); returns the console."""
-        return await self.request("PUT", f"/api/v1/console/{mac}/device", json={"device": device})
+        return await self.answer(Console, "PUT", f"/api/v1/console/{mac}/device", json={"device": device})
 
-    async def set_console_source(self, mac: str, url: str | None) -> dict[str, Any]:
+    async def set_console_source(self, mac: str, url: str | None) -> Console:
         """Read a machine's console from ``tcp://HOST:PORT`` or ``rfc2217://HOST:PORT`` (None: stop)."""
-        return await self.request("PUT", f"/api/v1/console/{mac}/source", json={"url": url})
+        return await self.answer(Console, "PUT", f"/api/v1/console/{mac}/source", json={"url": url})
 
     async def remove_console(self, mac: str) -> dict[str, Any]:
         """Remove a machine's console (port, logs, stored settings). 409 while a job reads it."""
         return await self.request("DELETE", f"/api/v1/console/{mac}")
 
-    async def unbound_streams(self) -> dict[str, dict[str, Any]]:
+    async def unbound_streams(self) -> dict[str, UnboundStream]:
         """Console streams bound to no machine (id -> source, announced, waiting, tail...), oldest first."""
-        return (await self.request("GET", "/api/v1/consoles/unbound"))["streams"]
+        return (await self.answer(UnboundStreams, "GET", "/api/v1/consoles/unbound")).streams
 
     async def bind_stream(self, stream_id: str, mac: str, replace: bool = False) -> dict[str, Any]:
         """Make an unbound stream ``mac``'s console; 409 if that console is live elsewhere (unless replace)."""
@@ -211,20 +287,25 @@ class FarmClient:
         """Drop an unbound netconsole connection."""
         return await self.request("DELETE", f"/api/v1/consoles/unbound/{stream_id}")
 
-    async def console_devices(self) -> dict[str, dict[str, Any]]:
-        return (await self.request("GET", "/api/v1/consoles")).get("devices", {})
+    async def console_devices(self) -> dict[str, SerialDevice]:
+        return (await self.consoles_and_devices()).devices
 
     # ------------------------------------------------------------------ events
-    async def events(self, types: list[str] | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Yield events (``{"type", "seq", "ts", "data"}``) until the stream ends or fails.
+    async def events(self, types: list[str] | None = None) -> AsyncIterator[Event]:
+        """Yield events (contract ``Event``s: type, seq, ts, data; ``event.parsed()`` is the data as its
+        model) until the stream ends or fails.
 
-        Raises FarmClientError when the backend cannot be reached; the caller reconnects.
+        Raises FarmClientError when the backend cannot be reached; the caller reconnects. An event that
+        does not fit the contract is logged and a ``dropped`` marker given in its place (one bad event
+        must not cut the stream; the reader refetches), or raises FarmClientError under the strict
+        contract (tests).
         """
         params = {"types": ",".join(types)} if types else None
         lost = f"event stream from {self.describe} lost"
         async with aclosing(self._sse_json("/api/v1/events", params, lost)) as events:
-            async for event in events:
-                yield event
+            async for data in events:
+                event = parse_event(data)
+                yield event if event is not None else Event(type="dropped", seq=-1, ts=time.time(), data={"count": 1})
 
     async def _sse_json(self, path: str, params: dict[str, str] | None, lost: str) -> AsyncIterator[dict[str, Any]]:
         """The JSON data of a Server-Sent Events stream (httpx-sse); an error answer or a lost stream
@@ -253,7 +334,7 @@ async def _json_events(events: AsyncIterator[ServerSentEvent]) -> AsyncIterator[
             continue  # ``retry:`` and the like
         if len(sse.data) > MAX_EVENT_CHARS:
             log.warning("an event of more than %d characters was skipped", MAX_EVENT_CHARS)
-            yield {"type": "dropped", "seq": -1, "data": {"count": 1}}
+            yield {"type": "dropped", "seq": -1, "ts": time.time(), "data": {"count": 1}}
             continue
         try:
             yield json.loads(sse.data)

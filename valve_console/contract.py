@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 STRICT = os.environ.get("VALVE_CONSOLE_STRICT_CONTRACT") == "1"
 
@@ -33,6 +33,9 @@ class TrainingResult(Answer):
 
     loop: int = 0
     status: Optional[str] = None
+    job: Optional[str] = None
+    why: Optional[str] = None
+    at: Optional[float] = None
 
 
 class Training(Answer):
@@ -77,6 +80,16 @@ class MachineRunner(TokenCheck):
     error: Optional[str] = None
 
 
+class PendingRegistration(Answer):
+    """A registration held for the operator: what it would change, from where, why it was held."""
+
+    changes: dict[str, Any]
+    source: Optional[str] = None
+    reasons: list[str] = []
+    at: float
+    attempts: int = 1
+
+
 class Machine(Answer):
     mac_address: str
     base_name: Optional[str] = None
@@ -101,7 +114,7 @@ class Machine(Answer):
     training_qualify: Optional[int] = None
     gitlab_exposed: bool
     runners: list[MachineRunner]
-    pending_registration: Optional[dict[str, Any]] = Field(
+    pending_registration: Optional[PendingRegistration] = Field(
         default=None, description="a registration held for the operator: changes, source, reasons, at, attempts")
     first_seen: Optional[float] = None
     last_seen: Optional[float] = None
@@ -167,6 +180,8 @@ class SerialDevice(Answer):
     model_config = ConfigDict(extra="allow")  # what udev/sysfs say of the device (serial, vendor, path...)
 
     identity: str
+    devnode: Optional[str] = None
+    serial: Optional[str] = None
     machine: Optional[str] = None
     open: bool
     error: Optional[str] = None
@@ -239,6 +254,49 @@ class Health(Answer):
     netconsole: Optional[str] = None
     uptime: float
     services: dict[str, ServiceHealth]
+
+
+class NetworkInterface(Answer):
+    name: str
+    state: str
+    speed: Optional[int] = None
+    mac: Optional[str] = None
+    addresses: list[str]
+
+
+class Gateway(Answer):
+    interfaces: list[NetworkInterface]
+
+
+# ---------------------------------------------------------------------------------- discovery
+class DiscoveryOutlet(Answer):
+    pdu: str
+    port_id: str
+
+
+class DiscoveryCurrent(DiscoveryOutlet):
+    """The running discovery: ``remaining`` seconds were left when the answer was made."""
+
+    timeout: float
+    started_at: Optional[float] = None
+    remaining: float
+    waiting: bool = False
+
+
+class DiscoveryStatus(Answer):
+    current: Optional[DiscoveryCurrent] = None
+    queue: list[DiscoveryOutlet] = []
+
+
+class DiscoveryStarted(Answer):
+    message: str
+    discovery: DiscoveryCurrent
+
+
+class OutletsDiscovery(DiscoveryStatus):
+    """``POST /api/v1/pdu/{name}/discover``: every free outlet queued, one after another."""
+
+    message: str
 
 
 # ------------------------------------------------------------------------------------- GitLab
@@ -317,8 +375,46 @@ class HealthEvent(Answer):
     reason: Optional[str] = None
 
 
+class DiscoveryEvent(Answer):
+    """A discovery's step: ``started`` (with its timeout), ``found`` (with the machine's mac),
+    ``timeout`` or ``cancelled``; ``queue`` is what is left to discover."""
+
+    state: str
+    pdu: str
+    port_id: str
+    queue: list[DiscoveryOutlet] = []
+    timeout: Optional[float] = None
+    mac: Optional[str] = None
+
+
+class LogEntry(Answer):
+    """One record of the backend's log (``GET /api/v1/log`` and ``log`` events)."""
+
+    ts: float
+    level: str
+    priority: int
+    logger: str
+    message: str
+
+
+class JournalEntry(Answer):
+    """One entry of the system journal (``journal`` events)."""
+
+    ts: float
+    priority: int
+    unit: str
+    message: str
+    hostname: str = ""
+
+
+class BackendLog(Answer):
+    entries: list[LogEntry]
+
+
 class Dropped(Answer):
-    dropped: int
+    """Events lost for this reader (its queue overflowed): it refetches. ``count`` is what the bus sends."""
+
+    count: int
 
 
 EVENT_DATA: dict[str, type[BaseModel]] = {
@@ -329,8 +425,11 @@ EVENT_DATA: dict[str, type[BaseModel]] = {
     "health": HealthEvent,
     "job": Job,
     "dropped": Dropped,
+    "discovery": DiscoveryEvent,
+    "log": LogEntry,
+    "journal": JournalEntry,
 }
-"""The model of each event type's ``data``; the others (discovery, log, journal, gitlab) are free-form."""
+"""The model of each event type's ``data``; the others (gitlab) are free-form."""
 
 
 class Event(Answer):
@@ -339,10 +438,15 @@ class Event(Answer):
     ts: float
     data: dict[str, Any]
 
+    _parsed: Any = PrivateAttr(default=None)
+
     def parsed(self) -> Any:
-        """The event's data as its model (EVENT_DATA), or the dict for free-form types."""
-        model = EVENT_DATA.get(self.type)
-        return model.model_validate(self.data) if model is not None else self.data
+        """The event's data as its model (EVENT_DATA), or the dict for free-form types. Parsed once:
+        the client checks each event as it arrives and its reader gets the same model."""
+        if self._parsed is None:
+            model = EVENT_DATA.get(self.type)
+            self._parsed = model.model_validate(self.data) if model is not None else self.data
+        return self._parsed
 
 
 # ------------------------------------------------------------------------------ small answers

@@ -148,11 +148,12 @@ async def test_client_discovery_calls(farm, client):
     await client.add_pdu("d1", "dummy", {"ports": 2, "initial_state": "OFF"})
     await poll(lambda: _state(farm, "d1", "0", PortState.OFF))
     answer = await client.discover("d1", "0", timeout=30)
-    assert answer["discovery"]["port_id"] == "0"
-    assert (await client.discovery())["current"]["pdu"] == "d1"
-    assert (await client.cancel_discovery())["current"] is None
-    answer = await client.find_outlets("d1", timeout=30)
-    assert [q["port_id"] for q in answer["queue"]] == ["0", "1"]
+    assert answer.discovery.port_id == "0"
+    current = (await client.discovery()).current
+    assert current is not None and current.pdu == "d1"
+    assert (await client.cancel_discovery()).current is None
+    found = await client.find_outlets("d1", timeout=30)
+    assert [q.port_id for q in found.queue] == ["0", "1"]
     await client.cancel_discovery()
 
 

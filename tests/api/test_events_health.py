@@ -9,15 +9,16 @@ import httpx
 
 from tests.conftest import api_url
 from valve_console.client import FarmClient
+from valve_console.contract import Event
 
 
 async def test_event_stream_carries_typed_events(farm, client: FarmClient):
-    received: list[dict] = []
+    received: list[Event] = []
 
     async def listen():
         async for event in client.events(types=["machine", "pdu"]):
             received.append(event)
-            if event["type"] == "machine":
+            if event.type == "machine":
                 return
 
     task = asyncio.create_task(listen())
@@ -28,10 +29,10 @@ async def test_event_stream_carries_typed_events(farm, client: FarmClient):
             "/api/v1/machine/", json={"base_name": "b", "mac_address": "02:00:00:00:00:01", "ip_address": "10.0.0.1"}
         )
     await asyncio.wait_for(task, 5)
-    types = [e["type"] for e in received]
+    types = [e.type for e in received]
     assert "pdu" in types and types[-1] == "machine"
-    assert received[-1]["data"]["machine"]["mac_address"] == "02:00:00:00:00:01"
-    assert all(isinstance(e["seq"], int) for e in received)
+    assert received[-1].parsed().machine.mac_address == "02:00:00:00:00:01"
+    assert all(isinstance(e.seq, int) for e in received)
 
 
 async def test_unknown_event_type_is_refused(farm):
@@ -58,18 +59,18 @@ async def test_slow_subscriber_gets_a_dropped_marker(farm):
 
 async def test_health_lists_each_service(client: FarmClient):
     health = await client.health()
-    assert health["status"] == "ok"
+    assert health.status == "ok"
     for service in ("storage", "registration", "power", "consoles", "api", "journal"):
-        assert service in health["services"], service
-    assert health["api"].startswith("http://127.0.0.1:")
+        assert service in health.services, service
+    assert health.api is not None and health.api.startswith("http://127.0.0.1:")
 
 
 async def test_backend_log_and_gateway(client: FarmClient):
     await client.add_pdu("d1", "dummy", {"ports": 2})
     entries = await client.backend_log()
-    assert any("PDU d1 added" in e["message"] for e in entries)
-    nics = (await client.gateway())["interfaces"]
-    assert any(n["name"] == "lo" and "127.0.0.1" in n["addresses"] for n in nics)
+    assert any("PDU d1 added" in e.message for e in entries)
+    nics = (await client.gateway()).interfaces
+    assert any(n.name == "lo" and "127.0.0.1" in n.addresses for n in nics)
 
 
 async def test_openapi_is_published(farm):
@@ -156,11 +157,14 @@ async def test_the_client_skips_an_oversized_event_with_a_dropped_marker(monkeyp
     from valve_console import client as client_module
 
     monkeypatch.setattr(client_module, "MAX_EVENT_CHARS", 1000)
-    lines = ("retry: 2000", "", "id: 1", "event: log", 'data: {"type": "log", "seq": 1}', "",
-             "event: console", *(["data: " + "x" * 300] * 5), "", 'data: {"type": "job", "seq": 3}', "")
+    log = {"type": "log", "seq": 1, "ts": 0.0,
+           "data": {"ts": 0.0, "level": "INFO", "priority": 6, "logger": "x", "message": "m"}}
+    health = {"type": "health", "seq": 3, "ts": 0.0, "data": {"service": "power", "state": "ok", "reason": None}}
+    lines = ("retry: 2000", "", "id: 1", "event: log", f"data: {json.dumps(log)}", "",
+             "event: console", *(["data: " + "x" * 300] * 5), "", f"data: {json.dumps(health)}", "")
     body = "".join(line + "\n" for line in lines).encode()
     transport = httpx.MockTransport(
         lambda request: httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body))
     async with FarmClient("http://farm", transport=transport) as client:
         events = [e async for e in client.events()]
-    assert [e["type"] for e in events] == ["log", "dropped", "job"]
+    assert [e.type for e in events] == ["log", "dropped", "health"]

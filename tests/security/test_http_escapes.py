@@ -36,12 +36,14 @@ async def test_boot_script_query_cannot_forge_log_lines(farm):
 
 
 def test_journal_view_strips_c1_controls():
+    from valve_console.contract import JournalEntry, LogEntry
     from valve_console.widgets.log_view import Entry
 
-    entry = Entry.from_journal({"message": "disk \x9b2J\x9b31mfull\x9d0;title\x9c ok\x1b[1m\u2028", "unit": "x"})
+    entry = Entry.from_journal(JournalEntry(ts=0.0, priority=6, unit="x",
+                                            message="disk \x9b2J\x9b31mfull\x9d0;title\x9c ok\x1b[1m\u2028"))
     assert not any(c in entry.message for c in C1 + "\x1b\u2028")
     assert entry.message.startswith("disk ") and "full" in entry.message and entry.message.endswith("ok")
-    backend = Entry.from_backend({"message": "a\x85b\x07c\x7fd"})
+    backend = Entry.from_backend(LogEntry(ts=0.0, level="INFO", priority=6, logger="x", message="a\x85b\x07c\x7fd"))
     assert backend.message == "abcd"
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 
-from valve_console.client import FarmClient, FarmClientError
+from valve_console.client import FarmClient, FarmClientError, parse_event
+from valve_console.contract import Event
 
 
 def ts(hour: int, minute: int, second: int) -> float:
@@ -31,17 +32,21 @@ def machine(mac: str, name: str, ip: str, state: str, pdu: str | None = None, po
         "tags": ["virtio:family:VIRTIO"],
         "registered_tags": ["virtio:family:VIRTIO"],
         "manual_tags": [],
+        "all_tags": ["virtio:family:VIRTIO"],
         "ip_address": ip,
         "local_tty_device": "ttyS1",
         "pdu": {"name": pdu, "port_id": port},
         "has_pdu_assigned": pdu is not None and port is not None,
         "pdu_off_delay": 5.0,
+        "pdu_off_delay_is_default": False,
         "ready_for_service": ready,
         "is_retired": retired,
         "available": ready and not retired,
-        "comment": None,
+        "comment": "",
         "state": state,
         "training": None,
+        "gitlab_exposed": True,
+        "runners": [],
         "first_seen": ts(9, 0, 0),
         "last_seen": ts(9, 30, 0),
     }
@@ -55,6 +60,28 @@ def outlets(count: int, on: set[int], unknown: set[int] = frozenset(), reserved:
         ports[str(i)] = {"label": f"{label} {i}", "state": state, "reserved": i in reserved,
                          "min_off_time": 5.0, "changed_at": ts(9, 0, 0)}
     return ports
+
+
+def outlet_event(pdu: str, port: str, state: str, label: str | None = None) -> dict[str, Any]:
+    """The data of an ``outlet`` event, every key the contract declares."""
+    return {"pdu": pdu, "port_id": port, "label": label, "state": state, "reserved": False, "min_off_time": 5.0,
+            "changed_at": None}
+
+
+def health(**services: tuple[str, str | None]) -> dict[str, Any]:
+    """A health answer with ``services`` (name -> (state, reason))."""
+    return {"status": "ok", "farm_name": "test", "version": "0", "api": None, "netconsole": None, "uptime": 0.0,
+            "services": {name: {"state": state, "reason": reason} for name, (state, reason) in services.items()}}
+
+
+def pdu(name: str, ports: dict[str, Any], driver: str = "dummy") -> dict[str, Any]:
+    return {"name": name, "driver": driver, "pdu_model": driver, "config": {}, "reserved_ports": [],
+            "state": "reachable", "error": None, "ports": ports}
+
+
+def event(kind: str, data: dict[str, Any], seq: int = 0) -> Event:
+    """One event as the client yields it (parsed against the contract)."""
+    return Event(type=kind, seq=seq, ts=0.0, data=data)
 
 
 BOOT_LOG = "".join(line + "\r\n" for line in [
@@ -141,7 +168,8 @@ def farm_data() -> dict[str, Any]:
                                   "connected": True, "device": None, "remote": None, "baud": None,
                                   "tcp_host": "127.0.0.1", "tcp_port": 8203, "tcp_error": None,
                                   "writer": "tcp:127.0.0.1:51234", "viewers": 2, "bytes": len(BOOT_LOG),
-                                  "buffered": len(BOOT_LOG), "last_activity": ts(9, 30, 0), "log_path": "x"},
+                                  "buffered": len(BOOT_LOG), "last_activity": ts(9, 30, 0), "log_path": "x",
+                                  "provisional": False},
         },
         "devices": {
             "usb-FTDI_FT232R_A10K3B2C-if00": {"identity": "usb-FTDI_FT232R_A10K3B2C-if00", "devnode": "/dev/ttyUSB0",
@@ -243,9 +271,12 @@ class FakeFarmClient(FarmClient):
         return httpx.Response(404, content=json.dumps({"error": f"not in the fake farm: {path}"}),
                               headers={"content-type": "application/json"})
 
-    async def events(self, types: list[str] | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def events(self, types: list[str] | None = None) -> AsyncIterator[Event]:
+        """The events as the real client yields them: parsed against the contract (strict in tests)."""
         if self.down:
             raise FarmClientError(f"event stream from {self.describe} lost: [Errno 111] Connection refused")
-        for event in self.event_list:
-            yield copy.deepcopy(event)
+        for data in self.event_list:
+            event = parse_event(copy.deepcopy(data))
+            if event is not None:
+                yield event
         await asyncio.Event().wait()

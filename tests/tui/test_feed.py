@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from tests.tui.fake_farm import FakeFarmClient, farm_data
+from tests.tui.fake_farm import FakeFarmClient, event, farm_data, outlet_event
 from valve_console.console_data import EventFeed, FarmModel
 
 
@@ -42,9 +42,9 @@ async def test_the_feed_buffers_events_and_refetches_on_dropped() -> None:
     mac = next(iter(data["machines"]))
     renamed = {**data["machines"][mac], "full_name": "renamed-dut"}
     client = FakeFarmClient(data, events=[
-        {"type": "machine", "seq": 1, "data": {"mac": mac, "machine": renamed}},
-        {"type": "outlet", "seq": 2, "data": {"pdu": "pdu-a", "port_id": "1", "state": "OFF"}},
-        {"type": "outlet", "seq": 3, "data": {"pdu": "pdu-a", "port_id": "1", "state": "ON"}},
+        {"type": "machine", "seq": 1, "ts": 0.0, "data": {"action": "updated", "mac": mac, "machine": renamed}},
+        {"type": "outlet", "seq": 2, "ts": 0.0, "data": outlet_event("pdu-a", "1", "OFF")},
+        {"type": "outlet", "seq": 3, "ts": 0.0, "data": outlet_event("pdu-a", "1", "ON")},
     ])
     seen = Recorder()
     feed = seen.feed(client)
@@ -54,15 +54,15 @@ async def test_the_feed_buffers_events_and_refetches_on_dropped() -> None:
         assert seen.flushes == 1  # what was buffered before the refetch is flushed first
         changes = feed.take()
         assert changes is not None and changes.snapshot is not None
-        assert changes.machines[mac]["full_name"] == "renamed-dut"
-        assert changes.outlets[("pdu-a", "1")]["state"] == "ON"  # the latest state wins
+        assert changes.machines[mac].full_name == "renamed-dut"
+        assert changes.outlets[("pdu-a", "1")].state == "ON"  # the latest state wins
         assert feed.take() is None  # a fresh, empty buffer took its place
         model = FarmModel()
         model.apply(changes)
         assert model.loaded and model.machine_name(mac) == "renamed-dut"
 
         # a dropped event asks for a refetch: a new snapshot comes into the buffer
-        assert feed.pending.add_event({"type": "dropped", "data": {}})
+        assert feed.pending.add_event(event("dropped", {"count": 1}))
         feed.schedule_refetch()
         await wait_until(lambda: feed.pending.snapshot is not None, "the refetch")
         assert seen.flushes == 2 and not seen.lost and not seen.reports

@@ -16,6 +16,7 @@ from valve_console.backend.farm import Farm
 from valve_console.screens.dialogs import ConfirmScreen
 from valve_console.screens.jobs import JobConsoleScreen, JobsScreen
 from valve_console.console_data import Changes
+from valve_console.contract import Event
 
 from .helpers import screen_text, wait_for, wait_no_text, wait_text
 
@@ -142,7 +143,7 @@ async def test_palette_goes_to_jobs_and_a_refetch_brings_them_back(farm: Farm, j
         app.feed.pending = Changes()
         screen.farm_reset(app.model)
         await wait_no_text(pilot, job_id)
-        assert app.feed.pending.add_event({"type": "dropped", "data": {}})
+        assert app.feed.pending.add_event(Event(type="dropped", seq=-1, ts=0.0, data={"count": 1}))
         app.feed.schedule_refetch()
         await wait_for(pilot, lambda: job_id in screen.rows, 10, "the job back after the refetch")
         assert cell(screen, job_id, "status") == "PASS"

@@ -7,7 +7,9 @@ from valve_console.backend.farm import Farm
 from valve_console.backend.registration import Registration
 from valve_console.screens.consoles import ConsolesScreen, without_overlap
 from valve_console.console_data import Changes, FarmModel, Snapshot
+from valve_console.contract import Health, OutletOf, Pdu, ServiceHealth
 
+from .fake_farm import event, health, machine, outlet_event, pdu
 from .helpers import wait_for
 
 SIZE = (140, 45)
@@ -17,26 +19,30 @@ MAC = "52:54:00:aa:00:01"
 def test_changes_keep_the_latest_state_per_outlet_and_machine() -> None:
     changes = Changes()
     for state in ("ON", "OFF", "ON"):
-        changes.add_event({"type": "outlet", "data": {"pdu": "p", "port_id": "1", "state": state}})
+        changes.add_event(event("outlet", outlet_event("p", "1", state)))
     for n in range(3):
-        changes.add_event({"type": "machine", "data": {"mac": MAC, "machine": {"mac_address": MAC, "n": n}}})
-    changes.add_event({"type": "console", "data": {"mac": MAC, "text": "a"}})
-    changes.add_event({"type": "console", "data": {"mac": MAC, "text": "b"}})
-    assert changes.outlets == {("p", "1"): {"pdu": "p", "port_id": "1", "state": "ON"}}
-    assert changes.machines[MAC]["n"] == 2
+        changes.add_event(event("machine", {"action": "updated", "mac": MAC,
+                                            "machine": machine(MAC, f"dut-{n}", "10.42.1.1", "IDLE")}))
+    changes.add_event(event("console", {"mac": MAC, "text": "a"}))
+    changes.add_event(event("console", {"mac": MAC, "text": "b"}))
+    assert changes.outlets == {("p", "1"): OutletOf.model_validate(outlet_event("p", "1", "ON"))}
+    assert changes.machines[MAC].full_name == "dut-2"
     assert changes.console_text[MAC] == ["a", "b"]
-    assert changes.add_event({"type": "dropped", "data": {"count": 3}}) is True
+    assert changes.add_event(event("dropped", {"count": 3})) is True
 
 
 def test_model_applies_a_snapshot_then_newer_events() -> None:
     model = FarmModel()
-    pdu = {"name": "p", "ports": {"1": {"state": "OFF", "label": "x"}}}
-    changes = Changes(snapshot=Snapshot({"services": {}}, [], {}, {"p": pdu}, {}, []))
-    changes.add_event({"type": "outlet", "data": {"pdu": "p", "port_id": "1", "state": "ON", "label": "x"}})
-    changes.add_event({"type": "health", "data": {"service": "power", "state": "degraded", "reason": "r"}})
+    ports = {"1": {k: v for k, v in outlet_event("p", "1", "OFF", "x").items() if k not in ("pdu", "port_id")}}
+    snapshot = Snapshot(Health.model_validate(health()), [], {}, {"p": Pdu.model_validate(pdu("p", ports))}, {}, [])
+    changes = Changes(snapshot=snapshot)
+    changes.add_event(event("outlet", outlet_event("p", "1", "ON", "x")))
+    changes.add_event(event("health", {"service": "power", "state": "degraded", "reason": "r"}))
     model.apply(changes)
-    assert model.outlet("p", "1")["state"] == "ON"
-    assert model.health["services"]["power"] == {"state": "degraded", "reason": "r"}
+    outlet = model.outlet("p", "1")
+    assert outlet is not None and outlet.state == "ON" and outlet.label == "x"
+    assert model.health is not None
+    assert model.health.services["power"] == ServiceHealth(state="degraded", reason="r")
     assert model.free_ports("p") == ["1"]
 
 

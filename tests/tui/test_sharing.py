@@ -21,8 +21,10 @@ from valve_console.client import FarmClient
 from valve_console.screens.consoles import ConsolesScreen, writer_conflict
 from valve_console.screens.dialogs import ConfirmScreen
 from valve_console.console_data import Changes, FarmModel
+from valve_console.contract import DiscoveryOutlet, DiscoveryStatus, SerialDevice
 from valve_console.screens.pdus import PdusScreen
 
+from .fake_farm import event
 from .helpers import screen_text, until, wait_for, wait_no_text, wait_text
 from .test_screens import SIZE, connected, open_form, register
 
@@ -45,17 +47,18 @@ def test_writer_id_and_conflict_message() -> None:
 
 def test_model_follows_discovery_events() -> None:
     model = FarmModel()
-    model.set_discovery({"current": None, "queue": [{"pdu": "d1", "port_id": "0"}, {"pdu": "d1", "port_id": "1"}]})
+    model.set_discovery(DiscoveryStatus.model_validate(
+        {"current": None, "queue": [{"pdu": "d1", "port_id": "0"}, {"pdu": "d1", "port_id": "1"}]}))
     changes = Changes()
-    changes.add_event({"type": "discovery", "data": {"state": "started", "pdu": "d1", "port_id": "0", "timeout": 9}})
+    changes.add_event(event("discovery", {"state": "started", "pdu": "d1", "port_id": "0", "timeout": 9}))
     model.apply(changes)
-    assert model.discovery["current"]["port_id"] == "0"
-    assert model.discovery["queue"] == [{"pdu": "d1", "port_id": "1"}]
+    assert model.discovery.current is not None and model.discovery.current.port_id == "0"
+    assert model.discovery.queue == [DiscoveryOutlet(pdu="d1", port_id="1")]
     assert 8 <= model.discovery_remaining() <= 9
     changes = Changes()
-    changes.add_event({"type": "discovery", "data": {"state": "cancelled", "pdu": "d1", "port_id": "0"}})
+    changes.add_event(event("discovery", {"state": "cancelled", "pdu": "d1", "port_id": "0"}))
     model.apply(changes)
-    assert model.discovery == {"current": None, "queue": []}
+    assert model.discovery == DiscoveryStatus(current=None, queue=[])
     assert model.discovery_remaining() is None
 
 
@@ -144,13 +147,14 @@ async def test_console_header_shows_the_tcp_port_and_viewers(tmp_path: Path) -> 
             async with app.run_test(size=SIZE) as pilot:
                 await connected(pilot, app)
                 await open_console_of(pilot, app, mac)
-                await wait_for(pilot, lambda: app.model.consoles.get(mac, {}).get("tcp_port"), 10, "the TCP port")
+                await wait_for(pilot, lambda: (c := app.model.consoles.get(mac)) is not None and c.tcp_port, 10,
+                               "the TCP port")
                 console = (await client.consoles())[mac]
                 await wait_text(pilot, "via netconsole@127.0.0.1:")
-                await wait_text(pilot, f"shared: nc {console['tcp_host']} {console['tcp_port']}")
+                await wait_text(pilot, f"shared: nc {console.tcp_host} {console.tcp_port}")
                 await wait_text(pilot, "writer: nobody  0 viewers")
                 # someone runs nc on that port: one viewer more
-                _vr, viewer = await asyncio.open_connection(console["tcp_host"], console["tcp_port"])
+                _vr, viewer = await asyncio.open_connection(console.tcp_host, console.tcp_port)
                 await wait_text(pilot, "1 viewer")
         finally:
             dut.close()
@@ -185,8 +189,8 @@ async def test_machine_form_sets_console_device_and_remote_source(farm: Farm, ap
     async with app.run_test(size=SIZE) as pilot:
         await connected(pilot, app)
 
-        async def devices() -> dict[str, dict[str, Any]]:
-            return {ident: device}  # a USB adapter plugged into the gateway
+        async def devices() -> dict[str, SerialDevice]:
+            return {ident: SerialDevice.model_validate(device)}  # a USB adapter plugged into the gateway
 
         app.client.console_devices = devices
         form = await open_form(pilot, app, mac)
@@ -198,7 +202,7 @@ async def test_machine_form_sets_console_device_and_remote_source(farm: Farm, ap
         await wait_for(pilot, lambda: form.query_one("#err-remote", Static).has_class("-error"), 5, "the error")
         assert "is not a console URL" in str(form.query_one("#err-remote", Static).render())
         assert app.current_mode == "machine"
-        assert (await client.consoles())[mac]["remote"] is None
+        assert (await client.consoles())[mac].remote is None
         # a good one, and the device: both stored (separate calls from the machine PATCH)
         sent: list[dict] = []
         update = app.client.update_machine
@@ -213,8 +217,8 @@ async def test_machine_form_sets_console_device_and_remote_source(farm: Farm, ap
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: app.current_mode == "duts", 5, "back to the DUT table")
         console = (await client.consoles())[mac]
-        assert console["remote"] == "tcp://127.0.0.1:7001"
-        assert console["device"] == ident
+        assert console.remote == "tcp://127.0.0.1:7001"
+        assert console.device == ident
         assert sent == []  # no machine field changed: no PATCH
         # unsetting both, from the form again
         form = await open_form(pilot, app, mac)
@@ -225,14 +229,14 @@ async def test_machine_form_sets_console_device_and_remote_source(farm: Farm, ap
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: app.current_mode == "duts", 5, "back to the DUT table")
         console = (await client.consoles())[mac]
-        assert console["remote"] is None and console["device"] is None
+        assert console.remote is None and console.device is None
 
 
 # ------------------------------------------------------------------ outlet discovery
 async def pdu_screen(pilot, app: ConsoleApp, pdu: str) -> PdusScreen:
     await pilot.press("3")
     await wait_for(pilot, lambda: isinstance(app.screen, PdusScreen) and pdu in app.screen.sections
-                   and app.model.pdus.get(pdu, {}).get("ports"), 10, f"the {pdu} grid")
+                   and (p := app.model.pdus.get(pdu)) is not None and p.ports, 10, f"the {pdu} grid")
     return app.screen
 
 
@@ -297,7 +301,7 @@ async def test_find_outlets_walks_the_queue(farm: Farm, app: ConsoleApp) -> None
         await wait_no_text(pilot, "discovering d1/")
         assert [(farm.machines.machines[m].pdu, farm.machines.machines[m].pdu_port_id) for m in macs] == [
             ("d1", "0"), ("d1", "1")]
-        assert app.model.discovery == {"current": None, "queue": []}
+        assert app.model.discovery == DiscoveryStatus(current=None, queue=[])
 
 
 async def test_cancel_discovery_switches_the_outlet_off(farm: Farm, app: ConsoleApp) -> None:

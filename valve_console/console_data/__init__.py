@@ -6,6 +6,6 @@ pyproject.toml), so the widgets and screens both build on it.
 
 from .changes import Changes, Snapshot
 from .feed import EventFeed
-from .model import FarmModel, outlet_of, port_sort_key
+from .model import FarmModel, outlet_of, placeholder_console, port_sort_key
 
-__all__ = ["Changes", "EventFeed", "FarmModel", "Snapshot", "outlet_of", "port_sort_key"]
+__all__ = ["Changes", "EventFeed", "FarmModel", "Snapshot", "outlet_of", "placeholder_console", "port_sort_key"]

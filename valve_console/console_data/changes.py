@@ -11,6 +11,29 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..contract import (
+    Console,
+    ConsoleEvent,
+    ConsoleRemoved,
+    DiscoveryEvent,
+    DiscoveryStatus,
+    Dropped,
+    Event,
+    Health,
+    HealthEvent,
+    Job,
+    JournalEntry,
+    LogEntry,
+    Machine,
+    MachineEvent,
+    NetworkInterface,
+    OutletOf,
+    Pdu,
+    PduEvent,
+    SerialDevice,
+    ServiceHealth,
+)
+
 MAX_PENDING_CONSOLE = 1024 * 1024  # characters kept per console between two flushes
 MAX_PENDING_LINES = 5000  # log/journal entries kept between two flushes
 
@@ -19,16 +42,16 @@ MAX_PENDING_LINES = 5000  # log/journal entries kept between two flushes
 class Snapshot:
     """Everything fetched at (re)connection."""
 
-    health: dict[str, Any]
-    gateway: list[dict[str, Any]]
-    machines: dict[str, dict[str, Any]]
-    pdus: dict[str, dict[str, Any]]
-    consoles: dict[str, dict[str, Any]]
-    backend_log: list[dict[str, Any]]
+    health: Health
+    gateway: list[NetworkInterface]
+    machines: dict[str, Machine]
+    pdus: dict[str, Pdu]
+    consoles: dict[str, Console]
+    backend_log: list[LogEntry]
     fetched_at: float = field(default_factory=time.monotonic)
-    devices: dict[str, dict[str, Any]] = field(default_factory=dict)  # serial devices seen (identity -> info)
-    discovery: dict[str, Any] | None = None  # GET /api/v1/machine/discover (None: not known)
-    jobs: list[dict[str, Any]] | None = None  # GET /api/v1/jobs (None: a backend without jobs)
+    devices: dict[str, SerialDevice] = field(default_factory=dict)  # serial devices seen (identity -> info)
+    discovery: DiscoveryStatus | None = None  # GET /api/v1/machine/discover (None: not known)
+    jobs: list[Job] | None = None  # GET /api/v1/jobs (None: a backend without jobs)
 
 
 @dataclass
@@ -36,16 +59,16 @@ class Changes:
     """What changed since the last flush. Keys are the domain ids; values the latest state."""
 
     snapshot: Snapshot | None = None
-    machines: dict[str, dict[str, Any]] = field(default_factory=dict)
-    pdus: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # None: removed
-    outlets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    health: dict[str, dict[str, Any]] = field(default_factory=dict)
+    machines: dict[str, Machine] = field(default_factory=dict)
+    pdus: dict[str, Pdu | None] = field(default_factory=dict)  # None: removed
+    outlets: dict[tuple[str, str], OutletOf] = field(default_factory=dict)
+    health: dict[str, ServiceHealth] = field(default_factory=dict)
     console_text: dict[str, list[str]] = field(default_factory=dict)
-    console_info: dict[str, dict[str, Any]] = field(default_factory=dict)
-    logs: list[dict[str, Any]] = field(default_factory=list)
-    journal: list[dict[str, Any]] = field(default_factory=list)
-    discovery: list[dict[str, Any]] = field(default_factory=list)  # discovery events, in order
-    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # job id -> latest job JSON
+    console_info: dict[str, Console | ConsoleRemoved] = field(default_factory=dict)
+    logs: list[LogEntry] = field(default_factory=list)
+    journal: list[JournalEntry] = field(default_factory=list)
+    discovery: list[DiscoveryEvent] = field(default_factory=list)  # discovery events, in order
+    jobs: dict[str, Job] = field(default_factory=dict)  # job id -> latest job
     # filled in by FarmModel.apply: where machines were before this batch (mac -> (pdu, port))
     old_outlets: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
 
@@ -65,60 +88,53 @@ class Changes:
         )
 
     # ---------------------------------------------------------------- collecting events
-    def add_event(self, event: dict[str, Any]) -> bool:
+    def add_event(self, event: Event) -> bool:
         """Buffer one event. Returns True when the event asks for a full refetch (``dropped``)."""
-        kind = event.get("type")
-        data = event.get("data") or {}
-        if kind == "machine":
-            machine = data.get("machine")
-            mac = data.get("mac") or (machine or {}).get("mac_address")
-            if mac and machine:
-                self.machines[mac] = machine
-            elif mac and data.get("action") == "removed":
+        data = event.parsed()
+        if isinstance(data, MachineEvent):
+            mac = data.mac or (data.machine.mac_address if data.machine else "")
+            if mac and data.machine:
+                self.machines[mac] = data.machine
+            elif mac and data.action == "removed":
                 return True  # rare: refetch everything rather than unpick a machine from every view
-        elif kind == "pdu":
-            name = data.get("name")
-            if name:
-                self.pdus[name] = None if data.get("action") == "removed" else data.get("pdu")
-                if data.get("action") == "removed":
-                    for key in [k for k in self.outlets if k[0] == name]:
+        elif isinstance(data, PduEvent):
+            if data.name:
+                removed = data.action == "removed"
+                self.pdus[data.name] = None if removed else data.pdu
+                if removed:
+                    for key in [k for k in self.outlets if k[0] == data.name]:
                         del self.outlets[key]
-        elif kind == "outlet":
-            pdu, port = data.get("pdu"), data.get("port_id")
-            if pdu is not None and port is not None:
-                self.outlets[(str(pdu), str(port))] = data
-        elif kind == "console":
-            mac = data.get("mac")
+        elif isinstance(data, OutletOf):
+            self.outlets[(data.pdu, data.port_id)] = data
+        elif isinstance(data, ConsoleEvent):
+            mac = data.mac
             if mac:
-                text = data.get("text") or ""
-                if text:
+                if data.text:
                     chunks = self.console_text.setdefault(mac, [])
-                    chunks.append(text)
+                    chunks.append(data.text)
                     total = sum(len(c) for c in chunks)
                     while total > MAX_PENDING_CONSOLE and len(chunks) > 1:
                         total -= len(chunks.pop(0))
-                if data.get("console") is not None:
-                    self.console_info[mac] = data["console"]
-        elif kind == "health":
-            service = data.get("service")
-            if service:
-                self.health[service] = {"state": data.get("state"), "reason": data.get("reason")}
-        elif kind == "log":
-            self._append(self.logs, data)
-        elif kind == "journal":
-            self._append(self.journal, data)
-        elif kind == "discovery":
-            if data.get("state"):
-                self.discovery.append(dict(data))
-        elif kind == "job":
-            job_id = data.get("id")
-            if job_id:
-                self.jobs[str(job_id)] = data
-        elif kind == "dropped":
+                if data.console is not None:
+                    self.console_info[mac] = data.console
+        elif isinstance(data, HealthEvent):
+            if data.service:
+                self.health[data.service] = ServiceHealth(state=data.state, reason=data.reason)
+        elif isinstance(data, Job):
+            if data.id:
+                self.jobs[data.id] = data
+        elif isinstance(data, Dropped):
             return True
+        elif isinstance(data, LogEntry):
+            self._append(self.logs, data)
+        elif isinstance(data, JournalEntry):
+            self._append(self.journal, data)
+        elif isinstance(data, DiscoveryEvent):
+            if data.state:
+                self.discovery.append(data)
         return False
 
-    def _append(self, target: list[dict[str, Any]], entry: dict[str, Any]) -> None:
+    def _append(self, target: list[Any], entry: Any) -> None:
         target.append(entry)
         if len(target) > MAX_PENDING_LINES:
             del target[: len(target) - MAX_PENDING_LINES]

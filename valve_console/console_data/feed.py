@@ -12,9 +12,10 @@ No Textual here: the app is told what happens through the callables it gives.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from typing import Callable
 
 from ..client import FarmClient, FarmClientError
+from ..contract import DiscoveryStatus, Job
 from .changes import Changes, Snapshot
 
 BACKOFF_START = 0.5
@@ -39,7 +40,7 @@ class EventFeed:
         connected: Callable[[], None],
         lost: Callable[[str], None],
         report: Callable[[str, str], None],
-        discovery: Callable[[dict[str, Any]], None],
+        discovery: Callable[[DiscoveryStatus], None],
     ) -> None:
         self.client = client
         self.pending = Changes()
@@ -115,22 +116,22 @@ class EventFeed:
         self._flush()  # events buffered so far are older than what comes back now
         c = self.client
         health, gateway, machines, pdus, consoles, backend_log, discovery, jobs = await asyncio.gather(
-            c.health(), c.gateway(), c.machines(), c.pdus(), c.request("GET", "/api/v1/consoles"),
+            c.health(), c.gateway(), c.machines(), c.pdus(), c.consoles_and_devices(),
             c.backend_log(500), self.fetch_discovery(), self._fetch_jobs()
         )
         self.pending.snapshot = Snapshot(
             health=health,
-            gateway=gateway.get("interfaces", []) if isinstance(gateway, dict) else list(gateway or []),
+            gateway=gateway.interfaces,
             machines=machines,
             pdus=pdus,
-            consoles=consoles.get("consoles", {}),
+            consoles=consoles.consoles,
             backend_log=backend_log,
-            devices=consoles.get("devices") or {},
+            devices=consoles.devices,
             discovery=discovery,
             jobs=jobs,
         )
 
-    async def fetch_discovery(self) -> dict[str, Any] | None:
+    async def fetch_discovery(self) -> DiscoveryStatus | None:
         """The discovery status; None from a backend without discovery (404)."""
         try:
             return await self.client.discovery()
@@ -139,7 +140,7 @@ class EventFeed:
                 return None  # an older backend: no discovery there
             raise
 
-    async def _fetch_jobs(self) -> list[dict[str, Any]] | None:
+    async def _fetch_jobs(self) -> list[Job] | None:
         """The jobs, newest first; None from a backend without jobs (404)."""
         try:
             return await self.client.jobs()

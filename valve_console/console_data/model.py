@@ -7,27 +7,49 @@ screen. Plain data: no Textual.
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any
 
+from ..contract import (
+    Console,
+    ConsoleRemoved,
+    DiscoveryCurrent,
+    DiscoveryEvent,
+    DiscoveryStatus,
+    Health,
+    Job,
+    Machine,
+    NetworkInterface,
+    Outlet,
+    Pdu,
+    SerialDevice,
+)
 from .changes import Changes
 
 
+def placeholder_console(mac: str) -> Console:
+    """A console known only from its text (its state not fetched yet): connected unknown (None)."""
+    return Console.model_construct(
+        mac=mac, source=None, connected=None, device=None, remote=None, baud=None, tcp_host=None, tcp_port=None,
+        tcp_error=None, writer=None, viewers=0, bytes=0, buffered=0, last_activity=None, log_path="",
+        provisional=False,
+    )
+
+
 class FarmModel:
-    """The latest known state of the farm, in the API's JSON shapes."""
+    """The latest known state of the farm, as the contract's models (valve_console.contract)."""
 
     def __init__(self) -> None:
         self.loaded = False
-        self.health: dict[str, Any] = {}
-        self.gateway: list[dict[str, Any]] = []
-        self.machines: dict[str, dict[str, Any]] = {}
-        self.pdus: dict[str, dict[str, Any]] = {}
-        self.consoles: dict[str, dict[str, Any]] = {}
-        self.devices: dict[str, dict[str, Any]] = {}
-        self.discovery: dict[str, Any] = {"current": None, "queue": []}
-        self.discovery_at = time.monotonic()  # when ``discovery["current"]["remaining"]`` was true
-        self.jobs: dict[str, dict[str, Any]] = {}  # job id -> job JSON (GET /api/v1/jobs, job events)
+        self.health: Health | None = None
+        self.gateway: list[NetworkInterface] = []
+        self.machines: dict[str, Machine] = {}
+        self.pdus: dict[str, Pdu] = {}
+        self.consoles: dict[str, Console] = {}
+        self.devices: dict[str, SerialDevice] = {}
+        self.discovery = DiscoveryStatus()
+        self.discovery_at = time.monotonic()  # when ``discovery.current.remaining`` was true
+        self.jobs: dict[str, Job] = {}  # job id -> job (GET /api/v1/jobs, job events)
         self.fetched_at = time.monotonic()
 
     # ---------------------------------------------------------------- applying
@@ -36,16 +58,16 @@ class FarmModel:
         if snap is not None:
             changes.old_outlets.update({mac: outlet_of(m) for mac, m in self.machines.items()})
             self.loaded = True
-            self.health = copy.deepcopy(snap.health)
+            self.health = snap.health.model_copy(deep=True)
             self.gateway = list(snap.gateway)
             self.machines = dict(snap.machines)
-            self.pdus = copy.deepcopy(snap.pdus)
+            self.pdus = {name: pdu.model_copy(deep=True) for name, pdu in snap.pdus.items()}
             self.consoles = dict(snap.consoles)
             self.devices = dict(snap.devices)
             if snap.discovery is not None:
                 self.set_discovery(snap.discovery, snap.fetched_at)
             if snap.jobs is not None:
-                self.jobs = {str(j["id"]): j for j in snap.jobs if j.get("id")}
+                self.jobs = {j.id: j for j in snap.jobs if j.id}
             self.fetched_at = snap.fetched_at
         for mac, machine in changes.machines.items():
             old = self.machines.get(mac)
@@ -55,78 +77,78 @@ class FarmModel:
             if pdu is None:
                 self.pdus.pop(name, None)
             else:
-                self.pdus[name] = copy.deepcopy(pdu)
+                self.pdus[name] = pdu.model_copy(deep=True)
         for (name, port), outlet in changes.outlets.items():
             pdu = self.pdus.get(name)
             if pdu is None:
                 continue
-            ports = pdu.setdefault("ports", {})
-            ports[port] = {k: v for k, v in outlet.items() if k not in ("pdu", "port_id")}
-        if changes.health:
-            services = self.health.setdefault("services", {})
-            for service, state in changes.health.items():
-                services[service] = state
+            pdu.ports[port] = Outlet.model_validate(outlet.model_dump(exclude={"pdu", "port_id"}))
+        if changes.health and self.health is not None:
+            self.health.services.update(changes.health)
         for mac, info in changes.console_info.items():
-            self.consoles[mac] = info
+            if isinstance(info, ConsoleRemoved):
+                self.consoles.pop(mac, None)
+            else:
+                self.consoles[mac] = info
         for mac in changes.console_text:
-            self.consoles.setdefault(mac, {"mac": mac, "connected": None})
+            if mac not in self.consoles:
+                self.consoles[mac] = placeholder_console(mac)
         for event in changes.discovery:
             self._apply_discovery_event(event)
         self.jobs.update(changes.jobs)
 
     # ---------------------------------------------------------------- discovery
-    def set_discovery(self, status: dict[str, Any], at: float | None = None) -> None:
+    def set_discovery(self, status: DiscoveryStatus, at: float | None = None) -> None:
         """The discovery status as ``GET /api/v1/machine/discover`` returns it."""
-        self.discovery = {"current": status.get("current"), "queue": list(status.get("queue") or [])}
+        self.discovery = DiscoveryStatus(current=status.current, queue=list(status.queue))
         self.discovery_at = time.monotonic() if at is None else at
 
-    def _apply_discovery_event(self, event: dict[str, Any]) -> None:
+    def _apply_discovery_event(self, event: DiscoveryEvent) -> None:
         """Follow a ``discovery`` event (the app refetches the status after it for the queue)."""
-        state = event.get("state")
-        pdu, port = str(event.get("pdu")), str(event.get("port_id"))
-        current = self.discovery.get("current")
-        queue = [q for q in self.discovery.get("queue", [])
-                 if (str(q.get("pdu")), str(q.get("port_id"))) != (pdu, port)]
-        if state == "started":
-            timeout = float(event.get("timeout") or (current or {}).get("timeout") or 0)
-            self.discovery = {"current": {"pdu": pdu, "port_id": port, "timeout": timeout, "remaining": timeout},
-                              "queue": queue}
+        pdu, port = event.pdu, event.port_id
+        current = self.discovery.current
+        queue = [q for q in self.discovery.queue if (q.pdu, q.port_id) != (pdu, port)]
+        if event.state == "started":
+            timeout = float(event.timeout or (current.timeout if current else 0) or 0)
+            started = DiscoveryCurrent(pdu=pdu, port_id=port, timeout=timeout, remaining=timeout)
+            self.discovery = DiscoveryStatus(current=started, queue=queue)
             self.discovery_at = time.monotonic()
-        elif current is not None and (str(current.get("pdu")), str(current.get("port_id"))) == (pdu, port):
-            self.discovery = {"current": None, "queue": [] if state == "cancelled" else queue}
+        elif current is not None and (current.pdu, current.port_id) == (pdu, port):
+            self.discovery = DiscoveryStatus(current=None, queue=[] if event.state == "cancelled" else queue)
 
     def discovery_remaining(self) -> float | None:
         """Seconds left for the running discovery, or None when none runs."""
-        current = self.discovery.get("current")
+        current = self.discovery.current
         if not current:
             return None
-        return max(0.0, float(current.get("remaining") or 0) - (time.monotonic() - self.discovery_at))
+        return max(0.0, float(current.remaining or 0) - (time.monotonic() - self.discovery_at))
 
     # ---------------------------------------------------------------- queries
     def machine_name(self, mac: str) -> str:
         machine = self.machines.get(mac)
-        return (machine or {}).get("full_name") or mac
+        return (machine.full_name if machine else "") or mac
 
-    def job_machine_name(self, job: dict[str, Any]) -> str:
-        mac = job.get("machine")
-        return self.machine_name(str(mac)) if mac else "-"
+    def job_machine_name(self, job: Job) -> str:
+        return self.machine_name(job.machine) if job.machine else "-"
 
-    def machine_on(self, pdu: str, port: str) -> dict[str, Any] | None:
+    def machine_on(self, pdu: str, port: str) -> Machine | None:
         for machine in self.machines.values():
             if outlet_of(machine) == (pdu, port):
                 return machine
         return None
 
-    def outlet(self, pdu: str, port: str) -> dict[str, Any] | None:
-        return (self.pdus.get(pdu) or {}).get("ports", {}).get(port)
+    def outlet(self, pdu: str, port: str) -> Outlet | None:
+        found = self.pdus.get(pdu)
+        return found.ports.get(port) if found else None
 
     def free_ports(self, pdu: str, keep: str | None = None) -> list[str]:
         """The outlets of ``pdu`` no machine uses and that are not reserved (plus ``keep``)."""
-        ports = (self.pdus.get(pdu) or {}).get("ports", {})
+        found = self.pdus.get(pdu)
+        ports = found.ports if found else {}
         used = {outlet_of(m)[1] for m in self.machines.values() if outlet_of(m)[0] == pdu}
         result = []
         for port, info in ports.items():
-            if port == keep or (port not in used and not info.get("reserved")):
+            if port == keep or (port not in used and not info.reserved):
                 result.append(port)
         if keep is not None and keep not in result:
             result.append(keep)
@@ -135,15 +157,15 @@ class FarmModel:
     def counts(self) -> dict[str, Any]:
         duts: dict[str, int] = {}
         for machine in self.machines.values():
-            state = machine.get("state") or "?"
+            state = machine.state or "?"
             duts[state] = duts.get(state, 0) + 1
         outlets = {"ON": 0, "OFF": 0, "other": 0}
         for pdu in self.pdus.values():
-            for info in pdu.get("ports", {}).values():
-                state = str(info.get("state", "")).upper()
+            for info in pdu.ports.values():
+                state = str(info.state or "").upper()
                 outlets[state if state in ("ON", "OFF") else "other"] += 1
-        connected = sum(1 for c in self.consoles.values() if c.get("connected"))
-        typing = sum(1 for c in self.consoles.values() if c.get("writer"))
+        connected = sum(1 for c in self.consoles.values() if c.connected)
+        typing = sum(1 for c in self.consoles.values() if c.writer)
         return {
             "duts": duts,
             "machines": len(self.machines),
@@ -152,17 +174,16 @@ class FarmModel:
             "consoles": len(self.consoles),
             "consoles_connected": connected,
             "consoles_typing": typing,
-            "jobs": sum(1 for j in self.jobs.values() if j.get("status") == "RUNNING"),
-            "jobs_queued": sum(1 for j in self.jobs.values() if j.get("status") == "QUEUED"),
+            "jobs": sum(1 for j in self.jobs.values() if j.status == "RUNNING"),
+            "jobs_queued": sum(1 for j in self.jobs.values() if j.status == "QUEUED"),
         }
 
 
-def outlet_of(machine: dict[str, Any] | None) -> tuple[str | None, str | None]:
+def outlet_of(machine: Machine | None) -> tuple[str | None, str | None]:
     if not machine:
         return (None, None)
-    pdu = machine.get("pdu") or {}
-    port = pdu.get("port_id")
-    return (pdu.get("name"), None if port is None else str(port))
+    port = machine.pdu.port_id
+    return (machine.pdu.name, None if port is None else str(port))
 
 
 def port_sort_key(port: str) -> tuple[int, int | str]:

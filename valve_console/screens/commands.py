@@ -33,10 +33,10 @@ class FarmCommands(Provider):
         for _key, mode, title in SCREENS:
             yield f"go to {title.lower()}", partial(app.go, mode), f"switch to the {title} screen"
         for name in sorted(model.pdus):
-            ports = sorted((model.pdus[name].get("ports") or {}), key=port_sort_key)
+            ports = sorted(model.pdus[name].ports, key=port_sort_key)
             for port in ports:
                 machine = model.machine_on(name, port)
-                suffix = f" ({machine.get('full_name')})" if machine else ""
+                suffix = f" ({machine.full_name})" if machine else ""
                 for verb in ("on", "off", "reboot"):
                     yield (f"power {verb} {name}/{port}{suffix}", partial(app.power_outlet, name, port, verb),
                            f"switch outlet {port} of {name} {verb} (asks first)")
@@ -46,34 +46,34 @@ class FarmCommands(Provider):
                        f"power outlet {port} of {name} on and give it to the next machine that registers (asks first)")
             yield (f"find outlets on {name}", partial(app.find_outlets, name),
                    f"discover every free outlet of {name}, one after another (asks first)")
-        if model.discovery.get("current") or model.discovery.get("queue"):
+        if model.discovery.current or model.discovery.queue:
             yield "cancel discovery", app.cancel_discovery, "stop the running outlet discovery (asks first)"
         for mac in sorted(model.machines, key=model.machine_name):
             machine = model.machines[mac]
             name = model.machine_name(mac)
             yield f"open console {name}", partial(app.open_console, mac), f"the console of {mac}"
             yield f"edit {name}", partial(app.edit_machine, mac), f"the machine form of {mac}"
-            verb = "activate" if machine.get("is_retired") else "retire"
+            verb = "activate" if machine.is_retired else "retire"
             yield f"{verb} {name}", partial(app.toggle_retired, mac), f"{verb} {mac} (asks first)"
-            if machine.get("pdu", {}).get("name"):
+            if machine.pdu.name:
                 yield f"power cycle {name}", partial(app.power_cycle, mac), "reboot its outlet (asks first)"
             yield (f"details {name}", partial(open_details, app, mac),
                    f"{mac}: its training, per-loop results and failures")
-            training = machine.get("training") or {}
-            if not machine.get("is_retired"):
-                if machine.get("state") == "TRAINING" and training.get("state") in ("registering", "looping"):
+            training = machine.training
+            if not machine.is_retired:
+                if machine.state == "TRAINING" and training and training.state in ("registering", "looping"):
                     yield (f"stop training {name}", partial(training_action, app, mac, "stop"),
                            "stop Sgt. Hartman; it stays not ready for service (asks first)")
                 else:
                     yield (f"train {name}", partial(training_action, app, mac, "start"),
                            "run Sgt. Hartman's registration and boot loops now (asks first)")
-                if not machine.get("ready_for_service"):
+                if not machine.ready_for_service:
                     yield (f"skip training {name}", partial(training_action, app, mac, "skip"),
                            "ready for service without boot loops (asks first)")
         for job_id, job in model.jobs.items():
-            if job.get("status") in ("QUEUED", "RUNNING"):
+            if job.status in ("QUEUED", "RUNNING"):
                 yield (f"cancel job {job_id} ({model.job_machine_name(job)})", partial(app.cancel_job, job_id),
-                       f"cancel the {str(job.get('status')).lower()} job {job_id} (asks first)")
+                       f"cancel the {str(job.status).lower()} job {job_id} (asks first)")
         yield "add pdu", app.add_pdu, "add a PDU (driver, name, config)"
 
     async def discover(self) -> Hits:

@@ -32,6 +32,7 @@ from textual.widgets.option_list import Option
 
 from ..client import FarmClientError
 from ..console_data import Changes, FarmModel
+from ..contract import Console, ConsoleRemoved, UnboundStream
 from ..widgets.console_view import ConsoleView
 from ..widgets.sanitize import sanitize, strip_sgr
 from ..widgets.state_badge import connection_badge
@@ -73,17 +74,17 @@ def without_overlap(log: str, extra: str) -> str:
     return extra
 
 
-def stream_summary(stream: dict[str, Any]) -> Text:
+def stream_summary(stream: UnboundStream) -> Text:
     """One line about an unbound stream, its DUT output made safe (it is untrusted) and plain."""
-    tail = strip_sgr(sanitize(str(stream.get("tail") or "")))
+    tail = strip_sgr(sanitize(stream.tail or ""))
     last = next((line.strip() for line in reversed(tail.split("\n")) if line.strip()), "")
     text = Text(no_wrap=True, overflow="ellipsis")
-    text.append(f"{stream.get('source') or stream.get('device') or stream.get('kind')}", style="bold")
-    announced = stream.get("announced")
+    text.append(f"{stream.source or stream.device or stream.kind}", style="bold")
+    announced = stream.announced
     text.append(f"  announced {announced}" if announced else "  no machine announced")
-    text.append(f"  idle {float(stream.get('idle') or 0):.0f} s", style="dim")
-    if stream.get("waiting"):
-        text.append(f"\n  {stream['waiting']}", style="yellow")
+    text.append(f"  idle {float(stream.idle or 0):.0f} s", style="dim")
+    if stream.waiting:
+        text.append(f"\n  {stream.waiting}", style="yellow")
     if last:
         text.append(f"\n  last: {last[-200:]}", style="dim")
     return text
@@ -109,7 +110,7 @@ class UnboundStreamsScreen(ModalScreen[tuple[str, str] | None]):
         Binding("escape", "cancel", "Cancel"),
     ]
 
-    def __init__(self, streams: dict[str, dict[str, Any]], target: str | None, target_name: str) -> None:
+    def __init__(self, streams: dict[str, UnboundStream], target: str | None, target_name: str) -> None:
         super().__init__()
         self.streams = streams
         self.target = target
@@ -176,7 +177,7 @@ class ConsolesScreen(FarmScreen):
         self._mounted: set[str] = set()
         self._hidden: dict[str, deque[str]] = {}  # mac -> output received before its first showing
         self._hidden_size: dict[str, int] = {}
-        self.unbound: dict[str, dict[str, Any]] = {}  # GET /api/v1/consoles/unbound, last seen
+        self.unbound: dict[str, UnboundStream] = {}  # GET /api/v1/consoles/unbound, last seen
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="console-info", classes="status-line")
@@ -207,7 +208,7 @@ class ConsolesScreen(FarmScreen):
             self.show_console(target)
 
     def farm_changes(self, changes: Changes, model: FarmModel) -> None:
-        removed = [mac for mac, info in changes.console_info.items() if info.get("removed")]
+        removed = [mac for mac, info in changes.console_info.items() if isinstance(info, ConsoleRemoved)]
         for mac in removed:  # a registered machine's tab stays, emptied ("no console yet"); others go
             model.consoles.pop(mac, None)
             self._console_removed(mac, keep_tab=mac in model.machines)
@@ -227,11 +228,12 @@ class ConsolesScreen(FarmScreen):
                 self._write(mac, text)
         for mac, info in changes.console_info.items():
             holder = self._blocked.get(mac)
-            if holder and info.get("writer") != holder and mac not in self._takeover:
+            writer = info.writer if isinstance(info, Console) else None
+            if holder and writer != holder and mac not in self._takeover:
                 # the other writer left (or was taken over): typing goes through again
                 self._refused.pop(mac, None)
                 self._set_blocked(mac, None)
-                if not info.get("writer"):
+                if not writer:
                     self.console_app.report(f"{holder} stopped typing in {model.machine_name(mac)}'s console")
         if changes.machines or changes.console_info:
             self._update_info()
@@ -343,37 +345,37 @@ class ConsolesScreen(FarmScreen):
         if mac is None:
             info.update("")
             return
-        machine = self.model.machines.get(mac) or {}
-        console = self.model.consoles.get(mac) or {}
+        machine = self.model.machines.get(mac)
+        console = self.model.consoles.get(mac)
         text = Text()
         text.append(f" {self.model.machine_name(mac)} ", style="bold")
         text.append(f" {mac}")
-        if machine.get("ip_address"):
-            text.append(f"  {machine['ip_address']}")
-        if machine.get("state"):
-            text.append(f"  {machine['state']}")
+        if machine and machine.ip_address:
+            text.append(f"  {machine.ip_address}")
+        if machine and machine.state:
+            text.append(f"  {machine.state}")
         text.append("  console ")
-        text.append_text(connection_badge(console.get("connected") if console else None))
-        if console.get("source"):
-            text.append(f" via {console['source']}", style="dim")
-            if console.get("baud"):
-                text.append(f" {console['baud']} baud", style="dim")
-        elif console.get("remote"):
-            text.append(f" remote {console['remote']}", style="dim")
-        elif console.get("device"):
-            text.append(f" device {console['device']}", style="dim")
+        text.append_text(connection_badge(console.connected if console else None))
+        if console and console.source:
+            text.append(f" via {console.source}", style="dim")
+            if console.baud:
+                text.append(f" {console.baud} baud", style="dim")
+        elif console and console.remote:
+            text.append(f" remote {console.remote}", style="dim")
+        elif console and console.device:
+            text.append(f" device {console.device}", style="dim")
         text.append("\n ")
-        if console.get("tcp_port"):
+        if console and console.tcp_port:
             text.append("shared: ")
-            text.append(f"nc {console.get('tcp_host') or '127.0.0.1'} {console['tcp_port']}", style="bold")
+            text.append(f"nc {console.tcp_host or '127.0.0.1'} {console.tcp_port}", style="bold")
         elif console:
             text.append("not shared on TCP", style="dim")
         else:
             text.append("no console yet: it starts with the machine's first console output", style="dim")
-        if console.get("tcp_error"):
-            text.append(f"  {console['tcp_error']}", style="bold red")
+        if console and console.tcp_error:
+            text.append(f"  {console.tcp_error}", style="bold red")
         if console:
-            writer = console.get("writer")
+            writer = console.writer
             text.append("  writer: ")
             if not writer:
                 text.append("nobody", style="dim")
@@ -381,7 +383,7 @@ class ConsolesScreen(FarmScreen):
                 text.append("you", style="bold")
             else:
                 text.append(str(writer), style="bold yellow")
-            viewers = int(console.get("viewers") or 0)
+            viewers = int(console.viewers or 0)
             text.append(f"  {viewers} viewer{'' if viewers == 1 else 's'}")
         holder = self._blocked.get(mac)
         if holder:
@@ -512,9 +514,13 @@ class ConsolesScreen(FarmScreen):
             self.run_worker(self._bind_stream(stream_id, mac, False), group="console-unbound-act",
                             exit_on_error=False)
 
+    def _stream_name(self, stream_id: str) -> str:
+        stream = self.unbound.get(stream_id)
+        return (stream.name if stream else "") or stream_id
+
     async def _bind_stream(self, stream_id: str, mac: str, replace: bool) -> None:
         name = self.model.machine_name(mac)
-        source = (self.unbound.get(stream_id) or {}).get("name") or stream_id
+        source = self._stream_name(stream_id)
         try:
             await self.console_app.client.bind_stream(stream_id, mac, replace=replace)
         except FarmClientError as exc:
@@ -532,7 +538,7 @@ class ConsolesScreen(FarmScreen):
         await self._fetch_unbound()
 
     async def _drop_stream(self, stream_id: str) -> None:
-        source = (self.unbound.get(stream_id) or {}).get("name") or stream_id
+        source = self._stream_name(stream_id)
         try:
             await self.console_app.client.close_stream(stream_id)
         except FarmClientError as exc:

@@ -14,6 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
 from ..client import FarmClientError
+from ..contract import Pdu
 
 if TYPE_CHECKING:
     from ..app import ConsoleApp
@@ -87,7 +88,7 @@ def api_error_field(message: str, driver: str) -> str | None:
     return None
 
 
-class AddPduScreen(ModalScreen[dict[str, Any] | None]):
+class AddPduScreen(ModalScreen[Pdu | None]):
     """Driver, name and the driver's config; validation next to each field; the API's error below."""
 
     BINDINGS = [
@@ -229,7 +230,7 @@ class AddPduScreen(ModalScreen[dict[str, Any] | None]):
             if field:
                 self._field_error(field, str(exc))
             return
-        self.dismiss(result if isinstance(result, dict) else {"name": name})
+        self.dismiss(result)
 
     @on(Button.Pressed, "#add-pdu-cancel")
     def action_cancel(self) -> None:

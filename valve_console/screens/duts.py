@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Input, Static
 
 from ..console_data import Changes, FarmModel
+from ..contract import Machine, Training
 from ..widgets.state_badge import machine_state, yes_no
 from ..widgets.keyed_table import cursor_key, select_key
 from .base import FarmScreen
@@ -34,71 +35,63 @@ COLUMN_KEYS = tuple(key for _, key in COLUMNS)
 TRAINING_WORDS = {"qualified": "ok", "stopped": "stopped", "skipped": "skipped", "cooldown": "failed"}
 
 
-def training_text(training: Any) -> str:
+def training_text(training: Training | None) -> str:
     """The Training cell: ``n/N`` while training (``0/N`` registering), ``failed p/N`` in the back-off,
     ``ok p/N`` once qualified, ``stopped``/``skipped``; ``-`` when never trained."""
     if not training:
         return "-"
-    if isinstance(training, dict) and "state" in training and "loops" in training:
-        state = training["state"]
-        if state in ("registering", "looping"):
-            return f"{training.get('loop', 0)}/{training['loops']}"
-        if state in ("qualified", "cooldown"):
-            return f"{TRAINING_WORDS[state]} {training.get('passes', 0)}/{training['loops']}"
-        return TRAINING_WORDS.get(state, str(state))
-    if isinstance(training, dict):
-        for done, total in (("n", "N"), ("loop", "loops"), ("current", "total"), ("done", "count")):
-            if done in training and total in training:
-                return f"{training[done]}/{training[total]}"
-        return str(training.get("status") or "?")
-    return str(training)
+    state = training.state
+    if state in ("registering", "looping"):
+        return f"{training.loop}/{training.loops}"
+    if state in ("qualified", "cooldown"):
+        return f"{TRAINING_WORDS[state]} {training.passes}/{training.loops}"
+    return TRAINING_WORDS.get(state, str(state))
 
 
-def machine_cells(machine: dict[str, Any]) -> tuple[Any, ...]:
-    pdu = machine.get("pdu") or {}
-    outlet = f"{pdu.get('name')}/{pdu.get('port_id')}" if pdu.get("name") else "-"
-    if pdu.get("name") and pdu.get("port_id") is None:
-        outlet = f"{pdu.get('name')}/?"
+def machine_cells(machine: Machine) -> tuple[Any, ...]:
+    pdu = machine.pdu
+    outlet = f"{pdu.name}/{pdu.port_id}" if pdu.name else "-"
+    if pdu.name and pdu.port_id is None:
+        outlet = f"{pdu.name}/?"
     return (
         name_cell(machine),
-        str(machine.get("mac_address") or ""),
-        str(machine.get("ip_address") or "-"),
-        machine_state(machine.get("state")),
-        training_text(machine.get("training")),
+        machine.mac_address,
+        machine.ip_address or "-",
+        machine_state(machine.state),
+        training_text(machine.training),
         outlet,
-        str(machine.get("local_tty_device") or "-"),
-        yes_no(machine.get("ready_for_service")),
-        yes_no(machine.get("is_retired"), yes_style="bold yellow"),
+        machine.local_tty_device or "-",
+        yes_no(machine.ready_for_service),
+        yes_no(machine.is_retired, yes_style="bold yellow"),
         runner_text(machine),
     )
 
 
-def name_cell(machine: dict[str, Any]) -> Any:
+def name_cell(machine: Machine) -> Any:
     """The Name cell: the name, and ``[held]`` in red while a registration of it waits for the operator."""
-    name = str(machine.get("full_name") or machine.get("base_name") or "?")
-    if not machine.get("pending_registration"):
+    name = machine.full_name or machine.base_name or "?"
+    if not machine.pending_registration:
         return name
     cell = Text(name)
     cell.append(" [held]", style="bold red")
     return cell
 
 
-def runner_text(machine: dict[str, Any]) -> Text:
+def runner_text(machine: Machine) -> Text:
     """The Runner cell: ``#<id>`` per GitLab runner, ``pending``/``deleting``/``error`` in colour, ``-`` none."""
-    runners = machine.get("runners") or []
-    if not runners:
-        return Text("-" if machine.get("gitlab_exposed", True) else "off", style="dim")
+    if not machine.runners:
+        return Text("-" if machine.gitlab_exposed else "off", style="dim")
     cell = Text()
-    for info in runners:
+    for info in machine.runners:
         if cell:
             cell.append(" ")
-        state = info.get("state")
-        if info.get("error"):
+        state = info.state
+        if info.error:
             cell.append("error", style="bold red")
-        elif state == "ok" and info.get("runner_id") is not None:
-            cell.append(f"#{info['runner_id']}", style="green")
-        elif info.get("runner_id") is not None:
-            cell.append(f"#{info['runner_id']} {state}", style="yellow")
+        elif state == "ok" and info.runner_id is not None:
+            cell.append(f"#{info.runner_id}", style="green")
+        elif info.runner_id is not None:
+            cell.append(f"#{info.runner_id} {state}", style="yellow")
         else:
             cell.append(str(state or "?"), style="yellow")
     return cell
@@ -169,13 +162,13 @@ class DutsScreen(FarmScreen):
         if changes.machines:
             self._apply({mac: model.machines[mac] for mac in changes.machines if mac in model.machines})
 
-    def _apply(self, machines: dict[str, dict[str, Any]]) -> None:
+    def _apply(self, machines: dict[str, Machine]) -> None:
         table = self.table
         cursor = self.cursor_mac()
         resort = False
         for mac, machine in machines.items():
             cells = machine_cells(machine)
-            if machine.get("pending_registration"):
+            if machine.pending_registration:
                 self.held.add(mac)
             else:
                 self.held.discard(mac)

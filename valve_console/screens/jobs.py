@@ -21,6 +21,7 @@ from textual.widgets import DataTable, Static
 
 from ..client import FarmClientError
 from ..console_data import Changes, FarmModel
+from ..contract import Job
 from ..widgets.console_view import ConsoleView
 from ..widgets.keyed_table import cursor_key, select_key
 from .base import FarmScreen
@@ -68,12 +69,12 @@ def format_when(stamp: Any) -> str:
         return "?"
 
 
-def format_duration(job: dict[str, Any]) -> str:
+def format_duration(job: Job) -> str:
     """How long the job ran (runs, for a running one); '-' before it started."""
-    start = job.get("started_at")
+    start = job.started_at
     if not start:
         return "-"
-    end = job.get("ended_at") or (now() if job.get("status") == "RUNNING" else None)
+    end = job.ended_at or (now() if job.status == "RUNNING" else None)
     if end is None:
         return "-"
     seconds = max(0, int(float(end) - float(start)))
@@ -87,17 +88,25 @@ def status_badge(status: Any) -> Text:
     return Text(text, style=STATUS_STYLES.get(text, ""))
 
 
-def job_cells(job: dict[str, Any], model: FarmModel) -> tuple[Any, ...]:
-    position = job.get("position")
-    queue = str(position) if job.get("status") == "QUEUED" and position is not None else "-"
+def job_cells(job: Job, model: FarmModel) -> tuple[Any, ...]:
+    position = job.position
+    queue = str(position) if job.status == "QUEUED" and position is not None else "-"
     return (
-        str(job.get("id") or "?"),
+        job.id or "?",
         model.job_machine_name(job),
-        status_badge(job.get("status")),
-        str(job.get("state") or "-"),
+        status_badge(job.status),
+        job.state or "-",
         queue,
-        format_when(job.get("submitted_at")),
+        format_when(job.submitted_at),
         format_duration(job),
+    )
+
+
+def unknown_job(job_id: str) -> Job:
+    """A job the console has not heard of (yet): only its id."""
+    return Job.model_construct(
+        id=job_id, machine="", status=None, state="", position=0, submitted_at=0.0, started_at=None, ended_at=None,
+        target=None, result=None, console_start=None, console_end=None, training=None, job=None,
     )
 
 
@@ -105,8 +114,8 @@ def plain(value: Any) -> str:
     return value.plain if isinstance(value, Text) else str(value)
 
 
-def newest_first(jobs: dict[str, dict[str, Any]]) -> list[str]:
-    return sorted(jobs, key=lambda i: (float(jobs[i].get("submitted_at") or 0), i), reverse=True)
+def newest_first(jobs: dict[str, Job]) -> list[str]:
+    return sorted(jobs, key=lambda i: (float(jobs[i].submitted_at or 0), i), reverse=True)
 
 
 class JobTable(DataTable[Any]):
@@ -153,7 +162,7 @@ class JobsScreen(FarmScreen):
     def farm_changes(self, changes: Changes, model: FarmModel) -> None:
         ids = [j for j in changes.jobs if j in model.jobs]
         if changes.machines:  # machine names in the Machine column
-            ids += [j for j, job in model.jobs.items() if job.get("machine") in changes.machines and j not in ids]
+            ids += [j for j, job in model.jobs.items() if job.machine in changes.machines and j not in ids]
         if ids:
             self._apply(model, ids)
 
@@ -182,14 +191,14 @@ class JobsScreen(FarmScreen):
         table = self.table
         cursor = self.cursor_job()
         table.clear()
-        for job_id in newest_first({j: model.jobs.get(j, {}) for j in self.rows}):
+        for job_id in newest_first({j: model.jobs.get(j) or unknown_job(j) for j in self.rows}):
             table.add_row(*self.rows[job_id], key=job_id)
         select_key(table, cursor)
 
     def _tick(self) -> None:
         """The durations of running jobs go on."""
         for job_id, job in self.model.jobs.items():
-            if job.get("status") == "RUNNING" and job_id in self.rows:
+            if job.status == "RUNNING" and job_id in self.rows:
                 old = self.rows[job_id]
                 cells = job_cells(job, self.model)
                 self.rows[job_id] = cells
@@ -200,7 +209,7 @@ class JobsScreen(FarmScreen):
         jobs = self.model.jobs
         counts: dict[str, int] = {}
         for job in jobs.values():
-            status = str(job.get("status") or "?")
+            status = job.status or "?"
             counts[status] = counts.get(status, 0) + 1
         text = Text()
         text.append(f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}")
@@ -272,8 +281,8 @@ class JobConsoleScreen(ModalScreen[None]):
         return cast("ConsoleApp", self.app)
 
     @property
-    def job(self) -> dict[str, Any]:
-        return self.console_app.model.jobs.get(self.job_id) or {"id": self.job_id}
+    def job(self) -> Job:
+        return self.console_app.model.jobs.get(self.job_id) or unknown_job(self.job_id)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="job-console-dialog"):
@@ -313,13 +322,13 @@ class JobConsoleScreen(ModalScreen[None]):
         text = Text()
         text.append(f" {self.job_id} ", style="bold")
         text.append(f" on {model.job_machine_name(job)}  ")
-        text.append_text(status_badge(job.get("status")))
-        text.append(f" ({job.get('state') or '-'})")
-        if job.get("status") == "QUEUED":
-            text.append(f"  {job.get('position') or 0} job(s) ahead")
-        text.append(f"  submitted {format_when(job.get('submitted_at'))}  duration {format_duration(job)}")
-        if job.get("result"):
-            text.append(f"\n {job['result']}", style="dim")
+        text.append_text(status_badge(job.status))
+        text.append(f" ({job.state or '-'})")
+        if job.status == "QUEUED":
+            text.append(f"  {job.position or 0} job(s) ahead")
+        text.append(f"  submitted {format_when(job.submitted_at)}  duration {format_duration(job)}")
+        if job.result:
+            text.append(f"\n {job.result}", style="dim")
         if note:
             text.append(f"\n {note}", style="dim")
         text.append(f"\n esc: close{self.console_app.dash}x: cancel the job{self.console_app.dash}/: search",
@@ -331,9 +340,9 @@ class JobConsoleScreen(ModalScreen[None]):
         self._update_info()
 
     def farm_changes(self, changes: Changes, model: FarmModel) -> None:
-        job = model.jobs.get(self.job_id) or {}
-        mac = job.get("machine")
-        if mac and mac in changes.console_text and job.get("status") == "RUNNING":
+        job = model.jobs.get(self.job_id)
+        mac = job.machine if job else None
+        if job and mac and mac in changes.console_text and job.status == "RUNNING":
             text = "".join(changes.console_text[mac])
             if self._loading is not None:
                 self._loading.append(text)

@@ -21,6 +21,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
+from ..contract import Machine, Training
 
 if TYPE_CHECKING:
     from ..app import ConsoleApp
@@ -47,22 +48,22 @@ HELD_QUESTIONS = {
 }
 
 
-def held_lines(machine: dict[str, Any]) -> Text:
+def held_lines(machine: Machine) -> Text:
     """A held registration in words: where from, when, why, and each field now → asked ('' when none)."""
-    pending = machine.get("pending_registration")
+    pending = machine.pending_registration
     text = Text()
-    if not isinstance(pending, dict):
+    if pending is None:
         return text
-    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(pending.get("at") or 0)))
-    attempts = int(pending.get("attempts") or 1)
-    text.append(f"Registration held for you: from {pending.get('source')} at {at}", style="bold red")
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(pending.at or 0)))
+    attempts = int(pending.attempts or 1)
+    text.append(f"Registration held for you: from {pending.source} at {at}", style="bold red")
     if attempts > 1:
         text.append(f" ({attempts} attempts)", style="bold red")
-    for reason in pending.get("reasons") or []:
+    for reason in pending.reasons:
         text.append(f"\n  why: {reason}", style="red")
-    changes = pending.get("changes") or {}
+    changes = pending.changes
     for key, value in changes.items():
-        text.append(f"\n  {key}: {_shown(machine.get(key))} -> {_shown(value)}")
+        text.append(f"\n  {key}: {_shown(getattr(machine, key, None))} -> {_shown(value)}")
     if not changes:
         text.append("\n  (it asks for no change)", style="dim")
     text.append("\n  a apply it   r drop it", style="bold")
@@ -77,36 +78,34 @@ def _shown(value: Any) -> str:
 
 def held_action(app: "ConsoleApp", mac: str, decision: str) -> None:
     """Approve or reject a machine's held registration after a confirmation; the outcome is reported."""
-    machine = app.model.machines.get(mac) or {}
-    pending = machine.get("pending_registration")
+    machine = app.model.machines.get(mac)
+    pending = machine.pending_registration if machine else None
     name = app.model.machine_name(mac)
-    if not isinstance(pending, dict):
+    if pending is None:
         app.report(f"{name} has no held registration", "warning")
         return
-    changes = ", ".join(f"{k} -> {_shown(v)}" for k, v in (pending.get("changes") or {}).items()) or "No change."
+    changes = ", ".join(f"{k} -> {_shown(v)}" for k, v in pending.changes.items()) or "No change."
     question, label, danger = HELD_QUESTIONS[decision]
     decided = "applied" if decision == "approve" else "dropped"
     call = app.client.approve_registration if decision == "approve" else app.client.reject_registration
     app.run_confirmed(
-        question.format(name=name, source=pending.get("source"), changes=changes), lambda: call(mac),
+        question.format(name=name, source=pending.source, changes=changes), lambda: call(mac),
         label=label, danger=danger, group=f"held-{mac}",
         failed=f"{decision} the held registration of {name} failed", success=f"{name}: held registration {decided}",
     )
 
 
-def training_summary(training: Any) -> str:
+def training_summary(training: Training | None) -> str:
     """One line: the state and n/N, e.g. ``looping 2/20 (2 passed, 19 needed)``."""
-    if not isinstance(training, dict):
+    if training is None:
         return "never trained"
-    state = training.get("state") or "?"
-    loop, loops = training.get("loop", 0), training.get("loops", 0)
-    passes, qualify = training.get("passes", 0), training.get("qualify", 0)
-    text = f"{state} {loop}/{loops} ({passes} passed, {qualify} needed)"
-    if state == "cooldown" and training.get("next_attempt_at"):
-        left = max(0.0, float(training["next_attempt_at"]) - time.time())
+    state = training.state or "?"
+    text = f"{state} {training.loop}/{training.loops} ({training.passes} passed, {training.qualify} needed)"
+    if state == "cooldown" and training.next_attempt_at:
+        left = max(0.0, float(training.next_attempt_at) - time.time())
         text += f", retried in {left:.0f} s"
-    if training.get("attempt"):
-        text += f", failed trainings: {training['attempt']}"
+    if training.attempt:
+        text += f", failed trainings: {training.attempt}"
     return text
 
 
@@ -118,7 +117,7 @@ def training_action(app: "ConsoleApp", mac: str, action: str) -> None:
     app.run_confirmed(
         question.format(name=name), lambda: app.client.training(mac, action), label=label, danger=danger,
         group=f"training-{mac}", failed=f"{action} training of {name} failed",
-        success=lambda machine: f"{name}: {DONE[action]} (state {machine.get('state')})",
+        success=lambda machine: f"{name}: {DONE[action]} (state {machine.state})",
     )
 
 
@@ -175,8 +174,8 @@ class MachineDetailScreen(ModalScreen[None]):
 
     def refresh_view(self) -> None:
         machine = self.console_app.model.machines.get(self.mac)
-        key = (id(machine), time.time() // 1 if machine and (machine.get("training") or {}).get("state") ==
-               "cooldown" else 0)
+        cooling = machine is not None and machine.training is not None and machine.training.state == "cooldown"
+        key = (id(machine), time.time() // 1 if cooling else 0)
         if key == self._shown:
             return
         self._shown = key
@@ -186,54 +185,54 @@ class MachineDetailScreen(ModalScreen[None]):
             head.append(f"{self.mac}: this machine is gone", style="bold red")
             self.query_one("#detail-head", Static).update(head)
             return
-        pdu = machine.get("pdu") or {}
+        pdu = machine.pdu
         held = self.query_one("#detail-held", Static)
         held.update(held_lines(machine))
-        held.display = bool(machine.get("pending_registration"))
-        head.append(f"{machine.get('full_name') or self.mac}", style="bold")
-        head.append(f"  {self.mac}  {machine.get('ip_address') or '-'}  state ")
-        head.append(str(machine.get("state")), style="bold")
-        head.append(f"\noutlet {pdu.get('name') or '-'}/{pdu.get('port_id') or '-'}"
-                    f"  tty {machine.get('local_tty_device') or '-'}"
-                    f"  ready {'yes' if machine.get('ready_for_service') else 'no'}"
-                    f"  retired {'yes' if machine.get('is_retired') else 'no'}")
-        head.append(f"\ntags {', '.join(machine.get('tags') or []) or '-'}", style="dim")
-        training = machine.get("training")
+        held.display = bool(machine.pending_registration)
+        head.append(f"{machine.full_name or self.mac}", style="bold")
+        head.append(f"  {self.mac}  {machine.ip_address or '-'}  state ")
+        head.append(str(machine.state), style="bold")
+        head.append(f"\noutlet {pdu.name or '-'}/{pdu.port_id or '-'}"
+                    f"  tty {machine.local_tty_device or '-'}"
+                    f"  ready {'yes' if machine.ready_for_service else 'no'}"
+                    f"  retired {'yes' if machine.is_retired else 'no'}")
+        head.append(f"\ntags {', '.join(machine.tags) or '-'}", style="dim")
+        training = machine.training
         head.append("\nTraining: ")
-        state = training.get("state") if isinstance(training, dict) else None
+        state = training.state if training is not None else None
         head.append(training_summary(training), style=STATE_STYLE.get(state or "", ""))
-        if isinstance(training, dict):
-            if training.get("reason"):
-                head.append(f"\nwhy: {training['reason']}", style="dim")
-            if training.get("job"):
-                head.append(f"\nrunning job {training['job']}", style="dim")
-            override = (machine.get("training_loops"), machine.get("training_qualify"))
+        if training is not None:
+            if training.reason:
+                head.append(f"\nwhy: {training.reason}", style="dim")
+            if training.job:
+                head.append(f"\nrunning job {training.job}", style="dim")
+            override = (machine.training_loops, machine.training_qualify)
             if override != (None, None):
                 head.append(f"\nper-machine override: loops {override[0] or 'default'}, "
                             f"qualify {override[1] or 'default'}", style="dim")
         self.query_one("#detail-head", Static).update(head)
         table = self.query_one("#detail-results", DataTable)
         table.clear()
-        results = training.get("results", []) if isinstance(training, dict) else []
+        results = training.results if training is not None else []
         for index, result in enumerate(results):
-            loop = result.get("loop")
-            status = str(result.get("status"))
+            loop = result.loop
+            status = str(result.status)
             table.add_row(
                 "registration" if loop == 0 else str(loop),
                 Text(status, style=STATUS_STYLE.get(status, "bold red")),
-                str(result.get("job") or "-"),
-                str(result.get("why") or ""),
+                result.job or "-",
+                result.why or "",
                 key=str(index),
             )
-        failures = training.get("failures", []) if isinstance(training, dict) else []
+        failures = training.failures if training is not None else []
         text = Text()
         if failures:
             text.append(f"Failures ({len(failures)}):\n", style="bold red")
             for failure in failures[-6:]:
-                loop = failure.get("loop")
+                loop = failure.loop
                 where = "registration" if loop == 0 else f"loop {loop}"
-                text.append(f"  {where}: {failure.get('status')} {failure.get('job') or ''}: {failure.get('why')}\n")
-        elif isinstance(training, dict):
+                text.append(f"  {where}: {failure.status} {failure.job or ''}: {failure.why}\n")
+        elif training is not None:
             text.append("No failures.", style="green")
         self.query_one("#detail-failures", Static).update(text)
 

@@ -19,6 +19,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from ..client import FarmClientError
 from ..console_data import Changes, FarmModel, outlet_of
+from ..contract import Machine, SerialDevice
 from ..widgets.state_badge import outlet_badge
 from .base import FarmScreen
 
@@ -34,9 +35,9 @@ def format_delay(value: Any) -> str:
     return str(int(number)) if number.is_integer() else f"{number:g}"
 
 
-def own_delay(machine: dict[str, Any]) -> Any:
+def own_delay(machine: Machine) -> float | None:
     """The machine's own off delay, or None when it uses the farm's default."""
-    return None if machine.get("pdu_off_delay_is_default") else machine.get("pdu_off_delay")
+    return None if machine.pdu_off_delay_is_default else machine.pdu_off_delay
 
 
 def parse_tags(text: str) -> list[str]:
@@ -102,7 +103,7 @@ class MachineFormScreen(FarmScreen):
     def __init__(self) -> None:
         super().__init__()
         self.mac: str | None = None
-        self.original: dict[str, Any] = {}
+        self.original: Machine | None = None
         self._loaded_target: str | None = None
         self._machine_values: set[str] = set()
         self.original_console: dict[str, Any] = {"device": None, "remote": None}
@@ -199,11 +200,11 @@ class MachineFormScreen(FarmScreen):
         keep = self.original_outlet[1] if self.original_outlet[0] == pdu else None
         options = []
         for port in self.model.free_ports(pdu, keep=keep):
-            info = self.model.outlet(pdu, port) or {}
+            info = self.model.outlet(pdu, port)
             label = Text(f"{port}  ")
-            label.append_text(outlet_badge(info.get("state")))
-            if info.get("label"):
-                label.append(f"  {info['label']}", style="dim")
+            label.append_text(outlet_badge(info.state if info else None))
+            if info and info.label:
+                label.append(f"  {info.label}", style="dim")
             if port == keep:
                 label.append("  (current)", style="bold")
             options.append((label, port))
@@ -226,13 +227,13 @@ class MachineFormScreen(FarmScreen):
             return
         self.mac = mac
         self._loaded_target = mac
-        self.original = dict(machine)
+        self.original = machine
         pdu, port = outlet_of(machine)
         self._clear_errors()
         title = Text()
-        title.append(f"{machine.get('full_name') or mac}", style="bold")
-        title.append(f"  {mac}  {machine.get('ip_address') or '-'}  state {machine.get('state')}")
-        registered = machine.get("registered_tags") or []
+        title.append(f"{machine.full_name or mac}", style="bold")
+        title.append(f"  {mac}  {machine.ip_address or '-'}  state {machine.state}")
+        registered = machine.registered_tags
         if registered:
             title.append(f"\nregistered tags: {', '.join(registered)}", style="dim")
         self.query_one("#form-title", Static).update(title)
@@ -253,32 +254,34 @@ class MachineFormScreen(FarmScreen):
                 port_select.value = port
             else:
                 port_select.value = Select.NULL
-        self.query_one("#form-tty", Input).value = machine.get("local_tty_device") or ""
-        self.query_one("#form-tags", Input).value = ", ".join(machine.get("manual_tags") or [])
+        self.query_one("#form-tty", Input).value = machine.local_tty_device or ""
+        self.query_one("#form-tags", Input).value = ", ".join(machine.manual_tags)
         delay_input = self.query_one("#form-delay", Input)
         delay_input.value = format_delay(own_delay(machine))
-        if machine.get("pdu_off_delay_is_default"):
-            delay_input.placeholder = f"empty: the farm default ({format_delay(machine.get('pdu_off_delay'))} s)"
-        self.query_one("#form-comment", Input).value = machine.get("comment") or ""
-        for box_id, key in (
-            ("#form-ready", "ready_for_service"),
-            ("#form-retired", "is_retired"),
-            ("#form-gitlab", "gitlab_exposed"),
+        if machine.pdu_off_delay_is_default:
+            delay_input.placeholder = f"empty: the farm default ({format_delay(machine.pdu_off_delay)} s)"
+        self.query_one("#form-comment", Input).value = machine.comment or ""
+        for box_id, value in (
+            ("#form-ready", machine.ready_for_service),
+            ("#form-retired", machine.is_retired),
+            ("#form-gitlab", machine.gitlab_exposed),
         ):
             box = self.query_one(box_id, Checkbox)
-            box.value = bool(machine.get(key, key == "gitlab_exposed"))
+            box.value = bool(value)
             self._label_checkbox(box)
-        console = self.model.consoles.get(mac) or {}
-        self.original_console = {"device": console.get("device") or None, "remote": console.get("remote") or None}
+        console = self.model.consoles.get(mac)
+        self.original_console = {"device": (console.device if console else None) or None,
+                                 "remote": (console.remote if console else None) or None}
         self._update_device_options(self.model.devices, select_original=True)
         self.query_one("#form-remote", Input).value = self.original_console["remote"] or ""
-        training = machine.get("training") or {}
-        for key, name in (("training_loops", "loops"), ("training_qualify", "qualify")):
+        training = machine.training
+        for own, last, name in ((machine.training_loops, training and training.loops, "loops"),
+                                (machine.training_qualify, training and training.qualify, "qualify")):
             box = self.query_one(f"#form-{name}", Input)
-            box.value = "" if machine.get(key) is None else str(machine.get(key))
-            if training.get(name):
+            box.value = "" if own is None else str(own)
+            if last:
                 what = "loops" if name == "loops" else "passes needed"
-                box.placeholder = f"{what} (empty: the farm's; last training: {training.get(name)})"
+                box.placeholder = f"{what} (empty: the farm's; last training: {last})"
         self.query_one("#form-pdu", Select).focus()
         self.refresh_devices()
 
@@ -293,20 +296,20 @@ class MachineFormScreen(FarmScreen):
         self.model.devices = devices
         self._update_device_options(devices)
 
-    def _update_device_options(self, devices: dict[str, dict[str, Any]], select_original: bool = False) -> None:
+    def _update_device_options(self, devices: dict[str, SerialDevice], select_original: bool = False) -> None:
         select = self.query_one("#form-condev", Select)
         current = self.original_console["device"] if select_original else select.value
         options: list[tuple[Text, str]] = []
         for ident, info in sorted(devices.items()):
-            label = Text(str(info.get("devnode") or ident))
-            if info.get("serial"):
-                label.append(f"  serial {info['serial']}", style="dim")
+            label = Text(str(info.devnode or ident))
+            if info.serial:
+                label.append(f"  serial {info.serial}", style="dim")
             label.append(f"  {ident}", style="dim")
-            owner = info.get("machine")
+            owner = info.machine
             if owner and owner != self.mac:
                 label.append(f"  (console of {self.model.machine_name(owner)})", style="yellow")
-            if info.get("error"):
-                label.append(f"  {info['error']}", style="red")
+            if info.error:
+                label.append(f"  {info.error}", style="red")
             options.append((label, ident))
         if isinstance(current, str) and current not in devices:
             options.append((Text(f"{current}  (not present)"), current))
@@ -361,6 +364,8 @@ class MachineFormScreen(FarmScreen):
         ok = True
         fields: dict[str, Any] = {}
         original = self.original
+        if original is None:
+            return {}  # no machine loaded: nothing changed
         pdu_value = self.query_one("#form-pdu", Select).value
         port_value = self.query_one("#form-port", Select).value
         pdu = pdu_value if isinstance(pdu_value, str) else None
@@ -377,7 +382,7 @@ class MachineFormScreen(FarmScreen):
         if tty is not None and not _TTY.fullmatch(tty):
             self._field_error("tty", "a device name such as ttyUSB0 (letters, digits, . _ : / -)")
             ok = False
-        elif tty != (original.get("local_tty_device") or None):
+        elif tty != (original.local_tty_device or None):
             fields["local_tty_device"] = tty
 
         tags = parse_tags(self.query_one("#form-tags", Input).value)
@@ -385,7 +390,7 @@ class MachineFormScreen(FarmScreen):
         if bad:
             self._field_error("tags", "a tag is at most 256 characters")
             ok = False
-        elif tags != list(original.get("manual_tags") or []):
+        elif tags != list(original.manual_tags):
             fields["manual_tags"] = tags
 
         delay_text = self.query_one("#form-delay", Input).value.strip()
@@ -407,20 +412,20 @@ class MachineFormScreen(FarmScreen):
                         fields["pdu_off_delay"] = delay
 
         comment = self.query_one("#form-comment", Input).value
-        if comment != (original.get("comment") or ""):
+        if comment != (original.comment or ""):
             fields["comment"] = comment
         ready = self.query_one("#form-ready", Checkbox).value
-        if ready != bool(original.get("ready_for_service")):
+        if ready != bool(original.ready_for_service):
             fields["ready_for_service"] = ready
         retired = self.query_one("#form-retired", Checkbox).value
-        if retired != bool(original.get("is_retired")):
+        if retired != bool(original.is_retired):
             fields["is_retired"] = retired
         exposed = self.query_one("#form-gitlab", Checkbox).value
-        if exposed != bool(original.get("gitlab_exposed", True)):
+        if exposed != bool(original.gitlab_exposed):
             fields["gitlab_exposed"] = exposed
-        for key, name in (("training_loops", "loops"), ("training_qualify", "qualify")):
+        for key, name, before in (("training_loops", "loops", original.training_loops),
+                                  ("training_qualify", "qualify", original.training_qualify)):
             text = self.query_one(f"#form-{name}", Input).value.strip()
-            before = original.get(key)
             if text == ("" if before is None else str(before)):
                 continue
             if not text:
@@ -481,8 +486,8 @@ class MachineFormScreen(FarmScreen):
                     self._field_error(field, message)
                 self.console_app.report(f"saving {self.model.machine_name(mac)} failed: {message}", "error")
                 return
-            if isinstance(answer, dict) and answer.get("mac_address") == mac:
-                self.original = dict(answer)  # saving again does not repeat this PATCH
+            if answer.mac_address == mac:
+                self.original = answer  # saving again does not repeat this PATCH
         saved = list(fields)
         problems: list[str] = []
         for key, field, call, what in (

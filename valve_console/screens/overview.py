@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from rich.table import Table
 from rich.text import Text
@@ -69,28 +68,27 @@ class OverviewScreen(FarmScreen):
 
     def _show_farm(self, model: FarmModel) -> None:
         health = model.health
-        uptime = float(health.get("uptime") or 0) + (time.monotonic() - model.fetched_at)
+        uptime = float(health.uptime if health else 0) + (time.monotonic() - model.fetched_at)
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
         table.add_column()
-        table.add_row("farm", str(health.get("farm_name") or "?"))
-        table.add_row("API", str(health.get("api") or "-"))
-        table.add_row("netconsole", str(health.get("netconsole") or "-"))
-        table.add_row("version", str(health.get("version") or "?"))
+        table.add_row("farm", (health.farm_name if health else "") or "?")
+        table.add_row("API", (health.api if health else "") or "-")
+        table.add_row("netconsole", (health.netconsole if health else "") or "-")
+        table.add_row("version", (health.version if health else "") or "?")
         table.add_row("uptime", format_uptime(uptime))
         table.add_row("backend", self.console_app.client.describe)
         self.query_one("#farm-info", Static).update(table)
 
     def _show_services(self, model: FarmModel) -> None:
-        services: dict[str, Any] = model.health.get("services") or {}
+        services = model.health.services if model.health else {}
         table = Table.grid(padding=(0, 2))
         table.add_column()
         table.add_column(style="bold")
         table.add_column()
         for name, info in services.items():
-            info = info or {}
-            reason = info.get("reason") or ""
-            table.add_row(service_badge(info.get("state")), name, Text(str(reason), style="dim" if not reason else ""))
+            reason = info.reason or ""
+            table.add_row(service_badge(info.state), name, Text(reason, style="dim" if not reason else ""))
         if not services:
             table.add_row("", "no service reported", "")
         self.query_one("#services", Static).update(table)
@@ -100,10 +98,9 @@ class OverviewScreen(FarmScreen):
         for column in ("name", "state", "MAC", "addresses"):
             table.add_column(column)
         for iface in model.gateway:
-            state = str(iface.get("state") or "?")
+            state = iface.state or "?"
             badge = Text(f"[{state.upper():^4}]", style="bold green" if state == "up" else "red")
-            table.add_row(str(iface.get("name")), badge, str(iface.get("mac") or "-"),
-                          ", ".join(iface.get("addresses") or []) or "-")
+            table.add_row(iface.name, badge, iface.mac or "-", ", ".join(iface.addresses) or "-")
         if not model.gateway:
             table.add_row("-", "", "", Text("no interface reported"))
         self.query_one("#interfaces", Static).update(table)
@@ -129,8 +126,8 @@ class OverviewScreen(FarmScreen):
             detail.append(f" {outlets['other']}")
         table.add_row("outlets", str(sum(outlets.values())), detail)
         table.add_row("PDUs", str(counts["pdus"]), "")
-        typing = f", {counts['consoles_typing']} typed into" if counts.get("consoles_typing") else ""
+        typing = f", {counts['consoles_typing']} typed into" if counts["consoles_typing"] else ""
         table.add_row("consoles", str(counts["consoles"]), f"{counts['consoles_connected']} connected{typing}")
-        queued = f", {counts['jobs_queued']} queued" if counts.get("jobs_queued") else ""
+        queued = f", {counts['jobs_queued']} queued" if counts["jobs_queued"] else ""
         table.add_row("jobs", str(counts["jobs"]), f"running{queued}")
         self.query_one("#farm-counts", Static).update(table)

@@ -17,6 +17,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static
 
 from ..console_data import Changes, FarmModel, outlet_of
+from ..contract import Pdu
 from ..widgets.outlet_grid import OutletGrid
 from .base import FarmScreen
 
@@ -40,25 +41,25 @@ class PduSection(Vertical):
         yield self.info
         yield self.grid
 
-    def sync(self, pdu: dict[str, Any], model: FarmModel) -> None:
+    def sync(self, pdu: Pdu, model: FarmModel) -> None:
         self.update_info(pdu)
         self.grid.sync(pdu, model)
 
-    def update_info(self, pdu: dict[str, Any]) -> None:
-        state = str(pdu.get("state") or "unknown")
+    def update_info(self, pdu: Pdu) -> None:
+        state = pdu.state or "unknown"
         self.border_title = f" {self.pdu_name} "
         info = Text()
-        info.append(f"driver {pdu.get('driver') or pdu.get('pdu_model') or '?'}  ")
-        config = pdu.get("config") or {}
+        info.append(f"driver {pdu.driver or pdu.pdu_model or '?'}  ")
+        config = pdu.config
         if "hostname" in config:
             info.append(f"at {config['hostname']}  ")
         style = {"reachable": "bold green", "unreachable": "bold red"}.get(state, "yellow")
         info.append(f"[{state}]", style=style)
-        ports = pdu.get("ports") or {}
-        on = sum(1 for p in ports.values() if str(p.get("state")).upper() == "ON")
+        ports = pdu.ports
+        on = sum(1 for p in ports.values() if str(p.state).upper() == "ON")
         info.append(f"  {len(ports)} outlets, {on} on")
-        if pdu.get("error"):
-            info.append(f"  error: {pdu['error']}", style="red")
+        if pdu.error:
+            info.append(f"  error: {pdu.error}", style="red")
         self.info.update(info)
 
 
@@ -96,7 +97,7 @@ class PdusScreen(FarmScreen):
     # ---------------------------------------------------------------- discovery
     def _discovering(self) -> bool:
         discovery = self.model.discovery
-        return bool(discovery.get("current") or discovery.get("queue"))
+        return bool(discovery.current or discovery.queue)
 
     def _tick_discovery(self) -> None:
         if self._discovering():
@@ -106,13 +107,13 @@ class PdusScreen(FarmScreen):
         """The status line: the outlet being discovered, the time left, how many are queued."""
         status = self.query_one("#discovery-status", Static)
         discovery = model.discovery
-        current = discovery.get("current")
-        queue = discovery.get("queue") or []
+        current = discovery.current
+        queue = discovery.queue
         dash = self.console_app.dash
         text = Text()
         if current:
             remaining = model.discovery_remaining() or 0.0
-            text.append(f"discovering {current.get('pdu')}/{current.get('port_id')}", style="bold")
+            text.append(f"discovering {current.pdu}/{current.port_id}", style="bold")
             text.append(f"{dash}{remaining:.0f} s left")
             if queue:
                 text.append(f", {len(queue)} more queued")
@@ -181,7 +182,7 @@ class PdusScreen(FarmScreen):
             self._update_empty()
             self._focus_grid()
 
-    def _sync_pdu(self, name: str, pdu: dict[str, Any], model: FarmModel) -> None:
+    def _sync_pdu(self, name: str, pdu: Pdu, model: FarmModel) -> None:
         section = self.sections.get(name)
         if section is None:
             section = self.sections[name] = PduSection(name)

@@ -22,6 +22,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from valve_console.contract import JournalEntry, LogEntry
 from valve_console.widgets.sanitize import plain_text
 
 PRIORITY_NAMES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
@@ -41,17 +42,17 @@ class Entry:
     lower: str
 
     @classmethod
-    def from_backend(cls, data: dict[str, Any]) -> "Entry":
-        message = _clean(str(data.get("message", "")))
-        source = str(data.get("logger") or BACKEND_UNIT).removeprefix("valve_console.")
-        return cls(next(_ids), _ts(data.get("ts")), _prio(data.get("priority"), 6), BACKEND_UNIT, source,
+    def from_backend(cls, data: LogEntry) -> "Entry":
+        message = _clean(data.message)
+        source = (data.logger or BACKEND_UNIT).removeprefix("valve_console.")
+        return cls(next(_ids), _ts(data.ts), _prio(data.priority, 6), BACKEND_UNIT, source,
                    message, f"{source} {message}".lower())
 
     @classmethod
-    def from_journal(cls, data: dict[str, Any]) -> "Entry":
-        message = _clean(str(data.get("message", "")))
-        unit = str(data.get("unit") or data.get("identifier") or "journal")
-        return cls(next(_ids), _ts(data.get("ts")), _prio(data.get("priority"), 6), unit, unit,
+    def from_journal(cls, data: JournalEntry) -> "Entry":
+        message = _clean(data.message)
+        unit = data.unit or "journal"
+        return cls(next(_ids), _ts(data.ts), _prio(data.priority, 6), unit, unit,
                    message, f"{unit} {message}".lower())
 
 

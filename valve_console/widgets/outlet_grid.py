@@ -6,13 +6,12 @@ Each cell shows three lines: the outlet id and its state as text and colour (``[
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.text import Text
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
 from ..console_data import FarmModel, port_sort_key
+from ..contract import Machine, Outlet, Pdu
 from .state_badge import outlet_badge
 
 PER_ROW = 8
@@ -30,7 +29,7 @@ class OutletGrid(DataTable[Text]):
         self.pdu = pdu
         self.ports: list[str] = []
         self._cells: dict[str, Text] = {}
-        self._pending: tuple[dict[str, Any], FarmModel] | None = None
+        self._pending: tuple[Pdu, FarmModel] | None = None
         self._ready = False
 
     def on_mount(self) -> None:
@@ -43,18 +42,17 @@ class OutletGrid(DataTable[Text]):
 
     # ---------------------------------------------------------------- content
     @staticmethod
-    def cell_text(port: str, info: dict[str, Any] | None, machine: dict[str, Any] | None) -> Text:
-        info = info or {}
+    def cell_text(port: str, info: Outlet | None, machine: Machine | None) -> Text:
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append(f"{port:>3} ", style="bold")
-        text.append_text(outlet_badge(info.get("state")))
-        if info.get("reserved"):
+        text.append_text(outlet_badge(info.state if info else None))
+        if info and info.reserved:
             text.append(" res", style="dim")
         text.append("\n")
-        text.append(str(info.get("label") or "")[:CELL_WIDTH], style="dim")
+        text.append(((info.label if info else None) or "")[:CELL_WIDTH], style="dim")
         text.append("\n")
         if machine is not None:
-            text.append(str(machine.get("full_name") or machine.get("mac_address"))[:CELL_WIDTH], style="cyan")
+            text.append((machine.full_name or machine.mac_address)[:CELL_WIDTH], style="cyan")
         else:
             text.append("-", style="dim")
         return text
@@ -76,12 +74,12 @@ class OutletGrid(DataTable[Text]):
             return None
         return self.port_at(self.cursor_coordinate)
 
-    def sync(self, pdu: dict[str, Any], model: FarmModel) -> None:
+    def sync(self, pdu: Pdu, model: FarmModel) -> None:
         """Show ``pdu``'s outlets: rebuild only when the set of outlets changed, else update cells."""
         if not self._ready:
             self._pending = (pdu, model)
             return
-        ports = sorted((pdu.get("ports") or {}).keys(), key=port_sort_key)
+        ports = sorted(pdu.ports, key=port_sort_key)
         if ports != self.ports:
             cursor = self.selected_port
             self.clear()
