@@ -108,7 +108,7 @@ class CallbackRelay:
         self.job = job
         self.callback = callback
         self.queue = service.listen(job)
-        self.task: Optional[asyncio.Task] = None
+        self.task: Optional[asyncio.Task[None]] = None
         self.ended = False  # session_end sent: the client may close now
 
     @property

@@ -38,7 +38,7 @@ class Pending:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     result: str | None = None  # found:<mac> | timeout | cancelled | failed:<reason>
     armed: bool = False  # the outlet is on: registrations may claim it
-    timer: asyncio.Task | None = None
+    timer: asyncio.Task[None] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,7 +58,7 @@ class DiscoveryService:
         self.bus = bus
         self.current: Pending | None = None
         self.queue: list[tuple[str, str]] = []
-        self._scan: asyncio.Task | None = None
+        self._scan: asyncio.Task[None] | None = None
         self._scan_timeout = DEFAULT_TIMEOUT
 
     # ---------------------------------------------------------------- state

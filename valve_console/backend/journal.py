@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from .events import EventBus
@@ -66,9 +67,9 @@ class JournalFollower:
         self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
         self.state = "starting"
         self.reason: str | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
-        self.on_health_change = lambda: None
+        self.on_health_change: Callable[[], None] = lambda: None
 
     def _set(self, state: str, reason: str | None) -> None:
         if (state, reason) != (self.state, self.reason):

@@ -38,7 +38,7 @@ from sqlmodel import Session, select
 from .errors import BadRequest, Conflict, FarmError, NotFound
 from .events import EventBus
 from .models import Machine, Training
-from .rules import machine_tags, normalise_mac  # normalise_mac: re-exported, its old home
+from .rules import machine_tags, normalise_mac as normalise_mac  # normalise_mac: re-exported, its old home
 from .store import Store
 
 if TYPE_CHECKING:

@@ -172,7 +172,7 @@ class ShareStore:
     def prune(self, keep: Iterable[str]) -> list[str]:
         """Remove the shares of jobs no longer in the history (and staging leftovers)."""
         kept = set(keep)
-        removed = []
+        removed: list[str] = []
         if not self.root.is_dir():
             return removed
         for path in self.root.iterdir():

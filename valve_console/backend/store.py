@@ -20,7 +20,7 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar, cast
 
 from sqlalchemy import event, exc as sa_exc, inspect as sa_inspect
 from sqlalchemy.engine import Engine
@@ -38,12 +38,12 @@ SCHEMA_VERSION = 5
 
 def _v2_machine_console(conn: Any) -> None:
     """v2: the ``machineconsole`` table (console TCP port index, serial device, remote source)."""
-    models.MachineConsole.__table__.create(conn, checkfirst=True)
+    cast(Any, models.MachineConsole).__table__.create(conn, checkfirst=True)  # SQLModel sets __table__
 
 
 def _v3_jobs(conn: Any) -> None:
     """v3: the ``job`` table (job history: status, machine, console offsets)."""
-    models.JobRow.__table__.create(conn, checkfirst=True)
+    cast(Any, models.JobRow).__table__.create(conn, checkfirst=True)  # SQLModel sets __table__
 
 
 _V4_MACHINE_COLUMNS = {
@@ -60,7 +60,7 @@ def _v4_training_gitlab(conn: Any) -> None:
         if name not in have:
             conn.exec_driver_sql(f"ALTER TABLE machine ADD COLUMN {name} {ddl}")
     for table in (models.Training, models.GitlabInstance, models.GitlabRunner):
-        table.__table__.create(conn, checkfirst=True)
+        cast(Any, table).__table__.create(conn, checkfirst=True)  # SQLModel sets __table__
 
 
 def _v5_machine_names(conn: Any) -> None:

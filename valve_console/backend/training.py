@@ -71,7 +71,7 @@ class TrainingService:
         self.base_delay = settings.training_retry_delay
         self.max_delay = max(settings.training_retry_max, 0.0)
         self.rows: dict[str, Training] = {}
-        self.tasks: dict[str, asyncio.Task] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
         self.current_job: dict[str, str] = {}  # mac -> the training job it waits for
         self._reason: dict[str, str] = {}  # mac -> why its next training starts (set before ready goes False)
         self._stopping = False

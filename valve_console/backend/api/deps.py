@@ -4,7 +4,7 @@ registration rate limit, and how values from the network are logged."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, cast
 
 from fastapi import Depends, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,7 +24,7 @@ TOKEN_NEEDED = (
 
 def get_farm(request: Request) -> "Farm":
     """The farm whose API this is (``create_app`` puts it in ``app.state.farm``)."""
-    return request.app.state.farm
+    return cast("Farm", request.app.state.farm)
 
 
 if TYPE_CHECKING:

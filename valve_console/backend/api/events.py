@@ -6,6 +6,7 @@ import asyncio
 from typing import AsyncIterator, Optional
 
 from fastapi import APIRouter, Query
+from sse_starlette import EventSourceResponse
 
 from ..errors import BadRequest
 from ..events import EVENT_TYPES
@@ -21,7 +22,7 @@ EVENTS_QUEUE_BYTES = 8 << 20  # ...and bytes of their encoding (a console event 
 @router.get("/api/v1/events", tags=["events"], responses=ERRORS, dependencies=SECRET_READ)
 async def events(
     farm: FarmDep, types: Optional[str] = Query(default=None, description="comma-separated event types")
-):
+) -> EventSourceResponse:
     wanted = None
     if types:
         wanted = {t.strip() for t in types.split(",") if t.strip()}

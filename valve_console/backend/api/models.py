@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
-from ..rules import MAC_PATTERN  # a MAC as normalise_mac() takes it, for the schema
+from ..rules import MAC_PATTERN as MAC_PATTERN  # a MAC as normalise_mac() takes it, for the schema
 
 
 class ErrorBody(BaseModel):
@@ -127,4 +127,6 @@ class ConsoleBind(BaseModel):
     replace: bool = Field(default=False, description="take the console from the stream it is live on")
 
 
-ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}
+}

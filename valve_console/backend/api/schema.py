@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from .models import MAC_PATTERN
 
@@ -72,6 +72,6 @@ def install_conformant_openapi(app: Any) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             conformant_openapi(generate_openapi())
-        return app.openapi_schema
+        return cast(dict[str, Any], app.openapi_schema)
 
     app.openapi = openapi

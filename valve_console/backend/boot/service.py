@@ -57,7 +57,7 @@ class BootService:
         self._dirty = True
         self._problems: set[str] = set()  # the problems already logged
         self._sub: Any = None
-        self._task: Optional[asyncio.Task] = None
+        self._task: Optional[asyncio.Task[None]] = None
 
     def _health(self, state: str, reason: Optional[str] = None) -> None:
         self.state, self.reason = state, reason

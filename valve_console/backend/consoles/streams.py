@@ -70,7 +70,7 @@ class Stream:
 @dataclass
 class DeviceState:
     info: Any  # drivers.serial.SerialDeviceInfo
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
     stream: Stream | None = None
     link: Any = None
     error: str | None = None

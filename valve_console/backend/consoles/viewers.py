@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from .limits import NOTICE_INTERVAL, SUBSCRIBER_MAX, VIEWER_HIGH, VIEWER_LOW
 
@@ -75,7 +75,7 @@ class TcpViewer(asyncio.Protocol):
         self._last_notice: tuple[float, str] = (0.0, "")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=VIEWER_HIGH, low=VIEWER_LOW)
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.who = f"tcp:{peer[0]}:{peer[1]}"

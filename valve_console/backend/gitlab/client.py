@@ -59,7 +59,7 @@ class GitlabApi:
         refused = None
         if inst.token:
             try:
-                r = self.user_runners.create({"runner_type": "instance_type", **fields})
+                r: Any = self.user_runners.create({"runner_type": "instance_type", **fields})
                 return int(r.id), str(r.token), parse_gitlab_time(r.attributes.get("token_expires_at"))
             except gitlab.GitlabError as exc:
                 if exc.response_code not in (403, 404):
@@ -134,7 +134,7 @@ class GitlabApi:
         import gitlab
 
         try:
-            items = self.gl.runners_all.list(get_all=True)
+            items: list[Any] = self.gl.runners_all.list(get_all=True)
         except gitlab.GitlabListError as exc:
             if exc.response_code not in (403, 404):
                 raise

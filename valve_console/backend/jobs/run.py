@@ -16,6 +16,7 @@ from .templating import MachineInfo
 
 if TYPE_CHECKING:
     from .executor import JobService, RunningJob
+    from .timeouts import Timeout
 
 
 POLL = 0.1  # seconds: the shortest wait of the boot loop (it never wakes faster than 10 Hz when idle)
@@ -183,7 +184,7 @@ class JobRun:
             await service._pump(job, self.jc, self.sub, 0)
         return True
 
-    async def watch(self) -> list:
+    async def watch(self) -> list[Timeout]:
         """Feed the console to the job console until a cancel, the session's end, a reboot asked for, or
         expired timeouts (returned)."""
         service, job, jc = self.service, self.job, self.jc
@@ -194,11 +195,11 @@ class JobRun:
                 return []
             if jc.session_ended or jc.needs_reboot:
                 return []
-            expired = self.timeouts.expired()
+            expired: list[Timeout] = self.timeouts.expired()
             if expired:
                 return expired
 
-    def judge(self, expired: list) -> bool:
+    def judge(self, expired: list[Timeout]) -> bool:
         """After a boot: retry its expired timeouts or abort; count a reboot. True: boot again."""
         jc, timeouts = self.jc, self.timeouts
         for timeout in expired:

@@ -24,7 +24,7 @@ _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 
 
-class _JobLoader(yaml.SafeLoader):
+class _JobLoader(yaml.SafeLoader):  # type: ignore[misc]  # yaml has no stubs: SafeLoader is Any
     """SafeLoader without YAML 1.1 base-60 numbers: ``52:54:00:11:22:33`` stays a string (a MAC).
 
     It counts the nodes it composes (aliases included) and stops at ``MAX_YAML_NODES``: a 1 MiB flow

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, cast, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -92,7 +92,7 @@ class BatchFallback:
 
     async def get_many(self, port_ids: list[str]) -> dict[str, PortState]:
         """The state of each outlet, in the order asked; the first failure raises."""
-        return {port_id: await self.get(port_id) for port_id in port_ids}
+        return {port_id: await cast(Any, self).get(port_id) for port_id in port_ids}
 
     async def set_many(self, states: dict[str, PortState]) -> None:
         """Switch each outlet in order. A failure on the first outlet raises as it is (the PDU may
@@ -100,7 +100,7 @@ class BatchFallback:
         applied: list[str] = []
         for port_id, state in states.items():
             try:
-                await self.set(port_id, state)
+                await cast(Any, self).set(port_id, state)
             except OutletError:
                 raise
             except DriverError as exc:
@@ -113,7 +113,7 @@ class BatchFallback:
 async def get_many(driver: Any, port_ids: list[str]) -> dict[str, PortState]:
     """``driver.get_many`` if it has one, else one ``get`` per outlet (drivers written elsewhere)."""
     if hasattr(driver, "get_many"):
-        return await driver.get_many(port_ids)
+        return cast(dict[str, PortState], await driver.get_many(port_ids))
     return await BatchFallback.get_many(driver, port_ids)
 
 
@@ -125,7 +125,10 @@ async def set_many(driver: Any, states: dict[str, PortState]) -> None:
         await BatchFallback.set_many(driver, states)
 
 
-def parse_config(model: type[DriverConfig], config: dict[str, Any] | None, driver: str) -> DriverConfig:
+_ConfigT = TypeVar("_ConfigT", bound=DriverConfig)
+
+
+def parse_config(model: type[_ConfigT], config: dict[str, Any] | None, driver: str) -> _ConfigT:
     """Validate ``config`` against ``model`` and turn pydantic's report into one readable line."""
     try:
         return model.model_validate(config or {})

@@ -164,7 +164,7 @@ class ConsoleLink(Protocol):
     """An open console byte channel. Bytes arrive through the callback given when it was opened."""
 
     name: str
-    closed: asyncio.Future  # resolves to None or the exception that ended the link
+    closed: asyncio.Future[Exception | None]  # resolves to None or the exception that ended the link
 
     def write(self, data: bytes) -> None: ...
 

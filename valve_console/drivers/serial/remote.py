@@ -236,7 +236,7 @@ class RemoteLink:
         self.spec = spec
         self.name = spec.url
         self.on_data = on_data
-        self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self.telnet = TelnetCodec(self._send_raw, spec.baud) if spec.scheme == "rfc2217" else None
 

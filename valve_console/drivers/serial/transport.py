@@ -28,7 +28,7 @@ class _SerialProtocol(asyncio.Protocol):
         # up when it registers the fd, just after this, so replacing it here takes effect. Should a
         # later release rename its internals, the library's own reader stays in place.
         if hasattr(transport, "_max_read_size"):
-            transport._max_read_size = READ_SIZE  # type: ignore[attr-defined]
+            transport._max_read_size = READ_SIZE
         ser = getattr(transport, "serial", None)
         close = getattr(transport, "_close", None)
         if ser is not None and callable(close) and hasattr(transport, "_read_ready"):
@@ -48,7 +48,7 @@ class _SerialProtocol(asyncio.Protocol):
                     return
                 deliver(data)
 
-            transport._read_ready = read_ready  # type: ignore[attr-defined]
+            transport._read_ready = read_ready
 
     def data_received(self, data: bytes) -> None:
         self.link.on_data(data)
@@ -66,7 +66,7 @@ class SerialLink:
         self.devnode = devnode
         self.baud = baud
         self.on_data = on_data
-        self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
 
     @property
