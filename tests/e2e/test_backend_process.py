@@ -78,14 +78,21 @@ def test_the_console_without_a_terminal_is_one_line_and_exit_2(tmp_path):
             "valve-console: the console needs a terminal (over ssh: ssh -t; without a console: --backend-only)"]
     assert not (tmp_path / "d").exists()  # refused before anything started
     # the headless modes need no terminal
-    demo = subprocess.Popen([*VALVE, "demo", "--headless", "--data-dir", str(tmp_path / "h"), "--vpdu-port", "0"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=ROOT)
+    # stderr to a file, not a pipe nobody reads (a full pipe would block the demo's logging, and its exit)
+    err_path = tmp_path / "demo.err"
+    with open(err_path, "w") as err:
+        demo = subprocess.Popen([*VALVE, "demo", "--headless", "--data-dir", str(tmp_path / "h"), "--vpdu-port", "0"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env=env, cwd=ROOT)
     try:
-        assert "API http://" in demo.stdout.readline(), demo.stderr.read() if demo.poll() is not None else ""
+        assert "API http://" in demo.stdout.readline(), err_path.read_text()[-3000:]
     finally:
         demo.send_signal(signal.SIGINT)
-        demo.wait(30)
+        try:
+            demo.wait(60)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            raise AssertionError("the headless demo did not stop on SIGINT: " + err_path.read_text()[-3000:]) from None
 
 
 def test_backend_never_imports_textual(tmp_path):
