@@ -38,6 +38,7 @@ from sqlmodel import Session, select
 from .errors import BadRequest, Conflict, FarmError, NotFound
 from .events import EventBus
 from .models import Machine, Training
+from .trust import ip_of
 from .rules import machine_tags, normalise_mac as normalise_mac  # normalise_mac: re-exported, its old home
 from .store import Store
 
@@ -148,15 +149,8 @@ class MachineUpdate(BaseModel):
 
 def peer_address(host: Optional[str]) -> Optional[str]:
     """A peer's address as text (an IPv4-mapped IPv6 address as IPv4), or None if it is not an IP."""
-    if not host:
-        return None
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return str(addr)
+    addr = ip_of(host)
+    return None if addr is None else str(addr)
 
 
 def is_loopback(host: Optional[str]) -> bool:

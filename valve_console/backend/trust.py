@@ -65,7 +65,8 @@ def own_addresses() -> set[Address]:
     return found
 
 
-def _address(host: Optional[str]) -> Optional[Address]:
+def ip_of(host: Optional[str]) -> Optional[Address]:
+    """A peer's address (an IPv4-mapped IPv6 address as IPv4; a zone id dropped), or None if it is no IP."""
     if not host:
         return None
     try:
@@ -106,7 +107,7 @@ class Trust:
         return self._own
 
     def is_trusted(self, host: Optional[str]) -> bool:
-        addr = _address(host)
+        addr = ip_of(host)
         if addr is None:
             return False
         if self.auto and (any(addr in n for n in LOOPBACK) or addr in self._own_addresses()):
@@ -126,7 +127,7 @@ class Trust:
         if not host:
             raise ValueError(f"the {what} {url} has no host")
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        direct = _address(host)
+        direct = ip_of(host)
         if direct is not None:
             addresses = {direct}
         else:
@@ -134,7 +135,7 @@ class Trust:
                 infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except OSError as exc:
                 raise ValueError(f"the {what} {url}: cannot resolve {host}: {exc.strerror or exc}") from None
-            addresses = {a for a in (_address(str(info[4][0])) for info in infos) if a is not None}
+            addresses = {a for a in (ip_of(str(info[4][0])) for info in infos) if a is not None}
         for addr in addresses:
             if self.is_sensitive(addr):
                 raise ValueError(
