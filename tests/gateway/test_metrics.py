@@ -169,8 +169,8 @@ async def test_training_progress_is_exported(tmp_path):
 
 
 async def test_training_progress_and_gitlab_runners_are_read_defensively(farm, monkeypatch):
-    machines = farm.machines
-    real = machines.to_json
+    view = farm.view
+    real = view.json
     r = httpx.AsyncClient(base_url=api_url(farm))
     async with r as c:
         for i in range(3):
@@ -188,7 +188,7 @@ async def test_training_progress_and_gitlab_runners_are_read_defensively(farm, m
         data["training"] = trainings[m.mac_address]
         return data
 
-    monkeypatch.setattr(machines, "to_json", to_json)
+    monkeypatch.setattr(view, "json", to_json)
     s = await scrape(farm)
     assert s["valve_console_training_loop"] == {(("mac", "02:00:00:00:02:00"),): 2.0}
     assert s["valve_console_training_loops"] == {(("mac", "02:00:00:00:02:00"),): 5.0}

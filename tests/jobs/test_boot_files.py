@@ -218,7 +218,7 @@ async def test_hosts_file_follows_the_machines(tmp_path: Path) -> None:
                 reg = {"base_name": name, "tags": [], "mac_address": mac_of(i), "ip_address": f"10.42.0.{20 + i}"}
                 assert (await http.post("/api/v1/machine/", json=reg)).status_code == 200
             hosts = await _hosts(farm, 2)
-            names = {mac: m["full_name"] for mac, m in farm.machines.list_json().items()}
+            names = {mac: m["full_name"] for mac, m in farm.view.machines().items()}
             assert [(h.mac, h.ip) for h in hosts] == [(mac_of(0), "10.42.0.20"), (mac_of(1), "10.42.0.21")]
             for host in hosts:
                 assert re.fullmatch(r"[a-z0-9-]+", host.hostname), host

@@ -105,7 +105,7 @@ async def test_jobs_for_a_busy_machine_wait_in_a_fifo_queue(jobfarm):
     second = (await submit(http, job_yaml("pass", target=target))).json()
     third = (await submit(http, job_yaml("fail", target=target))).json()
     assert (second["position"], third["position"]) == (1, 2)
-    assert farm.machines.to_json(farm.machines.machines[macs[0]])["state"] == "RUNNING"
+    assert farm.view.machine(macs[0])["state"] == "RUNNING"
     listed = {j["id"]: j for j in (await http.get("/api/v1/jobs")).json()["jobs"]}
     assert listed[third["id"]]["position"] == 2
     # cancel the queued third, then the running first: the second runs

@@ -43,7 +43,7 @@ async def test_a_flooding_source_gets_429_and_others_do_not(dut_network, tmp_pat
             f"too many registrations from {ATTACKER}: at most 60 a minute per source address (bursts of 3)"
         )
         assert 1 <= int(refused.headers["retry-after"]) <= 2
-        machine = farm.machines.to_json(farm.machines.get(MAC))
+        machine = farm.view.machine(MAC)
         assert machine["last_seen"] == last_seen and machine["tags"] != ["flood"]  # nothing applied
 
         # Another DUT, and the gateway itself (loopback), are not limited by the flooding one.

@@ -13,7 +13,6 @@ import sqlite3
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from valve_console.backend import models
-from valve_console.backend.events import EventBus
 from valve_console.backend.registration import MachineService, Registration
 from valve_console.backend.store import SCHEMA_VERSION, Store
 
@@ -52,7 +51,7 @@ async def test_a_version_4_database_is_upgraded_and_its_machines_keep_their_name
         row = await store.run(lambda s: s.get(models.Machine, OLD[0][0]))
         assert (row.base_name, row.comment, row.full_name, row.pending_registration) == ("b", "kept", None, None)
 
-        machines = MachineService(store, EventBus(), "farm")
+        machines = MachineService(store, "farm")
         await machines.start()
         names = {mac: m.full_name for mac, m in machines.machines.items()}
         assert names == {OLD[0][0]: "farm-b-1", OLD[1][0]: "farm-b-2", OLD[2][0]: "farm-c-1"}
@@ -64,10 +63,10 @@ async def test_a_version_4_database_is_upgraded_and_its_machines_keep_their_name
         assert machines.machines[OLD[1][0]].full_name == "farm-b-2"
         added = await machines.register(Registration(base_name="b", mac_address="02:00:00:00:00:09",
                                                      ip_address="10.0.0.9"))
-        assert added.machine["full_name"] == "farm-b-1"
+        assert added.machine.full_name == "farm-b-1"
         added = await machines.register(Registration(base_name="b", mac_address="02:00:00:00:00:0a",
                                                      ip_address="10.0.0.10"))
-        assert added.machine["full_name"] == "farm-b-3"
+        assert added.machine.full_name == "farm-b-3"
     finally:
         await store.close()
     with sqlite3.connect(db) as conn:
@@ -77,11 +76,11 @@ async def test_a_version_4_database_is_upgraded_and_its_machines_keep_their_name
     store = Store.for_path(db)
     await store.open()
     try:
-        machines = MachineService(store, EventBus(), "other")
+        machines = MachineService(store, "other")
         await machines.start()
         assert machines.machines[OLD[1][0]].full_name == "farm-b-2"
         added = await machines.register(Registration(base_name="b", mac_address="02:00:00:00:00:0b",
                                                      ip_address="10.0.0.11"))
-        assert added.machine["full_name"] == "other-b-1"
+        assert added.machine.full_name == "other-b-1"
     finally:
         await store.close()

@@ -19,7 +19,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, AsyncIterator, Iterable
+import logging
+from typing import Any, AsyncIterator, Callable, Iterable
 
 EVENT_TYPES = (
     "machine",
@@ -34,6 +35,7 @@ EVENT_TYPES = (
     "gitlab",
     "dropped",
 )
+log = logging.getLogger(__name__)
 CHUNK_BYTES = 64 * 1024  # what Subscription.take gives at most for one write
 
 
@@ -187,6 +189,7 @@ class Subscription:
 class EventBus:
     def __init__(self, queue_size: int = 10_000) -> None:
         self._subs: list[Subscription] = []
+        self._watchers: list[tuple[frozenset[str], Callable[[Event], None]]] = []
         self._seq = itertools.count(1)
         self.queue_size = queue_size
         self.published = 0
@@ -196,7 +199,29 @@ class EventBus:
         self.published += 1
         for sub in list(self._subs):
             sub._push(event)
+        for types, watcher in list(self._watchers):
+            if type in types:
+                try:
+                    watcher(event)
+                except Exception:  # noqa: BLE001 - a watcher's bug must not fail the publisher's change
+                    log.exception("event watcher %r failed on a %s event", watcher, type)
         return event
+
+    def watch(self, types: Iterable[str], watcher: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``watcher(event)`` inside ``publish`` for each event of ``types``; returns the unwatch.
+
+        For in-process services whose reaction must be part of the change itself (training starts when
+        a machine gets its outlet, so the answer to that change already says TRAINING). A watcher must
+        be quick and must not block; it may publish. Streams and batched readers use :meth:`subscribe`.
+        """
+        entry = (frozenset(types), watcher)
+        self._watchers.append(entry)
+
+        def unwatch() -> None:
+            if entry in self._watchers:
+                self._watchers.remove(entry)
+
+        return unwatch
 
     def subscribe(
         self, types: Iterable[str] | None = None, maxlen: int | None = None, maxbytes: int | None = None

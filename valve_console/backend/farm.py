@@ -15,7 +15,7 @@ import socket
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import uvicorn
 
@@ -34,6 +34,7 @@ from .registration import MachineService
 from .store import Store
 from .training import TrainingService
 from .trust import Trust
+from .views import MachineView
 
 log = logging.getLogger(__name__)
 
@@ -202,19 +203,24 @@ def _warn_if_not_up(sock: socket.socket, what: str) -> None:
 
 
 class Farm:
+    # The services, built and wired by _compose() in start() (each receives what it uses in its
+    # constructor), started in this order and stopped in the reverse one.
+    store: Store
+    machines: MachineService
+    power: PowerService
+    discovery: DiscoveryService
+    consoles: ConsoleHub
+    jobs: JobService
+    training: TrainingService
+    boot: BootService
+    gitlab: RunnerService
+    journal: JournalFollower
+    view: MachineView
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.bus = EventBus()
-        self.store: Store | None = None
-        self.machines: MachineService | None = None
-        self.power: PowerService | None = None
-        self.discovery: DiscoveryService | None = None
-        self.consoles: ConsoleHub | None = None
-        self.journal: JournalFollower | None = None
-        self.jobs: JobService | None = None
-        self.training: TrainingService | None = None
-        self.gitlab: RunnerService | None = None
-        self.boot: BootService | None = None
+        self._stops: list[Callable[[], Awaitable[None]]] = []  # of what started so far, run in reverse by stop()
         self._dnsmasq_error: str | None = None
         self.token = ""
         self.started_at = time.time()
@@ -237,16 +243,18 @@ class Farm:
             self.bus.publish("health", {"service": service, "state": state, "reason": reason})
 
     def _sync_health(self) -> None:
-        if self.store is not None and self._health.get("storage", ("",))[0] != "starting":
-            self._set_health("storage", *self.store.health())
-        for name, svc in (
-            ("power", self.power),
-            ("consoles", self.consoles),
-            ("registration", self.machines),
-            ("journal", self.journal),
-            ("boot", self.boot),
-            ("gitlab", self.gitlab),
+        store = getattr(self, "store", None)
+        if store is not None and self._health.get("storage", ("",))[0] != "starting":
+            self._set_health("storage", *store.health())
+        for name, attr in (
+            ("power", "power"),
+            ("consoles", "consoles"),
+            ("registration", "machines"),
+            ("journal", "journal"),
+            ("boot", "boot"),
+            ("gitlab", "gitlab"),
         ):
+            svc = getattr(self, attr, None)
             if svc is not None:
                 self._set_health(name, svc.state, svc.reason)
 
@@ -348,6 +356,94 @@ class Farm:
         sock.listen(128)
         return sock
 
+    def _compose(self) -> None:
+        """Build every service with what it uses. Three pairs need each other (the registry and power,
+        the registry and discovery, the executor and training) and every service that changes what a
+        machine shows tells the view, built last: those few links are late-bound lambdas, here."""
+        settings = self.settings
+        self.power = PowerService(
+            self.store,
+            self.bus,
+            default_off_delay=settings.default_pdu_off_delay,
+            poll_interval=settings.outlet_poll_interval,
+            timeout=settings.pdu_timeout,
+            off_delay_for=lambda pdu, port: self.machines.off_delay(pdu, port),
+            on_health_change=self._sync_health,
+        )
+        self.machines = machines = MachineService(
+            self.store,
+            settings.farm_name,
+            outlets=self.power,
+            claim=lambda mac, machine: self.discovery.claim(mac, machine),
+            changed=self._machine_changed,
+            training_defaults=(settings.training_loops, settings.training_qualify),
+        )
+        self.discovery = DiscoveryService(machines, self.power, self.bus)
+        self.consoles = ConsoleHub(
+            self.bus,
+            settings.data_dir / "consoles",
+            settings.console_ring_bytes,
+            settings.console_log_max_bytes,
+            settings.console_log_backups,
+            store=self.store,
+            tcp_host=settings.console_tcp_host,
+            tcp_base=settings.console_tcp_base,
+            device_sources=self.console_device_sources
+            if self.console_device_sources is not None
+            else build_device_sources(settings),
+            known_machine=lambda mac: mac in machines.machines,
+            api_writer_timeout=settings.console_api_writer_timeout,
+            machine_address=lambda mac: getattr(machines.machines.get(mac), "ip_address", None),
+            settings=settings,
+        )
+        boot_cache = None
+        if settings.boot_cache:
+            boot_cache = BootCache(
+                settings.data_dir / "files",
+                self._files_base,
+                max_bytes=settings.boot_cache_max_bytes,
+                timeout=settings.boot_cache_timeout,
+                guard=self.trust.check_fetch_url,
+            )
+        self.jobs = JobService(
+            self.store, self.bus, machines, self.power, self.consoles, settings,
+            api_host=self._dut_api_host,
+            boot_cache=boot_cache,
+            changed=self._machine_changed,
+            training_note=lambda mac: self.training.note(mac),
+            on_unfit=lambda mac, job_id: self.training.unfit(mac, job_id),
+        )
+        self.training = TrainingService(
+            self.store, self.bus, machines, self.jobs, settings, self.boot_urls, changed=self._machine_changed
+        )
+        dnsmasq_conf = self._dnsmasq_conf()
+        self.boot = BootService(
+            self.bus,
+            lambda: self.view.machines().values(),
+            settings.data_dir / "dnsmasq",
+            debounce=settings.hosts_debounce,
+            dnsmasq_conf=dnsmasq_conf,
+            on_health_change=self._sync_health,
+            unavailable=self._dnsmasq_error,
+        )
+        self.gitlab = RunnerService(
+            self.store, self.bus, machines, settings, self._local_api_url,
+            changed=self._machine_changed, on_health_change=self._sync_health,
+        )
+        self.journal = JournalFollower(self.bus, command=self.journal_command, on_health_change=self._sync_health)
+        self.view = MachineView(
+            machines,
+            self.bus,
+            default_off_delay=settings.default_pdu_off_delay,
+            jobs=self.jobs,
+            training=self.training,
+            runners=self.gitlab,
+        )
+
+    def _machine_changed(self, mac: str, action: str) -> None:
+        """A service changed what ``mac`` shows: its ``machine`` event (the view builds it)."""
+        self.view.publish(mac, action)
+
     async def start(self) -> None:
         self._prepare_data_dir()
         loop = asyncio.get_running_loop()
@@ -383,83 +479,23 @@ class Farm:
         except (OSError, ValueError) as exc:
             raise FarmStartError(f"operator token: {exc}") from None
         db_url = self.settings.database_url or f"sqlite:///{self.settings.db_path}"
-        self.store = Store(db_url)
+        self.store = Store(db_url, on_health_change=self._sync_health)
         try:
             await self.store.open()
         except Exception as exc:  # noqa: BLE001 - reported as one line
             raise FarmStartError(f"cannot open the database {db_url}: {exc}") from None
+        self._stops.append(self.store.close)
         self._set_health("storage", "ok")
-        self.store.on_health_change = self._sync_health
-
-        self.machines = MachineService(self.store, self.bus, self.settings.farm_name)
+        self._compose()
+        # A service's stop is queued before its start: one that fails halfway is still stopped.
         await self.machines.start()
-        self.power = PowerService(
-            self.store,
-            self.bus,
-            default_off_delay=self.settings.default_pdu_off_delay,
-            poll_interval=self.settings.outlet_poll_interval,
-            timeout=self.settings.pdu_timeout,
-            off_delay_for=self.machines.off_delay,
-        )
-        self.power.on_health_change = self._sync_health
-        self.machines.power = self.power
+        self._stops += [self.power.stop, self.discovery.stop]  # discovery starts nothing; its stop ends a scan
         await self.power.start()
-        self.discovery = DiscoveryService(self.machines, self.power, self.bus)
-        self.machines.discovery = self.discovery
-        machines = self.machines
-        self.consoles = ConsoleHub(
-            self.bus,
-            self.settings.data_dir / "consoles",
-            self.settings.console_ring_bytes,
-            self.settings.console_log_max_bytes,
-            self.settings.console_log_backups,
-            store=self.store,
-            tcp_host=self.settings.console_tcp_host,
-            tcp_base=self.settings.console_tcp_base,
-            device_sources=self.console_device_sources
-            if self.console_device_sources is not None
-            else build_device_sources(self.settings),
-            known_machine=lambda mac: mac in machines.machines,
-            api_writer_timeout=self.settings.console_api_writer_timeout,
-            machine_address=lambda mac: getattr(machines.machines.get(mac), "ip_address", None),
-            settings=self.settings,
-        )
+        self._stops.append(self.consoles.stop)
         await self.consoles.start(nc_sock)
-        boot_cache = None
-        if self.settings.boot_cache:
-            boot_cache = BootCache(
-                self.settings.data_dir / "files",
-                self._files_base,
-                max_bytes=self.settings.boot_cache_max_bytes,
-                timeout=self.settings.boot_cache_timeout,
-                guard=self.trust.check_fetch_url,
-            )
-        self.jobs = JobService(self.store, self.bus, self.machines, self.power, self.consoles, self.settings,
-                               api_host=self._dut_api_host, boot_cache=boot_cache)
-        await self.jobs.start()
-        self.machines.job_state = self.jobs.machine_state
-        self.training = TrainingService(
-            self.store, self.bus, self.machines, self.jobs, self.settings, self.boot_urls
-        )
-        await self.training.start()
-        self.boot = BootService(
-            self.bus,
-            lambda: machines.list_json().values(),
-            self.settings.data_dir / "dnsmasq",
-            debounce=self.settings.hosts_debounce,
-            dnsmasq_conf=self._dnsmasq_conf(),
-        )
-        self.boot.on_health_change = self._sync_health
-        await self.boot.start()
-        if self._dnsmasq_error:
-            self.boot._health("degraded", self._dnsmasq_error)
-        self.gitlab = RunnerService(self.store, self.bus, self.machines, self.settings, self._local_api_url)
-        self.gitlab.on_health_change = self._sync_health
-        self.machines.runner_info = self.gitlab.runner_info
-        await self.gitlab.start()
-        self.journal = JournalFollower(self.bus, command=self.journal_command)
-        self.journal.on_health_change = self._sync_health
-        await self.journal.start()
+        for service in (self.jobs, self.training, self.boot, self.gitlab, self.journal):
+            self._stops.append(service.stop)
+            await service.start()
         self._sync_health()
 
         from .api import create_app
@@ -516,24 +552,9 @@ class Farm:
             server.should_exit = True
         await asyncio.gather(*(task for _, task in self._servers), return_exceptions=True)
         self._servers.clear()
-        if self.journal is not None:
-            await self.journal.stop()
-        if self.gitlab is not None:
-            await self.gitlab.stop()
-        if self.training is not None:
-            await self.training.stop()
-        if self.jobs is not None:
-            await self.jobs.stop()
-        if self.boot is not None:
-            await self.boot.stop()
-        if self.consoles is not None:
-            await self.consoles.stop()
-        if self.discovery is not None:
-            await self.discovery.stop()
-        if self.power is not None:
-            await self.power.stop()
-        if self.store is not None:
-            await self.store.close()
+        for stop in reversed(self._stops):
+            await stop()
+        self._stops.clear()
         for sock in self._sockets:
             sock.close()
         self._sockets.clear()

@@ -61,7 +61,13 @@ def journal_files_exist() -> bool:
 
 
 class JournalFollower:
-    def __init__(self, bus: EventBus, command: list[str] | None = None, keep: int = 2000) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        command: list[str] | None = None,
+        keep: int = 2000,
+        on_health_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self.bus = bus
         self.command = command
         self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
@@ -69,7 +75,7 @@ class JournalFollower:
         self.reason: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
-        self.on_health_change: Callable[[], None] = lambda: None
+        self.on_health_change = on_health_change  # told when state/reason changed
 
     def _set(self, state: str, reason: str | None) -> None:
         if (state, reason) != (self.state, self.reason):

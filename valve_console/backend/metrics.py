@@ -301,8 +301,7 @@ async def render(farm: "Farm") -> str:
     exp.family("valve_console_service_ok", "gauge", "1 if a backend service reports ok.")
     for service, info in sorted(health["services"].items()):
         exp.sample("valve_console_service_ok", 1 if info["state"] == "ok" else 0, {"service": service})
-    if farm.machines is not None:
-        _machines(exp, farm.machines.list_json().items())
+    _machines(exp, farm.view.machines().items())
     _pdus(exp, farm)
     _consoles(exp, farm)
     await _jobs(exp, farm)

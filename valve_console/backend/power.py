@@ -165,6 +165,7 @@ class PowerService:
         poll_interval: float = 10.0,
         timeout: float = 3.0,
         off_delay_for: Callable[[str, str], float | None] | None = None,
+        on_health_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -176,7 +177,7 @@ class PowerService:
         self._last_off: dict[tuple[str, str], float] = {}
         self.state = "starting"
         self.reason: str | None = None
-        self.on_health_change: Callable[[], None] = lambda: None
+        self.on_health_change = on_health_change  # told when state/reason changed
         self.command_stats = PduCommandStats()  # latency of each queued command, for /metrics
         # OutletLog group commit: rows waiting for the next write, the future that write resolves.
         self._log_rows: list[tuple[Any, ...]] = []

@@ -29,22 +29,17 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Protocol, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from .errors import BadRequest, Conflict, FarmError, NotFound
-from .events import EventBus
 from .models import Machine, Training
 from .trust import ip_of
 from .rules import machine_tags, normalise_mac as normalise_mac  # normalise_mac: re-exported, its old home
 from .store import Store
-
-if TYPE_CHECKING:
-    from .discovery import DiscoveryService
-    from .power import PowerService
 
 log = logging.getLogger(__name__)
 
@@ -203,21 +198,52 @@ class SourceRateLimit:
 
 @dataclass(frozen=True)
 class Registered:
-    """What a registration did: the machine's JSON, and why it was held for the operator (None: applied)."""
+    """What a registration did: the machine as stored, and why it was held for the operator (None: applied)."""
 
-    machine: dict[str, Any]
+    machine: Machine
     held: Optional[str] = None
 
 
 # ---------------------------------------------------------------------------------- the registry
 
 
+class Outlets(Protocol):
+    """What the registry checks an outlet against (PowerService)."""
+
+    @property
+    def pdus(self) -> Mapping[str, Any]: ...
+
+    def outlet_ids(self, pdu: str) -> Optional[list[str]]: ...
+
+    def is_reserved(self, pdu: str, port_id: str) -> bool: ...
+
+
+# A registration without an outlet may claim the one discovery powered: (mac, the machine or None) ->
+# (pdu, port_id) or None (DiscoveryService.claim).
+Claim = Callable[[str, Optional[Machine]], Optional[tuple[str, str]]]
+# Told after every stored change: (mac, action) with action "added", "updated", "held" or "removed".
+Changed = Callable[[str, str], None]
+
+
 class MachineService:
-    def __init__(self, store: Store, bus: EventBus, farm_name: str, power: "PowerService | None" = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        farm_name: str,
+        *,
+        outlets: Optional[Outlets] = None,
+        claim: Optional[Claim] = None,
+        changed: Optional[Changed] = None,
+        training_defaults: tuple[int, int] = (20, 19),
+    ) -> None:
+        """``training_defaults``: the farm's (boot loops, passes needed) for machines without their own."""
         self.store = store
-        self.bus = bus
         self.farm_name = farm_name
-        self.power = power
+        self.outlets = outlets
+        self.claim = claim
+        self.changed: Changed = changed or (lambda mac, action: None)
+        loops, qualify = training_defaults
+        self.training_defaults = (loops, min(qualify, loops))
         self.machines: dict[str, Machine] = {}
         # Indexes kept in step with self.machines by _changed (machines are replaced, never changed in
         # place), so that nothing asked per machine or per registration scans the farm:
@@ -232,17 +258,6 @@ class MachineService:
         self._held: set[str] = set()
         # One writer at a time: a check made in memory still holds when the row is written.
         self._lock = asyncio.Lock()
-        self.discovery: "DiscoveryService | None" = None
-        # The executor's view of a machine: "QUEUED"/"RUNNING" while it has jobs, else None.
-        self.job_state: Callable[[str], Optional[str]] = lambda mac: None
-        # Sgt. Hartman (training.py): "TRAINING" while a machine trains, and its training JSON.
-        self.training_state: Callable[[str], Optional[str]] = lambda mac: None
-        self.training_json: Callable[[str], Optional[dict[str, Any]]] = lambda mac: None
-        self.training_defaults: tuple[int, int] = (20, 19)  # (loops, qualify) of the settings
-        # Called after every stored change with (new, old or None); they must not raise or block.
-        self.listeners: list[Callable[[Machine, Optional[Machine]], None]] = []
-        # GitLab runners (gitlab.py): a machine's runners for its JSON
-        self.runner_info: Callable[[str], list[dict[str, Any]]] = lambda mac: []
         self.state = "starting"
         self.reason: str | None = None
 
@@ -278,18 +293,17 @@ class MachineService:
         log.info("named %d machines stored without a name", len(names))
 
     # ---------------------------------------------------------------- indexes
-    def _changed(self, machine: Machine, old: Optional[Machine]) -> None:
-        """After ``self.machines`` changed (a save, a removal): the indexes, then the listeners."""
+    def _changed(self, machine: Machine, old: Optional[Machine], action: str) -> None:
+        """After ``self.machines`` changed (a save, a removal): the indexes, then who is told."""
         if old is not None:
             self._unindex(old)
         current = self.machines.get(machine.mac_address)
         if current is not None:
             self._index(current)
-        for listener in list(self.listeners):
-            try:
-                listener(machine, old)
-            except Exception:  # noqa: BLE001 - a listener's bug must not undo a stored change
-                log.exception("machine listener failed")
+        try:
+            self.changed(machine.mac_address, action)
+        except Exception:  # noqa: BLE001 - a reader's bug must not undo a stored change
+            log.exception("telling of a change of machine %s failed", machine.mac_address)
 
     def _index(self, m: Machine) -> None:
         if m.pdu is not None and m.pdu_port_id is not None:
@@ -337,61 +351,13 @@ class MachineService:
         """The machine's stored name (``<farm>-<base_name>-<n>``, given once at its first registration)."""
         return machine.full_name or f"{self.farm_name}-{machine.base_name}"
 
-    # ---------------------------------------------------------------- derived values
-    def state_of(self, m: Machine) -> str:
-        if m.is_retired:
-            return "RETIRED"
-        if not m.pdu or m.pdu_port_id is None:
-            return "WAIT_FOR_CONFIG"
-        running = self.job_state(m.mac_address)
-        if running is not None:
-            return running
-        if not m.ready_for_service and self.training_state(m.mac_address) is not None:
-            return "TRAINING"
-        return "IDLE" if m.ready_for_service else "NOT_READY"
-
+    # ---------------------------------------------------------------- lookups
     def off_delay(self, pdu: str, port_id: str) -> float | None:
         m = self._by_outlet.get((pdu, port_id))
         return None if m is None else m.pdu_off_delay
 
     def machine_on(self, pdu: str, port_id: str) -> Machine | None:
         return self._by_outlet.get((pdu, port_id))
-
-    def to_json(self, m: Machine) -> dict[str, Any]:
-        delay = m.pdu_off_delay
-        if delay is None and self.power is not None:
-            delay = self.power.default_off_delay
-        return {
-            "mac_address": m.mac_address,
-            "base_name": m.base_name,
-            "full_name": self.full_name(m),
-            # valve-infra's "tags" are what the DUT registered: `machine_registration check` compares them
-            # with what it detects. Job matching uses all_tags (those and the operator's manual tags).
-            "tags": list(m.tags),
-            "registered_tags": list(m.tags),
-            "manual_tags": list(m.manual_tags),
-            "all_tags": list(dict.fromkeys([*m.tags, *m.manual_tags])),
-            "ip_address": m.ip_address,
-            "local_tty_device": m.local_tty_device,
-            "pdu": {"name": m.pdu, "port_id": m.pdu_port_id},
-            "has_pdu_assigned": bool(m.pdu and m.pdu_port_id is not None),
-            "pdu_off_delay": delay,
-            "pdu_off_delay_is_default": m.pdu_off_delay is None,
-            "ready_for_service": m.ready_for_service,
-            "is_retired": m.is_retired,
-            "available": m.ready_for_service and not m.is_retired,
-            "comment": m.comment,
-            "state": self.state_of(m),
-            "training": self.training_json(m.mac_address),
-            "training_loops": m.training_loops,
-            "training_qualify": m.training_qualify,
-            "gitlab_exposed": m.gitlab_exposed,
-            "runners": self.runner_info(m.mac_address),
-            # A registration held for the operator: {changes, source, reasons, at, attempts}, or null.
-            "pending_registration": dict(m.pending_registration) if m.pending_registration else None,
-            "first_seen": m.first_seen,
-            "last_seen": m.last_seen,
-        }
 
     def get(self, mac: str) -> Machine:
         try:
@@ -402,9 +368,6 @@ class MachineService:
         if machine is None:
             raise NotFound(f"Unknown machine ID '{key}'")
         return machine
-
-    def list_json(self) -> dict[str, Any]:
-        return {mac: self.to_json(m) for mac, m in sorted(self.machines.items())}
 
     def held_json(self) -> dict[str, Any]:
         """The registrations held for the operator: per MAC what was asked, by whom, why, and what is now."""
@@ -421,7 +384,7 @@ class MachineService:
         return out
 
     # ---------------------------------------------------------------- writes
-    async def _save(self, machine: Machine, action: str) -> dict[str, Any]:
+    async def _save(self, machine: Machine, action: str) -> Machine:
         """Write ``machine`` (one transaction), then update memory and publish. Call with the lock held."""
         values = {name: getattr(machine, name) for name in Machine.model_fields}
         try:
@@ -430,10 +393,8 @@ class MachineService:
             raise Conflict(self._integrity_words(exc, machine)) from None
         old = self.machines.get(machine.mac_address)
         self.machines[machine.mac_address] = machine
-        self._changed(machine, old)
-        data = self.to_json(machine)
-        self.bus.publish("machine", {"action": action, "mac": machine.mac_address, "machine": data})
-        return data
+        self._changed(machine, old, action)
+        return machine
 
     def _integrity_words(self, exc: IntegrityError, machine: Machine) -> str:
         """A constraint the database refused, in words (never the SQL statement)."""
@@ -471,7 +432,7 @@ class MachineService:
                 return await self._hold(existing, changes, source or "?", reasons)
             return Registered(await self._register_again(existing, changes))
 
-    async def _register_new(self, mac: str, fields: dict[str, Any], source: Optional[str]) -> dict[str, Any]:
+    async def _register_new(self, mac: str, fields: dict[str, Any], source: Optional[str]) -> Machine:
         missing = [k for k in ("base_name", "ip_address") if fields.get(k) is None]
         if missing:
             raise BadRequest(f"a new machine needs {' and '.join(missing)}")
@@ -491,16 +452,16 @@ class MachineService:
             ip_address=ip,
             local_tty_device=fields.get("local_tty_device"),
         )
-        claimed = self.discovery.claim(mac, None) if self.discovery else None
+        claimed = self.claim(mac, None) if self.claim else None
         if claimed is not None:
             machine.pdu, machine.pdu_port_id = claimed
         try:
-            data = await self._save(machine, "added")
+            saved = await self._save(machine, "added")
         except BaseException:
             self._release_name(machine.full_name)
             raise
         log.info("new machine %s registered as %s (%s)", mac, machine.full_name, ip)
-        return data
+        return saved
 
     @staticmethod
     def _identity_changes(existing: Machine, fields: dict[str, Any]) -> dict[str, Any]:
@@ -540,22 +501,22 @@ class MachineService:
         why = "; ".join(reasons)
         log.warning("registration of %s (%s) held for the operator: %s", existing.mac_address,
                     self.full_name(existing), why)
-        data = await self._save(machine, "held")
-        return Registered(data, held=f"registration held for the operator: {why}")
+        saved = await self._save(machine, "held")
+        return Registered(saved, held=f"registration held for the operator: {why}")
 
-    async def _register_again(self, existing: Machine, changes: dict[str, Any]) -> dict[str, Any]:
+    async def _register_again(self, existing: Machine, changes: dict[str, Any]) -> Machine:
         if "ip_address" in changes:
             self._check_ip_free(changes["ip_address"], existing.mac_address)
         machine = existing.model_copy(update=changes)
         machine.last_seen = time.time()
-        claimed = self.discovery.claim(existing.mac_address, existing) if self.discovery else None
+        claimed = self.claim(existing.mac_address, existing) if self.claim else None
         if claimed is not None:
             machine.pdu, machine.pdu_port_id = claimed
         log.info("machine %s registered again%s", existing.mac_address,
                  f" (changed: {', '.join(changes)})" if changes else "")
         return await self._save(machine, "updated")
 
-    async def approve_registration(self, mac: str) -> dict[str, Any]:
+    async def approve_registration(self, mac: str) -> Machine:
         """The operator applies a held registration (its IP must still be free)."""
         async with self._lock:
             existing = self.get(mac)
@@ -570,7 +531,7 @@ class MachineService:
                      self.full_name(existing), pending.get("source"), ", ".join(changes) or "no change")
             return await self._save(machine, "updated")
 
-    async def reject_registration(self, mac: str) -> dict[str, Any]:
+    async def reject_registration(self, mac: str) -> Machine:
         """The operator drops a held registration: the machine stays as it is."""
         async with self._lock:
             existing = self.get(mac)
@@ -585,11 +546,11 @@ class MachineService:
             raise NotFound(f"machine {machine.mac_address} ({self.full_name(machine)}) has no held registration")
         return machine.pending_registration
 
-    async def update(self, mac: str, patch: MachineUpdate) -> dict[str, Any]:
+    async def update(self, mac: str, patch: MachineUpdate) -> Machine:
         async with self._lock:
             return await self._update(mac, patch)
 
-    async def _update(self, mac: str, patch: MachineUpdate) -> dict[str, Any]:
+    async def _update(self, mac: str, patch: MachineUpdate) -> Machine:
         machine = self.get(mac).model_copy()
         fields = patch.model_dump(exclude_unset=True)
         if "pdu" in fields:
@@ -642,7 +603,7 @@ class MachineService:
             qualify = min(qualify, loops)  # a smaller per-machine loop count lowers the default bar with it
         return loops, qualify
 
-    async def set_ready(self, mac: str, ready: bool, why: str) -> dict[str, Any]:
+    async def set_ready(self, mac: str, ready: bool, why: str) -> Machine:
         """Set ready_for_service (training results, unfit for service, operator skip); logged with ``why``."""
         async with self._lock:
             machine = self.get(mac).model_copy()
@@ -653,15 +614,15 @@ class MachineService:
 
     def _check_outlet(self, machine: Machine) -> None:
         pdu, port = machine.pdu, machine.pdu_port_id
-        if self.power is None or pdu not in self.power.pdus:
+        if self.outlets is None or pdu is None or pdu not in self.outlets.pdus:
             raise BadRequest(f"unknown PDU {pdu!r}")
         if port is None:
             return
-        ids = self.power.outlet_ids(pdu)
+        ids = self.outlets.outlet_ids(pdu)
         if ids is not None and port not in ids:
             span = f"{ids[0]}..{ids[-1]}" if ids else "none"
             raise BadRequest(f"port {port!r} is out of range for PDU {pdu} (outlets {span})")
-        if self.power.is_reserved(pdu, port):
+        if self.outlets.is_reserved(pdu, port):
             raise BadRequest(f"outlet {port} of PDU {pdu} is reserved")
         other = self.machine_on(pdu, port)
         if other is not None and other.mac_address != machine.mac_address:
@@ -669,19 +630,20 @@ class MachineService:
                 f"outlet {port} of PDU {pdu} is already used by {self.full_name(other)} ({other.mac_address})"
             )
 
-    async def remove(self, mac: str) -> dict[str, Any]:
+    async def remove(self, mac: str, busy: Callable[[str], Optional[str]] = lambda mac: None) -> dict[str, Any]:
         """Forget a machine (its row and its training); its jobs' history and console log stay.
 
-        Refused while it has jobs or trains. Listeners are told with the machine gone from
-        ``machines``, so training halts and the GitLab service deletes its runners. Its name's number
+        Refused while ``busy(mac)`` names what keeps it busy (its jobs, its training). Its ``removed`` event
+        follows with the machine gone from ``machines``, so training halts and the GitLab service deletes
+        its runners. Its name's number
         is free again for the next new machine of the same base name.
         """
         async with self._lock:
             machine = self.get(mac)
-            busy = self.job_state(machine.mac_address) or self.training_state(machine.mac_address)
-            if busy:
+            activity = busy(machine.mac_address)
+            if activity:
                 raise Conflict(
-                    f"machine {machine.mac_address} is {busy}: cancel its jobs or stop its training first"
+                    f"machine {machine.mac_address} is {activity}: cancel its jobs or stop its training first"
                 )
 
             def delete(session: Session) -> None:
@@ -693,9 +655,8 @@ class MachineService:
             await self.store.run(delete)
             self.machines.pop(machine.mac_address, None)
             self._release_name(machine.full_name)
-            self._changed(machine, machine)
             log.info("machine %s (%s) removed", machine.mac_address, self.full_name(machine))
-            self.bus.publish("machine", {"action": "removed", "mac": machine.mac_address, "machine": None})
+            self._changed(machine, machine, "removed")
             return {"removed": machine.mac_address}
 
     async def set_retired(self, mac: str, retired: bool) -> str:

@@ -128,14 +128,15 @@ def upsert_row(
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, on_health_change: Callable[[], None] = lambda: None) -> None:
+        """``on_health_change()``: told when ``health()`` may answer otherwise (a write failed, or worked again)."""
         self.url = url
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.engine: Engine | None = None
         # The volume the database lives on (None: not a SQLite file), and the last write failure.
         self.volume: Optional[Path] = self._volume(url)
         self._failure: Optional[tuple[str, bool, float, int]] = None  # (words, full, at, bytes free then)
-        self.on_health_change: Callable[[], None] = lambda: None
+        self.on_health_change = on_health_change
 
     @staticmethod
     def _volume(url: str) -> Optional[Path]:

@@ -15,19 +15,16 @@ loops; logged) a training. Ticking "ready for service" in the machine form is a 
 machine in training is refused (409, "not ready for service (in training ...)"), like valve-infra.
 A job whose console matches ``machine_unfit_for_service`` takes its machine out of service and back here.
 
-Public API
-----------
-``TrainingService(store, bus, machines, jobs, settings, boot_urls)``: ``await start()`` / ``await stop()``;
-``to_json(mac)`` (the machine JSON's ``training``), ``machine_state(mac)`` ("TRAINING" or None),
-``await start_training(mac)``, ``await stop_training(mac)``, ``await skip_training(mac)`` (each returns the
-machine JSON; ``Conflict`` 409 in words when it does not apply), ``await unfit(mac, job_id)``.
-Training ``state`` values: registering, looping, cooldown, qualified, stopped, skipped.
+It watches the ``machine`` events on the bus (a new, changed or removed machine: train, halt or skip),
+within the change that publishes them;
+what it shows of a machine reaches the machine view through ``to_json``/``machine_state``, and a change
+of it is told through ``changed(mac, action)``. Training ``state`` values: registering, looping,
+cooldown, qualified, stopped, skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -40,7 +37,7 @@ from .models import Machine, Training
 
 if TYPE_CHECKING:
     from ..config import Settings
-    from .events import EventBus
+    from .events import Event, EventBus
     from .jobs.executor import JobService
     from .registration import MachineService
     from .store import Store
@@ -60,11 +57,13 @@ class TrainingService:
         jobs: "JobService",
         settings: "Settings",
         boot_urls: Callable[[], tuple[str, str, str]],
+        changed: Callable[[str, str], None] = lambda mac, action: None,
     ) -> None:
         self.store = store
         self.bus = bus
         self.machines = machines
         self.jobs = jobs
+        self.changed = changed
         self.settings = settings
         self.boot_urls = boot_urls  # (default kernel URL, initramfs URL, API host:port as DUTs reach it)
         self.enabled = settings.training
@@ -75,6 +74,7 @@ class TrainingService:
         self.current_job: dict[str, str] = {}  # mac -> the training job it waits for
         self._reason: dict[str, str] = {}  # mac -> why its next training starts (set before ready goes False)
         self._stopping = False
+        self._unwatch: Callable[[], None] = lambda: None
         self.state = "starting"
         self.reason: Optional[str] = None
 
@@ -82,13 +82,7 @@ class TrainingService:
     async def start(self) -> None:
         rows = await self.store.run(lambda s: list(s.exec(select(Training)).all()))
         self.rows = {row.mac_address: row for row in rows}
-        loops, qualify = self.settings.training_loops, self.settings.training_qualify
-        self.machines.training_defaults = (loops, min(qualify, loops))
-        self.machines.training_state = self.machine_state
-        self.machines.training_json = self.to_json
-        self.machines.listeners.append(self._on_machine)
-        self.jobs.training_note = self.note
-        self.jobs.on_unfit = self.unfit
+        self._unwatch = self.bus.watch(["machine"], self._on_machine)
         for mac in list(self.machines.machines):
             self._reconcile(mac)
         self.state = "ok"
@@ -100,8 +94,7 @@ class TrainingService:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.tasks.clear()
-        with contextlib.suppress(ValueError):
-            self.machines.listeners.remove(self._on_machine)
+        self._unwatch()
 
     # ---------------------------------------------------------------- queries
     def _eligible(self, m: Machine) -> bool:
@@ -162,11 +155,14 @@ class TrainingService:
         }
 
     # ---------------------------------------------------------------- reacting to machine changes
-    def _on_machine(self, machine: Machine, old: Optional[Machine]) -> None:
-        if not self._stopping:
-            self._reconcile(machine.mac_address, old)
+    def _on_machine(self, event: "Event") -> None:
+        """A ``machine`` event (bus watcher: within the change): make its machine's training follow."""
+        mac = event.data.get("mac")
+        if mac and event.data.get("action") != "training" and not self._stopping:  # not our own notices
+            self._reconcile(str(mac))
 
-    def _reconcile(self, mac: str, old: Optional[Machine] = None) -> None:
+    def _reconcile(self, mac: str) -> None:
+        """Make the training of ``mac`` what the machine asks for now (idempotent)."""
         m = self.machines.machines.get(mac)
         row = self.rows.get(mac)
         if m is None:  # removed
@@ -294,7 +290,7 @@ class TrainingService:
         try:
             job = builtin_job(
                 kind,
-                MachineInfo.from_json(self.machines.to_json(machine)),
+                MachineInfo.from_machine(machine, self.machines.full_name(machine)),
                 default_kernel_url=kernel,
                 default_initramfs_url=initrd,
                 variables={"mars_host": api_host, "ntp_peer": host},
@@ -331,7 +327,7 @@ class TrainingService:
     def _machine(self, mac: str) -> Machine:
         return self.machines.get(mac)
 
-    async def start_training(self, mac: str) -> dict[str, Any]:
+    async def start_training(self, mac: str) -> Machine:
         m = self._machine(mac)
         mac = m.mac_address
         if not self.enabled:
@@ -357,9 +353,9 @@ class TrainingService:
             row = self._new_run(mac, "started by the operator", attempt=0)
             await self._save(row)
             self._ensure_task(mac)
-        return self.machines.to_json(self.machines.machines[mac])
+        return self.machines.machines[mac]
 
-    async def stop_training(self, mac: str) -> dict[str, Any]:
+    async def stop_training(self, mac: str) -> Machine:
         m = self._machine(mac)
         mac = m.mac_address
         row = self.rows.get(mac)
@@ -370,9 +366,9 @@ class TrainingService:
         self._set(row, state="stopped", next_attempt_at=None)
         await self._save(row)
         log.warning("training of %s stopped by the operator: it stays not ready for service", mac)
-        return self.machines.to_json(self.machines.machines[mac])
+        return self.machines.machines[mac]
 
-    async def skip_training(self, mac: str) -> dict[str, Any]:
+    async def skip_training(self, mac: str) -> Machine:
         m = self._machine(mac)
         mac = m.mac_address
         if m.is_retired:
@@ -400,8 +396,10 @@ class TrainingService:
         row = self.rows.get(mac)
         if row is not None and row.state not in ("qualified", "skipped"):
             self._set(row, state="skipped")  # so that _reconcile starts a new run
-        await self.machines.set_ready(mac, False, why)
-        self._reason.pop(mac, None)
+        try:
+            await self.machines.set_ready(mac, False, why)
+        finally:
+            self._reason.pop(mac, None)
 
     # ---------------------------------------------------------------- storage
     def _set(self, row: Training, **values: Any) -> None:
@@ -417,12 +415,8 @@ class TrainingService:
             await self.store.upsert(Training, row.model_dump())
         except Exception:  # noqa: BLE001 - in memory it goes on; the next save retries
             log.exception("cannot store the training of %s", row.mac_address)
-        machine = self.machines.machines.get(row.mac_address)
-        if machine is not None:
-            self.bus.publish(
-                "machine",
-                {"action": "updated", "mac": row.mac_address, "machine": self.machines.to_json(machine)},
-            )
+        if row.mac_address in self.machines.machines:
+            self.changed(row.mac_address, "training")  # its own action: _follow does not react to it
 
 
 def _at(row: Training) -> str:

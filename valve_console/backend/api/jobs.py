@@ -92,7 +92,7 @@ async def cancel_machine_job(request: Request, mac: str, farm: FarmDep) -> Respo
     machine = machines.get(key)
     job_id = jobs.running.get(key)
     if job_id is None or job_id in jobs.training_jobs:
-        state = machines.state_of(machine)
+        state = farm.view.state(machine)
         raise BadRequest(f"The machine {key} isn't running a job. Current state is {state}")
     answer = await jobs.cancel(job_id)
     if wants_rich_answer(request):

@@ -8,7 +8,6 @@ from typing import Any, Literal, Optional
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from ..errors import FarmError
 from ..registration import MachineUpdate, Registration
 from .deps import OPERATOR, FarmDep, registration_rate
 from .models import ERRORS, DiscoverRequest, ErrorBody, FindOutlets
@@ -39,8 +38,8 @@ async def register(reg: Registration, farm: FarmDep, source: Optional[str] = Dep
     pinned to another machine is refused (409); a new machine registers from the address it reports."""
     done = await farm.machines.register(reg, source)
     if done.held:
-        return JSONResponse({**done.machine, "message": done.held}, status_code=202)
-    return done.machine
+        return JSONResponse({**farm.view.json(done.machine), "message": done.held}, status_code=202)
+    return farm.view.json(done.machine)
 
 
 router.add_api_route(
@@ -70,8 +69,8 @@ async def held_registrations(farm: FarmDep) -> dict[str, Any]:
 async def decide_registration(mac: str, decision: Literal["approve", "reject"], farm: FarmDep) -> dict[str, Any]:
     """approve: apply the held changes (the IP must still be free); reject: drop them. Answers the machine."""
     if decision == "approve":
-        return await farm.machines.approve_registration(mac)
-    return await farm.machines.reject_registration(mac)
+        return farm.view.json(await farm.machines.approve_registration(mac))
+    return farm.view.json(await farm.machines.reject_registration(mac))
 
 
 # ---------------------------------------------------------------------------------------- discovery
@@ -114,7 +113,7 @@ async def find_outlets(name: str, farm: FarmDep, body: Optional[FindOutlets] = N
 # ---------------------------------------------------------------------------------------- machines
 @router.get("/api/v1/machines", tags=["machines"], response_model=contract.Machines, response_model_exclude_unset=True)
 async def list_machines(farm: FarmDep) -> dict[str, Any]:
-    return {"machines": farm.machines.list_json()}
+    return {"machines": farm.view.machines()}
 
 
 @router.get(
@@ -125,7 +124,7 @@ async def list_machines(farm: FarmDep) -> dict[str, Any]:
     response_model_exclude_unset=True,
 )
 async def get_machine(mac: str, farm: FarmDep) -> dict[str, Any]:
-    return farm.machines.to_json(farm.machines.get(mac))
+    return farm.view.machine(mac)
 
 
 router.add_api_route("/api/v1/machine/{mac}", get_machine, methods=["GET"], include_in_schema=False)
@@ -139,7 +138,7 @@ router.add_api_route("/api/v1/machine/{mac}", get_machine, methods=["GET"], incl
     response_model=contract.Machine, response_model_exclude_unset=True,
 )
 async def patch_machine(mac: str, patch: MachineUpdate, farm: FarmDep) -> dict[str, Any]:
-    return await farm.machines.update(mac, patch)
+    return farm.view.json(await farm.machines.update(mac, patch))
 
 
 router.add_api_route(
@@ -159,7 +158,7 @@ router.add_api_route(
     response_model=contract.Removed, response_model_exclude_unset=True,
 )
 async def delete_machine(mac: str, farm: FarmDep) -> dict[str, Any]:
-    return await farm.machines.remove(mac)
+    return await farm.machines.remove(mac, busy=farm.view.activity)
 
 
 router.add_api_route(
@@ -204,10 +203,8 @@ async def activate(mac: str, farm: FarmDep) -> str:
 async def training_action(mac: str, action: Literal["start", "stop", "skip"], farm: FarmDep) -> dict[str, Any]:
     """start: (re)train now; stop: no training until started; skip: ready for service without loops."""
     service = farm.training
-    if service is None:
-        raise FarmError("the training service is not running", 503)
     if action == "start":
-        return await service.start_training(mac)
+        return farm.view.json(await service.start_training(mac))
     if action == "stop":
-        return await service.stop_training(mac)
-    return await service.skip_training(mac)
+        return farm.view.json(await service.stop_training(mac))
+    return farm.view.json(await service.skip_training(mac))

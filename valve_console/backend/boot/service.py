@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from .dnsmasq import dnsmasq_command, dnsmasq_test, find_dnsmasq, prepare_tftp_root
 from .files import write_atomically
@@ -38,7 +38,11 @@ class BootService:
         root: Union[str, os.PathLike[str]],
         debounce: float = 0.5,
         dnsmasq_conf: Optional[str] = None,
+        on_health_change: Callable[[], None] = lambda: None,
+        unavailable: Optional[str] = None,
     ) -> None:
+        """``on_health_change()``: told when state/reason changed; ``unavailable``: why the managed dnsmasq
+        cannot run here (the service is degraded with that reason from its start)."""
         self.bus = bus
         self.machines = machines
         self.root = Path(root)
@@ -50,7 +54,8 @@ class BootService:
         self.writes = 0
         self.resyncs = 0  # full reads of machines() (at start, and after lost events)
         self.proc: Optional[asyncio.subprocess.Process] = None
-        self.on_health_change: Any = None
+        self.on_health_change = on_health_change
+        self.unavailable = unavailable
         self._last: Optional[str] = None
         self._pins: dict[str, DhcpHost] = {}  # MAC -> its pin (machines with one)
         self._invalid: dict[str, str] = {}  # MAC -> why it cannot be pinned
@@ -61,8 +66,7 @@ class BootService:
 
     def _health(self, state: str, reason: Optional[str] = None) -> None:
         self.state, self.reason = state, reason
-        if self.on_health_change is not None:
-            self.on_health_change()
+        self.on_health_change()
 
     async def start(self) -> None:
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
@@ -73,6 +77,8 @@ class BootService:
             await self._start_dnsmasq()
         else:
             self._health("ok")
+        if self.unavailable:
+            self._health("degraded", self.unavailable)
         self._task = asyncio.create_task(self._follow(), name="boot-hosts")
 
     async def stop(self) -> None:

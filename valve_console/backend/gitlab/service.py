@@ -52,7 +52,12 @@ class RunnerService:
         machines: "MachineService",
         settings: Any,
         api_url: Callable[[], str],
+        *,
+        changed: Callable[[str, str], None] = lambda mac, action: None,
+        on_health_change: Callable[[], None] = lambda: None,
     ) -> None:
+        """``changed(mac, "runner")``: told when a machine's runners changed; ``on_health_change()``: when
+        state/reason changed."""
         self.store = store
         self.bus = bus
         self.machines = machines
@@ -70,7 +75,8 @@ class RunnerService:
         self.status: dict[str, dict[str, Any]] = {}
         self.state = "starting"
         self.reason: Optional[str] = None
-        self.on_health_change: Any = None
+        self.on_health_change = on_health_change
+        self.changed = changed
         self.config_writes = 0
         self._config_text: Optional[str] = None
         self._apis: dict[str, tuple[tuple[str, str], GitlabApi]] = {}
@@ -435,9 +441,8 @@ class RunnerService:
     def _machine_notice(self, mac: str) -> None:
         if mac == GATEWAY:  # not a machine: the gitlab event (published after every sync) carries it
             return
-        m = self.machines.machines.get(mac)
-        if m is not None:
-            self.bus.publish("machine", {"action": "runner", "mac": mac, "machine": self.machines.to_json(m)})
+        if mac in self.machines.machines:
+            self.changed(mac, "runner")
 
     # ------------------------------------------------------------------ views
     def token_json(self, key: tuple[str, str]) -> dict[str, Any]:
@@ -560,8 +565,7 @@ class RunnerService:
 
     def _health(self) -> None:
         self.state, self.reason = self._summary()
-        if self.on_health_change is not None:
-            self.on_health_change()
+        self.on_health_change()
 
     def _publish(self) -> None:
         data = self.list_json()

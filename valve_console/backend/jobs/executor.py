@@ -20,7 +20,7 @@ share, removed with the history; ``share_variables(job_id, mac)`` gives ``job_bu
 ``await submit_training(mac, kind, text) -> RunningJob`` queues a Sgt. Hartman job (``register``/``bootloop``)
 on a machine that is not ready for service; ``training_jobs`` maps those job ids to their kind. A user job for
 a machine in training is refused (409). A job whose console matches ``machine_unfit_for_service`` ends
-INCOMPLETE (unless it failed already) and calls ``on_unfit(mac, job_id)`` (the farm wires Sgt. Hartman).
+INCOMPLETE (unless it failed already) and calls ``on_unfit(mac, job_id)`` (Sgt. Hartman's, given by the farm).
 
 Templates are never rendered or parsed on the event loop: ``JobService.parser`` (``JobParser``) does it in
 up to ``PARSE_WORKERS`` reused worker processes (jobs.worker_main), each request under a CPU budget
@@ -171,9 +171,16 @@ class JobService:
         settings: "Settings",
         api_host: Optional[Callable[[], str]] = None,
         boot_cache: Optional[BootCache] = None,
+        changed: Callable[[str, str], None] = lambda mac, action: None,
+        training_note: Callable[[str], Optional[str]] = lambda mac: None,
+        on_unfit: Optional[Callable[[str, str], Awaitable[None]]] = None,
     ) -> None:
         """``api_host()``: host:port of the API as DUTs reach it (known once the farm bound its socket);
-        ``boot_cache``: where boot artefacts are fetched to (settings.boot_cache), None to pass URLs on."""
+        ``boot_cache``: where boot artefacts are fetched to (settings.boot_cache), None to pass URLs on;
+        ``changed(mac, action)``: told when a machine's job state (its ``state``) changed;
+        ``training_note(mac)``: why a machine in training takes no user job (None: not training);
+        ``on_unfit(mac, job_id)``: a job's console matched machine_unfit_for_service (None: the machine
+        is just taken out of service)."""
         self.store = store
         self.bus = bus
         self.machines = machines
@@ -190,10 +197,9 @@ class JobService:
         self.drain_delay = settings.job_console_drain
         self.boot_cache = boot_cache
         self.training_jobs: dict[str, str] = {}  # job id -> "register" | "bootloop" (Sgt. Hartman's jobs)
-        # Why a machine in training takes no user job (None: not training); set by the training service.
-        self.training_note: Callable[[str], Optional[str]] = lambda mac: None
-        # Called when a job's console matched machine_unfit_for_service (None: just clear ready_for_service).
-        self.on_unfit: Optional[Callable[[str, str], Awaitable[None]]] = None
+        self.changed = changed
+        self.training_note = training_note
+        self.on_unfit = on_unfit
         # Job shares (share.py): <data_dir>/jobs/<id>/share; api_host() is host:port of the API for the DUTs.
         self.shares = ShareStore(
             settings.data_dir / "jobs", settings.job_share_max_bytes, settings.job_shares_max_total_bytes
@@ -435,10 +441,10 @@ class JobService:
                 raise Conflict("the gateway is stopping")
             mac = self._pick(tgt)
             self._parsing[mac] += 1
-            machine_json = self.machines.to_json(self.machines.machines[mac])
+            machine = self.machines.machines[mac]
             try:
                 await self.parser.parse(
-                    text, MachineInfo.from_json(machine_json), target=override,
+                    text, MachineInfo.from_machine(machine, self.machines.full_name(machine)), target=override,
                     variables=self.share_variables(job_id, mac, key), defaults=self.template_defaults(),
                 )
             except JobError as exc:
@@ -458,7 +464,7 @@ class JobService:
                     del self._parsing[mac]
         try:
             job = await self._enqueue(
-                job_id, mac, text, tgt.model_dump(exclude_none=True), machine_json["full_name"], callback
+                job_id, mac, text, tgt.model_dump(exclude_none=True), self.machines.full_name(machine), callback
             )
         except Exception:
             self._remove_shares([job_id])
@@ -617,9 +623,8 @@ class JobService:
         self.bus.publish("job", self.job_json(job))
 
     def _machine_event(self, mac: str) -> None:
-        machine = self.machines.machines.get(mac)
-        if machine is not None:
-            self.bus.publish("machine", {"action": "updated", "mac": mac, "machine": self.machines.to_json(machine)})
+        if mac in self.machines.machines:
+            self.changed(mac, "updated")
 
     def _queue_changed(self, mac: str) -> None:
         for job_id in list(self.queues.get(mac) or ()):

@@ -90,7 +90,7 @@ class JobRun:
             target = Target.model_validate(row.target) if row.target else None
             self.parsed = await service.parser.parse(
                 row.job_text,
-                MachineInfo.from_json(service.machines.to_json(machine)),
+                MachineInfo.from_machine(machine, service.machines.full_name(machine)),
                 target=target,
                 variables=service.share_variables(job.id, mac),
                 defaults=service.template_defaults(),

@@ -6,13 +6,16 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import JobError
 from .source import MAX_JOB_CHARS, _stage
+
+if TYPE_CHECKING:
+    from ..models import Machine
 
 ENV_PREFIX = "EXECUTOR_JOB__"
 
@@ -28,6 +31,19 @@ class MachineInfo:
     ip_address: Optional[str] = None
     local_tty_device: Optional[str] = None
     ready_for_service: bool = False
+
+    @classmethod
+    def from_machine(cls, m: "Machine", full_name: str) -> "MachineInfo":
+        """From the stored machine and its name (``MachineService.full_name``)."""
+        return cls(
+            mac_address=m.mac_address,
+            base_name=m.base_name,
+            full_name=full_name,
+            tags=tuple(m.tags),
+            ip_address=m.ip_address,
+            local_tty_device=m.local_tty_device,
+            ready_for_service=m.ready_for_service,
+        )
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "MachineInfo":
