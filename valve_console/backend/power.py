@@ -29,10 +29,10 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, ClassVar, TypeVar
 
-from sqlalchemy import insert
-from sqlmodel import Session, delete, func, select
+from sqlalchemy import Table, insert
+from sqlmodel import Session, col, delete, func, select
 
 from ..drivers.pdu import DriverConfigError, DriverError, Outlet, OutletError, PDUDriver, PortState, create_driver
 from ..drivers.pdu.base import get_many, set_many
@@ -51,7 +51,10 @@ READBACK_PAUSE = 0.2  # seconds between read-backs that do not match yet
 MAX_BACKOFF = 60.0
 MAX_BATCH = 64  # switch commands sent to one PDU together
 _LOG_COLUMNS = ("pdu", "port_id", "state", "at", "source")
-_LOG_INSERT = (f"INSERT INTO {OutletLog.__table__.name} ({', '.join(_LOG_COLUMNS)}) "
+_LogRow = tuple[str, str, str, float, str]  # an OutletLog row in _LOG_COLUMNS order
+# SQLModel sets __table__ on a table=True model; its types do not declare it.
+_OUTLET_LOG: Table = OutletLog.__table__  # type: ignore[attr-defined]
+_LOG_INSERT = (f"INSERT INTO {_OUTLET_LOG.name} ({', '.join(_LOG_COLUMNS)}) "
                f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})")
 
 
@@ -66,7 +69,7 @@ def masked(config: dict[str, Any]) -> dict[str, Any]:
 class BrokenDriver:
     """Stands in for a stored PDU whose driver cannot be built (e.g. a driver removed by an upgrade)."""
 
-    name = "broken"
+    name: ClassVar[str] = "broken"
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -109,7 +112,7 @@ class _Op:
     """A queued job that is not a switch (a poll, a read): runs alone."""
 
     run: Callable[[], Awaitable[Any]]
-    fut: asyncio.Future
+    fut: asyncio.Future[Any]  # the op's result (the queue holds ops of any result type)
 
 
 @dataclass(slots=True)
@@ -123,8 +126,12 @@ class _Switch:
     port_id: str
     target: PortState
     source: str
-    fut: asyncio.Future
+    fut: asyncio.Future[PortState]
     then_on: bool = False
+
+
+# A caller's answer from a batch: the state read back, the error, or None (a reboot's OFF: its ON answers).
+_Answer = tuple[asyncio.Future[PortState], PortState | PowerError | None]
 
 
 @dataclass
@@ -140,7 +147,7 @@ class PduRuntime:
     error: str | None = None
     queue: deque[_Op | _Switch] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: list[asyncio.Task] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
     port_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     # Power-ons waiting for their outlet's min-off time, queued when it has passed.
     delayed: dict[asyncio.TimerHandle, _Switch] = field(default_factory=dict)
@@ -180,10 +187,10 @@ class PowerService:
         self.on_health_change = on_health_change  # told when state/reason changed
         self.command_stats = PduCommandStats()  # latency of each queued command, for /metrics
         # OutletLog group commit: rows waiting for the next write, the future that write resolves.
-        self._log_rows: list[tuple[Any, ...]] = []
+        self._log_rows: list[_LogRow] = []
         self._log_done: asyncio.Future[None] | None = None
-        self._log_task: asyncio.Task | None = None
-        self._answering: set[asyncio.Task] = set()  # batches whose callers wait for their rows' commit
+        self._log_task: asyncio.Task[None] | None = None
+        self._answering: set[asyncio.Task[None]] = set()  # batches whose callers wait for their rows' commit
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -194,7 +201,7 @@ class PowerService:
                 .where(OutletLog.state == PortState.OFF.value)
                 .group_by(OutletLog.pdu, OutletLog.port_id)
             ).all()
-            return pdus, [tuple(row) for row in offs]
+            return pdus, [(pdu, port_id, at) for pdu, port_id, at in offs]
 
         pdus, offs = await self.store.run(load)
         self._last_off = {(p, port): at for p, port, at in offs}
@@ -265,7 +272,8 @@ class PowerService:
                 head = rt.queue[0]
                 if not isinstance(head, _Switch) or head.port_id in ports:
                     break
-                batch.append(rt.queue.popleft())
+                rt.queue.popleft()
+                batch.append(head)
                 ports.add(head.port_id)
             batch = [cmd for cmd in batch if not cmd.fut.done()]
             if batch:
@@ -273,12 +281,12 @@ class PowerService:
                 self.command_stats.observe(rt.name, time.monotonic() - started, rt.failures == 0)
 
     @staticmethod
-    def _stopped(rt: PduRuntime, futs: list[asyncio.Future]) -> None:
+    def _stopped(rt: PduRuntime, futs: list[asyncio.Future[Any]]) -> None:
         for fut in futs:
             if not fut.done():
                 fut.set_exception(PowerError(f"PDU {rt.name} was removed, or the power service stopped"))
 
-    def _fail(self, rt: PduRuntime, futs: list[asyncio.Future], exc: BaseException) -> PowerError:
+    def _fail(self, rt: PduRuntime, futs: list[asyncio.Future[Any]], exc: BaseException) -> PowerError:
         """Mark the PDU after ``exc`` and fail every waiting future with the reason."""
         if isinstance(exc, PowerError):  # the PDU answered, but not as asked
             self._mark(rt, None)
@@ -366,7 +374,7 @@ class PowerService:
         # Each caller's answer (a state or an error), given once the batch's rows are committed; a
         # reboot whose OFF read back goes on with its ON at once (None here: only a failed write of
         # the OFF's row reaches its caller from this batch).
-        answers: list[tuple[asyncio.Future, PortState | PowerError | None]] = []
+        answers: list[_Answer] = []
         for port_id, cmd in commands.items():
             if cmd.fut.done():
                 continue
@@ -391,7 +399,7 @@ class PowerService:
             task.add_done_callback(self._answering.discard)
 
     async def _answer_when_logged(self, rt: PduRuntime, changed: list[dict[str, Any]],
-                                  answers: list[tuple[asyncio.Future, Any]], written: asyncio.Future[None]) -> None:
+                                  answers: list[_Answer], written: asyncio.Future[None]) -> None:
         """Answer once the batch's rows are committed. If they cannot be (a full data volume), the
         outlets were still switched: callers get the states read back, the failure is logged (and the
         storage's health says why); min-off times hold from memory until the next start."""
@@ -404,7 +412,7 @@ class PowerService:
                       rt.name, why, outlets or "no change")
         self._answer(rt, changed, answers, None)
 
-    def _answer(self, rt: PduRuntime, changed: list[dict[str, Any]], answers: list[tuple[asyncio.Future, Any]],
+    def _answer(self, rt: PduRuntime, changed: list[dict[str, Any]], answers: list[_Answer],
                 error: PowerError | None) -> None:
         """Publish the batch's outlet changes and answer its callers (after its rows are committed)."""
         for data in changed:
@@ -493,13 +501,13 @@ class PowerService:
             self.bus.publish("outlet", data)
 
     def _take_readings(self, rt: PduRuntime, readings: list[tuple[str, PortState, str]]
-                       ) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
+                       ) -> tuple[list[dict[str, Any]], list[_LogRow]]:
         """Update the outlets' states from readings; return the ``outlet`` events of those that
         changed (their JSON now: a reboot's ON may change the outlet again before the OFF's event is
         published) and the OutletLog rows to write, as tuples in _LOG_COLUMNS order (a first sight
         of an outlet known to be off since before is not one)."""
         changed: list[OutletInfo] = []
-        entries: list[tuple[Any, ...]] = []
+        entries: list[_LogRow] = []
         now = time.time()
         for port_id, state, source in readings:
             info = rt.outlets.get(port_id)
@@ -519,7 +527,7 @@ class PowerService:
                 entries.append((rt.name, port_id, state.value, now, source))
         return [self.outlet_json(rt, info) for info in changed], entries
 
-    def _hand_to_log(self, entries: list[tuple[Any, ...]]) -> asyncio.Future[None]:
+    def _hand_to_log(self, entries: list[_LogRow]) -> asyncio.Future[None]:
         """Hand OutletLog rows to the writer; the future is done when they are committed. Rows that
         arrive while a write is in flight (other batches) are written together by the next one: one
         transaction and one commit for all of them, rows as plain tuples in one executemany (no
@@ -555,7 +563,7 @@ class PowerService:
             if self._log_done is not None and self._log_done.done():
                 self._log_rows, self._log_done = [], None
 
-    def _insert_log(self, rows: list[tuple[Any, ...]]) -> None:
+    def _insert_log(self, rows: list[_LogRow]) -> None:
         """In the store thread: one executemany of plain tuples on a pooled DB-API connection, one
         commit (SQLAlchemy's Session/Core around it cost more than SQLite's own insert and commit).
         (A multi-row INSERT cost more store CPU here than executemany.) Other databases than SQLite
@@ -565,7 +573,7 @@ class PowerService:
         if engine.dialect.paramstyle != "qmark":  # not SQLite: the portable way
             with engine.begin() as connection:
                 values = [dict(zip(_LOG_COLUMNS, row, strict=True)) for row in rows]
-                connection.execute(insert(OutletLog.__table__), values)
+                connection.execute(insert(_OUTLET_LOG), values)
             return
         conn = engine.raw_connection()
         try:
@@ -679,7 +687,9 @@ class PowerService:
         self._runtime(pdu).wake_poll.set()
 
     # ---------------------------------------------------------------- PDUs
-    async def add_pdu(self, name: str, driver: str, config: dict[str, Any] | None, reserved: list[str] | None = None):
+    async def add_pdu(
+        self, name: str, driver: str, config: dict[str, Any] | None, reserved: list[str] | None = None
+    ) -> dict[str, Any]:
         if not isinstance(name, str) or not PDU_NAME.fullmatch(name):
             raise BadRequest("a PDU name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         if name in self.pdus:
@@ -740,7 +750,7 @@ class PowerService:
             users = session.exec(select(Machine.mac_address).where(Machine.pdu == name)).all()
             if users:
                 raise Conflict(f"PDU {name} still powers {', '.join(users)}: assign those machines elsewhere first")
-            session.exec(delete(Pdu).where(Pdu.name == name))
+            session.exec(delete(Pdu).where(col(Pdu.name) == name))
 
         await self.store.run(remove)
         self.pdus.pop(name, None)

@@ -22,9 +22,10 @@ with a small ring, removed with their logs when unused. Connections are capped a
 console logs together stay under a farm-wide cap (``LogBudget``), the oldest rotated files going first.
 
 The package: ``hub`` (ConsoleHub, with its parts ``netconsole``, ``binding``, ``sources`` (and
-build_device_sources), ``tcpport``), ``console`` (Console), ``streams`` (Stream,
-DeviceState), ``viewers`` (Subscriber, TcpViewer, Writer), ``policy`` (ConsolePolicy), ``logstore`` (RotatingLog,
-SliceReader, LogBudget) and ``limits`` (bounds and intervals); this face re-exports what other modules use.
+build_device_sources), ``tcpport``; ``host``: HubHost, what the parts use of the hub, for the type checker),
+``console`` (Console), ``streams`` (Stream, DeviceState), ``viewers`` (Subscriber, TcpViewer, Writer), ``policy``
+(ConsolePolicy), ``logstore`` (RotatingLog, SliceReader, LogBudget) and ``limits`` (bounds and intervals); this face
+re-exports what other modules use.
 """
 
 from __future__ import annotations

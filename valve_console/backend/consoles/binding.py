@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BadRequest, Conflict, NotFound
 from ..rules import MAC_PREFIX, normalise_mac
@@ -23,10 +23,15 @@ from .limits import (
 from .policy import same_address
 from .streams import Stream
 
+if TYPE_CHECKING:
+    from .host import HubHost
+else:
+    HubHost = object  # a part of ConsoleHub: its host's interface is for the type checker only
+
 log = logging.getLogger(__package__)
 
 
-class BindingMixin:
+class BindingMixin(HubHost):
     """Streams and their binding to machines: lines and SALAD markers, the binding a stream earns (ConsolePolicy),"""
 
     # ---------------------------------------------------------------- streams
@@ -161,8 +166,8 @@ class BindingMixin:
             key=lambda s: s.opened_at,
         )
         for stream in waiting:
-            if stream in self.streams and stream.machine is None:
-                self._claim(stream, stream.announced)  # type: ignore[arg-type]
+            if stream in self.streams and stream.machine is None and stream.announced is not None:
+                self._claim(stream, stream.announced)
 
     def bind(self, stream: Stream, mac: str, persist: bool = True, origin: str | None = None) -> None:
         """Make ``stream`` the console of ``mac`` (no questions asked: callers decided it may)."""

@@ -57,6 +57,7 @@ class Console:
         self.tcp_host: str | None = None
         self.tcp_port: int | None = None
         self.tcp_error: str | None = None
+        self._logged_error: str | None = None  # the last tcp_error logged (a retry logs a new one only)
         self.server: asyncio.base_events.Server | None = None
         self._share_retry: asyncio.TimerHandle | None = None
 

@@ -11,7 +11,8 @@ import socket
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from collections.abc import Coroutine, Hashable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..errors import BadRequest, Conflict, NotFound
 from ..events import EventBus
@@ -33,6 +34,9 @@ from .streams import DeviceState, Stream
 from .tcpport import TcpPortMixin
 from .viewers import Subscriber
 
+if TYPE_CHECKING:
+    from ...drivers.serial import DeviceSource
+
 log = logging.getLogger(__package__)
 
 
@@ -49,7 +53,7 @@ class ConsoleHub(NetconsoleMixin, BindingMixin, SourcesMixin, TcpPortMixin):
         store: Any = None,
         tcp_host: str | None = "127.0.0.1",
         tcp_base: int = 0,
-        device_sources: Iterable[Any] = (),
+        device_sources: Iterable[DeviceSource] = (),
         known_machine: Callable[[str], bool] | None = None,
         api_writer_timeout: float = 60.0,
         machine_address: Callable[[str], str | None] | None = None,
@@ -76,7 +80,7 @@ class ConsoleHub(NetconsoleMixin, BindingMixin, SourcesMixin, TcpPortMixin):
         self.budget = LogBudget(log_dir, self.policy.logs_max_bytes)
         self._free_indexes: list[int] = []  # TCP indexes of removed provisional consoles (never a machine's)
         self._per_source: dict[str, int] = {}  # netconsole connections per peer address
-        self._warned: dict[Any, tuple[float, int]] = {}  # rate-limited warnings: key -> (last, suppressed)
+        self._warned: dict[Hashable, tuple[float, int]] = {}  # rate-limited warnings: key -> (last, suppressed)
         self._warn_times: deque[float] = deque()  # when the warnings of the last minute were logged
         self._machine_sub: Any = None
         self._log_check: asyncio.TimerHandle | None = None
@@ -86,14 +90,15 @@ class ConsoleHub(NetconsoleMixin, BindingMixin, SourcesMixin, TcpPortMixin):
         self.devices: dict[str, DeviceState] = {}  # device identity -> state (present devices)
         self.device_owner: dict[str, str] = {}  # device identity -> MAC (stored)
         self._by_node: dict[str, str] = {}  # device node -> identity (for removals)
-        self._remotes: dict[str, asyncio.Task] = {}
+        self._remotes: dict[str, asyncio.Task[None]] = {}
         self._next_index = 0
         self._server: asyncio.base_events.Server | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
-        self._conn_tasks: set[asyncio.Task] = set()
-        self._tasks: set[asyncio.Task] = set()
-        self._saves: set[asyncio.Task] = set()
-        self._closing: set[asyncio.Future] = set()  # links being closed (a serial port closes in a thread)
+        self._conn_tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._saves: set[asyncio.Task[None]] = set()
+        # links being closed (a serial port closes in a thread)
+        self._closing: set[asyncio.Future[Exception | None]] = set()
         self._stopping = False
         self.state = "starting"
         self.reason: str | None = None
@@ -173,13 +178,13 @@ class ConsoleHub(NetconsoleMixin, BindingMixin, SourcesMixin, TcpPortMixin):
             RotatingLog(self.log_dir / f"{mac}.log", self.log_max_bytes, self.log_backups).remove()
 
     async def _forget_rows(self, macs: list[str]) -> None:
-        from sqlmodel import delete
+        from sqlmodel import col, delete
 
         from ..models import MachineConsole
 
         def run(session: Any) -> None:
             for i in range(0, len(macs), 500):
-                session.exec(delete(MachineConsole).where(MachineConsole.mac_address.in_(macs[i : i + 500])))
+                session.exec(delete(MachineConsole).where(col(MachineConsole.mac_address).in_(macs[i : i + 500])))
 
         await self.store.run(run)
 
@@ -229,7 +234,7 @@ class ConsoleHub(NetconsoleMixin, BindingMixin, SourcesMixin, TcpPortMixin):
         if self._saves:
             await asyncio.gather(*self._saves, return_exceptions=True)
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -508,7 +513,7 @@ class ConsoleHub(NetconsoleMixin, BindingMixin, SourcesMixin, TcpPortMixin):
                 self._promote(console)
             self._retry_waiting(mac)
 
-    def _warn(self, key: Any, message: str) -> None:
+    def _warn(self, key: Hashable, message: str) -> None:
         """A warning logged at most once a minute per ``key`` (with how many were left out), and at most
         WARN_BURST a minute in all: many hostile streams must not flood the journal either."""
         now = time.monotonic()

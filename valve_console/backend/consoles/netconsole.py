@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .limits import (
     KEEPALIVE_COUNT,
@@ -18,10 +18,15 @@ from .limits import (
 )
 from .streams import Stream
 
+if TYPE_CHECKING:
+    from .host import HubHost
+else:
+    HubHost = object  # a part of ConsoleHub: its host's interface is for the type checker only
+
 log = logging.getLogger(__package__)
 
 
-class NetconsoleMixin:
+class NetconsoleMixin(HubHost):
     """The netconsole server: a TCP connection per DUT console (capped overall and per source, keepalive), read into"""
 
     # ---------------------------------------------------------------- the netconsole

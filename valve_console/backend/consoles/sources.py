@@ -6,10 +6,11 @@ A part of ConsoleHub (hub.py): its methods, on the hub's state."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .console import Console
 from .limits import (
@@ -18,14 +19,20 @@ from .limits import (
 )
 from .streams import DeviceState, Stream
 
+if TYPE_CHECKING:
+    from ...drivers.serial import ConsoleLink, DeviceSource, SerialDeviceInfo
+    from .host import HubHost
+else:
+    HubHost = object  # a part of ConsoleHub: its host's interface is for the type checker only
+
 log = logging.getLogger(__package__)
 
 
-class SourcesMixin:
+class SourcesMixin(HubHost):
     """Console sources other than the netconsole: serial devices (found by device sources, or given) and machines'"""
 
     # ---------------------------------------------------------------- serial devices
-    async def _consume(self, source: Any) -> None:
+    async def _consume(self, source: DeviceSource) -> None:
         async for event in source.events():
             try:
                 if event.action == "add":
@@ -35,12 +42,12 @@ class SourcesMixin:
             except Exception:  # noqa: BLE001 - one odd device must not stop discovery
                 log.exception("serial device event %s failed", event)
 
-    def _device_added(self, info: Any) -> None:
+    def _device_added(self, info: SerialDeviceInfo) -> None:
         from dataclasses import replace
 
         real = os.path.realpath(info.devnode)
-        for ident, state in self.devices.items():
-            if os.path.realpath(state.info.devnode) == real and ident != info.identity:
+        for ident, present in self.devices.items():
+            if os.path.realpath(present.info.devnode) == real and ident != info.identity:
                 log.info("%s is already open as %s; ignoring it as %s", info.devnode, ident, info.identity)
                 return
         ident = info.identity
@@ -68,7 +75,7 @@ class SourcesMixin:
         state.task = asyncio.get_running_loop().create_task(self._serial_loop(state), name=f"serial-{ident}")
         log.info("serial device %s (%s) appeared", ident, info.devnode)
 
-    def _device_removed(self, info: Any) -> None:
+    def _device_removed(self, info: SerialDeviceInfo) -> None:
         ident = self._by_node.pop(info.devnode, info.identity)
         state = self.devices.pop(ident, None)
         if state is None:
@@ -89,7 +96,7 @@ class SourcesMixin:
             link = None
             opened_at = None
             try:
-                link = await open_serial(info.devnode, info.baud, lambda data, s=stream: self.feed(s, data))
+                link = await open_serial(info.devnode, info.baud, functools.partial(self.feed, stream))
                 opened_at = time.monotonic()
                 stream.write = link.write
                 stream.buffered = link.buffered
@@ -122,7 +129,7 @@ class SourcesMixin:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
 
-    def _close_link(self, link: Any) -> None:
+    def _close_link(self, link: ConsoleLink) -> None:
         link.close()
         if not link.closed.done():
             self._closing.add(link.closed)
@@ -138,10 +145,14 @@ class SourcesMixin:
             task = asyncio.get_running_loop().create_task(
                 self._remote_loop(console.mac, console.remote), name=f"remote-console-{console.mac}"
             )
-            self._remotes[console.mac] = task
-            task.add_done_callback(
-                lambda t, mac=console.mac: self._remotes.pop(mac, None) if self._remotes.get(mac) is t else None
-            )
+            mac = console.mac
+            self._remotes[mac] = task
+
+            def forget(done: asyncio.Task[None]) -> None:
+                if self._remotes.get(mac) is done:
+                    self._remotes.pop(mac, None)
+
+            task.add_done_callback(forget)
 
     async def _remote_loop(self, mac: str, url: str) -> None:
         from ...drivers.serial.remote import open_remote, parse_console_url
@@ -154,7 +165,7 @@ class SourcesMixin:
             link = None
             opened_at = None
             try:
-                link = await open_remote(spec, lambda data, s=stream: self.feed(s, data))
+                link = await open_remote(spec, functools.partial(self.feed, stream))
                 opened_at = time.monotonic()
                 stream.write = link.write
                 stream.buffered = link.buffered
@@ -181,11 +192,11 @@ class SourcesMixin:
             delay = min(delay * 2, RETRY_MAX)
 
 
-def build_device_sources(settings: Any) -> list[Any]:
+def build_device_sources(settings: Any) -> list[DeviceSource]:
     """The device sources a farm's settings ask for: explicit ``--serial`` paths, then USB discovery."""
     from ...drivers.serial import ExplicitDeviceSource, PyudevDeviceSource
 
-    sources: list[Any] = []
+    sources: list[DeviceSource] = []
     if settings.serial:
         sources.append(ExplicitDeviceSource(settings.serial))
     if settings.console_discovery != "off":

@@ -7,7 +7,10 @@ import asyncio
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ...drivers.serial import ConsoleLink, SerialDeviceInfo
 
 
 class Stream:
@@ -69,8 +72,8 @@ class Stream:
 
 @dataclass
 class DeviceState:
-    info: Any  # drivers.serial.SerialDeviceInfo
+    info: SerialDeviceInfo
     task: asyncio.Task[None] | None = None
     stream: Stream | None = None
-    link: Any = None
+    link: ConsoleLink | None = None
     error: str | None = None

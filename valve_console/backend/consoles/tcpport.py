@@ -9,6 +9,7 @@ import asyncio
 import errno
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 from ..errors import Conflict
 from .console import Console
@@ -17,10 +18,15 @@ from .limits import (
 )
 from .viewers import TcpViewer
 
+if TYPE_CHECKING:
+    from .host import HubHost
+else:
+    HubHost = object  # a part of ConsoleHub: its host's interface is for the type checker only
+
 log = logging.getLogger(__package__)
 
 
-class TcpPortMixin:
+class TcpPortMixin(HubHost):
     """Each machine's console shared on its TCP port (console_tcp_base + its stored index): the listening socket,"""
 
     # ---------------------------------------------------------------- the machine's TCP port
@@ -58,9 +64,9 @@ class TcpPortMixin:
             console.tcp_port = None
             reason = exc.strerror or exc
             console.tcp_error = f"cannot listen on {host}:{port}: {reason}; retrying every {SHARE_RETRY:g} s"
-            if console.tcp_error != getattr(console, "_logged_error", None):
+            if console.tcp_error != console._logged_error:
                 log.warning("console %s: %s", console.mac, console.tcp_error)
-                console._logged_error = console.tcp_error  # type: ignore[attr-defined]
+                console._logged_error = console.tcp_error
             console._share_retry = asyncio.get_running_loop().call_later(SHARE_RETRY, self._open_share, console)
             return
         console.tcp_port = sock.getsockname()[1]

@@ -13,7 +13,7 @@ from .limits import NOTICE_INTERVAL, SUBSCRIBER_MAX, VIEWER_HIGH, VIEWER_LOW
 
 if TYPE_CHECKING:
     from .console import Console
-    from .hub import ConsoleHub
+    from .host import HubHost
 
 
 # --------------------------------------------------------------------------- viewers and writers
@@ -64,7 +64,7 @@ class Subscriber:
 class TcpViewer(asyncio.Protocol):
     """A TCP client of a machine's console port: sees the output; may type when it holds write."""
 
-    def __init__(self, hub: "ConsoleHub", console: "Console") -> None:
+    def __init__(self, hub: "HubHost", console: "Console") -> None:
         self.hub = hub
         self.console = console
         self.transport: asyncio.Transport | None = None

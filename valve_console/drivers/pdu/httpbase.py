@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 import httpx
@@ -70,7 +70,7 @@ class HttpPDU(BatchFallback):
         self._client: httpx.AsyncClient | None = None
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "HttpPDU":
+    def from_config(cls, config: dict[str, Any]) -> Self:  # the driver class it is called on
         cfg = parse_config(cls.config_model, config, cls.name)
         assert isinstance(cfg, HttpConfig)
         return cls(cfg)

@@ -12,10 +12,13 @@ import logging
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from . import sysfs
 from .base import DEFAULT_BAUD, QueueSource, SerialDeviceInfo, parse_serial_spec
+
+if TYPE_CHECKING:
+    import pyudev  # untyped (no stubs): its names are Any to the type checker
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ class PyudevDeviceSource(QueueSource):
         self.include = include
         self.sys_root = sys_root
         self.name = "udev"
-        self._monitor = None
+        self._monitor: pyudev.Monitor | None = None
         self._fd: int | None = None
         self.events_seen = 0  # raw tty uevents received, for diagnostics and the plumbing test
         self.error: str | None = None
@@ -79,7 +82,7 @@ class PyudevDeviceSource(QueueSource):
         for key, info in found.items():
             self._add(key, info)
 
-    def _scan(self, context) -> dict[str, SerialDeviceInfo]:
+    def _scan(self, context: pyudev.Context) -> dict[str, SerialDeviceInfo]:
         found: dict[str, SerialDeviceInfo] = {}
         for device in context.list_devices(subsystem="tty"):
             info = self._describe(device)
@@ -87,7 +90,7 @@ class PyudevDeviceSource(QueueSource):
                 found[device.sys_path] = info
         return found
 
-    def _describe(self, device) -> SerialDeviceInfo | None:
+    def _describe(self, device: pyudev.Device) -> SerialDeviceInfo | None:
         name = device.sys_name
         info = sysfs.describe_tty(name, self.sys_root, self.baud)
         if self.mode == "udev":
@@ -159,7 +162,7 @@ class ExplicitDeviceSource(QueueSource):
         self.poll_interval = poll_interval
         self.sys_root = sys_root
         self._resolved: dict[str, str] = {}
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def _describe(self, path: str, baud: int) -> SerialDeviceInfo:
         real = os.path.realpath(path)

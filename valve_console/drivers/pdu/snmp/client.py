@@ -4,13 +4,15 @@ pysnmp, v3 through pysnmp; error statuses in words (``SnmpStatusError``, with hi
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from collections.abc import Awaitable
+from typing import Any, Literal, TypeVar
 
 from ..base import DriverError
 from . import ber, transport
 from .config import MAX_OUTLETS, SnmpConfig, _is_ipv6
 from .engine import _engine, _release
 
+T = TypeVar("T")
 MAX_VARBINDS = 16  # per request in get_many/set_many; small enough for any PDU's buffer
 # Error statuses that say the request as a whole may not be made (credentials), not that one var-bind is bad.
 REQUEST_ERRORS = {"noAccess", "authorizationError", "readOnly", "genErr", "tooBig"}
@@ -223,7 +225,7 @@ class SnmpClient:
                 return name
         return None
 
-    async def _run(self, coro: Any, pages: bool = False) -> Any:
+    async def _run(self, coro: Awaitable[T], pages: bool = False) -> T:
         """Await a pysnmp call with a safety net (pysnmp has its own per-request timeout)."""
         try:
             return await asyncio.wait_for(coro, self._budget * (4 if pages else 1))

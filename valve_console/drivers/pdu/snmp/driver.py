@@ -26,7 +26,8 @@ def as_int(value: Any) -> int | None:
 
 
 class SnmpPDU(BatchFallback):
-    """An SNMP PDU described by a table. Subclasses set the class attributes below.
+    """An SNMP PDU described by a table. Subclasses set the class attributes below (the table's own, ``labels`` to
+    ``commands``, may be set per instance instead: GenericSnmpPDU reads them from its config).
 
     Column and OID templates may use ``{field}`` placeholders filled from the config (e.g. a unit).
     """
@@ -34,11 +35,11 @@ class SnmpPDU(BatchFallback):
     name: ClassVar[str]
     model: ClassVar[str]  # for messages, e.g. "APC MasterSwitch (sPDU)"
     config_model: ClassVar[type[SnmpConfig]] = SnmpConfig
-    labels: ClassVar[str | None] = None  # column of outlet names
-    count: ClassVar[str | None] = None  # scalar: number of outlets (used when the names are missing)
-    status: ClassVar[str]  # column read for the state
-    states: ClassVar[dict[int, PortState]]  # status value -> state; other values read UNKNOWN
-    commands: ClassVar[dict[PortState, tuple[str, int]]]  # state -> (column, value) to write
+    labels: str | None = None  # column of outlet names
+    count: str | None = None  # scalar: number of outlets (used when the names are missing)
+    status: str  # column read for the state
+    states: dict[int, PortState]  # status value -> state; other values read UNKNOWN
+    commands: dict[PortState, tuple[str, int]]  # state -> (column, value) to write
 
     def __init__(self, config: SnmpConfig) -> None:
         self.config = config
