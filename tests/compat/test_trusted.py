@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings, running_farm
+from tests.netns import dut_namespace
 from valve_console.backend.boot import BootCache, BootCacheError
 from valve_console.backend.trust import Trust, own_addresses
 
@@ -28,27 +28,8 @@ GATEWAY, DUT = "10.213.0.1", "10.213.0.50"
 @pytest.fixture(scope="module")
 def dut_netns() -> Iterator[str]:
     """A network namespace holding the "DUT" at 10.213.0.50, linked to us (10.213.0.1) by a veth pair."""
-    tag = os.getpid() % 100000
-    ns, here, there = f"vc-dut-{tag}", f"vcg{tag}", f"vcd{tag}"
-    setup = [
-        ["ip", "netns", "add", ns],
-        ["ip", "link", "add", here, "type", "veth", "peer", "name", there],
-        ["ip", "link", "set", there, "netns", ns],
-        ["ip", "addr", "add", f"{GATEWAY}/24", "dev", here],
-        ["ip", "link", "set", here, "up"],
-        ["ip", "-n", ns, "addr", "add", f"{DUT}/24", "dev", there],
-        ["ip", "-n", ns, "link", "set", there, "up"],
-        ["ip", "-n", ns, "link", "set", "lo", "up"],
-    ]
-    try:
-        for cmd in setup:
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode != 0:
-                pytest.skip(f"no network namespace for a DUT here ({' '.join(cmd)}: {result.stderr.strip()})")
+    with dut_namespace("dut", GATEWAY, (DUT,)) as ns:
         yield ns
-    finally:
-        subprocess.run(["ip", "link", "del", here], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 async def from_dut(ns: str, method: str, url: str, **kwargs) -> httpx.Response:

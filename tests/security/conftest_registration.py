@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings
+from tests.netns import dut_namespace
 from valve_console.backend.farm import Farm
 
 GATEWAY = "10.214.0.1"
@@ -84,31 +84,12 @@ class DutNetwork:
 @pytest.fixture(scope="module")
 def dut_network() -> Iterator[DutNetwork]:
     """A network namespace with the DUT addresses, linked to us (``GATEWAY``) by a veth pair."""
-    tag = os.getpid() % 100000
-    ns, here, there = f"vc-reg-{tag}", f"vrg{tag}", f"vrd{tag}"
-    setup = [
-        ["ip", "netns", "add", ns],
-        ["ip", "link", "add", here, "type", "veth", "peer", "name", there],
-        ["ip", "link", "set", there, "netns", ns],
-        ["ip", "addr", "add", f"{GATEWAY}/24", "dev", here],
-        ["ip", "link", "set", here, "up"],
-        *(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", there] for addr in DUT_ADDRESSES),
-        ["ip", "-n", ns, "link", "set", there, "up"],
-        ["ip", "-n", ns, "link", "set", "lo", "up"],
-    ]
-    network: Optional[DutNetwork] = None
-    try:
-        for cmd in setup:
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode != 0:
-                pytest.skip(f"no network namespace for DUTs here ({' '.join(cmd)}: {result.stderr.strip()})")
+    with dut_namespace("reg", GATEWAY, DUT_ADDRESSES) as ns:
         network = DutNetwork(ns)
-        yield network
-    finally:
-        if network is not None:
+        try:
+            yield network
+        finally:
             network.close()
-        subprocess.run(["ip", "link", "del", here], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 @contextlib.asynccontextmanager
