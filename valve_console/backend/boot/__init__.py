@@ -3,57 +3,21 @@
 Everything here is pure (text in, text out) except :func:`write_atomically` (file I/O: call it
 through ``asyncio.to_thread``) and :func:`dnsmasq_test` (async: runs ``dnsmasq --test``).
 
-Public API
-----------
+What each module holds (the signatures are in the modules):
 
-``BootConfig(kernel_url, initrd_url, cmdline="")``
-    What one DUT boots next (frozen dataclass). Built from a job's deployment
-    (``Job.deployment_for_boot(n)``) or :func:`registration_boot` for unknown machines. The URLs and
-    the cmdline are checked on creation (``ValueError``) so that nothing can inject iPXE commands.
-
-``ipxe_script(config, platform=None, buildarch=None) -> str``
-    The answer to ``GET /boot/<mac>/boot.ipxe?platform=&buildarch=`` (valve-infra §5.4): sets
-    ``semicolon:hex 3b``, downloads the kernel (with ``initrd=initrd`` unless ``platform == "pcbios"``
-    and every ``;`` of the cmdline written as ``${semicolon:string}``), then the initrd, then boots.
-
-``registration_boot(*, kernel_url, initrd_url, api_host, registry, ...) -> BootConfig``
-    The default boot of a DUT the gateway does not know (or that has nothing to do): boot2container
-    running the ``machine_registration ... register`` container.
-
-``validate_url(url, what="URL") -> str`` and ``validate_cmdline(cmdline) -> str``
-    The checks :class:`BootConfig` applies, reusable by the job schema.
-
-``DhcpHost(mac, ip, hostname)``, ``dhcp_hostname(name) -> str``, ``dhcp_hosts(machines, comment=None) -> str``,
-``parse_dhcp_hosts(text) -> list[DhcpHost]``, ``write_atomically(path, text, mode=0o644) -> Path``
-    The dnsmasq ``--dhcp-hostsfile`` that pins each DUT's IP: lines ``<mac>,<ip>,<hostname>`` (a real
-    hostname; valve-infra wrote ``set:<name>``, a dnsmasq *tag*). MACs are normalised with
-    :func:`valve_console.backend.registration.normalise_mac`. After writing, SIGHUP the dnsmasq.
-
-``dnsmasq_config(private_interface, private_ip, dhcp_range, tftp_root, hosts_file, leases_file,
-ipxe_bios, ipxe_efi, boot_url) -> str``
-    The config of an optional managed dnsmasq: DHCP + TFTP only (``port=0``), NTP and DNS options
-    pointing at the gateway, BIOS/EFI iPXE binaries over TFTP, and iPXE clients (user class ``iPXE``)
-    chained to ``<boot_url>/boot/${netX/mac}/boot.ipxe?platform=${platform}&buildarch=${buildarch}``.
-    Refuses a private IP inside the DHCP range.
-
-``prepare_tftp_root(config_text, sources=IPXE_SOURCES) -> (Path | None, problems)``
-    Makes the config's ``tftp-root=`` directory and copies the iPXE binaries of its ``dhcp-boot=`` lines
-    there from Debian's ipxe package when missing (dnsmasq does not start without the directory).
-
-``dnsmasq_command(conf_file, executable="dnsmasq") -> list[str]``, ``find_dnsmasq() -> str | None``,
-``async dnsmasq_test(config_text, timeout=10.0) -> tuple[bool, str]``
-    How to run it; ``dnsmasq_test`` syntax-checks a config with ``dnsmasq --test`` (Debian package
-    ``dnsmasq-base`` is enough). It returns ``(False, "dnsmasq is not installed")`` when it is missing.
-
-``BootCache(directory, base, max_bytes)``, ``cache_name(url)``, ``safe_file_name(name)``, ``BootCacheError``
-    Remote kernels/initramfs downloaded once (httpx, streamed to a temp file, renamed) into
-    ``<data>/files/<sha256(url)[:16]>-<basename>`` and served by ``GET /files/<name>``;
-    ``await cache.localise(config)`` gives the config with local URLs.
-
-``BootService(bus, machines, root, debounce, dnsmasq_conf)``, ``pinned_hosts(machines)``
-    Keeps one pin per machine, updated from each ``machine`` event (its JSON), and rewrites
-    ``<root>/hosts.dhcp`` when a pin changed (coalesced per burst, atomically) and runs the optional
-    managed dnsmasq (checked with ``dnsmasq --test`` first; SIGHUP after each hosts write).
+- ``ipxe``: ``BootConfig``, what one DUT boots next, checked on creation so nothing can inject iPXE
+  commands; the iPXE script of ``GET /boot/<mac>/boot.ipxe`` (valve-infra §5.4, ``;`` of a cmdline kept
+  on BIOS); the registration boot of a DUT the gateway does not know (boot2container running
+  ``machine_registration ... register``).
+- ``hosts``: the dnsmasq ``--dhcp-hostsfile`` that pins each DUT's IP (``<mac>,<ip>,<hostname>``: a real
+  hostname, where valve-infra wrote a dnsmasq tag).
+- ``dnsmasq``: the optional managed dnsmasq (DHCP + TFTP only, iPXE clients chained to the boot URL; a
+  private IP inside the DHCP range is refused), its TFTP root with Debian's iPXE binaries, and
+  ``dnsmasq --test``.
+- ``cache``: remote kernels and initramfs downloaded once (streamed, renamed into place) and served by
+  ``GET /files/<name>``; ``files``: atomic writes.
+- ``service``: ``BootService`` keeps one pin per machine from each ``machine`` event, rewrites the hosts
+  file when a pin changed (coalesced per burst) and SIGHUPs the managed dnsmasq it runs.
 
 The package: ``ipxe`` (BootConfig, scripts), ``hosts`` (the dnsmasq hosts file), ``dnsmasq`` (config, TFTP root,
 process), ``cache`` (BootCache), ``service`` (BootService), ``files`` (atomic writes); this face re-exports them.
