@@ -29,9 +29,9 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Protocol, Union
+from typing import Annotated, Any, Callable, Mapping, Optional, Protocol, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -50,16 +50,28 @@ _BASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 IDENTITY = ("ip_address", "base_name", "tags", "local_tty_device")
 
 
+def _tty_name(v: str) -> str:
+    v = v.removeprefix("/dev/")
+    if not _TTY.fullmatch(v):
+        raise ValueError(f"{v[:40]!r} is not a tty device name (e.g. ttyUSB0)")
+    return v
+
+
+# The checked field types the registration and the operator's PATCH share.
+Tags = Annotated[list[str], AfterValidator(machine_tags)]
+TtyName = Annotated[str, AfterValidator(_tty_name)]
+
+
 class Registration(BaseModel):
     """What a DUT sends: valve-infra's five fields, and nothing else."""
 
     model_config = ConfigDict(extra="forbid")
 
     base_name: Optional[str] = None
-    tags: Optional[list[str]] = None
+    tags: Optional[Tags] = None
     mac_address: str
     ip_address: Optional[str] = None
-    local_tty_device: Optional[str] = None
+    local_tty_device: Optional[TtyName] = None
 
     @field_validator("mac_address")
     @classmethod
@@ -83,20 +95,6 @@ class Registration(BaseModel):
             raise ValueError(f"{v[:40]!r} is not a base name (1-64 letters, digits, '.', '_' or '-')")
         return v
 
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, v: Optional[list[str]]) -> Optional[list[str]]:
-        return None if v is None else machine_tags(v)
-
-    @field_validator("local_tty_device")
-    @classmethod
-    def _tty(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None:
-            v = v.removeprefix("/dev/")
-            if not _TTY.fullmatch(v):
-                raise ValueError(f"{v[:40]!r} is not a tty device name (e.g. ttyUSB0)")
-        return v
-
 
 class MachineUpdate(BaseModel):
     """What an operator may change on a machine (PATCH)."""
@@ -105,9 +103,9 @@ class MachineUpdate(BaseModel):
 
     pdu: Optional[str] = None
     pdu_port_id: Optional[Union[str, int]] = None
-    local_tty_device: Optional[str] = None
+    local_tty_device: Optional[TtyName] = None
     ready_for_service: Optional[StrictBool] = None
-    manual_tags: Optional[list[str]] = None
+    manual_tags: Optional[Tags] = None
     pdu_off_delay: Optional[float] = Field(default=None, ge=0, le=3600)
     comment: Optional[str] = Field(default=None, max_length=4096)
     is_retired: Optional[StrictBool] = None
@@ -127,16 +125,6 @@ class MachineUpdate(BaseModel):
         if not text or len(text) > 32 or any(ord(c) < 33 for c in text):
             raise ValueError(f"{str(v)[:40]!r} is not a port id")
         return text
-
-    @field_validator("manual_tags")
-    @classmethod
-    def _tags(cls, v: Optional[list[str]]) -> Optional[list[str]]:
-        return None if v is None else machine_tags(v)
-
-    @field_validator("local_tty_device")
-    @classmethod
-    def _tty(cls, v: Optional[str]) -> Optional[str]:
-        return Registration._tty(v)
 
 
 # ---------------------------------------------------------------------------------- sources and rates
