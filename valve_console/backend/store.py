@@ -233,11 +233,6 @@ class Store:
     async def open(self) -> None:
         await self.run_raw(self._open, write=True)
 
-    def journal_mode(self) -> str:
-        assert self.engine is not None
-        with self.engine.connect() as conn:
-            return str(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
-
     _loop: Optional[asyncio.AbstractEventLoop] = None
 
     async def run_raw(self, fn: Callable[..., T], *args: Any, write: bool = False) -> T:

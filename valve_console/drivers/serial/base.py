@@ -15,7 +15,7 @@ it delivers bytes to a callback and resolves ``closed`` when it ends.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import AsyncIterator, Literal, Protocol
 
 DEFAULT_BAUD = 115200
@@ -60,9 +60,6 @@ class SerialDeviceInfo:
         if self.id_path:
             return self.id_path + (f"-port{self.port_number}" if self.port_number is not None else "")
         return None
-
-    def with_baud(self, baud: int) -> "SerialDeviceInfo":
-        return replace(self, baud=baud)
 
     def to_json(self) -> dict[str, object]:
         return {
