@@ -14,8 +14,9 @@ import pwd
 import socket
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import uvicorn
 
@@ -35,6 +36,11 @@ from .store import Store
 from .training import TrainingService
 from .trust import Trust
 from .views import MachineView
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from ..drivers.serial import DeviceSource
 
 log = logging.getLogger(__name__)
 
@@ -109,17 +115,17 @@ class EmbeddedServer(uvicorn.Server):
     """uvicorn without its signal capture: this program owns SIGINT and SIGTERM."""
 
     @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[override]
+    def capture_signals(self) -> Iterator[None]:
         yield
 
 
 class TrustedApp:
     """ASGI wrapper for the unix socket: its peers passed the socket's 0600 file mode."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["valve_trusted"] = True
         await self.app(scope, receive, send)
 
@@ -226,14 +232,14 @@ class Farm:
         self.started_at = time.time()
         self.api_address: tuple[str, int] | None = None
         self.netconsole_address: tuple[str, int] | None = None
-        self._servers: list[tuple[EmbeddedServer, asyncio.Task]] = []
+        self._servers: list[tuple[EmbeddedServer, asyncio.Task[None]]] = []
         self._sockets: list[socket.socket] = []
         self._log_handler: BusLogHandler | None = None
         self._health: dict[str, tuple[str, str | None]] = {}
         self.stopping = asyncio.Event()
         self._unix_bound = False
         self.journal_command: list[str] | None = None  # tests may follow something else
-        self.console_device_sources: list | None = None  # tests give fake sources; None: from settings
+        self.console_device_sources: list[DeviceSource] | None = None  # tests give fake sources; None: from settings
         self.trust = Trust(settings.trusted_networks)  # sources that act as the operator without a token
 
     # ---------------------------------------------------------------- health

@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 if TYPE_CHECKING:
+    from sqlmodel import Session
+
     from .farm import Farm
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -145,25 +147,25 @@ class PduCommandStats:
 
 
 # --------------------------------------------------------------------------- collection
-def _job_aggregates(session: Any) -> tuple[list[tuple[str, int]], list[tuple[Any, ...]]]:
+def _job_aggregates(session: Session) -> tuple[list[tuple[str, int]], list[tuple[Any, ...]]]:
     """Jobs per status, and per finished status the duration histogram (cumulative buckets, sum, count)."""
     from sqlalchemy import case, func
-    from sqlmodel import select
+    from sqlmodel import col, select
 
     from .models import JobRow
 
     counts = [(str(s), int(n)) for s, n in session.exec(select(JobRow.status, func.count()).group_by(JobRow.status))]
-    duration = JobRow.ended_at - JobRow.started_at
+    duration = col(JobRow.ended_at) - col(JobRow.started_at)
     columns = [func.sum(case((duration <= bound, 1), else_=0)) for bound in JOB_BUCKETS]
     query = (
         select(JobRow.status, func.count(), func.sum(duration), *columns)
-        .where(JobRow.started_at.is_not(None), JobRow.ended_at.is_not(None))
+        .where(col(JobRow.started_at).is_not(None), col(JobRow.ended_at).is_not(None))
         .group_by(JobRow.status)
     )
     return counts, [tuple(row) for row in session.exec(query)]
 
 
-def _gitlab_runners(session: Any) -> list[tuple[str, int]]:
+def _gitlab_runners(session: Session) -> list[tuple[str, int]]:
     from sqlalchemy import func
     from sqlmodel import select
 

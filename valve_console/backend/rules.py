@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from pydantic.config import JsonDict
 
 __all__ = [
     "HTTP_URL_SCHEMA",
@@ -59,7 +62,7 @@ def normalise_mac(value: str) -> str:
 # ---------------------------------------------------------------------------------------------------- tags
 TAG_MAX_LENGTH = 256
 MAX_TAGS = 256
-RUNNER_TAGS_SCHEMA = {"items": {"type": "string", "pattern": "^[^,\\x00-\\x1f]{1,256}$"}}
+RUNNER_TAGS_SCHEMA: JsonDict = {"items": {"type": "string", "pattern": "^[^,\\x00-\\x1f]{1,256}$"}}
 
 
 def check_tags(
@@ -106,7 +109,7 @@ _BOOT_SCHEMES = ("http://", "https://", "tftp://")
 IPXE_OPERATORS = ("&&", "||")
 # Whitespace as str.strip() and Python's \s know it, for the schema of http_url (which strips it).
 _WS = "\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
-HTTP_URL_SCHEMA = {"pattern": f"^[{_WS}]*https?://[^{_WS}/\\x00-\\x20\\x7f][^\\x00-\\x20\\x7f]*[{_WS}]*$"}
+HTTP_URL_SCHEMA: JsonDict = {"pattern": f"^[{_WS}]*https?://[^{_WS}/\\x00-\\x20\\x7f][^\\x00-\\x20\\x7f]*[{_WS}]*$"}
 
 
 def control_chars(text: str) -> list[str]:

@@ -29,9 +29,12 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from .errors import BadRequest, FarmError
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks  # a TypedDict defined for type checkers only
 
 Protocol = Literal["v0", "v1", "ours"]
 CLIENT_HEADER = "x-valve-console-client"  # our clients ask for the rich answer with it (api/submit.py)
@@ -228,7 +231,7 @@ class _FormReader:
         self.headers: list[tuple[bytes, bytes]] = []
         self.file: Any = None
 
-    def callbacks(self) -> dict[str, Any]:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self.on_part_begin,
             "on_header_field": lambda data, start, end: self._header(0, data[start:end]),

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Optional
+from typing import Optional
 
-from starlette.routing import Match
+from starlette.routing import Match, Router
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import FarmError
 
@@ -22,18 +23,18 @@ class BodyLimit:
     It also reads an API body sent without a JSON content type (``curl -d``) as JSON.
     """
 
-    def __init__(self, app: Any, limit: int, streamed: Optional[list[tuple[str, str, int]]] = None) -> None:
+    def __init__(self, app: ASGIApp, limit: int, streamed: Optional[list[tuple[str, str, int]]] = None) -> None:
         self.app = app
         self.limit = limit
         self.streamed = [(m, re.compile(p), n) for m, p, n in streamed or ()]
 
-    def _streamed_limit(self, scope: dict) -> Optional[int]:
+    def _streamed_limit(self, scope: Scope) -> Optional[int]:
         for method, pattern, limit in self.streamed:
             if scope["method"] == method and pattern.fullmatch(scope["path"]):
                 return limit
         return None
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -58,7 +59,7 @@ class BodyLimit:
         else:
             await self._read_then_call(scope, receive, send)
 
-    async def _read_then_call(self, scope: dict, receive: Any, send: Any) -> None:
+    async def _read_then_call(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Read the whole body first (it is small by definition), so a too-large one is refused
         # before any handler sees it, chunked or not.
         body = bytearray()
@@ -74,7 +75,7 @@ class BodyLimit:
                 break
         replayed = False
 
-        async def replay() -> dict:
+        async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
@@ -83,7 +84,7 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Any, limit: Optional[int] = None) -> None:
+    async def _refuse(self, send: Send, limit: Optional[int] = None) -> None:
         body = json.dumps({"error": f"request body too large (limit {limit or self.limit} bytes)"}).encode()
         await send(
             {
@@ -100,17 +101,17 @@ class PathNormaliser:
     ``/``) and the trailing-slash twins of our routes (``/api/v1/machine/<mac>`` and ``.../<mac>/``,
     ``/api/v1/pdus/``) reach the same route, without a redirect (a streamed upload cannot be re-sent)."""
 
-    def __init__(self, app: Any, router: Any) -> None:
+    def __init__(self, app: ASGIApp, router: Router) -> None:
         self.app = app
         self.router = router
         self._cache: dict[tuple[str, str], str] = {}
         self._static: Optional[dict[str, set[str]]] = None
 
-    def _matches(self, scope: dict, path: str) -> bool:
+    def _matches(self, scope: Scope, path: str) -> bool:
         probe = {**scope, "path": path}
         return any(route.matches(probe)[0] != Match.NONE for route in self.router.routes)
 
-    def _normalise(self, scope: dict) -> str:
+    def _normalise(self, scope: Scope) -> str:
         path = scope["path"]
         key = (scope["method"], path)
         cached = self._cache.get(key)
@@ -131,12 +132,14 @@ class PathNormaliser:
         if self._static is None:
             self._static = {}
             for route in self.router.routes:
-                methods = getattr(route, "methods", None)
-                if methods and "{" not in getattr(route, "path", "{"):
-                    self._static.setdefault(route.path, set()).update(methods)
+                # Only routes with methods (Route, APIRoute) count; BaseRoute itself declares neither.
+                methods: Optional[set[str]] = getattr(route, "methods", None)
+                route_path: str = getattr(route, "path", "{")
+                if methods and "{" not in route_path:
+                    self._static.setdefault(route_path, set()).update(methods)
         return self._static.get(path)
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             fixed = self._normalise(scope)
             if fixed != scope["path"]:
@@ -154,7 +157,7 @@ def allow_header(methods: set[str]) -> str:
     return ", ".join(sorted(methods - {"HEAD"}))
 
 
-async def method_not_allowed(send: Any, methods: set[str]) -> None:
+async def method_not_allowed(send: Send, methods: set[str]) -> None:
     body = json.dumps({"error": f"Method Not Allowed (allowed: {allow_header(methods)})"}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"allow", allow_header(methods).encode())]
@@ -162,12 +165,12 @@ async def method_not_allowed(send: Any, methods: set[str]) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _counted(receive: Any, limit: int) -> Any:
+def _counted(receive: Receive, limit: int) -> Receive:
     """``receive`` that fails (413, in words) once more than ``limit`` body bytes came: the handler
     reading the body gets the error (a chunked body has no length to check beforehand)."""
     received = 0
 
-    async def counted() -> dict:
+    async def counted() -> Message:
         nonlocal received
         message = await receive()
         if message["type"] == "http.request":

@@ -10,16 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from ..rules import HTTP_URL_SCHEMA, RUNNER_TAGS_SCHEMA, http_url, runner_tags
 
 if TYPE_CHECKING:
-    pass
+    from pydantic.config import JsonDict
 
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # The same rules for the OpenAPI schema, so that what the schema allows is what the validators take
 # (schemathesis checks both ways).
-NAME_SCHEMA = {"pattern": NAME.pattern}
+NAME_SCHEMA: JsonDict = {"pattern": NAME.pattern}
 
 
-def _not_null(extra: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+def _not_null(extra: JsonDict) -> Callable[[dict[str, Any]], None]:
     """A field's schema without its null branch, plus ``extra``: a PATCH may leave it out, not send null
     (update_instance refuses null for it)."""
 

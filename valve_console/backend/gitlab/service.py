@@ -84,7 +84,7 @@ class RunnerService:
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._sub: Any = None
-        self._task: Optional[asyncio.Task] = None
+        self._task: Optional[asyncio.Task[None]] = None
         self._last_event: Any = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -260,6 +260,7 @@ class RunnerService:
         want = self.desired(inst)
         changed: set[str] = set()
         tally: dict[str, int] = {}
+        row: Optional[GitlabRunner]  # step 2 drops it (None) when the runner is gone
         # 1. runners of machines no longer exposed
         for (iname, mac), row in list(self.runners.items()):
             if iname != inst.name or mac in want:
@@ -669,7 +670,7 @@ class RunnerService:
         # the pre-build filter goes to the prepare stage's args (none: every job is admitted)
         acl = [arg for user in self.settings.gitlab_allowed_users for arg in ("--allow-user", user)]
         acl += [arg for ns in self.settings.gitlab_allowed_namespaces for arg in ("--allow-namespace", ns)]
-        entries = []
+        entries: list[dict[str, Any]] = []  # TOML tables: str, int and list values, the custom sub-table
         for (iname, mac), row in sorted(self.runners.items(), key=lambda kv: (kv[0][0], kv[1].description, kv[0][1])):
             inst = self.instances.get(iname)
             if inst is None or not inst.expose_runners:

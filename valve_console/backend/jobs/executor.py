@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from ...drivers.pdu.base import PortState
 from ..boot.cache import BootCache, BootCacheError
@@ -143,8 +143,8 @@ class RunningJob:
     row: JobRow
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    ctrl: collections.deque = field(default_factory=lambda: collections.deque(maxlen=CTRL_KEEP))
-    listeners: set = field(default_factory=set)
+    ctrl: collections.deque[dict[str, Any]] = field(default_factory=lambda: collections.deque(maxlen=CTRL_KEEP))
+    listeners: set[JobListener] = field(default_factory=set)
     sub: Any = None  # the console subscription while it runs (poked on cancel)
     fed: int = 0  # console bytes of this job given to the job console (and streamed)
     t0: float = field(default_factory=time.monotonic)
@@ -192,7 +192,7 @@ class JobService:
         self.running: dict[str, str] = {}  # mac -> job id
         self._boot: dict[str, BootConfig] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
         self.drain_delay = settings.job_console_drain
         self.boot_cache = boot_cache
@@ -205,7 +205,7 @@ class JobService:
             settings.data_dir / "jobs", settings.job_share_max_bytes, settings.job_shares_max_total_bytes
         )
         self.api_host: Callable[[], str] = api_host or (lambda: default_boot_urls(settings, None)[2])
-        self._share_tasks: set[asyncio.Future] = set()
+        self._share_tasks: set[asyncio.Future[None]] = set()
         self._reserved_ids: set[str] = set()  # ids being submitted (between their check and their queueing)
         # Templates are rendered and parsed in worker processes (a CPU budget each), never on the loop.
         self.parser = JobParser()
@@ -214,13 +214,13 @@ class JobService:
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         def recover(session: Session) -> list[JobRow]:
-            for row in session.exec(select(JobRow).where(JobRow.status.in_(("QUEUED", "RUNNING")))).all():
+            for row in session.exec(select(JobRow).where(col(JobRow.status).in_(("QUEUED", "RUNNING")))).all():
                 row.status = JobStatus.INCOMPLETE.name
                 row.state = "cancelled"
                 row.ended_at = row.ended_at or time.time()
                 row.result = "the gateway restarted while the job was queued or running"
                 session.add(row)
-            rows = session.exec(select(JobRow).order_by(JobRow.submitted_at.desc()).limit(HISTORY)).all()
+            rows = session.exec(select(JobRow).order_by(col(JobRow.submitted_at).desc()).limit(HISTORY)).all()
             return list(rows)
 
         for row in reversed(await self.store.run(recover)):
@@ -375,7 +375,10 @@ class JobService:
         candidate = base
         for _ in range(8):
             if candidate not in self.jobs and candidate not in self._reserved_ids:
-                taken = await self.store.run(lambda s, c=candidate: s.get(JobRow, c) is not None)
+                def exists(session: Session, job_id: str = candidate) -> bool:
+                    return session.get(JobRow, job_id) is not None
+
+                taken = await self.store.run(exists)
                 if not taken and candidate not in self.jobs and candidate not in self._reserved_ids:
                     return candidate
             candidate = f"{base}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -751,7 +754,7 @@ class JobService:
         done = [j for j in self.jobs.values() if j.done.is_set()]
         return [j.id for j in sorted(done, key=lambda j: j.row.ended_at or j.row.submitted_at)]
 
-    async def _stage_share(self, key: str, tarball: Optional[bytes]) -> Any:
+    async def _stage_share(self, key: str, tarball: Optional[bytes | Path]) -> Path:
         """Unpack the client's tarball (or make an empty share) in a staging directory."""
         try:
             return await asyncio.to_thread(self.shares.stage, key, tarball, self.finished_oldest_first())
@@ -760,7 +763,7 @@ class JobService:
         except OSError as exc:
             raise FarmError(f"job share: cannot store it: {exc.strerror or exc}", 507) from None
 
-    def _remove_shares(self, job_ids: list[str], staged: Any = None) -> None:
+    def _remove_shares(self, job_ids: list[str], staged: Optional[Path] = None) -> None:
         """Remove shares (and a staged one) in a thread, in the background (the history trim is synchronous)."""
         if not job_ids and staged is None:
             return

@@ -10,7 +10,7 @@ import logging
 import pickle
 import struct
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from ..errors import Conflict, FarmError
 from .errors import JobError, JobIssue
@@ -24,6 +24,7 @@ PARSE_CPU_SECONDS = 2.0  # CPU a job may take to render and parse (a normal one 
 PARSE_MEMORY_BYTES = 512 * 1024 * 1024  # RLIMIT_DATA of a worker
 PARSE_MAX_WAITING = 64  # requests waiting for a worker beyond this are refused (503)
 PARSE_START_TIMEOUT = 60.0  # seconds a new worker has to import its modules
+_R = TypeVar("_R")
 _WORKER_CODE = "import sys; from valve_console.backend.jobs.worker import worker_main; worker_main(int(sys.argv[1]))"
 
 
@@ -61,12 +62,13 @@ class _ParseWorker:
             answer = await self.proc.stdout.readexactly(size)
         # Unpickling a job compiles its console patterns again (bounded by jobs.MAX_PATTERN_CHARS): in a
         # thread, so that the loop keeps its turns.
-        outcome = await asyncio.to_thread(pickle.loads, answer)
+        # The answer's shape is worker._serve_request's: (status, value), the value depending on the status.
+        outcome: tuple[str, Any] = await asyncio.to_thread(pickle.loads, answer)
         if outcome[0] == "limit":  # the worker exits after a limit: a fresh one takes its place
             self.alive = False
         return outcome
 
-    def kill(self) -> asyncio.Future:
+    def kill(self) -> asyncio.Future[None]:
         """Kill it (if it runs); the future is done once it is reaped and its pipes are closed."""
         self.alive = False
         if self.proc.stdin is not None:
@@ -108,12 +110,12 @@ class JobParser:
         self._busy: set[_ParseWorker] = set()
         self._waiting = 0
         self._closed = False
-        self._reaping: set[asyncio.Future] = set()
+        self._reaping: set[asyncio.Future[None]] = set()
         self.requests = 0  # answered requests, for tests and figures
         self.spawned = 0
 
     async def peek_target(self, text: str, variables: Optional[dict[str, Any]] = None) -> Target:
-        return await self._call("peek", {"text": text, "variables": variables})
+        return await self._call("peek", {"text": text, "variables": variables}, Target)
 
     async def parse(
         self,
@@ -127,9 +129,9 @@ class JobParser:
     ) -> Job:
         args = {"text": text, "machine": machine, "target": target, "variables": variables,
                 "defaults": defaults, "strict": strict}
-        return await self._call("parse", args)
+        return await self._call("parse", args, Job)
 
-    async def _call(self, kind: str, args: dict[str, Any]) -> Any:
+    async def _call(self, kind: str, args: dict[str, Any], result: type[_R]) -> _R:
         if self._closed:
             raise Conflict("the gateway is stopping")
         request = pickle.dumps((kind, args, self.cpu_seconds), protocol=pickle.HIGHEST_PROTOCOL)
@@ -147,6 +149,7 @@ class JobParser:
         self.requests += 1
         status, value = outcome
         if status == "ok":
+            assert isinstance(value, result), f"the job parser answered {kind!r} with a {type(value).__name__}"
             return value
         if status == "limit":
             raise JobError(value)
