@@ -45,7 +45,9 @@ async def test_metrics_move_with_the_vivian_farm(farm, vivian):
     """An outlet switched through the API, a DUT that boots, registers and prints: every figure follows."""
     async def all_off():
         s = await scrape(farm)
-        return s if value(s, "valve_console_pdu_outlets", pdu="vpdu1", state="off") == 16 else None
+        # the first poll records the outlets, then marks the PDU reachable: wait for both
+        off = value(s, "valve_console_pdu_outlets", pdu="vpdu1", state="off") == 16
+        return s if off and value(s, "valve_console_pdu_reachable", pdu="vpdu1", driver="vpdu") == 1 else None
 
     before = await until(all_off)
     assert value(before, "valve_console_pdu_outlets", pdu="vpdu1", state="on") == 0
