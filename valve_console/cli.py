@@ -162,7 +162,8 @@ async def _demo_gitlab(farm):
     await asyncio.to_thread(gitlab.start)
     try:
         if DEMO_GITLAB in farm.gitlab.instances:
-            await farm.gitlab.update_instance(DEMO_GITLAB, GitlabInstanceUpdate(url=gitlab.url, token=gitlab.admin_token))
+            update = GitlabInstanceUpdate(url=gitlab.url, token=gitlab.admin_token)
+            await farm.gitlab.update_instance(DEMO_GITLAB, update)
         else:
             await farm.gitlab.add_instance(GitlabInstanceCreate(
                 name=DEMO_GITLAB, url=gitlab.url, token=gitlab.admin_token, farm_tags=["farm:vivian"]))

@@ -52,8 +52,9 @@ def served():
 def test_list_shows_a_running_stand_ins_runners(served):
     url = served
     assert "(no runners)" in list_runners("--url", url, "--token", TOKEN).stdout
-    status, made = call(url, "POST", "/user/runners", body={"runner_type": "instance_type", "description": "vivian-virtio-1",
-                                                            "tag_list": ["virtio:family:VIRTIO", "farm:vivian"]})
+    body = {"runner_type": "instance_type", "description": "vivian-virtio-1",
+            "tag_list": ["virtio:family:VIRTIO", "farm:vivian"]}
+    status, made = call(url, "POST", "/user/runners", body=body)
     assert status == 201 and made["token"].startswith("glrt-")
     status, other = call(url, "POST", "/user/runners", body={"runner_type": "instance_type", "description": "other-2"})
     assert status == 201
