@@ -76,6 +76,7 @@ class FakeGitlab:
         self.requests: list[tuple[str, str]] = []
         self.user_runners_refused = False  # True: POST /user/runners answers 403 (old GitLab, no scope)
         self.token_lifetime: float | None = None  # seconds a new runner token lives (None: no expiry)
+        self.version = VERSION  # GET /version's "version" (another value plays a GitLab that is not Vivian's)
         self.verify_status: int | None = None  # POST /runners/verify answers this error code (e.g. 500)
         self._ids = itertools.count(101)
         self._lock = threading.Lock()
@@ -258,7 +259,7 @@ class FakeGitlab:
         if path == "/version" and method == "GET":
             if not user:
                 return unauthorized
-            return 200, {"version": VERSION, "revision": "vivian",
+            return 200, {"version": self.version, "revision": "vivian",
                          "kas": {"enabled": False, "externalUrl": None, "version": None}, "enterprise": False}
         if path == "/user/runners" and method == "POST":
             if not user:
