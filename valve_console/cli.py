@@ -143,6 +143,36 @@ def _demo_reopen_note(farm, data_dir: Path) -> str | None:
             f"{history} job(s) in the history")
 
 
+DEMO_GITLAB = "vivian"  # the demo's GitLab instance (Vivian's stand-in, vivian/gitlab.py)
+
+
+async def _demo_gitlab(farm):
+    """Start Vivian's GitLab stand-in (127.0.0.1, a free port, a new admin token) in a thread and make it the
+    farm's GitLab instance through the farm's own service: ready machines get their runners there. A reopened
+    demo's instance gets the new URL and token (its runners on the old stand-in are forgotten)."""
+    import secrets
+
+    from vivian.gitlab import VivianGitlab
+
+    from .backend.errors import BadRequest, Conflict
+    from .backend.farm import FarmStartError
+    from .backend.gitlab import GitlabInstanceCreate, GitlabInstanceUpdate
+
+    gitlab = VivianGitlab("127.0.0.1", 0, admin_token="glpat-vivian-" + secrets.token_hex(10))
+    await asyncio.to_thread(gitlab.start)
+    try:
+        if DEMO_GITLAB in farm.gitlab.instances:
+            update = GitlabInstanceUpdate(url=gitlab.url, token=gitlab.admin_token)
+            await farm.gitlab.update_instance(DEMO_GITLAB, update)
+        else:
+            await farm.gitlab.add_instance(GitlabInstanceCreate(
+                name=DEMO_GITLAB, url=gitlab.url, token=gitlab.admin_token, farm_tags=["farm:vivian"]))
+    except (BadRequest, Conflict) as exc:
+        await asyncio.to_thread(gitlab.stop)
+        raise FarmStartError(f"cannot make Vivian's GitLab the farm's instance {DEMO_GITLAB!r}: {exc}") from None
+    return gitlab
+
+
 async def _demo_main(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -166,6 +196,7 @@ async def _demo_main(args: argparse.Namespace) -> int:
 
     farm = Farm(settings)
     vpdu = None
+    gitlab = None
     try:
         await farm.start()
         api = "http://{}:{}".format(*farm.api_address)
@@ -189,10 +220,16 @@ async def _demo_main(args: argparse.Namespace) -> int:
             await farm.power.reconfigure_pdu("vpdu1", config)
         if reopened:
             logging.getLogger("valve_console.demo").info("%s", reopened)
+        if not args.no_gitlab:
+            gitlab = await _demo_gitlab(farm)
+        elif DEMO_GITLAB in farm.gitlab.instances:  # a reopened demo's stand-in is gone: so is its instance
+            await farm.gitlab.remove_instance(DEMO_GITLAB)
     except (FarmStartError, OSError) as exc:
         print(f"valve-console: {_start_failure(exc)}", file=sys.stderr)
         if vpdu is not None:
             await vpdu.stop()
+        if gitlab is not None:
+            await asyncio.to_thread(gitlab.stop)
         await farm.stop()
         return EXIT_START_FAILURE
     try:
@@ -202,6 +239,11 @@ async def _demo_main(args: argparse.Namespace) -> int:
             print(f"valve-console demo: API {api}  token {settings.token_path}", flush=True)
             print(f"  vPDU vpdu1 on 127.0.0.1:{vport} with {args.duts} outlets, all OFF", flush=True)
             print(f"  power a DUT on:  python vivian/client.py --port {vport} --outlet 3 --on", flush=True)
+            if gitlab is not None:
+                print(f"  GitLab {DEMO_GITLAB} (Vivian stand-in) on {gitlab.url}  admin token {gitlab.admin_token}",
+                      flush=True)
+                print(f"  its runners:     python vivian/gitlab.py --list --url {gitlab.url} "
+                      f"--token {gitlab.admin_token}", flush=True)
             await _run_until_signal(asyncio.Event())
         else:
             from .app import run_tui
@@ -210,6 +252,8 @@ async def _demo_main(args: argparse.Namespace) -> int:
     finally:
         await vpdu.stop()
         await farm.stop()
+        if gitlab is not None:  # after the farm: its last calls to GitLab have ended
+            await asyncio.to_thread(gitlab.stop)  # shutdown() waits for the server thread: not on the loop
         if temp is not None:
             temp.cleanup()
     return 0
@@ -320,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--netconsole", help="netconsole address (default 127.0.0.1, any free port)")
     demo.add_argument("--farm-name", help="farm name (default vivian)")
     demo.add_argument("--headless", action="store_true", help="no TUI: print where the API is and wait")
+    demo.add_argument("--no-gitlab", action="store_true",
+                      help="no GitLab (default: Vivian's GitLab stand-in, where ready DUTs get their runners)")
     job = sub.add_parser("job", help="job client: submit a job and follow it")
     job_sub = job.add_subparsers(dest="job_command")
     run = job_sub.add_parser(

@@ -28,6 +28,7 @@ from .contract import (
     DiscoveryStatus,
     Event,
     Gateway,
+    Gitlab,
     Health,
     Job,
     Jobs,
@@ -155,6 +156,10 @@ class FarmClient:
 
     async def gateway(self) -> Gateway:
         return await self.answer(Gateway, "GET", "/api/v1/gateway")
+
+    async def gitlab(self) -> Gitlab:
+        """The farm's GitLab instances (tokens masked), their runners and state."""
+        return await self.answer(Gitlab, "GET", "/api/v1/gitlab")
 
     async def machines(self) -> dict[str, Machine]:
         return (await self.answer(Machines, "GET", "/api/v1/machines")).machines

@@ -326,6 +326,8 @@ class GitlabInstance(Answer):
     gateway_runner: Optional[GatewayRunner] = None
     last_verify: Optional[float] = None
     verify_result: Optional[str] = None
+    # GET /version's answer at the last full sync (None: not known); Vivian's stand-in says "<x.y.z>-vivian"
+    version: Optional[str] = None
 
 
 class GitlabRunner(TokenCheck):

@@ -1,12 +1,15 @@
 """End to end: the real ``valve-console demo`` in tmux with TERM=linux, driven by keys only.
 
 Power outlet 3 on from the PDU screen, see the DUT register in the DUT table, read its boot log
-in its console tab, then give it vpdu1/3 and "ready for service" in the machine form.
+in its console tab, then give it vpdu1/3 and "ready for service" in the machine form; its runner on the
+demo's GitLab (Vivian's stand-in) shows in the Runner column, the overview names the stand-in, and
+retiring the DUT takes the runner away.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -91,6 +94,17 @@ def stop_leftover_duts(tmp_path: Path) -> None:
             continue
 
 
+def wait_row(tmux: Tmux, good, timeout: float = 60.0) -> str:
+    """Poll the DUT table until the DUT's row is ``good``; the row (good or not, when the deadline passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        screen = tmux.screen()
+        row = next((line for line in screen.splitlines() if MAC in line and "sorted by" in screen), "")
+        if (row and good(row)) or time.monotonic() > deadline:
+            return row or screen
+        time.sleep(0.2)
+
+
 def test_demo_in_tmux_on_a_linux_console(tmp_path: Path) -> None:
     assert PROGRAM.exists(), f"{PROGRAM} is missing: install the package in the venv"
     tmux = Tmux(f"valve-e2e-{uuid.uuid4().hex[:8]}")
@@ -143,6 +157,20 @@ def test_demo_in_tmux_on_a_linux_console(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert "vpdu1/3" in row and " yes " in row, screen
         assert "NOT_READY" not in row
+        # step 12: ready, so the demo's GitLab (Vivian's stand-in) gives it a runner: the Runner column's #<id>
+        row = wait_row(tmux, lambda row: re.search(r"#\d+", row))
+        assert re.search(r"#\d+", row), row
+        # the overview says where the farm's GitLab is: a Vivian stand-in (from the instance's own answer)
+        tmux.keys("1")
+        tmux.wait("Vivian stand-in", timeout=30)
+        # retired (confirmed): its runner goes
+        tmux.keys("4")
+        tmux.wait("sorted by")
+        tmux.keys("R")
+        tmux.wait(f"({MAC})?")
+        tmux.keys("y")
+        row = wait_row(tmux, lambda row: not re.search(r"#\d+", row), timeout=30)
+        assert not re.search(r"#\d+", row), row
         # ctrl+q quits; the demo then stops its vPDU, which powers the simulated DUTs off
         tmux.keys("C-q")
         tmux.wait("VALVE-EXIT=0", timeout=20)

@@ -55,3 +55,26 @@ async def test_runner_column_and_exposed_toggle(farm, http, fake, app: ConsoleAp
         table = app.screen.table
         await wait_for(pilot, lambda: table.get_cell(mac, "runner").plain == "off", 5, "runner cell off")
         assert "Runner" in screen_text(app)
+
+
+async def test_overview_names_the_gitlab_and_a_vivian_stand_in(farm, http, fake, app: ConsoleApp) -> None:
+    """The Farm box's GitLab line comes from the instance's own answer (GET /version through the backend's
+    sync): 'none configured', then the stand-in named as such, then a GitLab that is not Vivian's."""
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.model.loaded and app.connected, 10, "the first fetch")
+        await wait_text(pilot, "none configured")
+        await add_instance(http, fake)
+        await wait_text(pilot, "fdo is a Vivian stand-in (GitLab 17.0.0-vivian)")
+        assert fake.url in screen_text(app)
+    # the same answer without the marker: a GitLab like any other, no stand-in said
+    fake.version = "16.9.0-ee"
+    assert (await http.post("/api/v1/gitlab/fdo/sync")).json()["version"] == "16.9.0-ee"
+    client = FarmClient(api_url(farm), token=farm.token)
+    try:
+        again = make_app(client, linux_console=False)
+        async with again.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: again.model.loaded and again.connected, 10, "the first fetch")
+            await wait_text(pilot, "fdo GitLab 16.9.0-ee")
+            assert "stand-in" not in screen_text(again)
+    finally:
+        await client.close()

@@ -11,6 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
 from ..console_data import Changes, FarmModel
+from ..contract import Gitlab
 from ..widgets.state_badge import outlet_badge, service_badge
 from .base import FarmScreen
 
@@ -23,6 +24,26 @@ def format_uptime(seconds: float) -> str:
     if days:
         return f"{days}d {hours}h {minutes:02d}m"
     return f"{hours}h {minutes:02d}m"
+
+
+def gitlab_summary(gitlab: Gitlab) -> Text:
+    """The farm's GitLab instances in words, from the backend's answer: each one's URL and runners, and
+    whether it is Vivian's stand-in (its ``GET /version`` says ``<x.y.z>-vivian``) or which GitLab it is."""
+    if not gitlab.instances:
+        return Text("none configured", style="dim")
+    line = Text()
+    for i, inst in enumerate(gitlab.instances.values()):
+        if i:
+            line.append("; ")
+        line.append(inst.name, style="bold")
+        version = inst.version or ""
+        if version.endswith("-vivian"):
+            line.append(" is a Vivian stand-in", style="yellow")
+            line.append(f" (GitLab {version})")
+        elif version:
+            line.append(f" GitLab {version}")
+        line.append(f" at {inst.url}, {inst.runners} runner{'s' if inst.runners != 1 else ''}, {inst.state}")
+    return line
 
 
 class OverviewScreen(FarmScreen):
@@ -38,6 +59,8 @@ class OverviewScreen(FarmScreen):
             yield Static("", id="services")
         with Vertical(id="interfaces-box", classes="box"):
             yield Static("", id="interfaces")
+
+    gitlab_line: Text | None = None  # the farm's GitLab in words (None: not fetched yet)
 
     def on_mount(self) -> None:
         self.query_one("#farm-box").border_title = "Farm"
@@ -55,6 +78,7 @@ class OverviewScreen(FarmScreen):
 
     # ---------------------------------------------------------------- sync
     def farm_reset(self, model: FarmModel) -> None:
+        self._fetch_gitlab()
         self._show_farm(model)
         self._show_services(model)
         self._show_interfaces(model)
@@ -63,6 +87,8 @@ class OverviewScreen(FarmScreen):
     def farm_changes(self, changes: Changes, model: FarmModel) -> None:
         if changes.health:
             self._show_services(model)
+            if "gitlab" in changes.health:  # an instance synced, was added, removed or went down
+                self._fetch_gitlab()
         if changes.machines or changes.outlets or changes.pdus or changes.console_info or changes.jobs:
             self._show_counts(model)
 
@@ -77,8 +103,22 @@ class OverviewScreen(FarmScreen):
         table.add_row("netconsole", (health.netconsole if health else "") or "-")
         table.add_row("version", (health.version if health else "") or "?")
         table.add_row("uptime", format_uptime(uptime))
+        if self.gitlab_line is not None:
+            table.add_row("GitLab", self.gitlab_line)
         table.add_row("backend", self.console_app.client.describe)
         self.query_one("#farm-info", Static).update(table)
+
+    def _fetch_gitlab(self) -> None:
+        self.run_worker(self._read_gitlab(), group="overview-gitlab", exclusive=True, exit_on_error=False)
+
+    async def _read_gitlab(self) -> None:
+        try:
+            answer = await self.console_app.client.gitlab()
+        except Exception:  # noqa: BLE001 - a backend away is the banner's news; the line stays as it was
+            return
+        self.gitlab_line = gitlab_summary(answer)
+        if self.model.loaded:
+            self._show_farm(self.model)
 
     def _show_services(self, model: FarmModel) -> None:
         services = model.health.services if model.health else {}

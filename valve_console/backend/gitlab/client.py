@@ -89,6 +89,17 @@ class GitlabApi:
             return True, parse_gitlab_time(answer.get("token_expires_at")), "valid"
         return True, NO_EXPIRY_INFO, "valid"
 
+    def version(self) -> Optional[str]:
+        """GET /version's ``version`` (e.g. ``16.9.0-ee``; Vivian's stand-in says ``17.0.0-vivian``); None when
+        GitLab does not say (an error, an outage or an odd answer: the runners' calls report those)."""
+        try:
+            answer = self.gl.http_get("/version")
+        except Exception:  # noqa: BLE001 - informative only
+            return None
+        if isinstance(answer, dict) and isinstance(answer.get("version"), str):
+            return _short(answer["version"], 64)
+        return None
+
     def get(self, runner_id: int) -> Optional[dict[str, Any]]:
         import gitlab
 

@@ -130,6 +130,7 @@ class RunnerService:
             "retry_at": None,  # monotonic time before which an unreachable instance is left alone
             "last_verify": None,  # when tokens were last checked (POST /runners/verify), and what came out
             "verify_result": None,
+            "version": None,  # GET /version's answer at the last full sync (None: not known)
         }
         self.status[name] = st
         return st
@@ -257,6 +258,10 @@ class RunnerService:
 
     async def _sync(self, inst: GitlabInstance, full: bool) -> None:
         api = self._api(inst)
+        if full:  # what the instance is (GET /version: e.g. "17.0.0-vivian" for Vivian's stand-in), kept if unsaid
+            version = await asyncio.to_thread(api.version)
+            if version is not None:
+                self.status[inst.name]["version"] = version
         want = self.desired(inst)
         changed: set[str] = set()
         tally: dict[str, int] = {}
@@ -524,6 +529,7 @@ class RunnerService:
             "gateway_runner": self.gateway_json(name),
             "last_verify": st["last_verify"],
             "verify_result": st["verify_result"],
+            "version": st.get("version"),
         }
 
     def list_json(self) -> dict[str, Any]:
@@ -611,6 +617,8 @@ class RunnerService:
         if not inst.token and not inst.registration_token:  # the patch is valid; the instance would not be
             raise Conflict("the instance would have neither a token nor a registration_token: keep one of them")
         async with self._lock:
+            if inst.url != old.url:
+                self.status[name]["version"] = None  # another GitLab: known again at the next full sync
             if inst.url != old.url or inst.farm_name != old.farm_name:
                 # the runners belong to the old instance: forget them (full syncs clean leftovers up)
                 await self._delete_runners(old)
