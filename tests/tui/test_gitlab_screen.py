@@ -152,7 +152,7 @@ async def test_runners_renew_sync_and_expose(farm, fake, http, app) -> None:
         key = f"fdo|{mac}"
         await wait_for(pilot, lambda: key in screen.runner_table.rows, 10, "the runner's row")
         (old,) = list(fake.runners.values())
-        await wait_for(pilot, lambda: screen.runner_table.get_cell(key, "runner") == f"#{old['id']}", 5, "its id")
+        await wait_for(pilot, lambda: str(screen.runner_table.get_cell(key, "runner")) == f"#{old['id']}", 5, "its id")
         assert "valid (new)" in str(screen.runner_table.get_cell(key, "token"))
         assert "config.toml" in screen_text(app) and "1 runners" in screen_text(app)
         # renew its token: a new runner, its new token verified
@@ -161,7 +161,7 @@ async def test_runners_renew_sync_and_expose(farm, fake, http, app) -> None:
         await confirm(pilot, app)
         await wait_text(pilot, "renewed: asked by the operator")
         (new,) = await _one_runner(pilot, fake, not_id=old["id"])
-        await wait_for(pilot, lambda: screen.runner_table.get_cell(key, "runner") == f"#{new['id']}", 5, "new id")
+        await wait_for(pilot, lambda: str(screen.runner_table.get_cell(key, "runner")) == f"#{new['id']}", 5, "new id")
         assert fake.by_token(farm.gitlab.runners[("fdo", mac)].token)["id"] == new["id"]
         # sync now
         screen.select_instance("fdo")

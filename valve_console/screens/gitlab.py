@@ -188,7 +188,7 @@ class GitlabScreen(FarmScreen):
             state = Text(inst.state, style=STATE_STYLES.get(inst.state, ""))
             if inst.reason:
                 state.append(f": {inst.reason}", style="")
-            table.add_row(name, inst.url, state, clock(inst.last_sync), str(inst.runners), key=name)
+            table.add_row(Text(name), Text(inst.url), state, clock(inst.last_sync), str(inst.runners), key=name)
         if not gitlab.instances:
             table.add_row(Text("none yet: press a to add one", style="dim"), "", "", "", "", key="")
         select_key(table, keep)
@@ -202,9 +202,10 @@ class GitlabScreen(FarmScreen):
             with_runner.add(mac)
             name = "gateway" if runner.gateway else model.machine_name(mac)
             error = Text(runner.error, style="red") if runner.error else Text("-", style="dim")
+            # Text, not str: a str cell is markup (and ``:family:`` in a tag an emoji)
             rows.append((runner_key(runner.instance, mac), (
-                name, runner.instance, f"#{runner.runner_id}" if runner.runner_id is not None else "-",
-                runner.description, ", ".join(runner.tags), token_words(runner), error)))
+                Text(name), Text(runner.instance), f"#{runner.runner_id}" if runner.runner_id is not None else "-",
+                Text(runner.description), Text(", ".join(runner.tags)), Text(token_words(runner)), error)))
         for mac in sorted(model.machines, key=model.machine_name):
             machine = model.machines[mac]
             if mac in with_runner or machine.is_retired:
@@ -220,7 +221,7 @@ class GitlabScreen(FarmScreen):
             else:
                 what = Text(states[0] if states else "pending", style="yellow")
             error = Text("; ".join(errors), style="red") if errors else Text("-", style="dim")
-            rows.append((runner_key("", mac), (model.machine_name(mac), "-", what, "-", "", "-", error)))
+            rows.append((runner_key("", mac), (Text(model.machine_name(mac)), "-", what, "-", "", "-", error)))
         return rows
 
     def _show_runners(self, gitlab: Gitlab, model: FarmModel) -> None:
