@@ -74,6 +74,8 @@ class GitlabApi:
             return f"GitLab at {url} answered HTTP {code}: {message}"
         except requests.RequestException as exc:
             return f"GitLab at {url} cannot be reached: {type(exc).__name__}: {_short(exc)}"
+        except Exception as exc:  # noqa: BLE001 - e.g. a URL requests cannot use (ValueError: Invalid IPv6 URL)
+            return f"GitLab at {url} cannot be asked: {type(exc).__name__}: {_short(exc)}"
         return None
 
     def create(self, inst: GitlabInstance, description: str, tags: list[str]) -> tuple[int, str, Optional[float]]:

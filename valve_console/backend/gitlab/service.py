@@ -635,8 +635,14 @@ class RunnerService:
     async def check_instance(self, inst: GitlabInstance) -> None:
         """Ask GitLab whether ``inst``'s URL answers and takes its token (in a worker thread: python-gitlab
         blocks); BadRequest with GitLab's answer in words when not, so that nothing wrong is stored."""
-        api = GitlabApi(inst.url, inst.token, self.settings.gitlab_timeout)
-        problem = await asyncio.to_thread(api.check, inst.url, inst.token)
+        def probe() -> Optional[str]:
+            try:
+                api = GitlabApi(inst.url, inst.token, self.settings.gitlab_timeout)
+            except Exception as exc:  # noqa: BLE001 - a URL python-gitlab does not take
+                return f"GitLab at {inst.url} cannot be asked: {type(exc).__name__}: {_short(exc)}"
+            return api.check(inst.url, inst.token)
+
+        problem = await asyncio.to_thread(probe)
         if problem is not None:
             log.info("gitlab instance %s not stored: %s", inst.name, problem)
             raise BadRequest(problem)
