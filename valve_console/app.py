@@ -45,6 +45,7 @@ from .screens.commands import FarmCommands
 from .screens.consoles import ConsolesScreen
 from .screens.dialogs import AddPduScreen, ConfirmScreen
 from .screens.duts import DutsScreen
+from .screens.gitlab import GitlabScreen
 from .screens.jobs import JobsScreen
 from .screens.journal import JournalScreen
 from .screens.machine_form import MachineFormScreen
@@ -86,6 +87,7 @@ class ConsoleApp(App[int]):
         "consoles": ConsolesScreen,
         "machine": MachineFormScreen,
         "jobs": JobsScreen,
+        "gitlab": GitlabScreen,
     }
     DEFAULT_MODE = "overview"
     BINDINGS = [
@@ -96,6 +98,7 @@ class ConsoleApp(App[int]):
         Binding("5", "go('consoles')", "Consoles", id="go-consoles"),
         Binding("6", "go('machine')", "Machine", id="go-machine"),
         Binding("7", "go('jobs')", "Jobs", id="go-jobs"),
+        Binding("8", "go('gitlab')", "GitLab", id="go-gitlab"),
         Binding("q", "quit_console", "Quit", id="quit"),
         Binding("ctrl+p", "command_palette", "Commands", show=False, priority=True, id="palette"),
         Binding("colon", "command_palette", "Commands", show=False, id="commands"),

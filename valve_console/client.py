@@ -29,6 +29,9 @@ from .contract import (
     Event,
     Gateway,
     Gitlab,
+    GitlabInstance,
+    GitlabRemoved,
+    GitlabRunner,
     Health,
     Job,
     Jobs,
@@ -156,10 +159,6 @@ class FarmClient:
 
     async def gateway(self) -> Gateway:
         return await self.answer(Gateway, "GET", "/api/v1/gateway")
-
-    async def gitlab(self) -> Gitlab:
-        """The farm's GitLab instances (tokens masked), their runners and state."""
-        return await self.answer(Gitlab, "GET", "/api/v1/gitlab")
 
     async def machines(self) -> dict[str, Machine]:
         return (await self.answer(Machines, "GET", "/api/v1/machines")).machines
@@ -294,6 +293,33 @@ class FarmClient:
 
     async def console_devices(self) -> dict[str, SerialDevice]:
         return (await self.consoles_and_devices()).devices
+
+    # ------------------------------------------------------------------ GitLab
+    async def gitlab(self) -> Gitlab:
+        """The GitLab instances (tokens masked), their runners, config.toml and the pre-build filter."""
+        return await self.answer(Gitlab, "GET", "/api/v1/gitlab")
+
+    async def add_gitlab(self, name: str, url: str, token: str = "", **fields: Any) -> GitlabInstance:
+        """Add an instance (``registration_token``, ``farm_name``, ``expose_runners``, ``farm_tags``); the
+        backend tries the URL and token on GitLab first: a 400 says what GitLab answered."""
+        body = {"name": name, "url": url, "token": token, **fields}
+        return await self.answer(GitlabInstance, "POST", "/api/v1/gitlab", json=body)
+
+    async def update_gitlab(self, name: str, **fields: Any) -> GitlabInstance:
+        """Change an instance; a new URL or token is tried on GitLab before it is stored."""
+        return await self.answer(GitlabInstance, "PATCH", f"/api/v1/gitlab/{name}", json=fields)
+
+    async def remove_gitlab(self, name: str) -> GitlabRemoved:
+        """Remove an instance; its runners are deleted on GitLab (the ids that could not be are listed)."""
+        return await self.answer(GitlabRemoved, "DELETE", f"/api/v1/gitlab/{name}")
+
+    async def sync_gitlab(self, name: str) -> GitlabInstance:
+        """A full sync of an instance now; answers its state after it."""
+        return await self.answer(GitlabInstance, "POST", f"/api/v1/gitlab/{name}/sync")
+
+    async def renew_gitlab_runner(self, name: str, mac: str) -> GitlabRunner:
+        """Renew a runner's token now (``mac``: the machine's, or ``gateway``); answers the new runner."""
+        return await self.answer(GitlabRunner, "POST", f"/api/v1/gitlab/{name}/runners/{mac}/renew")
 
     # ------------------------------------------------------------------ events
     async def events(self, types: list[str] | None = None) -> AsyncIterator[Event]:

@@ -337,14 +337,26 @@ class GitlabRunner(TokenCheck):
     mac_address: Optional[str] = None
     gateway: bool = False
     runner_id: Optional[int] = None
+    description: str = ""
+    tags: list[str] = []
+    error: Optional[str] = None
 
 
 class Gitlab(Answer):
     instances: dict[str, GitlabInstance]
     runners: list[GitlabRunner]
     config_path: str
+    config_written_at: Optional[float] = None  # when config.toml was last written
+    config_runners: int = 0  # its [[runners]]
+    allowed_users: list[str] = []  # the pre-build filter (both empty: every job runs)
+    allowed_namespaces: list[str] = []
     state: str
     reason: Optional[str] = None
+
+
+class GitlabRemoved(Answer):
+    removed: str
+    runners_left_on_gitlab: list[int]
 
 
 # ------------------------------------------------------------------------------------- events

@@ -203,6 +203,40 @@ def farm_data() -> dict[str, Any]:
                 ended=ts(9, 2, 17), result="fail"),
         ],
         "job_consoles": {"job-20260314-090500-0f1e2d": JOB_CONSOLE},
+        "gitlab": gitlab_data(),
+    }
+
+
+# ---------------------------------------------------------------- GitLab (the GitLab screen, key 8)
+def gitlab_instance(name: str, url: str, state: str, runners: int, last_sync: float | None,
+                    reason: str | None = None, failures: int = 0) -> dict[str, Any]:
+    return {"name": name, "url": url, "token": "********", "registration_token": None, "farm_name": "vivian",
+            "expose_runners": True, "farm_tags": ["farm:vivian"], "state": state, "reason": reason,
+            "last_sync": last_sync, "last_attempt": ts(9, 29, 0), "failures": failures,
+            "retry_in": 300.0 if failures else None, "runners": runners, "gateway_runner": None,
+            "last_verify": ts(9, 20, 0) if runners else None, "verify_result": "1 valid" if runners else None}
+
+
+def gitlab_data() -> dict[str, Any]:
+    """GET /api/v1/gitlab of the fake farm: one instance fine with vivian-virtio-1's runner, one down."""
+    return {
+        "instances": {
+            "fdo": gitlab_instance("fdo", "https://gitlab.freedesktop.org", "ok", 1, ts(9, 29, 0)),
+            "lab": gitlab_instance("lab", "https://gitlab.lab.example", "unreachable", 0, None, failures=3,
+                                   reason="GET /runners/all: ConnectionError: [Errno 111] Connection refused"),
+        },
+        "runners": [
+            {"instance": "fdo", "mac_address": "52:54:00:11:22:03", "gateway": False, "runner_id": 101,
+             "description": "vivian-virtio-1", "tags": ["virtio:family:VIRTIO", "farm:vivian"], "error": None,
+             "verified_at": ts(9, 20, 0), "verify": "valid", "token_expires_at": None},
+        ],
+        "config_path": "/mnt/permanent/gitlab-runner/config.toml",
+        "config_written_at": ts(9, 20, 5),
+        "config_runners": 1,
+        "allowed_users": ["marge-bot"],
+        "allowed_namespaces": ["mesa"],
+        "state": "degraded",
+        "reason": "fdo ok (1 runners, synced 09:29:00); lab unreachable",
     }
 
 
@@ -247,6 +281,7 @@ class FakeFarmClient(FarmClient):
             "/api/v1/machine/discover": d.get("discovery", {"current": None, "queue": []}),
             "/api/v1/log": {"entries": d["log"]},
             "/api/v1/jobs": {"jobs": d.get("jobs", [])},
+            "/api/v1/gitlab": d.get("gitlab", gitlab_data()),
         }
         if path in routes:
             return httpx.Response(200, json=copy.deepcopy(routes[path]))

@@ -51,6 +51,33 @@ class GitlabApi:
             return RunnerRefused(f"{what}: HTTP {code}: {message}")
         return exc
 
+    def check(self, url: str, token: str) -> Optional[str]:
+        """Does ``url`` answer like GitLab, and does it take ``token``? None when yes, else why not, in
+        words from GitLab's answer. One ``GET /runners?per_page=1``: 200, or 403 (a token without the
+        read scope, e.g. only ``create_runner``), is a taken token; 401 a refused one (without a token, the
+        401 says a GitLab answered); 404 or no answer: no GitLab API there."""
+        import gitlab
+        import requests
+
+        try:
+            self.gl.http_get("/runners", query_data={"per_page": 1})
+        except gitlab.GitlabError as exc:  # GitlabHttpError, GitlabAuthenticationError (401), GitlabParsingError
+            code, message = exc.response_code, _short(exc.error_message)
+            if code is None:  # e.g. an answer that is not JSON: not a GitLab API
+                return f"no GitLab API at {url}: {message}"
+            if code == 403 or (code == 401 and not token):
+                return None
+            if code == 401:
+                return f"GitLab at {url} refused the token: {message}"
+            if code == 404:
+                return f"no GitLab API at {url}: {message} on GET /api/v4/runners"
+            return f"GitLab at {url} answered HTTP {code}: {message}"
+        except requests.RequestException as exc:
+            return f"GitLab at {url} cannot be reached: {type(exc).__name__}: {_short(exc)}"
+        except Exception as exc:  # noqa: BLE001 - e.g. a URL requests cannot use (ValueError: Invalid IPv6 URL)
+            return f"GitLab at {url} cannot be asked: {type(exc).__name__}: {_short(exc)}"
+        return None
+
     def create(self, inst: GitlabInstance, description: str, tags: list[str]) -> tuple[int, str, Optional[float]]:
         """A new runner: (id, token, the token's expiry as a Unix time, None when it does not expire)."""
         import gitlab

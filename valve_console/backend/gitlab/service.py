@@ -78,6 +78,8 @@ class RunnerService:
         self.on_health_change = on_health_change
         self.changed = changed
         self.config_writes = 0
+        self.config_written_at: Optional[float] = None  # when config.toml was last written (its mtime at start)
+        self.config_runners = 0  # the [[runners]] in config.toml
         self._config_text: Optional[str] = None
         self._apis: dict[str, tuple[tuple[str, str], GitlabApi]] = {}
         self._lock = asyncio.Lock()
@@ -551,6 +553,10 @@ class RunnerService:
             "instances": {name: self.instance_json(name) for name in sorted(self.instances)},
             "runners": runners,
             "config_path": str(self.config_path),
+            "config_written_at": self.config_written_at,
+            "config_runners": self.config_runners,
+            "allowed_users": list(self.settings.gitlab_allowed_users),
+            "allowed_namespaces": list(self.settings.gitlab_allowed_namespaces),
             "state": self.state,
             "reason": self.reason,
         }
@@ -597,6 +603,9 @@ class RunnerService:
             expose_runners=body.expose_runners,
             farm_tags=list(body.farm_tags),
         )
+        await self.check_instance(inst)
+        if inst.name in self.instances:  # added by another caller while GitLab was asked
+            raise Conflict(f"a GitLab instance named {inst.name!r} exists already")
         await self._store_instance(inst)
         self._new_status(inst.name)
         self._publish()
@@ -616,6 +625,8 @@ class RunnerService:
             setattr(inst, key, value)
         if not inst.token and not inst.registration_token:  # the patch is valid; the instance would not be
             raise Conflict("the instance would have neither a token nor a registration_token: keep one of them")
+        if (inst.url, inst.token, inst.registration_token) != (old.url, old.token, old.registration_token):
+            await self.check_instance(inst)  # a new URL or token is tried before it is stored
         async with self._lock:
             if inst.url != old.url:
                 self.status[name]["version"] = None  # another GitLab: known again at the next full sync
@@ -628,6 +639,51 @@ class RunnerService:
         self._publish()
         self._wake.set()
         return self.instance_json(name)
+
+    async def check_instance(self, inst: GitlabInstance) -> None:
+        """Ask GitLab whether ``inst``'s URL answers and takes its token (in a worker thread: python-gitlab
+        blocks); BadRequest with GitLab's answer in words when not, so that nothing wrong is stored."""
+        def probe() -> Optional[str]:
+            try:
+                api = GitlabApi(inst.url, inst.token, self.settings.gitlab_timeout)
+            except Exception as exc:  # noqa: BLE001 - a URL python-gitlab does not take
+                return f"GitLab at {inst.url} cannot be asked: {type(exc).__name__}: {_short(exc)}"
+            return api.check(inst.url, inst.token)
+
+        problem = await asyncio.to_thread(probe)
+        if problem is not None:
+            log.info("gitlab instance %s not stored: %s", inst.name, problem)
+            raise BadRequest(problem)
+
+    async def renew(self, name: str, mac: str) -> dict[str, Any]:
+        """Replace a runner's token now, as a refused or expiring one is: the old runner is deleted on GitLab
+        (a gone one is fine), a new one is created with the same description and tags; answers the new
+        runner (its ``verify`` says ``renewed: asked by the operator``)."""
+        inst = self.instances.get(name)
+        if inst is None:
+            raise NotFound(f"no GitLab instance named {name!r}")
+        key = (name, mac)
+        async with self._lock:
+            row = self.runners.get(key)
+            if row is None:
+                what = "the gateway" if mac == GATEWAY else mac
+                raise NotFound(f"{what} has no runner on {name}: nothing to renew")
+            api = self._api(inst)
+            try:
+                await self._call(f"DELETE /runners/{row.runner_id}", api.delete, row.runner_id, row.token)
+            except (GitlabDown, RunnerRefused) as exc:
+                raise Conflict(f"the old runner {row.runner_id} could not be deleted, token kept: {exc}") from None
+            log.info("gitlab %s: runner %d of %s deleted to renew its token (operator)", name, row.runner_id, mac)
+            await self._forget(name, mac)
+            self.tokens[key] = {"renewing": "asked by the operator"}
+            self.status[name]["dirty"] = True
+        await self.sync(name, full=False)  # creates the new runner (or says why not)
+        for entry in self.list_json()["runners"]:
+            if entry["instance"] == name and (entry["mac_address"] or GATEWAY) == mac:
+                return dict(entry)
+        st = self.status.get(name) or {}
+        why = self.runner_errors.get(key) or st.get("reason") or "the machine is no longer exposed"
+        raise Conflict(f"the old runner was deleted; no new one yet ({why}): the next sync tries again")
 
     async def remove_instance(self, name: str) -> dict[str, Any]:
         inst = self.instances.get(name)
@@ -673,6 +729,10 @@ class RunnerService:
 
     # ------------------------------------------------------------------ config.toml
     def config_text(self) -> str:
+        return self._render_config()[0]
+
+    def _render_config(self) -> tuple[str, int]:
+        """config.toml's text and how many [[runners]] it holds."""
         api = self.api_url()
         exe = executor_command()
         # the pre-build filter goes to the prepare stage's args (none: every job is admitted)
@@ -721,15 +781,21 @@ class RunnerService:
             "check_interval": 0,
             "session_server": {"session_timeout": 1800},
         }
-        return render_config_toml(head, entries)
+        return render_config_toml(head, entries), len(entries)
 
     async def write_config(self) -> bool:
         """Write config.toml (atomically, 0600) if its text changed; True if written."""
         from ..boot.files import write_atomically
 
         async with self._write_lock:  # one writer: two callers must not both see the old text
-            text = self.config_text()
+            text, count = self._render_config()
             if text == self._config_text:
+                self.config_runners = count
+                if self.config_written_at is None:  # the file of an earlier run: when it was written
+                    try:
+                        self.config_written_at = (await asyncio.to_thread(self.config_path.stat)).st_mtime
+                    except OSError:
+                        pass
                 return False
 
             def write() -> None:
@@ -742,5 +808,7 @@ class RunnerService:
                 log.error("cannot write %s: %s", self.config_path, exc)
                 return False
             self._config_text = text
+            self.config_runners = count
+            self.config_written_at = time.time()
             self.config_writes += 1
             return True
