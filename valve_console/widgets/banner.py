@@ -13,6 +13,7 @@ SCREENS = (
     ("5", "consoles", "Consoles"),
     ("6", "machine", "Machine"),
     ("7", "jobs", "Jobs"),
+    ("9", "settings", "Settings"),
 )
 
 
