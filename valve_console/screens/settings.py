@@ -37,7 +37,7 @@ INTEGERS = ("training_loops", "training_qualify")
 HELP = {
     "training_loops": "boot loops of a training (Sgt. Hartman)",
     "training_qualify": "passes a training needs (at most the loops)",
-    "default_pdu_off_delay": "seconds an outlet stays off (machines without their own)",
+    "default_pdu_off_delay": "seconds an outlet stays off, by default",
     "gitlab_sync_interval": "seconds between full GitLab syncs",
     "gitlab_retry_max": "longest back-off while GitLab is down (s)",
     "gitlab_timeout": "one GitLab call's timeout (s)",
@@ -45,6 +45,7 @@ HELP = {
     "trusted_networks": "act as the operator without a token: auto, none, CIDRs (comma-separated)",
 }
 SOURCE_STYLES = {"data dir file": "bold", "environment": "cyan", "command line": "cyan", "default": "dim"}
+VALUE_WIDTH = 48  # longer values are cut in the table; the line under it shows the selected one whole
 
 
 def value_text(value: Any) -> str:
@@ -62,11 +63,14 @@ def value_text(value: Any) -> str:
     return str(value)
 
 
-def setting_cells(setting: Setting) -> tuple[Any, ...]:
-    value = Text(value_text(setting.value) or "-", style="dim" if setting.value in (None, "", [], {}) else "")
+def setting_cells(setting: Setting, dots: str = "…") -> tuple[Any, ...]:
+    text = value_text(setting.value) or "-"
+    if len(text) > VALUE_WIDTH:
+        text = text[: VALUE_WIDTH - len(dots)] + dots
+    value = Text(text, style="dim" if setting.value in (None, "", [], {}) else "")
     source = Text(setting.source, style=SOURCE_STYLES.get(setting.source, ""))
     if setting.overrides:
-        source.append(f" ({setting.overrides})", style="dim")
+        source.append(" (overrides)", style="dim")
     editable = Text("yes", style="bold green") if setting.editable else Text(f"no: {setting.variable}", style="dim")
     return setting.name, value, source, editable
 
@@ -83,6 +87,20 @@ def parse_input(name: str, text: str) -> Any:
         return text
 
 
+def setting_detail(setting: Setting) -> Text:
+    """The selected setting whole: its value, its source and what it overrides, the variable that sets it."""
+    text = Text()
+    text.append(setting.name, style="bold")
+    text.append(f" = {value_text(setting.value) or '-'}")
+    text.append(f"   from: {setting.source}")
+    if setting.overrides:
+        text.append(f", {setting.overrides}")
+    text.append(f"   variable: {setting.variable}", style="dim")
+    text.append("   may change at run time (e)" if setting.editable else "   read-only while the farm runs",
+                style="green" if setting.editable else "dim")
+    return text
+
+
 def error_field(message: str, names: list[str]) -> str | None:
     """The setting an API error is about (its message starts with the name)."""
     for name in sorted(names, key=len, reverse=True):
@@ -92,7 +110,7 @@ def error_field(message: str, names: list[str]) -> str | None:
 
 
 class SettingsTable(DataTable[Any]):
-    BINDINGS = [Binding("enter", "select_cursor", "Edit", show=True, key_display="enter")]
+    BINDINGS = [Binding("enter", "select_cursor", "Edit", show=False)]
 
 
 class SettingsScreen(FarmScreen):
@@ -111,6 +129,7 @@ class SettingsScreen(FarmScreen):
     def compose_body(self) -> ComposeResult:
         yield Static("fetching the settings...", id="settings-status", classes="status-line")
         yield SettingsTable(id="settings-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="settings-detail")
 
     def on_mount(self) -> None:
         table = self.table
@@ -154,15 +173,21 @@ class SettingsScreen(FarmScreen):
         table = self.table
         cursor = cursor_key(table)
         table.clear()
+        dots = "..." if self.console_app.linux_console else "…"
         for setting in answer.settings:
-            table.add_row(*setting_cells(setting), key=setting.name)
+            table.add_row(*setting_cells(setting, dots), key=setting.name)
         select_key(table, cursor)
+        self._show_detail()
         stored = sum(1 for s in answer.settings if s.source == "data dir file")
         status = Text()
         status.append(f"{len(answer.settings)} settings, {len(answer.editable)} editable at run time")
         status.append(f"; {stored} kept in {answer.file}" if stored else f"; changes are kept in {answer.file}")
-        status.append(". Read-only ones are set by their variable at start.", style="dim")
         self.query_one("#settings-status", Static).update(status)
+
+    @on(DataTable.RowHighlighted, "#settings-table")
+    def _show_detail(self) -> None:
+        setting = self.cursor_setting()
+        self.query_one("#settings-detail", Static).update(setting_detail(setting) if setting else "")
 
     def cursor_setting(self) -> Setting | None:
         name = cursor_key(self.table)
@@ -231,12 +256,12 @@ class SettingsFormScreen(ModalScreen[FarmSettings | None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="settings-dialog", classes="dialog form"):
             yield Static("Settings that may change while the farm runs", classes="dialog-title")
+            yield Static("", id="settings-error", classes="form-error")
             for setting in self.editable:
                 note = f" [{setting.source}]" if setting.source != "default" else ""
                 yield Label(f"{setting.name}: {HELP.get(setting.name, '')}{note}", classes="setting-label")
                 yield Input(self.initial[setting.name], id=f"set-{setting.name}", placeholder=setting.variable)
                 yield Static("", id=f"err-{setting.name}", classes="field-error")
-            yield Static("", id="settings-error", classes="form-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save (ctrl+s)", id="settings-save", variant="primary")
                 yield Button("Cancel (esc)", id="settings-cancel")
