@@ -42,6 +42,10 @@ async def open_form(pilot: Pilot[Any]) -> SettingsFormScreen:
     return form
 
 
+def form_error(form: SettingsFormScreen) -> str:
+    return str(form.query_one("#settings-error", Static).render())
+
+
 def row_value(screen: SettingsScreen, name: str) -> str:
     return str(screen.table.get_row(name)[1])
 
@@ -109,10 +113,9 @@ async def test_bad_input_is_refused_in_the_form_and_nothing_changes(farm: Farm, 
             before = field.value
             field.value = text
             await pilot.press("ctrl+s")
-            error = form.query_one("#settings-error", Static)
-            await wait_for(pilot, lambda: words in str(error.render()), 5, f"the refusal of {text!r}")
+            await wait_for(pilot, lambda w=words: w in form_error(form), 5, f"the refusal of {text!r}")
             assert words in str(form.query_one(f"#err-{name}", Static).render())  # next to its field
-            assert "nothing changed" in str(error.render())
+            assert "nothing changed" in form_error(form)
             field.value = before
         assert isinstance(app.screen, SettingsFormScreen)
         await pilot.press("escape")

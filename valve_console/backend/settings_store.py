@@ -24,7 +24,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ class SettingsStore:
         self.bus = bus
         self.path = settings.data_dir / FILE_NAME
         self.environ = dict(os.environ if environ is None else environ)
-        self.apply: Callable[[Iterable[str]], None] = lambda names: None  # Farm._compose wires the services
+        self.apply: Callable[[list[str]], None] = lambda names: None  # Farm._compose wires the services
         self.stored: dict[str, Any] = {}  # what settings.toml holds (applied)
         # what the environment, the command line or the default gave at start, before the file
         self.initial: dict[str, Any] = {name: getattr(settings, name) for name in EDITABLE}

@@ -76,7 +76,7 @@ class FarmCommands(Provider):
                        f"cancel the {str(job.status).lower()} job {job_id} (asks first)")
         yield "add pdu", app.add_pdu, "add a PDU (driver, name, config)"
         yield ("edit settings", app.edit_settings,
-               "the settings that may change at run time: training counts, off delay, GitLab intervals, trusted networks")
+               "change the run-time settings: training counts, off delay, GitLab intervals, trusted networks")
 
     async def discover(self) -> Hits:
         for text, callback, help_text in self.commands():
