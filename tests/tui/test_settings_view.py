@@ -18,7 +18,7 @@ from valve_console.config import Settings
 from valve_console.screens.settings import SettingsFormScreen, SettingsScreen
 
 from .fake_farm import JOURNAL_EVENTS, FakeFarmClient
-from .helpers import wait_for, wait_text
+from .helpers import screen_text, wait_for, wait_text
 
 SIZE = (140, 45)
 
@@ -57,7 +57,24 @@ async def test_the_view_lists_every_setting(farm: Farm, app: ConsoleApp) -> None
         assert row_value(screen, "training_loops") == "20"
         assert str(screen.table.get_row("listen")[3]) == "no: VALVE_CONSOLE_LISTEN"  # read-only: its variable
         assert str(screen.table.get_row("gitlab_timeout")[3]) == "yes"
-        await wait_text(pilot, "9 Settings")  # the key bar and the top bar
+        footer = screen_text(app).splitlines()[-1]
+        assert "9 Settings" in footer and "e Edit" in footer  # the key bar, like keys 1-7
+
+
+async def test_key_9_and_the_command_palette_reach_the_view(farm: Farm, app: ConsoleApp) -> None:
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.model.loaded and app.connected, 10, "the first fetch")
+        assert "9 Settings" in screen_text(app).splitlines()[-1]
+        await pilot.press("ctrl+p")
+        await pilot.press(*"go to settings")
+        await wait_text(pilot, "go to settings")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.current_mode == "settings", 5, "the settings mode")
+        await pilot.press("ctrl+p")
+        await pilot.press(*"edit settings")
+        await wait_text(pilot, "edit settings")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, SettingsFormScreen), 5, "the settings form")
 
 
 async def test_a_change_in_the_form_takes_effect_and_survives_a_restart(tmp_path: Path) -> None:
