@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -85,6 +86,10 @@ async def test_patch_takes_effect_live_and_survives_a_restart(data: Path, monkey
         assert farm.power.default_off_delay == 1.5
         assert farm.machines.training_counts(farm.machines.machines[MAC]) == (6, 5)
         assert farm.gitlab.settings.gitlab_sync_interval == 42
+        instance = SimpleNamespace(name="gl", url="https://gitlab.test", token="t")
+        assert farm.gitlab._api(instance).gl.timeout == 10.0  # type: ignore[arg-type]
+        assert (await http.patch("/api/v1/settings", json={"gitlab_timeout": 4})).status_code == 200
+        assert farm.gitlab._api(instance).gl.timeout == 4.0  # type: ignore[arg-type]  # the next call's client
         assert farm.trust.is_trusted("192.0.2.7") and not farm.trust.is_trusted("198.51.100.1")
         path = data / "settings.toml"
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600

@@ -79,7 +79,7 @@ class RunnerService:
         self.changed = changed
         self.config_writes = 0
         self._config_text: Optional[str] = None
-        self._apis: dict[str, tuple[tuple[str, str], GitlabApi]] = {}
+        self._apis: dict[str, tuple[tuple[str, str, float], GitlabApi]] = {}
         self._lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -240,7 +240,7 @@ class RunnerService:
         return name, [name, GATEWAY_TAG]
 
     def _api(self, inst: GitlabInstance) -> GitlabApi:
-        key = (inst.url, inst.token)
+        key = (inst.url, inst.token, self.settings.gitlab_timeout)  # the timeout may change at run time
         cached = self._apis.get(inst.name)
         if cached is None or cached[0] != key:
             cached = (key, GitlabApi(inst.url, inst.token, self.settings.gitlab_timeout))
