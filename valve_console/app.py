@@ -38,6 +38,7 @@ from .contract import (
     JournalEntry,
     LogEntry,
     OutletsDiscovery,
+    FarmSettings,
     Pdu,
 )
 from .screens.base import FarmScreen
@@ -51,6 +52,7 @@ from .screens.journal import JournalScreen
 from .screens.machine_form import MachineFormScreen
 from .screens.overview import OverviewScreen
 from .screens.pdus import PdusScreen
+from .screens.settings import SettingsFormScreen, SettingsScreen
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class ConsoleApp(App[int]):
         "machine": MachineFormScreen,
         "jobs": JobsScreen,
         "gitlab": GitlabScreen,
+        "settings": SettingsScreen,
     }
     DEFAULT_MODE = "overview"
     BINDINGS = [
@@ -99,6 +102,7 @@ class ConsoleApp(App[int]):
         Binding("6", "go('machine')", "Machine", id="go-machine"),
         Binding("7", "go('jobs')", "Jobs", id="go-jobs"),
         Binding("8", "go('gitlab')", "GitLab", id="go-gitlab"),
+        Binding("9", "go('settings')", "Settings", id="go-settings"),
         Binding("q", "quit_console", "Quit", id="quit"),
         Binding("ctrl+p", "command_palette", "Commands", show=False, priority=True, id="palette"),
         Binding("colon", "command_palette", "Commands", show=False, id="commands"),
@@ -500,6 +504,35 @@ class ConsoleApp(App[int]):
             label="Remove", danger=True, group=f"remove-pdu-{name}",
             failed=f"removing PDU {name} failed", success=f"PDU {name} removed",
         )
+
+    def edit_settings(self, focus: str | None = None) -> None:
+        """The form of the settings that may change at run time (fetched first when not known yet)."""
+        if self.current_mode != "settings":
+            self.switch_mode("settings")
+        self.run_worker(self._open_settings_form(focus), group="settings-form", exclusive=True, exit_on_error=False)
+
+    async def _open_settings_form(self, focus: str | None) -> None:
+        settings = self.model.settings
+        if settings is None:
+            try:
+                settings = self.model.settings = await self.client.settings()
+            except FarmClientError as exc:
+                self.report(f"cannot read the settings: {exc}", "error")
+                return
+
+        def saved(answer: FarmSettings | None) -> None:
+            if answer is None:
+                return
+            before = {s.name: s.value for s in settings.settings}
+            changed = [s for s in answer.settings if s.editable and before.get(s.name) != s.value]
+            self.model.settings = answer
+            for view in self._views:
+                if isinstance(view, SettingsScreen):
+                    view.show(answer)
+            words = ", ".join(f"{s.name}={s.value}" for s in changed) or "nothing"
+            self.report(f"settings changed: {words} (kept in {answer.file})")
+
+        self.push_screen(SettingsFormScreen(settings, focus), saved)
 
     def cancel_job(self, job_id: str) -> None:
         """Cancel a job after a confirmation; the API's answer (or error) is reported."""

@@ -34,8 +34,11 @@ def _settings(args: argparse.Namespace, **overrides: Any):
             values[key] = value
     if getattr(args, "serial", None):
         values["serial"] = list(args.serial)
+    given = set(values)
     values.update(overrides)
-    return Settings(**values)
+    settings = Settings(**values)
+    settings.mark_given(given, "command line")  # the Settings view says where each setting came from
+    return settings
 
 
 def _start_failure(exc: Exception) -> str:

@@ -27,6 +27,7 @@ from .contract import (
     DiscoveryStarted,
     DiscoveryStatus,
     Event,
+    FarmSettings,
     Gateway,
     Gitlab,
     GitlabInstance,
@@ -194,7 +195,15 @@ class FarmClient:
         """The job's console text (so far, while it runs)."""
         return await self.request("GET", f"/api/v1/job/{job_id}/console")
 
+    async def settings(self) -> FarmSettings:
+        """Every effective setting of the farm (secrets masked), its source and whether it may change."""
+        return await self.answer(FarmSettings, "GET", "/api/v1/settings")
+
     # ------------------------------------------------------------------ actions
+    async def update_settings(self, changes: dict[str, Any]) -> FarmSettings:
+        """Change run-time settings, all or nothing (None: back to the start-up value); the new settings."""
+        return await self.answer(FarmSettings, "PATCH", "/api/v1/settings", json=changes)
+
     async def update_machine(self, mac: str, **fields: Any) -> Machine:
         return await self.answer(Machine, "PATCH", f"/api/v1/machine/{mac}/", json=fields)
 

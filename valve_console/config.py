@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     netconsole: str = ""
     farm_name: str = "valve"
     database_url: str | None = None  # any SQLAlchemy URL; default: SQLite in data_dir
-    default_pdu_off_delay: float = 5.0  # seconds an outlet stays off before it may go on again
+    default_pdu_off_delay: float = Field(default=5.0, ge=0)  # seconds an outlet stays off before it may go on again
     outlet_poll_interval: float = 10.0  # seconds between outlet state polls of a reachable PDU
     pdu_timeout: float = 3.0  # seconds for one PDU command
     console_ring_bytes: int = 4 * 1024 * 1024
@@ -233,6 +233,7 @@ class Settings(BaseSettings):
     # The managed dnsmasq's DHCP range on the DUT network: "FIRST,LAST".
     dhcp_range: str = DHCP_RANGE_DEFAULT
     _notes: list[str] = PrivateAttr(default_factory=list)
+    _given_by: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _netconsole_default(self) -> "Settings":
@@ -243,6 +244,16 @@ class Settings(BaseSettings):
             if note:
                 self._notes.append(note)
         return self
+
+    def mark_given(self, names: list[str] | set[str], source: str) -> None:
+        """Say where settings given as arguments came from (``command line``): the Settings view shows it."""
+        for name in names:
+            self._given_by[name] = source
+
+    @property
+    def given_by(self) -> dict[str, str]:
+        """Settings whose source the program said (mark_given): name -> source."""
+        return dict(self._given_by)
 
     @property
     def notes(self) -> list[str]:

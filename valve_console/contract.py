@@ -359,6 +359,33 @@ class GitlabRemoved(Answer):
     runners_left_on_gitlab: list[int]
 
 
+# ------------------------------------------------------------------------------------- settings
+class Setting(Answer):
+    """One effective setting (``GET /api/v1/settings``). ``value`` is masked (``********``) when ``secret``;
+    ``source``: default, environment, command line, start-up or data dir file; ``variable`` sets it;
+    ``overrides``: what a value stored in the data dir file wins over, in words."""
+
+    name: str
+    value: Any = None
+    source: str
+    variable: str
+    editable: bool
+    secret: bool = False
+    overrides: Optional[str] = None
+
+
+class FarmSettings(Answer):
+    """Every setting of the farm; ``file`` keeps the ones changed at run time; ``editable``: their names.
+    Also the data of ``settings`` events (published after each change)."""
+
+    settings: list[Setting]
+    file: str
+    editable: list[str]
+
+    def get(self, name: str) -> Optional[Setting]:
+        return next((s for s in self.settings if s.name == name), None)
+
+
 # ------------------------------------------------------------------------------------- events
 class MachineEvent(Answer):
     action: str
@@ -442,6 +469,7 @@ EVENT_DATA: dict[str, type[BaseModel]] = {
     "discovery": DiscoveryEvent,
     "log": LogEntry,
     "journal": JournalEntry,
+    "settings": FarmSettings,
 }
 """The model of each event type's ``data``; the others (gitlab) are free-form."""
 

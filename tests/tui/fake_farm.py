@@ -250,6 +250,70 @@ JOURNAL_EVENTS = [
 ]
 
 
+# ----------------------------------------------------------------------------- settings (the Settings view)
+def setting(name: str, value: Any, source: str = "default", editable: bool = False, secret: bool = False,
+            overrides: str | None = None) -> dict[str, Any]:
+    row = {"name": name, "value": value, "source": source, "variable": f"VALVE_CONSOLE_{name.upper()}",
+           "editable": editable, "secret": secret}
+    if overrides:
+        row["overrides"] = overrides
+    return row
+
+
+SETTINGS_EDITABLE = ["training_loops", "training_qualify", "default_pdu_off_delay", "gitlab_sync_interval",
+                     "gitlab_retry_max", "gitlab_timeout", "gitlab_verify_interval", "trusted_networks"]
+
+
+def settings_data() -> dict[str, Any]:
+    """GET /api/v1/settings of the fake farm: a few of each source, one secret, the editable ones."""
+    return {
+        "file": "/mnt/permanent/valve-console/settings.toml",
+        "editable": list(SETTINGS_EDITABLE),
+        "settings": [
+            setting("data_dir", "/mnt/permanent/valve-console"),
+            setting("listen", "0.0.0.0:8000", "command line"),
+            setting("netconsole", "10.42.0.1:8100"),
+            setting("farm_name", "vivian", "environment"),
+            setting("database_url", None),
+            setting("default_pdu_off_delay", 3.0, "data dir file", True,
+                    overrides="overrides the environment's VALVE_CONSOLE_DEFAULT_PDU_OFF_DELAY=5"),
+            setting("outlet_poll_interval", 10.0),
+            setting("boot_kernel_url", None),
+            setting("job_variables", {"mirror": "http://10.42.0.1:3142", "registry_password": "********"},
+                    "environment", secret=True),
+            setting("training", True),
+            setting("training_loops", 20, editable=True),
+            setting("training_qualify", 19, editable=True),
+            setting("training_retry_delay", 120.0),
+            setting("gitlab_sync_interval", 300.0, editable=True),
+            setting("gitlab_retry_max", 300.0, editable=True),
+            setting("gitlab_timeout", 10.0, "environment", True),
+            setting("gitlab_verify_interval", 3600.0, editable=True),
+            setting("trusted_networks", ["auto", "192.0.2.0/24"], "data dir file", True,
+                    overrides="overrides the default value ['auto']"),
+            setting("log_level", "INFO"),
+        ],
+    }
+
+
+def patch_settings(data: dict[str, Any], changes: dict[str, Any]) -> httpx.Response:
+    """PATCH /api/v1/settings of the fake farm: the qualify/loops rule and read-only names, else applied."""
+    rows = {row["name"]: row for row in data["settings"]}
+    for name in changes:
+        if name not in SETTINGS_EDITABLE:
+            return httpx.Response(400, json={"error": f"{name} cannot change while the farm runs: it is set by "
+                                                      f"VALVE_CONSOLE_{name.upper()}"})
+    loops = changes.get("training_loops", rows["training_loops"]["value"])
+    qualify = changes.get("training_qualify", rows["training_qualify"]["value"])
+    if qualify > loops:
+        return httpx.Response(400, json={"error": f"training_qualify ({qualify}) cannot be more than training_loops "
+                                                  f"({loops}): a machine could never qualify"})
+    for name, value in changes.items():
+        rows[name].update(value=value, source="data dir file")
+    return httpx.Response(200, json=copy.deepcopy(data))
+
+
+# ----------------------------------------------------------------------------------------- the client
 class FakeFarmClient(FarmClient):
     """Answers the API from ``data``; ``events()`` yields ``events`` then stays open, quiet."""
 
@@ -283,6 +347,11 @@ class FakeFarmClient(FarmClient):
             "/api/v1/jobs": {"jobs": d.get("jobs", [])},
             "/api/v1/gitlab": d.get("gitlab", gitlab_data()),
         }
+        if path == "/api/v1/settings":
+            settings = d.setdefault("settings", settings_data())
+            if request.method == "PATCH":
+                return patch_settings(settings, json.loads(request.content))
+            return httpx.Response(200, json=copy.deepcopy(settings))
         if path in routes:
             return httpx.Response(200, json=copy.deepcopy(routes[path]))
         if path.startswith("/api/v1/console/") and path.endswith("/log"):

@@ -33,6 +33,7 @@ EVENT_TYPES = (
     "journal",
     "job",
     "gitlab",
+    "settings",
     "dropped",
 )
 log = logging.getLogger(__name__)

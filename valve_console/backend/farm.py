@@ -32,6 +32,7 @@ from .gitlab import RunnerService
 from .journal import JournalFollower
 from .power import PowerService
 from .registration import MachineService
+from .settings_store import SettingsFileError, SettingsStore
 from .store import Store
 from .training import TrainingService
 from .trust import Trust
@@ -222,6 +223,7 @@ class Farm:
     gitlab: RunnerService
     journal: JournalFollower
     view: MachineView
+    settings_store: SettingsStore
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -446,6 +448,35 @@ class Farm:
             runners=self.gitlab,
         )
 
+    def _load_settings(self) -> None:
+        """``<data>/settings.toml`` (values changed at run time) over the environment, before the services
+        are built from the settings."""
+        self.settings_store = SettingsStore(self.settings, self.bus, apply=self._apply_settings)
+        try:
+            notes = self.settings_store.load()
+        except SettingsFileError as exc:
+            raise FarmStartError(f"settings: {exc}") from None
+        for note in notes:
+            log.warning("%s", note)
+        if self.settings_store.stored:
+            log.info("settings from %s: %s", self.settings_store.path, ", ".join(sorted(self.settings_store.stored)))
+        self.trust.set_networks(self.settings.trusted_networks)
+
+    def _apply_settings(self, names: list[str]) -> None:
+        """Settings changed at run time (settings_store): the services that keep their own copy are told;
+        the others (the GitLab service's intervals) read the shared Settings at use time."""
+        settings = self.settings
+        if {"training_loops", "training_qualify"} & set(names):
+            self.machines.set_training_defaults(settings.training_loops, settings.training_qualify)
+        if "default_pdu_off_delay" in names:
+            self.power.default_off_delay = settings.default_pdu_off_delay
+            self.view.default_off_delay = settings.default_pdu_off_delay
+            for mac, machine in list(self.machines.machines.items()):  # those on the default show the new one
+                if machine.pdu_off_delay is None:
+                    self.view.publish(mac, "updated")
+        if "trusted_networks" in names:
+            self.trust.set_networks(settings.trusted_networks)
+
     def _machine_changed(self, mac: str, action: str) -> None:
         """A service changed what ``mac`` shows: its ``machine`` event (the view builds it)."""
         self.view.publish(mac, action)
@@ -492,6 +523,7 @@ class Farm:
             raise FarmStartError(f"cannot open the database {db_url}: {exc}") from None
         self._stops.append(self.store.close)
         self._set_health("storage", "ok")
+        self._load_settings()
         self._compose()
         # A service's stop is queued before its start: one that fails halfway is still stopped.
         await self.machines.start()

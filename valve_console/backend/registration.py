@@ -230,8 +230,7 @@ class MachineService:
         self.outlets = outlets
         self.claim = claim
         self.changed: Changed = changed or (lambda mac, action: None)
-        loops, qualify = training_defaults
-        self.training_defaults = (loops, min(qualify, loops))
+        self.set_training_defaults(*training_defaults)
         self.machines: dict[str, Machine] = {}
         # Indexes kept in step with self.machines by _changed (machines are replaced, never changed in
         # place), so that nothing asked per machine or per registration scans the farm:
@@ -582,6 +581,10 @@ class MachineService:
         if fields.get("is_retired") is False and self.get(mac).is_retired:
             self._check_ip_free(machine.ip_address, machine.mac_address)
         return await self._save(machine, "updated")
+
+    def set_training_defaults(self, loops: int, qualify: int) -> None:
+        """The farm's (boot loops, passes needed), for the next run of machines without their own."""
+        self.training_defaults = (loops, min(qualify, loops))
 
     def training_counts(self, machine: Machine) -> tuple[int, int]:
         """(boot loops, passes needed) of a machine: its overrides, else the farm's settings."""

@@ -86,6 +86,10 @@ class Trust:
         self._own: set[Address] = set()
         self._own_at = float("-inf")
 
+    def set_networks(self, items: Iterable[str]) -> None:
+        """Trust these networks from now on (the setting changed at run time); ValueError naming a bad one."""
+        self.auto, self.networks = parse_networks(items)
+
     @property
     def enabled(self) -> bool:
         return self.auto or bool(self.networks)

@@ -19,6 +19,7 @@ from ..contract import (
     DiscoveryStatus,
     Dropped,
     Event,
+    FarmSettings,
     Health,
     HealthEvent,
     Job,
@@ -69,6 +70,7 @@ class Changes:
     journal: list[JournalEntry] = field(default_factory=list)
     discovery: list[DiscoveryEvent] = field(default_factory=list)  # discovery events, in order
     jobs: dict[str, Job] = field(default_factory=dict)  # job id -> latest job
+    settings: FarmSettings | None = None  # the latest ``settings`` event (after a run-time change)
     # filled in by FarmModel.apply: where machines were before this batch (mac -> (pdu, port))
     old_outlets: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
 
@@ -85,6 +87,7 @@ class Changes:
             or self.journal
             or self.discovery
             or self.jobs
+            or self.settings is not None
         )
 
     # ---------------------------------------------------------------- collecting events
@@ -123,6 +126,8 @@ class Changes:
         elif isinstance(data, Job):
             if data.id:
                 self.jobs[data.id] = data
+        elif isinstance(data, FarmSettings):
+            self.settings = data
         elif isinstance(data, Dropped):
             return True
         elif isinstance(data, LogEntry):

@@ -16,6 +16,7 @@ from ..contract import (
     DiscoveryCurrent,
     DiscoveryEvent,
     DiscoveryStatus,
+    FarmSettings,
     Health,
     Job,
     Machine,
@@ -50,6 +51,7 @@ class FarmModel:
         self.discovery = DiscoveryStatus()
         self.discovery_at = time.monotonic()  # when ``discovery.current.remaining`` was true
         self.jobs: dict[str, Job] = {}  # job id -> job (GET /api/v1/jobs, job events)
+        self.settings: FarmSettings | None = None  # GET /api/v1/settings (the Settings view), settings events
         self.fetched_at = time.monotonic()
 
     # ---------------------------------------------------------------- applying
@@ -96,6 +98,8 @@ class FarmModel:
         for event in changes.discovery:
             self._apply_discovery_event(event)
         self.jobs.update(changes.jobs)
+        if changes.settings is not None:
+            self.settings = changes.settings
 
     # ---------------------------------------------------------------- discovery
     def set_discovery(self, status: DiscoveryStatus, at: float | None = None) -> None:

@@ -3,7 +3,7 @@
 "power on vpdu1/3 (vivian-virtio-1)", "open console <machine>", "edit <machine>",
 "retire <machine>" / "activate <machine>", "details <machine>", "train <machine>", "stop training
 <machine>", "skip training <machine>", "go to <screen>", "discover <pdu>/<port>",
-"find outlets on <pdu>", "cancel discovery", "cancel job <id>". Power commands still ask for
+"find outlets on <pdu>", "cancel discovery", "cancel job <id>", "edit settings". Power commands still ask for
 confirmation: they go through the same app actions as the keys.
 """
 
@@ -75,6 +75,8 @@ class FarmCommands(Provider):
                 yield (f"cancel job {job_id} ({model.job_machine_name(job)})", partial(app.cancel_job, job_id),
                        f"cancel the {str(job.status).lower()} job {job_id} (asks first)")
         yield "add pdu", app.add_pdu, "add a PDU (driver, name, config)"
+        yield ("edit settings", app.edit_settings,
+               "change the run-time settings: training counts, off delay, GitLab intervals, trusted networks")
 
     async def discover(self) -> Hits:
         for text, callback, help_text in self.commands():

@@ -14,6 +14,7 @@ SCREENS = (
     ("6", "machine", "Machine"),
     ("7", "jobs", "Jobs"),
     ("8", "gitlab", "GitLab"),
+    ("9", "settings", "Settings"),
 )
 
 

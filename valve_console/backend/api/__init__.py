@@ -4,7 +4,7 @@ Errors are always ``{"error": "..."}`` with a 4xx status for bad input. DUT regi
 every operator action needs ``Authorization: Bearer <token>`` or the local unix socket.
 
 One module per resource, each an ``APIRouter`` (machines, pdus, consoles, jobs, shares, boot, events,
-gitlab, health); routes reach the farm through the ``get_farm`` dependency (deps.py). Shared pieces:
+gitlab, settings, health); routes reach the farm through the ``get_farm`` dependency (deps.py). Shared pieces:
 models.py (request bodies, ``ERRORS``, ``MAC_PATTERN``), deps.py (farm, operator, MACs, registration
 rate), schema.py (the conformant OpenAPI), middleware.py (PathNormaliser, BodyLimit), handlers.py
 (errors.py's types and validation errors as answers), streams.py (SSE answers), submit.py (the
@@ -19,7 +19,7 @@ from fastapi import FastAPI
 
 from ... import __version__
 from ..submission import FORM_OVERHEAD
-from . import boot, consoles, events, gitlab, health, jobs, machines, pdus, shares
+from . import boot, consoles, events, gitlab, health, jobs, machines, pdus, settings, shares
 from .deps import TOKEN_NEEDED, get_farm, is_operator, loggable, mac_of, operator, registration_limit
 from .handlers import describe_validation, install_error_handlers
 from .middleware import BodyLimit, PathNormaliser, allow_header, method_not_allowed
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 # In this order: a path of its own is matched before a parameter of the same shape
 # (/api/v1/machine/discover before /api/v1/machine/{mac}/..., /api/v1/pdu/drivers before /api/v1/pdu/{name}).
-ROUTERS = (machines, pdus, consoles, jobs, shares, boot, events, gitlab, health)
+ROUTERS = (machines, pdus, consoles, jobs, shares, boot, events, gitlab, settings, health)
 
 __all__ = [
     "ERRORS",

@@ -81,7 +81,7 @@ class RunnerService:
         self.config_written_at: Optional[float] = None  # when config.toml was last written (its mtime at start)
         self.config_runners = 0  # the [[runners]] in config.toml
         self._config_text: Optional[str] = None
-        self._apis: dict[str, tuple[tuple[str, str], GitlabApi]] = {}
+        self._apis: dict[str, tuple[tuple[str, str, float], GitlabApi]] = {}
         self._lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -243,7 +243,7 @@ class RunnerService:
         return name, [name, GATEWAY_TAG]
 
     def _api(self, inst: GitlabInstance) -> GitlabApi:
-        key = (inst.url, inst.token)
+        key = (inst.url, inst.token, self.settings.gitlab_timeout)  # the timeout may change at run time
         cached = self._apis.get(inst.name)
         if cached is None or cached[0] != key:
             cached = (key, GitlabApi(inst.url, inst.token, self.settings.gitlab_timeout))
