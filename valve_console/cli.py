@@ -155,7 +155,7 @@ async def _demo_gitlab(farm):
     demo's instance gets the new URL and token (its runners on the old stand-in are forgotten)."""
     import secrets
 
-    from vivian.gitlab import VivianGitlab
+    from vivian.gitlab import VivianGitlab, write_demo_file
 
     from .backend.errors import BadRequest, Conflict
     from .backend.farm import FarmStartError
@@ -173,6 +173,8 @@ async def _demo_gitlab(farm):
     except (BadRequest, Conflict) as exc:
         await asyncio.to_thread(gitlab.stop)
         raise FarmStartError(f"cannot make Vivian's GitLab the farm's instance {DEMO_GITLAB!r}: {exc}") from None
+    # `python vivian/gitlab.py --list --data-dir DIR` reads which stand-in this is (the token: mode 0600)
+    await asyncio.to_thread(write_demo_file, farm.settings.data_dir, gitlab.url, gitlab.admin_token)
     return gitlab
 
 

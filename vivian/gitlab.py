@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import secrets
 import signal
 import sys
@@ -43,6 +44,7 @@ import urllib.request
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -443,19 +445,47 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--old-gitlab", action="store_true", help="refuse POST /user/runners (403), as an old GitLab")
     p.add_argument("--verify-status", type=int, metavar="CODE", help="answer POST /runners/verify with this error")
     p.add_argument("--token-lifetime", type=float, metavar="SECONDS", help="runner tokens expire after this")
-    p.add_argument("--list", action="store_true", help="list a running GitLab's runners (needs --url and --token)")
+    p.add_argument("--list", action="store_true",
+                   help="list a running GitLab's runners (needs --url and --token, or --data-dir)")
     p.add_argument("--url", help="--list: the GitLab's URL, e.g. http://127.0.0.1:8929")
+    p.add_argument("--data-dir", type=Path,
+                   help=f"--list: a demo's data directory (its {DEMO_FILE} names the demo's stand-in and token)")
     return p
+
+
+DEMO_FILE = "vivian-gitlab.json"  # in a demo's data directory: {"url", "token"} of the stand-in it runs
+
+
+def write_demo_file(data_dir: Path, url: str, token: str) -> Path:
+    """Where ``valve-console demo`` says which stand-in it runs (mode 0600: the admin token is in it)."""
+    path = data_dir / DEMO_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump({"url": url, "token": token}, out)
+    return path
+
+
+def _read_demo_file(data_dir: Path) -> tuple[str, str]:
+    path = data_dir / DEMO_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return str(data["url"]), str(data["token"])
+    except FileNotFoundError:
+        raise ListError(f"{path} does not exist: is a demo with its GitLab running on that data directory?") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ListError(f"cannot read {path}: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.list:
-        if not args.url or not args.token:
-            print("vivian/gitlab.py: --list needs --url URL and --token TOKEN (an admin token)", file=sys.stderr)
+        if args.data_dir is None and (not args.url or not args.token):
+            print("vivian/gitlab.py: --list needs --url URL and --token TOKEN (an admin token), or --data-dir DIR "
+                  "of a running demo", file=sys.stderr)
             return 2
         try:
-            print(list_runners(args.url, args.token))
+            url, token = _read_demo_file(args.data_dir) if args.data_dir is not None else (args.url, args.token)
+            print(list_runners(url, token))
         except ListError as exc:
             print(f"vivian/gitlab.py: {exc}", file=sys.stderr)
             return 1

@@ -94,6 +94,14 @@ def stop_leftover_duts(tmp_path: Path) -> None:
             continue
 
 
+def gitlab_list(data: Path) -> str:
+    """``python vivian/gitlab.py --list --data-dir DATA``: the runners the demo's GitLab stand-in holds."""
+    out = subprocess.run([sys.executable, str(ROOT / "vivian" / "gitlab.py"), "--list", "--data-dir", str(data)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def wait_row(tmux: Tmux, good, timeout: float = 60.0) -> str:
     """Poll the DUT table until the DUT's row is ``good``; the row (good or not, when the deadline passed)."""
     deadline = time.monotonic() + timeout
@@ -159,7 +167,19 @@ def test_demo_in_tmux_on_a_linux_console(tmp_path: Path) -> None:
         assert "NOT_READY" not in row
         # step 12: ready, so the demo's GitLab (Vivian's stand-in) gives it a runner: the Runner column's #<id>
         row = wait_row(tmux, lambda row: re.search(r"#\d+", row))
-        assert re.search(r"#\d+", row), row
+        found = re.search(r"#(\d+)", row)
+        assert found, row
+        runner_id = found.group(1)
+        # ... on the GitLab screen (8), with the machine, and in the stand-in's own list of its runners
+        tmux.keys("8")
+        screen = tmux.wait("config.toml", timeout=30)
+        deadline = time.monotonic() + 30
+        shown = re.compile(rf"vivian-virtio.*\b{runner_id}\b|\b{runner_id}\b.*vivian-virtio")
+        while not shown.search(screen) and time.monotonic() < deadline:
+            time.sleep(0.3)
+            screen = tmux.screen()
+        assert shown.search(screen), screen
+        assert re.search(rf"^\s*{runner_id}\s", gitlab_list(data), re.M), gitlab_list(data)
         # the overview says where the farm's GitLab is: a Vivian stand-in (from the instance's own answer)
         tmux.keys("1")
         tmux.wait("Vivian stand-in", timeout=30)
@@ -171,6 +191,10 @@ def test_demo_in_tmux_on_a_linux_console(tmp_path: Path) -> None:
         tmux.keys("y")
         row = wait_row(tmux, lambda row: not re.search(r"#\d+", row), timeout=30)
         assert not re.search(r"#\d+", row), row
+        deadline = time.monotonic() + 30  # gone from GitLab too
+        while re.search(rf"^\s*{runner_id}\s", gitlab_list(data), re.M) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert not re.search(rf"^\s*{runner_id}\s", gitlab_list(data), re.M), gitlab_list(data)
         # ctrl+q quits; the demo then stops its vPDU, which powers the simulated DUTs off
         tmux.keys("C-q")
         tmux.wait("VALVE-EXIT=0", timeout=20)
