@@ -90,6 +90,16 @@ class PendingRegistration(Answer):
     attempts: int = 1
 
 
+class PowerFlag(Answer):
+    """What the power draw says of a machine that is on: ``no_draw`` (on, but nothing drawn: "no power
+    draw: check its plug or PSU") or ``silent`` (steady power, its console silent past the limit:
+    "powered but silent")."""
+
+    kind: Literal["no_draw", "silent"]
+    reason: str
+    since: float
+
+
 class Machine(Answer):
     mac_address: str
     base_name: Optional[str] = None
@@ -118,6 +128,8 @@ class Machine(Answer):
         default=None, description="a registration held for the operator: changes, source, reasons, at, attempts")
     first_seen: Optional[float] = None
     last_seen: Optional[float] = None
+    power_flag: Optional[PowerFlag] = Field(
+        default=None, description="a health warning read from the outlet's power draw (metered outlets)")
 
 
 class Machines(Answer):
@@ -125,6 +137,16 @@ class Machines(Answer):
 
 
 # -------------------------------------------------------------------------------------- PDUs
+class OutletPower(Answer):
+    """An outlet's latest meter reading (SI units; None: not offered by this meter)."""
+
+    watts: Optional[float] = None
+    amps: Optional[float] = None
+    volts: Optional[float] = None
+    energy_wh: Optional[float] = Field(default=None, description="the meter's cumulative counter")
+    at: float = Field(description="when it was read (Unix time)")
+
+
 class Outlet(Answer):
     label: Optional[str] = None
     state: str
@@ -132,6 +154,8 @@ class Outlet(Answer):
     locked_by: Optional[str] = None
     min_off_time: float
     changed_at: Optional[float] = None
+    metered: bool = Field(default=False, description="the PDU meters this outlet")
+    power: Optional[OutletPower] = Field(default=None, description="the latest reading (metered outlets)")
 
 
 class OutletOf(Outlet):
@@ -150,6 +174,20 @@ class Pdu(Answer):
     state: Literal["unknown", "reachable", "unreachable"]
     error: Optional[str] = None
     ports: dict[str, Outlet]
+    metered: bool = Field(default=False, description="the PDU meters power (some or all outlets, or its total)")
+    total_watts: Optional[float] = Field(default=None, description="the PDU's own total, where it reports one")
+    power_at: Optional[float] = Field(default=None, description="when power was last read")
+
+
+class PowerSeries(Answer):
+    """``GET /api/v1/pdu/{name}/port/{id}/power?since=``: an outlet's readings, oldest first; recent ones
+    as sampled, older ones downsampled from the store. ``points``: ``[t, watts]``."""
+
+    pdu: str
+    port_id: str
+    machine: Optional[str] = Field(default=None, description="the MAC of the machine on the outlet")
+    points: list[tuple[float, float]]
+    interval: float = Field(description="the sampler's period for this PDU (seconds)")
 
 
 class Pdus(Answer):
@@ -234,6 +272,8 @@ class Job(Answer):
     console_end: Optional[int] = None
     training: Optional[str] = None
     job: Optional[str] = Field(default=None, description="the job's text (a single job's answer only)")
+    energy_j: Optional[float] = Field(
+        default=None, description="energy the machine's outlet drew during the job, in joules (metered outlets)")
 
 
 class Jobs(Answer):

@@ -125,6 +125,79 @@ async def set_many(driver: Any, states: dict[str, PortState]) -> None:
         await BatchFallback.set_many(driver, states)
 
 
+# ---------------------------------------------------------------------------------------- metering
+# A reading above these is not believed (a meter answering garbage): the quantity is dropped, and said.
+MAX_OUTLET_WATTS = 20_000.0
+MAX_PDU_WATTS = 200_000.0
+MAX_AMPS = 200.0
+MAX_VOLTS = 1_000.0
+
+
+@dataclass(frozen=True)
+class OutletPower:
+    """One outlet's meter reading, scaled to SI units; None for a quantity this meter does not offer (or
+    that failed its check: then ``PowerReading.problems`` says why). Never an invented zero."""
+
+    watts: float | None = None
+    amps: float | None = None
+    volts: float | None = None
+    energy_wh: float | None = None  # the meter's cumulative counter as read: it may wrap or be reset
+
+
+@dataclass(frozen=True)
+class PowerReading:
+    """What one ``read_power`` got: the metered outlets (an outlet absent here has no meter), the PDU's
+    own total where it reports one, and what was refused, in words."""
+
+    outlets: dict[str, OutletPower]
+    total_watts: float | None = None
+    total_energy_wh: float | None = None
+    problems: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class MeteredPDU(Protocol):
+    """A driver whose PDU meters power implements this besides :class:`PDUDriver`. ``read_power`` reads the
+    asked outlets (in as few requests as the protocol allows; the outlet states' batch where it can) and
+    raises DriverError when the PDU does not answer. A driver that can only tell at run time whether the PDU
+    meters (a model without metering) answers an empty ``outlets`` and ``total_watts=None``."""
+
+    async def read_power(self, port_ids: list[str]) -> PowerReading: ...
+
+
+def meters(driver: Any) -> bool:
+    """Whether the driver can read power (it implements :class:`MeteredPDU`)."""
+    return isinstance(driver, MeteredPDU)
+
+
+def checked_value(name: str, value: Any, scale: float, limit: float, problems: list[str]) -> float | None:
+    """``value`` (a number as the meter sent it) × ``scale``, or None with a line in ``problems`` when it is
+    not a finite number, negative (vendors' "-1 = not available" is None without a problem) or above
+    ``limit``."""
+    import math
+
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        problems.append(f"{name}: {str(value)[:40]!r} is not a number")
+        return None
+    if not math.isfinite(number):
+        problems.append(f"{name}: {value!r} is not a finite number")
+        return None
+    if number == -1:
+        return None
+    if number < 0:
+        problems.append(f"{name}: {number:g} is negative")
+        return None
+    scaled = number * scale
+    if scaled > limit:
+        problems.append(f"{name}: {scaled:g} is beyond any plausible reading (limit {limit:g})")
+        return None
+    return scaled
+
+
 _ConfigT = TypeVar("_ConfigT", bound=DriverConfig)
 
 
