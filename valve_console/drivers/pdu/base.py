@@ -131,6 +131,7 @@ MAX_OUTLET_WATTS = 20_000.0
 MAX_PDU_WATTS = 200_000.0
 MAX_AMPS = 200.0
 MAX_VOLTS = 1_000.0
+MAX_ENERGY_WH = 1e10  # 10 GWh: a PDU inlet's lifetime counter is tens of MWh
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,22 @@ def checked_value(name: str, value: Any, scale: float, limit: float, problems: l
         problems.append(f"{name}: {scaled:g} is beyond any plausible reading (limit {limit:g})")
         return None
     return scaled
+
+
+# The limit of each OutletPower field, and of PowerReading's totals (helpers for the drivers).
+OUTLET_LIMITS = {"watts": MAX_OUTLET_WATTS, "amps": MAX_AMPS, "volts": MAX_VOLTS, "energy_wh": MAX_ENERGY_WH}
+TOTAL_LIMITS = {"watts": MAX_PDU_WATTS, "energy_wh": MAX_ENERGY_WH}
+
+
+def outlet_power(where: str, raw: dict[str, tuple[Any, float]], problems: list[str]) -> OutletPower | None:
+    """An OutletPower from ``raw`` (field -> (value as the meter sent it, scale to SI)), each field through
+    :func:`checked_value` named "``where`` field"; None when no field is left (nothing metered, or all refused:
+    ``problems`` says which)."""
+    fields = {name: checked_value(f"{where} {name}", value, scale, OUTLET_LIMITS[name], problems)
+              for name, (value, scale) in raw.items()}
+    if all(v is None for v in fields.values()):
+        return None
+    return OutletPower(**fields)
 
 
 _ConfigT = TypeVar("_ConfigT", bound=DriverConfig)

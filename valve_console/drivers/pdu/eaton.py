@@ -1,6 +1,10 @@
 """Eaton ePDU (EATON-EPDU-MIB, enterprise 534). Tables are indexed ``<unit>.<outlet>``.
 
 Eaton has one command column per action; writing 0 (a delay in seconds) acts at once.
+
+Power: outletCurrent (mA), outletVoltage (mV), outletWatts (W), outletWh (Wh) at ``<strapping>.<outlet>``
+(the config's ``unit``); the total is inputTotalWatts/inputTotalWh of input 1. Advanced Monitored and
+Managed models meter outlets; Switched, Monitored and Inline ones only the input (outlets: not metered).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from .base import PortState
-from .snmp import SnmpConfig, SnmpPDU
+from .snmp import Meter, MeteredSnmpPDU, Metering, SnmpConfig
 
 EPDU = "1.3.6.1.4.1.534.6.6.7"
 
@@ -19,7 +23,7 @@ class EatonConfig(SnmpConfig):
     unit: int = Field(default=0, ge=0, le=255, description="unit in a daisy chain (0 = the unit addressed)")
 
 
-class EatonEPDU(SnmpPDU):
+class EatonEPDU(MeteredSnmpPDU):
     name: ClassVar[str] = "eaton_epdu"
     model: ClassVar[str] = "Eaton ePDU"
     config_model = EatonConfig
@@ -32,3 +36,15 @@ class EatonEPDU(SnmpPDU):
         PortState.ON: (EPDU + ".6.6.1.4.{unit}", 0),  # outletControlOnCmd
         PortState.REBOOT: (EPDU + ".6.6.1.5.{unit}", 0),  # outletControlRebootCmd
     }
+    metering = Metering(
+        outlets={
+            "amps": Meter(EPDU + ".6.4.1.3.{unit}", 0.001),  # outletCurrent, mA
+            "volts": Meter(EPDU + ".6.3.1.2.{unit}", 0.001),  # outletVoltage, mV
+            "watts": Meter(EPDU + ".6.5.1.3.{unit}"),  # outletWatts, W
+            "energy_wh": Meter(EPDU + ".6.5.1.4.{unit}"),  # outletWh, Wh
+        },
+        totals={
+            "watts": Meter(EPDU + ".3.5.1.4.{unit}.1"),  # inputTotalWatts, input 1, W
+            "energy_wh": Meter(EPDU + ".3.5.1.5.{unit}.1"),  # inputTotalWh, input 1, Wh
+        },
+    )

@@ -13,8 +13,12 @@ One ``SnmpEngine`` serves every SNMP PDU of an event loop (an engine is bound to
 first used it). It is closed when the last SNMP driver of that loop is closed, or by
 :func:`close_engines`.
 
-The package: ``driver`` (SnmpPDU, GenericSnmpPDU, same_column), ``client`` (SnmpClient), ``config`` (SnmpConfig),
-``engine`` (pysnmp's engine per loop), ``ber`` (the BER codec) and ``transport`` (its UDP endpoint); this face
+Vendor tables that meter power derive from ``MeteredSnmpPDU`` and say which columns in a ``Metering``
+(``metering``: read_power in var-bind batches).
+
+The package: ``driver`` (SnmpPDU, GenericSnmpPDU, same_column), ``metering`` (MeteredSnmpPDU, Metering, Meter),
+``client`` (SnmpClient), ``config`` (SnmpConfig), ``engine`` (pysnmp's engine per loop), ``ber`` (the BER codec)
+and ``transport`` (its UDP endpoint); this face
 re-exports what the PDU families and the backend use.
 """
 
@@ -25,10 +29,15 @@ from .client import SnmpClient, SnmpStatusError
 from .config import SnmpConfig, normalize_oid, split_host
 from .driver import STATE_NAMES, GenericSnmpConfig, GenericSnmpPDU, SnmpPDU, as_int, same_column
 from .engine import close_engines
+from .metering import Meter, MeteredGenericSnmpPDU, MeteredSnmpPDU, Metering
 
 __all__ = [
     "GenericSnmpConfig",
     "GenericSnmpPDU",
+    "Meter",
+    "MeteredGenericSnmpPDU",
+    "MeteredSnmpPDU",
+    "Metering",
     "STATE_NAMES",
     "SnmpClient",
     "SnmpConfig",

@@ -44,9 +44,10 @@ class SnmpStatusError(DriverError):
     """The agent answered with an error status; ``varbind`` is the 0-based position of the var-bind
     it blames, or None when the error concerns the whole request (e.g. credentials)."""
 
-    def __init__(self, message: str, varbind: int | None) -> None:
+    def __init__(self, message: str, varbind: int | None, status: str = "") -> None:
         super().__init__(message)
         self.varbind = varbind
+        self.status = status  # e.g. "noSuchName"
 
 
 def _text(value: Any) -> str:
@@ -212,7 +213,8 @@ class SnmpClient:
         hint = (WRITE_HINTS if write else READ_HINTS).get(name)
         blamed = None if position is None or position < 0 or name in REQUEST_ERRORS else position
         return SnmpStatusError(
-            f"SNMP agent {self.where} refused {what} ({oid}): {name}" + (f" ({hint})" if hint else ""), blamed
+            f"SNMP agent {self.where} refused {what} ({oid}): {name}" + (f" ({hint})" if hint else ""), blamed,
+            name,
         )
 
     @staticmethod
@@ -241,8 +243,32 @@ class SnmpClient:
         """GET ``oids`` in one request and return their values; a missing one is a DriverError.
 
         With the built-in codec the values are plain Python (int, bytes, str); with pysnmp, pysnmp's types."""
+        return await self._get(oids, what, optional=False)
+
+    async def get_optional(self, oids: list[str], what: str) -> list[Any]:
+        """GET ``oids`` in one request where a missing object reads None, not an error (a meter this model
+        lacks). SNMPv1 refuses a whole request for one missing object (noSuchName, naming it): that one
+        reads None and the others are asked again, so such a request costs one more round per missing object."""
+        values: list[Any] = [None] * len(oids)
+        left = list(range(len(oids)))
+        while left:
+            try:
+                answer = await self._get([oids[i] for i in left], what, optional=True)
+            except SnmpStatusError as exc:
+                if exc.status != "noSuchName" or exc.varbind is None or not 0 <= exc.varbind < len(left):
+                    raise
+                del left[exc.varbind]
+                continue
+            for i, value in zip(left, answer, strict=True):
+                values[i] = value
+            break
+        return values
+
+    async def _get(self, oids: list[str], what: str, optional: bool) -> list[Any]:
         if self.fast:
             answer = await self._ber(ber.GET, [(o, None) for o in oids], oids, f"to read {what}", write=False)
+            if optional:
+                return [None if tag in ber.EXCEPTIONS else value for tag, value in answer]
             for oid, (tag, _) in zip(oids, answer, strict=True):
                 if tag in ber.EXCEPTIONS:
                     raise DriverError(f"SNMP agent {self.where} has nothing at {oid} ({ber.EXCEPTIONS[tag]}) "
@@ -266,7 +292,9 @@ class SnmpClient:
         values = []
         for oid, (_, value) in zip(oids, vbs, strict=True):
             missing = self._missing(value)
-            if missing:
+            if missing and optional:
+                value = None
+            elif missing:
                 raise DriverError(f"SNMP agent {self.where} has nothing at {oid} ({missing}) for {what}: "
                                   "wrong PDU model or no such outlet?")
             values.append(value)

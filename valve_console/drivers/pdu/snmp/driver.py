@@ -4,11 +4,11 @@ whose OIDs and values the operator gives."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from ..base import BatchFallback, DriverError, Outlet, OutletError, PortState, parse_config
+from ..base import BatchFallback, DriverConfig, DriverError, Outlet, OutletError, PortState, parse_config
 from .client import MAX_VARBINDS, SnmpClient, SnmpStatusError, _text
 from .config import ENTERPRISES, MAX_OUTLETS, SnmpConfig, normalize_oid
 
@@ -202,6 +202,16 @@ def same_column(column: str, on: int, off: int, reboot: int | None = None) -> di
 STATE_NAMES = {"on": PortState.ON, "off": PortState.OFF, "reboot": PortState.REBOOT, "unknown": PortState.UNKNOWN}
 
 
+class MeterConfig(DriverConfig):
+    oid: str = Field(description="OID: for an outlet the column (the outlet index is appended), for a total the object")
+    scale: float = Field(default=1.0, gt=0, description="factor to W, A, V or Wh (e.g. 0.1 for tenths of an ampere)")
+
+    @field_validator("oid")
+    @classmethod
+    def _oid(cls, value: str) -> str:
+        return normalize_oid(value)
+
+
 class GenericSnmpConfig(SnmpConfig):
     outlet_labels: str = Field(description="OID of the column of outlet names (walked)")
     outlet_status: str = Field(description="OID of the column read for an outlet's state")
@@ -211,6 +221,12 @@ class GenericSnmpConfig(SnmpConfig):
     state_mapping: dict[str, int] = Field(description="values written: {on, off[, reboot]}")
     inverse_state_mapping: dict[str, str] | None = Field(
         default=None, description="status value -> on|off|reboot|unknown (default: state_mapping reversed)"
+    )
+    outlet_power: dict[Literal["watts", "amps", "volts", "energy_wh"], MeterConfig] = Field(
+        default_factory=dict, description="metered columns per outlet: {watts|amps|volts|energy_wh: {oid, scale}}"
+    )
+    pdu_power: dict[Literal["watts", "energy_wh"], MeterConfig] = Field(
+        default_factory=dict, description="the PDU's own totals: {watts|energy_wh: {oid, scale}}"
     )
 
     @field_validator("outlet_labels", "outlet_status", "outlet_ctrl", "outlet_count", "system_id")
@@ -280,6 +296,17 @@ class GenericSnmpPDU(SnmpPDU):
             self.states = {int(k): STATE_NAMES[v] for k, v in config.inverse_state_mapping.items()}
         else:
             self.states = {v: STATE_NAMES[k] for k, v in config.state_mapping.items()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "SnmpPDU":
+        """The metered variant (MeteredPDU) when the config names metering OIDs."""
+        cfg = parse_config(cls.config_model, config, cls.name)
+        assert isinstance(cfg, GenericSnmpConfig)
+        if cfg.outlet_power or cfg.pdu_power:
+            from .metering import MeteredGenericSnmpPDU
+
+            return MeteredGenericSnmpPDU(cfg)
+        return cls(cfg)
 
     def oid(self, template: str) -> str:
         return template  # configured OIDs are literal
