@@ -10,6 +10,11 @@ REBOOT uses the device's own flip-back timer: off, then on again after 5 s.
 
 ``get_many`` reads every relay in one request (Gen1 ``/status``, Gen2 ``Shelly.GetStatus``);
 switching is one request per relay, as both APIs have no multi-relay command.
+
+``read_power`` uses the same status request. Gen1: ``meters[i].power`` (W) and ``meters[i].total`` (watt-minutes:
+Wh = total / 60; a meter with ``is_valid`` false is refused). Gen2: ``switch:N`` (or ``pm1:N`` of the PM Mini)
+``apower`` (W), ``voltage`` (V), ``current`` (A), ``aenergy.total`` (Wh); one relay asks ``Switch.GetStatus``.
+A relay without a meter (no ``meters`` entry, no ``apower``) is not metered. No device total.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import Field
 
-from .base import DriverError, Outlet, PortState
+from .base import DriverError, Outlet, OutletPower, PortState, PowerReading, outlet_power
 from .httpbase import REBOOT_OFF_SECONDS, HttpConfig, HttpPDU
 
 
@@ -91,6 +96,28 @@ class ShellyGen1PDU(_Shelly):
             raise self.bad_answer(what, body)
         return {p: self._ison(relays[i], what) for p, i in zip(port_ids, ids, strict=True)}
 
+    async def read_power(self, port_ids: list[str]) -> PowerReading:
+        ids = [self._switch(p) for p in port_ids]
+        body = await self.request_json("/status", None, "power readings")
+        if not isinstance(body, dict):
+            raise self.bad_answer("power readings", body)
+        meters = body.get("meters")
+        meters = meters if isinstance(meters, list) else []
+        problems: list[str] = []
+        outlets: dict[str, OutletPower] = {}
+        for port_id, i in zip(port_ids, ids, strict=True):
+            meter = meters[i] if i < len(meters) else None
+            if not isinstance(meter, dict) or "power" not in meter:
+                continue  # a relay without a meter
+            if meter.get("is_valid") is False:
+                problems.append(f"outlet {port_id}: the device says its meter reading is not valid")
+                continue
+            reading = outlet_power(f"outlet {port_id}", {
+                "watts": (meter.get("power"), 1.0), "energy_wh": (meter.get("total"), 1 / 60)}, problems)
+            if reading is not None:
+                outlets[port_id] = reading
+        return PowerReading(outlets, problems=tuple(problems))
+
     async def set(self, port_id: str, state: PortState) -> None:
         i = self._switch(port_id)
         if state == PortState.REBOOT:
@@ -161,6 +188,30 @@ class ShellyGen2PDU(_Shelly):
                 raise self.bad_answer(what, body)
             states[port_id] = PortState.ON if output else PortState.OFF
         return states
+
+    async def read_power(self, port_ids: list[str]) -> PowerReading:
+        ids = [self._switch(p) for p in port_ids]
+        entries: dict[int, Any] = {}
+        if len(ids) == 1:
+            entries[ids[0]] = await self.rpc("Switch.GetStatus", {"id": ids[0]}, "power readings")
+        elif ids:
+            body = await self.rpc("Shelly.GetStatus", None, "power readings")
+            entries = {i: body.get(f"switch:{i}", body.get(f"pm1:{i}")) for i in ids}
+        problems: list[str] = []
+        outlets: dict[str, OutletPower] = {}
+        for port_id, i in zip(port_ids, ids, strict=True):
+            entry = entries.get(i)
+            if not isinstance(entry, dict) or "apower" not in entry:
+                continue  # a switch without a meter
+            energy = entry.get("aenergy")
+            reading = outlet_power(f"outlet {port_id}", {
+                "watts": (entry.get("apower"), 1.0), "volts": (entry.get("voltage"), 1.0),
+                "amps": (entry.get("current"), 1.0),
+                "energy_wh": (energy.get("total") if isinstance(energy, dict) else None, 1.0),
+            }, problems)
+            if reading is not None:
+                outlets[port_id] = reading
+        return PowerReading(outlets, problems=tuple(problems))
 
     async def set(self, port_id: str, state: PortState) -> None:
         i = self._switch(port_id)

@@ -3,6 +3,11 @@
 ``get_many`` reads every relay with one ``State`` command. ``set_many`` goes relay by relay:
 Tasmota's ``Backlog`` would carry several commands in one request, but runs them later, 200 ms
 apart by default, and answers none of them.
+
+``read_power`` sends ``Status 8`` (one request): ``StatusSNS.ENERGY`` ``Power`` (W), ``Voltage`` (V),
+``Current`` (A), ``Total`` (kWh, → Wh). One energy channel is the device's: it is outlet 1's reading on a
+one-relay device and the device total on a multi-relay one; a device whose firmware reports one value per
+channel (arrays) gives relay N the Nth. A device without an energy monitor has no ``ENERGY``: not metered.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from .base import DriverError, Outlet, PortState
+from .base import TOTAL_LIMITS, DriverError, Outlet, OutletPower, PortState, PowerReading, checked_value, outlet_power
 from .httpbase import REBOOT_OFF_SECONDS, HttpConfig, HttpPDU
 
 TRUE_WORDS = {"ON": PortState.ON, "1": PortState.ON, "TRUE": PortState.ON,
@@ -84,6 +89,37 @@ class TasmotaPDU(HttpPDU):
         what = f"state of relays {','.join(map(str, relays))}"
         body = await self.command("State", what)
         return {p: self._state(body, relay, what) for p, relay in zip(port_ids, relays, strict=True)}
+
+    async def read_power(self, port_ids: list[str]) -> PowerReading:
+        relays = [self._relay(p) for p in port_ids]
+        body = await self.command("Status 8", "power readings")
+        sns = next((v for k, v in body.items() if k.lower() == "statussns"), None)
+        energy = next((v for k, v in sns.items() if k.lower() == "energy"), None) if isinstance(sns, dict) else None
+        if not isinstance(energy, dict):
+            return PowerReading({})  # no energy monitor
+        fields = {"watts": ("Power", 1.0), "volts": ("Voltage", 1.0), "amps": ("Current", 1.0),
+                  "energy_wh": ("Total", 1000.0)}
+        values = {name: (energy.get(key), scale) for name, (key, scale) in fields.items()}
+        problems: list[str] = []
+        outlets: dict[str, OutletPower] = {}
+        assert isinstance(self.config, TasmotaConfig)
+        channels = any(isinstance(v, list) for v, _ in values.values())
+        if channels:
+            for port_id, relay in zip(port_ids, relays, strict=True):
+                raw = {name: (v[relay - 1] if isinstance(v, list) and relay <= len(v) else None, scale)
+                       for name, (v, scale) in values.items()}
+                reading = outlet_power(f"outlet {port_id}", raw, problems)
+                if reading is not None:
+                    outlets[port_id] = reading
+            return PowerReading(outlets, problems=tuple(problems))
+        if self.config.outlets == 1 and relays:
+            reading = outlet_power(f"outlet {port_ids[0]}", values, problems)
+            if reading is not None:
+                outlets[port_ids[0]] = reading
+        total = {name: checked_value(f"device total {name}", values[name][0], values[name][1], TOTAL_LIMITS[name],
+                                     [] if self.config.outlets == 1 and relays else problems)
+                 for name in ("watts", "energy_wh")}
+        return PowerReading(outlets, total["watts"], total["energy_wh"], tuple(problems))
 
     async def set(self, port_id: str, state: PortState) -> None:
         relay = self._relay(port_id)
