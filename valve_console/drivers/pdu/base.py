@@ -204,11 +204,18 @@ OUTLET_LIMITS = {"watts": MAX_OUTLET_WATTS, "amps": MAX_AMPS, "volts": MAX_VOLTS
 TOTAL_LIMITS = {"watts": MAX_PDU_WATTS, "energy_wh": MAX_ENERGY_WH}
 
 
+def checked_si(name: str, value: Any, scale: float, limit: float, problems: list[str]) -> float | None:
+    """:func:`checked_value` rounded to 12 significant digits, so that 12 tenths of an ampere read 1.2,
+    not 1.2000000000000002."""
+    number = checked_value(name, value, scale, limit, problems)
+    return None if number is None else float(f"{number:.12g}")
+
+
 def outlet_power(where: str, raw: dict[str, tuple[Any, float]], problems: list[str]) -> OutletPower | None:
     """An OutletPower from ``raw`` (field -> (value as the meter sent it, scale to SI)), each field through
     :func:`checked_value` named "``where`` field"; None when no field is left (nothing metered, or all refused:
     ``problems`` says which)."""
-    fields = {name: checked_value(f"{where} {name}", value, scale, OUTLET_LIMITS[name], problems)
+    fields = {name: checked_si(f"{where} {name}", value, scale, OUTLET_LIMITS[name], problems)
               for name, (value, scale) in raw.items()}
     if all(v is None for v in fields.values()):
         return None

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from .base import TOTAL_LIMITS, DriverError, Outlet, OutletPower, PortState, PowerReading, checked_value, outlet_power
+from .base import TOTAL_LIMITS, DriverError, Outlet, OutletPower, PortState, PowerReading, checked_si, outlet_power
 from .httpbase import REBOOT_OFF_SECONDS, HttpConfig, HttpPDU
 
 TRUE_WORDS = {"ON": PortState.ON, "1": PortState.ON, "TRUE": PortState.ON,
@@ -116,7 +116,7 @@ class TasmotaPDU(HttpPDU):
             reading = outlet_power(f"outlet {port_ids[0]}", values, problems)
             if reading is not None:
                 outlets[port_ids[0]] = reading
-        total = {name: checked_value(f"device total {name}", values[name][0], values[name][1], TOTAL_LIMITS[name],
+        total = {name: checked_si(f"device total {name}", values[name][0], values[name][1], TOTAL_LIMITS[name],
                                      [] if self.config.outlets == 1 and relays else problems)
                  for name in ("watts", "energy_wh")}
         return PowerReading(outlets, total["watts"], total["energy_wh"], tuple(problems))

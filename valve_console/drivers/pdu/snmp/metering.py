@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..base import TOTAL_LIMITS, OutletPower, PowerReading, checked_value, outlet_power
+from ..base import TOTAL_LIMITS, OutletPower, PowerReading, checked_si, outlet_power
 from .client import MAX_VARBINDS, _text
 from .config import normalize_oid
 from .driver import GenericSnmpConfig, GenericSnmpPDU, SnmpPDU, as_int
@@ -50,7 +50,7 @@ class Metering:
 
 
 def raw_number(value: Any) -> Any:
-    """A value as the agent sent it, for :func:`checked_value`: a number stays a number, an octet string is
+    """A value as the agent sent it, for :func:`checked_si`: a number stays a number, an octet string is
     its text (a garbage string is then refused there, not here)."""
     if value is None or isinstance(value, (int, float, str)):
         return value
@@ -71,7 +71,8 @@ class MeteredSnmpPDU(SnmpPDU):
         super().__init__(config)
         self._rows: dict[str, str] | None = None  # outlet number -> metering row (with Metering.numbers)
         self._rows_at = 0.0
-        self._digits: dict[str, int] = {}  # digits OID -> digits, read once
+        self._digits: dict[str, int | None] = {}  # digits OID -> digits (None: no such row), for ROWS_TTL
+        self._digits_at = 0.0
 
     async def _row_map(self) -> dict[str, str]:
         """Outlet number -> row of the metering table (walked; cached for ROWS_TTL seconds)."""
@@ -98,6 +99,8 @@ class MeteredSnmpPDU(SnmpPDU):
     async def read_power(self, port_ids: list[str]) -> PowerReading:
         metering = self.metering
         indexes = [self._index(p) for p in port_ids]
+        if time.monotonic() - self._digits_at > ROWS_TTL:
+            self._digits, self._digits_at = {}, time.monotonic()
         rows: Mapping[str, str] | None = await self._row_map() if metering.numbers else None
         # What to read: per outlet and field the value OID and, for Raritan, the digits OID (until known).
         wanted: dict[str, None] = {}
@@ -119,7 +122,10 @@ class MeteredSnmpPDU(SnmpPDU):
                 wanted[digits] = None
         values = await self._read(list(wanted))
         problems: list[str] = []
-        for oid in {d for *_, d in plan if d is not None and d in values and d not in self._digits}:
+        for oid in {d for *_, d in plan if d is not None and d not in self._digits}:
+            if oid not in values:
+                self._digits[oid] = None  # no such sensor: not asked again until the cache is renewed
+                continue
             digits_value = as_int(values[oid])
             if digits_value is not None and 0 <= digits_value <= MAX_DIGITS:
                 self._digits[oid] = digits_value
@@ -130,16 +136,17 @@ class MeteredSnmpPDU(SnmpPDU):
             scale = meter.scale
             where = f"outlet {port_id}" if port_id else "PDU total"
             if digits is not None and value is not None:
-                if digits not in self._digits:
+                places = self._digits.get(digits)
+                if places is None:
                     problems.append(f"{where} {name}: no usable decimal digits at {digits} "
                                     f"({_text(values.get(digits))[:20]!r})")
                     value = None
                 else:
-                    scale = scale / 10 ** self._digits[digits]
+                    scale = scale / 10**places
             if port_id:
                 raw.setdefault(port_id, {})[name] = (value, scale)
             else:
-                totals[name] = checked_value(where + " " + name, value, scale, TOTAL_LIMITS[name], problems)
+                totals[name] = checked_si(where + " " + name, value, scale, TOTAL_LIMITS[name], problems)
         outlets: dict[str, OutletPower] = {}
         for port_id in port_ids:
             if port_id in raw and port_id not in outlets:
