@@ -4,6 +4,10 @@ They follow the devices' documented APIs: Tasmota ``/cm?cmnd=...`` (credentials 
 Tasmota ``State`` for all relays, Shelly Gen1 ``/shelly``, ``/status``, ``/relay/<i>``,
 ``/settings/relay/<i>`` (HTTP basic auth), Shelly Gen2
 ``/rpc/<Method>`` (HTTP digest auth, SHA-256, user ``admin``).
+
+``meters`` (set by a test) makes a device meter power: per relay a dict of the device's own fields, sent as
+they are (Shelly Gen1 ``/status`` ``meters[i]``; Gen2 merged into ``switch:i``; Tasmota ``energy`` is the
+``StatusSNS.ENERGY`` object of ``Status 8``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class FakeDevice:
         self.names = names or [None] * relays
         self.user, self.password = user, password
         self.hang = 0.0  # seconds to sit on each request before answering
+        self.meters: list[dict[str, Any] | None] | None = None  # per relay, the device's meter fields
+        self.energy: dict[str, Any] | None = None  # Tasmota: StatusSNS.ENERGY
         self.requests: list[str] = []
         self.realm = "shellyplus2pm-a8032ab1c2d3"
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -77,6 +83,11 @@ class FakeDevice:
         if self.password is not None and (q.get("user"), q.get("password")) != (self.user, self.password):
             return 401, {"WARNING": "Need user=<username>&password=<password>"}, {}
         words = q.get("cmnd", "").split()
+        if words == ["Status", "8"]:
+            sns: dict[str, Any] = {"Time": "2026-11-25T10:00:00"}
+            if self.energy is not None:
+                sns["ENERGY"] = self.energy
+            return 200, {"StatusSNS": sns}, {}
         if words and words[0].lower() == "state":  # every relay at once, with other status fields
             powers = {("POWER" if len(self.on) == 1 else f"POWER{n}"): "ON" if on else "OFF"
                       for n, on in enumerate(self.on, 1)}
@@ -105,8 +116,11 @@ class FakeDevice:
             if req.headers.get("Authorization") != expected:
                 return 401, "401 Unauthorized", {"WWW-Authenticate": 'Basic realm="shelly"'}
         if path == "/status":  # every relay at once
-            return 200, {"relays": [{"ison": on, "has_timer": False, "source": "http"} for on in self.on],
-                         "uptime": 60}, {}
+            body: dict[str, Any] = {"relays": [{"ison": on, "has_timer": False, "source": "http"} for on in self.on],
+                                    "uptime": 60}
+            if self.meters is not None:
+                body["meters"] = [m for m in self.meters if m is not None]
+            return 200, body, {}
         m = re.fullmatch(r"/(settings/)?relay/(\d+)", path)
         i = self._relay(m.group(2)) if m else None
         if i is None:
@@ -127,6 +141,10 @@ class FakeDevice:
 
     def _flip(self, i: int) -> None:
         self.on[i] = not self.on[i]
+
+    def _meter(self, i: int) -> dict[str, Any]:
+        meter = self.meters[i] if self.meters is not None and i < len(self.meters) else None
+        return meter or {}
 
     # Shelly Gen2
     def _digest_ok(self, req) -> bool:
@@ -150,7 +168,7 @@ class FakeDevice:
         method = path.removeprefix("/rpc/")
         if method == "Shelly.GetStatus":
             status: dict[str, Any] = {"sys": {"uptime": 1}, "wifi": {}}
-            status.update({f"switch:{i}": {"id": i, "output": on} for i, on in enumerate(self.on)})
+            status.update({f"switch:{i}": {"id": i, "output": on, **self._meter(i)} for i, on in enumerate(self.on)})
             return 200, status, {}
         if not method.startswith("Switch."):
             return 404, {"code": 404, "message": f"No handler for {method}"}, {}
@@ -158,7 +176,7 @@ class FakeDevice:
         if i is None:
             return 500, {"code": -105, "message": f"Argument 'id', value {q.get('id')} not found!"}, {}
         if method == "Switch.GetStatus":
-            return 200, {"id": i, "source": "HTTP_in", "output": self.on[i], "apower": 0.0}, {}
+            return 200, {"id": i, "source": "HTTP_in", "output": self.on[i], **self._meter(i)}, {}
         if method == "Switch.GetConfig":
             return 200, {"id": i, "name": self.names[i], "initial_state": "off"}, {}
         if method == "Switch.Set":
