@@ -81,18 +81,20 @@ async def test_shelly_gen2_without_a_meter_and_with_garbage(devices):  # noqa: F
     plain = devices("gen2", 2)  # a Plus 2 without PM: no apower
     bad = devices("gen2", 2)
     bad.meters = [gen2_meter(float("nan"), voltage=-3, current=900.0), gen2_meter(25000.0, total="x")]
+    bad.meters[1]["voltage"] = True  # JSON true where a number belongs
     drv = create_driver("shelly_gen2", {"hostname": plain.hostname, "outlets": 2})
     drv2 = create_driver("shelly_gen2", {"hostname": bad.hostname, "outlets": 2})
     try:
         assert (await drv.read_power(["0", "1"])).outlets == {}
         reading = await drv2.read_power(["0", "1"])
-        assert reading.outlets == {"0": OutletPower(energy_wh=5812.5), "1": OutletPower(amps=0.262, volts=230.1)}
+        assert reading.outlets == {"0": OutletPower(energy_wh=5812.5), "1": OutletPower(amps=0.262)}
         text = "\n".join(reading.problems)
         assert "outlet 0 watts: nan is not a finite number" in text
         assert "outlet 0 volts: -3 is negative" in text
         assert "outlet 0 amps: 900 is beyond any plausible reading" in text
         assert "outlet 1 watts: 25000 is beyond" in text
         assert "outlet 1 energy_wh: 'x' is not a number" in text
+        assert "outlet 1 volts: True is not a number" in text
     finally:
         await drv.close()
         await drv2.close()

@@ -34,13 +34,14 @@ Records = list[tuple[str, str, str]]
 
 
 def raritan(values: dict[tuple[int, int], str], digits: dict[tuple[int, int], str], inlet: dict[int, str],
-            inlet_digits: dict[int, str]) -> Records:
-    """PX pdu 1: outlet names 1..3, sensor rows (outlet, sensorType) -> value / decimal digits."""
+            inlet_digits: dict[int, str], unavailable: tuple[tuple[int, int], ...] = ()) -> Records:
+    """PX pdu 1: outlet names 1..3, sensor rows (outlet, sensorType) -> value / decimal digits / IsAvailable."""
     rec: Records = [(f"{PX}.3.2.2.1.4.1", "66", "3")]
     rec += [(f"{PX}.3.5.3.1.3.1.{n}", "4", f"px-{n}") for n in (1, 2, 3)]
     rec += [(f"{PX}.4.1.2.1.3.1.{n}", "2", "7") for n in (1, 2, 3)]  # outletSwitchingState on
     rec += [(f"{PX}.5.4.3.1.4.1.{o}.{t}", "66" if v.lstrip("-").isdigit() else "4", v) for (o, t), v in values.items()]
     rec += [(f"{PX}.3.5.4.1.7.1.{o}.{t}", "66" if v.isdigit() else "4", v) for (o, t), v in digits.items()]
+    rec += [(f"{PX}.5.4.3.1.2.1.{o}.{t}", "2", "2" if (o, t) in unavailable else "1") for o, t in values]
     rec += [(f"{PX}.5.2.3.1.4.1.1.{t}", "66", v) for t, v in inlet.items()]
     rec += [(f"{PX}.3.3.4.1.7.1.1.{t}", "66", v) for t, v in inlet_digits.items()]
     return rec
@@ -48,13 +49,14 @@ def raritan(values: dict[tuple[int, int], str], digits: dict[tuple[int, int], st
 
 DEVICES: dict[str, Records] = {
     # Raritan PX3-5493U-K2 (REC): outlet 1 0.633 A, 228 V, 143 W, 5 812 658 Wh; inlet 1665 W, 74 057 676 Wh.
-    # Outlet 2 is metered and idle (a real 0 W); outlet 3 has no sensors.
+    # Outlet 2 is metered and idle (a real 0 W) and its voltage sensor has no reading (IsAvailable false,
+    # value 0); outlet 3 has no sensors.
     "px3": raritan(
         {(1, 1): "633", (1, 4): "228", (1, 5): "143", (1, 6): "151", (1, 7): "99", (1, 8): "5812658", (1, 23): "500",
-         (2, 1): "0", (2, 4): "229", (2, 5): "0", (2, 8): "1200"},
+         (2, 1): "0", (2, 4): "0", (2, 5): "0", (2, 8): "1200"},
         {(1, 1): "3", (1, 4): "0", (1, 5): "0", (1, 6): "0", (1, 7): "2", (1, 8): "0", (1, 23): "1",
          (2, 1): "3", (2, 4): "0", (2, 5): "0", (2, 8): "0"},
-        {1: "7467", 5: "1665", 8: "74057676"}, {1: "3", 5: "0", 8: "0"},
+        {1: "7467", 5: "1665", 8: "74057676"}, {1: "3", 5: "0", 8: "0"}, unavailable=((2, 4),),
     ),
     # Garbage on a Raritan: a string for watts, an absurd current, unreadable digits for volts, NaN energy.
     "pxbad": raritan(
@@ -165,7 +167,7 @@ async def test_raritan_px3_scales_by_decimal_digits_and_reads_the_inlet_total(ag
         reading = await drv.read_power(["1", "2", "3"])
         assert reading.outlets == {
             "1": OutletPower(watts=143.0, amps=0.633, volts=228.0, energy_wh=5812658.0),
-            "2": OutletPower(watts=0.0, amps=0.0, volts=229.0, energy_wh=1200.0),  # metered, idle: a real zero
+            "2": OutletPower(watts=0.0, amps=0.0, volts=None, energy_wh=1200.0),  # idle: real zeros; no V reading
         }  # outlet 3 has no sensor rows: not metered
         assert (reading.total_watts, reading.total_energy_wh) == (1665.0, 74057676.0)
         assert reading.problems == ()
@@ -328,7 +330,7 @@ async def test_a_reading_is_one_get_per_sixteen_var_binds(agent, snmp_engine):
         before = proxy.requests
         await drv.read_power(["1", "2"])  # 2 outlets x 3 + 2 totals = 8 var-binds
         assert proxy.requests - before == 1
-        await raritan_drv.read_power(["1", "2", "3"])  # first: values and digits (28 var-binds)
+        await raritan_drv.read_power(["1", "2", "3"])  # first: values, digits and availability (40 var-binds)
         before = proxy.requests
         await raritan_drv.read_power(["1", "2", "3"])  # then values only: 3 x 4 + 2 = 14
         assert proxy.requests - before == 1

@@ -206,7 +206,10 @@ TOTAL_LIMITS = {"watts": MAX_PDU_WATTS, "energy_wh": MAX_ENERGY_WH}
 
 def checked_si(name: str, value: Any, scale: float, limit: float, problems: list[str]) -> float | None:
     """:func:`checked_value` rounded to 12 significant digits, so that 12 tenths of an ampere read 1.2,
-    not 1.2000000000000002."""
+    not 1.2000000000000002; a boolean is not a number."""
+    if isinstance(value, bool):  # JSON true/false where a number belongs
+        problems.append(f"{name}: {value!r} is not a number")
+        return None
     number = checked_value(name, value, scale, limit, problems)
     return None if number is None else float(f"{number:.12g}")
 

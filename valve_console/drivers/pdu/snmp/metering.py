@@ -32,12 +32,14 @@ class Meter:
     """One metered quantity. For an outlet, ``column`` is a column template: the OID read is
     ``column.<row>`` followed by ``suffix`` (e.g. Raritan's ".5" for activePower). For a total it is the
     whole OID (a template too). The value read is multiplied by ``scale``, and by 10^-digits when ``digits``
-    names the column (same index and suffix) of its decimal digits."""
+    names the column (same index and suffix) of its decimal digits. Digits and availability are read with
+    the first reading and kept for ROWS_TTL seconds."""
 
     column: str
     scale: float = 1.0
     suffix: str = ""
     digits: str | None = None
+    available: str | None = None  # column (same index and suffix) of a TruthValue: 2 = no reading now
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,9 @@ class MeteredSnmpPDU(SnmpPDU):
         super().__init__(config)
         self._rows: dict[str, str] | None = None  # outlet number -> metering row (with Metering.numbers)
         self._rows_at = 0.0
-        self._digits: dict[str, int | None] = {}  # digits OID -> digits (None: no such row), for ROWS_TTL
-        self._digits_at = 0.0
+        # Digits and availability OIDs -> value (None: no such row or unreadable), kept for ROWS_TTL seconds.
+        self._facts: dict[str, int | None] = {}
+        self._facts_at = 0.0
 
     async def _row_map(self) -> dict[str, str]:
         """Outlet number -> row of the metering table (walked; cached for ROWS_TTL seconds)."""
@@ -99,47 +102,50 @@ class MeteredSnmpPDU(SnmpPDU):
     async def read_power(self, port_ids: list[str]) -> PowerReading:
         metering = self.metering
         indexes = [self._index(p) for p in port_ids]
-        if time.monotonic() - self._digits_at > ROWS_TTL:
-            self._digits, self._digits_at = {}, time.monotonic()
+        if time.monotonic() - self._facts_at > ROWS_TTL:
+            self._facts, self._facts_at = {}, time.monotonic()
         rows: Mapping[str, str] | None = await self._row_map() if metering.numbers else None
-        # What to read: per outlet and field the value OID and, for Raritan, the digits OID (until known).
-        wanted: dict[str, None] = {}
-        plan: list[tuple[str, str, Meter, str, str | None]] = []  # (port_id or "", field, meter, oid, digits)
+        # What to read: per outlet and field the value's OID, and (Raritan) its digits' and availability's
+        # OIDs until they are known.
+        plan: list[tuple[str, str, str, Meter, str | None, str | None]] = []  # (port_id or "", field, oid, ...)
         for port_id, index in zip(port_ids, indexes, strict=True):
             row = index if rows is None else rows.get(index)
             if row is None:
                 continue  # no metering row for this outlet
             for name, meter in metering.outlets.items():
-                oid = f"{self.oid(meter.column)}.{row}{meter.suffix}"
-                digits = f"{self.oid(meter.digits)}.{row}{meter.suffix}" if meter.digits else None
-                plan.append((port_id, name, meter, oid, digits))
+                at = f".{row}{meter.suffix}"
+                plan.append((port_id, name, f"{self.oid(meter.column)}{at}", meter,
+                             f"{self.oid(meter.digits)}{at}" if meter.digits else None,
+                             f"{self.oid(meter.available)}{at}" if meter.available else None))
         for name, meter in metering.totals.items():
-            digits = f"{self.oid(meter.digits)}{meter.suffix}" if meter.digits else None
-            plan.append(("", name, meter, f"{self.oid(meter.column)}{meter.suffix}", digits))
-        for _, _, _, oid, digits in plan:
+            at = meter.suffix
+            plan.append(("", name, f"{self.oid(meter.column)}{at}", meter,
+                         f"{self.oid(meter.digits)}{at}" if meter.digits else None,
+                         f"{self.oid(meter.available)}{at}" if meter.available else None))
+        wanted: dict[str, None] = {}
+        facts: dict[str, None] = {}  # digits and availability OIDs not known yet
+        for _, _, oid, _, digits, available in plan:
             wanted[oid] = None
-            if digits is not None and digits not in self._digits:
-                wanted[digits] = None
+            for fact in (digits, available):
+                if fact is not None and fact not in self._facts:
+                    wanted[fact] = facts[fact] = None
         values = await self._read(list(wanted))
+        for oid in facts:  # a missing one is kept as None: no such sensor, not asked again until renewed
+            self._facts[oid] = as_int(values[oid]) if oid in values else None
         problems: list[str] = []
-        for oid in {d for *_, d in plan if d is not None and d not in self._digits}:
-            if oid not in values:
-                self._digits[oid] = None  # no such sensor: not asked again until the cache is renewed
-                continue
-            digits_value = as_int(values[oid])
-            if digits_value is not None and 0 <= digits_value <= MAX_DIGITS:
-                self._digits[oid] = digits_value
         raw: dict[str, dict[str, tuple[Any, float]]] = {}
         totals: dict[str, float | None] = {}
-        for port_id, name, meter, oid, digits in plan:
+        for port_id, name, oid, meter, digits, available in plan:
             value = raw_number(values.get(oid))
             scale = meter.scale
             where = f"outlet {port_id}" if port_id else "PDU total"
+            if available is not None and self._facts.get(available) not in (None, 1):
+                value = None  # the PDU says this sensor has no reading now (TruthValue false)
             if digits is not None and value is not None:
-                places = self._digits.get(digits)
-                if places is None:
-                    problems.append(f"{where} {name}: no usable decimal digits at {digits} "
-                                    f"({_text(values.get(digits))[:20]!r})")
+                places = self._facts.get(digits)
+                if places is None or not 0 <= places <= MAX_DIGITS:
+                    problems.append(f"{where} {name}: no usable decimal digits at {digits} (read {places!r})")
+                    self._facts.pop(digits, None)  # asked again next time
                     value = None
                 else:
                     scale = scale / 10**places
