@@ -348,3 +348,20 @@ async def test_no_answer_is_a_driver_error(agent):
             await drv.read_power(["1"])
     finally:
         await drv.close()
+
+
+async def test_snmpv1_asks_for_missing_objects_once(agent, snmp_engine):
+    """v1 refuses a whole GET for one missing object (noSuchName): outlet 3's absent sensors cost round trips
+    on the first reading only."""
+    proxy = CountingProxy(("127.0.0.1", agent.port))
+    port = await proxy.start()
+    drv = create_driver("raritan_px2", {"hostname": f"127.0.0.1:{port}", "version": "1", "community": "px3"})
+    try:
+        first = await drv.read_power(["1", "2", "3"])
+        before = proxy.requests
+        again = await drv.read_power(["1", "2", "3"])
+        assert proxy.requests - before == 1
+        assert again == first and list(again.outlets) == ["1", "2"]
+    finally:
+        await drv.close()
+        proxy.close()

@@ -8,7 +8,8 @@ numbered in column .4): that column is walked, and the map kept for ``ROWS_TTL``
 scale from a column of decimal digits at the same index (Raritan), read once.
 
 A missing object reads "not metered" (None), never an error: a model without a meter answers an empty
-``outlets`` and no total.
+``outlets`` and no total. Missing objects are remembered for ``ROWS_TTL`` seconds and not asked again (SNMPv1
+refuses a whole GET for each one).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class MeteredSnmpPDU(SnmpPDU):
         # Digits and availability OIDs -> value (None: no such row or unreadable), kept for ROWS_TTL seconds.
         self._facts: dict[str, int | None] = {}
         self._facts_at = 0.0
+        self._absent: set[str] = set()  # value OIDs the agent has no object at (renewed with the facts)
 
     async def _row_map(self) -> dict[str, str]:
         """Outlet number -> row of the metering table (walked; cached for ROWS_TTL seconds)."""
@@ -103,7 +105,7 @@ class MeteredSnmpPDU(SnmpPDU):
         metering = self.metering
         indexes = [self._index(p) for p in port_ids]
         if time.monotonic() - self._facts_at > ROWS_TTL:
-            self._facts, self._facts_at = {}, time.monotonic()
+            self._facts, self._absent, self._facts_at = {}, set(), time.monotonic()
         rows: Mapping[str, str] | None = await self._row_map() if metering.numbers else None
         # What to read: per outlet and field the value's OID, and (Raritan) its digits' and availability's
         # OIDs until they are known.
@@ -125,11 +127,14 @@ class MeteredSnmpPDU(SnmpPDU):
         wanted: dict[str, None] = {}
         facts: dict[str, None] = {}  # digits and availability OIDs not known yet
         for _, _, oid, _, digits, available in plan:
+            if oid in self._absent:
+                continue  # not metered here: not asked again (SNMPv1 would pay a round trip for each)
             wanted[oid] = None
             for fact in (digits, available):
                 if fact is not None and fact not in self._facts:
                     wanted[fact] = facts[fact] = None
         values = await self._read(list(wanted))
+        self._absent.update(oid for oid in wanted if oid not in values and oid not in facts)
         for oid in facts:  # a missing one is kept as None: no such sensor, not asked again until renewed
             self._facts[oid] = as_int(values[oid]) if oid in values else None
         problems: list[str] = []
