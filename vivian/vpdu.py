@@ -411,6 +411,7 @@ class VirtualPDU:
 
 SNMP_AGENT = Path(__file__).resolve().with_name("snmp_agent.py")
 APC_SUBTREE = ".1.3.6.1.4.1.318.1.1.4"
+APC_RPDU2_SUBTREE = ".1.3.6.1.4.1.318.1.1.26"  # metering (rPDU2 objects); empty when the vPDU does not meter
 SNMPD_START_TIMEOUT = 10.0
 
 
@@ -436,6 +437,8 @@ class SnmpFace:
             "rwcommunity private default\n"
             "dontLogTCPWrappersConnects yes\n"
             f"pass_persist {APC_SUBTREE} {sys.executable} {SNMP_AGENT} --vpdu {vpdu_host}:{self.vpdu_port}\n"
+            f"pass_persist {APC_RPDU2_SUBTREE} {sys.executable} {SNMP_AGENT} --vpdu {vpdu_host}:{self.vpdu_port}"
+            f" --subtree {APC_RPDU2_SUBTREE}\n"
         )
         log_path = self.dir / "snmpd.log"
         log_path.touch()
