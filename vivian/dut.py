@@ -29,6 +29,10 @@ computer``. ``--flaky N`` makes every Nth check of this DUT fail (counted per vP
 flaky machine does not qualify. The ``MaRS: Registration ...`` line ends with a bare ``\n`` (as
 machine_registration writes it), so that valve-infra's ``^MaRS: Registration complete$`` matches.
 
+With ``--phase-file PATH`` (the vPDU gives it when it meters) the DUT writes what it does, one word, into
+PATH for its outlet's power profile (``vivian/power.py``): ``firmware``, ``boot``, ``idle`` (prompt, job
+over), ``busy`` (a job's work: its delay, container and output) or ``hung`` (``vivian.script=hang``/``unfit``).
+
 SIGTERM (power off) ends it at once with exit code 0.
 """
 
@@ -55,6 +59,25 @@ CONNECT_PATIENCE = 10.0
 PONG_WAIT = 2.0
 REGISTER_PATIENCE = 10.0
 GREEN_OK = "[  \x1b[0;32mOK\x1b[0m  ]"
+
+
+_phase_path: str | None = None
+_phase = ""
+
+
+def set_phase(phase: str) -> None:
+    """Tell the vPDU's meter what this DUT does now (no-op without ``--phase-file``). Atomic, one word."""
+    global _phase
+    _phase = phase
+    if _phase_path is None:
+        return
+    try:
+        tmp = f"{_phase_path}.tmp"
+        with open(tmp, "w") as handle:
+            handle.write(phase + "\n")
+        os.replace(tmp, _phase_path)
+    except OSError as exc:  # the meter's trouble, never the DUT's
+        _err(f"cannot write the phase file {_phase_path}: {exc}")
 
 
 def _err(message: str) -> None:
@@ -282,7 +305,13 @@ def kernel_lines(mac: str, ip: str) -> list[str]:
 
 async def boot(console: Console, mac: str, ip: str, delay: float) -> None:
     """Print the firmware and kernel boot log, one line every ``delay`` seconds."""
-    for line in firmware_lines(mac, ip) + kernel_lines(mac, ip):
+    set_phase("firmware")
+    for line in firmware_lines(mac, ip):
+        await console.print(line)
+        if delay > 0:
+            await asyncio.sleep(delay)
+    set_phase("boot")
+    for line in kernel_lines(mac, ip):
         await console.print(line)
         if delay > 0:
             await asyncio.sleep(delay)
@@ -390,8 +419,10 @@ def _count_check(mac: str) -> int:
 async def check(console: Console, mac: str, ip: str, api: str, cmdline: str, flaky: int,
                 base_name: str = "virtio") -> bool:
     """``machine_registration check``: Sgt. Hartman's boot loop. True when everything matched."""
+    set_phase("firmware")
     for line in firmware_lines(mac, ip):
         await console.print(line)
+    set_phase("boot")
     for line in (
         f"[    0.000000] Linux version {KERNEL} (vivian@builder) #1 SMP PREEMPT_DYNAMIC",
         f"[    0.000000] Command line: {cmdline}",
@@ -520,10 +551,12 @@ def _reboot_marker(mac: str) -> str:
 
 async def deploy(console: Console, mac: str, ip: str, cmdline: str, delay: float) -> None:
     """Boot a job's deployment and run its ``vivian.script``."""
+    set_phase("firmware")
     for line in firmware_lines(mac, ip):
         await console.print(line)
         if delay > 0:
             await asyncio.sleep(delay)
+    set_phase("boot")
     for line in (
         f"[    0.000000] Linux version {KERNEL} (vivian@builder) #1 SMP PREEMPT_DYNAMIC",
         f"[    0.000000] Command line: {cmdline}",
@@ -537,6 +570,7 @@ async def deploy(console: Console, mac: str, ip: str, cmdline: str, delay: float
         pause = float(hooks.get("delay", "0"))
     except ValueError:
         pause = 0.0
+    set_phase("hung" if script == "hang" else "busy")
     if pause > 0:
         await asyncio.sleep(min(pause, 3600))
     if script == "reboot":
@@ -552,10 +586,12 @@ async def deploy(console: Console, mac: str, ip: str, cmdline: str, delay: float
     elif os.path.exists(_reboot_marker(mac)):  # the boot after a reboot runs another script: consumed
         os.unlink(_reboot_marker(mac))
     if script == "hang":
+        set_phase("hung")
         return
     if script == "unfit":
         await console.print("+ job output 1")
         await console.print("vivian: GPU lost: machine unfit for service")
+        set_phase("hung")
         return
     if script == "garbage":
         console.write_raw(bytes(range(256)) + b"\xff\xfe\x00\x1b[999;999H\xc3\x28" + os.urandom(512) + b"\r\n")
@@ -571,6 +607,7 @@ async def deploy(console: Console, mac: str, ip: str, cmdline: str, delay: float
         await console.print(f"+ job output {n}")
     await console.print(f"Execution is over, pipeline status: {status}")
     await console.print("It's now safe to turn off your computer")
+    set_phase("idle")
 
 
 # ------------------------------------------------------------------ boot2container and the job share
@@ -653,6 +690,9 @@ async def run_container(console: Console, cmdline: str, hooks: dict[str, str]) -
 
 async def run(args: argparse.Namespace) -> None:
     """Boot (a job's deployment, or register), then serve the shell until killed."""
+    global _phase_path
+    _phase_path = args.phase_file
+    set_phase("firmware")
     ip = args.ip or default_ip(args.mac)
     console = Console()
     await console.connect(args.console)
@@ -660,17 +700,21 @@ async def run(args: argparse.Namespace) -> None:
     mode = registration_mode(cmdline) if cmdline is not None else None
     if cmdline is not None and mode is None:
         await deploy(console, args.mac, ip, cmdline, args.boot_delay)
+        if _phase == "busy":  # a reboot request: the job's work is over
+            set_phase("idle")
         console.start_shell()
         await console.drain()
         await asyncio.Event().wait()
     if cmdline is not None and mode == "check":
         await check(console, args.mac, ip, args.api, cmdline, args.flaky, args.base_name)
+        set_phase("idle")
         console.start_shell()
         await console.drain()
         await asyncio.Event().wait()
     await boot(console, args.mac, ip, args.boot_delay)
     if not args.no_register:
         await register(console, args.mac, ip, args.api, args.base_name)
+    set_phase("idle")
     console.start_shell()
     await console.drain()
     if args.chatty:
@@ -700,6 +744,7 @@ def _parser() -> argparse.ArgumentParser:
         "--flaky", type=int, default=0, metavar="N", help="every Nth boot-loop check (machine_registration check) fails"
     )
     p.add_argument("--no-boot-config", action="store_true", help="do not fetch the boot config: always register")
+    p.add_argument("--phase-file", metavar="PATH", help="write what the DUT does (one word) here, for the power meter")
     return p
 
 

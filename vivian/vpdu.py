@@ -6,7 +6,8 @@ byte back, then the server closes the connection.
     bits 0-1   (0x0003)      command: 0 = port count, 1 = ON, 2 = OFF, 3 = status
     bits 2-12  (0x1FFC)      port number, so word = (port << 2) | cmd
     bit  13    (0x2000)      "shutdown server" flag (honoured only with --allow-remote-shutdown)
-    bits 14-31 (0xFFFFC000)  reserved, must be 0
+    bit  14    (0x4000)      "power report" (metering extension, below)
+    bits 15-31 (0xFFFF8000)  reserved, must be 0
 
 Replies: port count as one byte (saturated at 255); 0x01 for a successful ON/OFF; 0x03 ON, 0x04 OFF,
 0x05 unknown for a status; 0x00 for anything wrong (short read, reserved bits, bad port, refused
@@ -15,11 +16,28 @@ it OFF kills that process, like cutting power. With ``--dut qemu`` an outlet sta
 instead (``vivian/qemu.py``, TCG): it network-boots from the gateway (see that module for the gateway
 settings it needs) and its serial console goes to the netconsole; OFF kills QEMU the same way.
 
+Metering extension (power report). The word ``0x00004000`` (bit 14 alone: port 0, command 0, no shutdown
+flag) asks for every outlet's meter in one round trip. Answers:
+
+    0x06, then a 32-bit big-endian length L (at most 1 MiB), then L bytes of ASCII text, lines ending "\n":
+        vpdu-power 1
+        <outlet> <watts> <amps> <volts> <energy_wh>     one line per outlet 0..N-1, in order
+        total <watts> <energy_wh>                       the sums over all outlets
+    0x07  this vPDU does not meter (started with --no-metering)
+    0x00  bit 14 with anything else set (an older vPDU also answers 0x00: it knows no power report)
+
+Watts, amps and volts are the outlet's reading now, energy_wh its cumulative counter (Wh, since the vPDU
+started; it never decreases). Each outlet follows its DUT's phase (``vivian/power.py``): OFF 0 W, then
+firmware ~30-45 W, boot ~60-90 W (spiky), idle ~25-35 W, a job's work ~90-140 W, a hung DUT one flat level;
+an outlet with nothing plugged in (``--empty-outlet N``) draws 0 W but is still metered. Volts ~230, amps
+= W / V. ``--power-seed S`` makes the noise deterministic. Try it: ``python vivian/client.py --power``.
+
 Run it: ``python vivian/vpdu.py --port 9191 --api http://127.0.0.1:8000 --console 127.0.0.1:8100``.
 
 With ``--snmp-port P`` the vPDU also answers SNMP on UDP port P as an APC MasterSwitch (driver
 ``apc_masterswitch``; communities ``public`` read-only and ``private`` read-write): Debian's
 ``snmpd`` runs with ``vivian/snmp_agent.py`` as its pass_persist helper. APC outlet N is vPDU outlet N-1.
+A metering vPDU also serves APC's rPDU2 metered outlet table and device power/energy there (see that module).
 """
 
 from __future__ import annotations
@@ -39,13 +57,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: ``python vivian/vpdu.py``
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vivian.power import PHASES, PowerMeter, format_report, phase_by_time  # noqa: E402
+
 log = logging.getLogger("vivian.vpdu")
 
 CMD_COUNT, CMD_ON, CMD_OFF, CMD_STATUS = 0, 1, 2, 3
 CMD_MASK = 0x0003
 PORT_MASK = 0x1FFC
 SHUTDOWN_FLAG = 0x2000
-RESERVED_MASK = 0xFFFFC000
+POWER_FLAG = 0x4000
+RESERVED_MASK = 0xFFFF8000
 MAX_PORTS = 2047
 
 REPLY_ERROR = 0x00
@@ -53,6 +77,9 @@ REPLY_OK = 0x01
 REPLY_ON = 0x03
 REPLY_OFF = 0x04
 REPLY_UNKNOWN = 0x05
+REPLY_POWER = 0x06
+REPLY_NOT_METERED = 0x07
+METER_TICK = 0.5  # seconds between two integrations of the energy counters
 
 READ_TIMEOUT = 5.0
 KILL_GRACE = 2.0
@@ -101,6 +128,9 @@ class VirtualPDU:
         log_dir: str | os.PathLike[str] | None = None,
         *,
         allow_remote_shutdown: bool = False,
+        metering: bool = True,
+        power_seed: int | None = None,
+        empty_outlets: Sequence[int] = (),
     ) -> None:
         if dut not in ("sim", "qemu"):
             raise ValueError(f"unknown DUT kind {dut!r}: use --dut sim or --dut qemu")
@@ -123,6 +153,13 @@ class VirtualPDU:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._shutdown_task: asyncio.Task[None] | None = None
+        self.metering = metering
+        self.empty_outlets = frozenset(empty_outlets)
+        if any(not 0 <= i < num_ports for i in self.empty_outlets):
+            raise ValueError(f"an empty outlet must be between 0 and {num_ports - 1}")
+        self._phase_dir: Path | None = None
+        self.meter = PowerMeter(num_ports, self.phase_of, power_seed) if metering else None
+        self._meter_task: asyncio.Task[None] | None = None
 
     # -- outlets -------------------------------------------------------------------------------
 
@@ -142,11 +179,56 @@ class VirtualPDU:
         lock = self._locks.setdefault(index, asyncio.Lock())
         async with lock:
             if on and not self._on[index]:
-                await self._power_on(index)
+                self._meter_update()  # the counters up to the switch, at the old draw
+                if index not in self.empty_outlets:
+                    await self._power_on(index)
                 self._on[index] = True
+                self._meter_update()
             elif not on and self._on[index]:
+                self._meter_update()
                 self._on[index] = False
                 await self._power_off(index)
+                self._meter_update()
+
+    # -- metering ------------------------------------------------------------------------------
+
+    def _meter_update(self) -> None:
+        if self.meter is not None:
+            self.meter.update()
+
+    def _phase_file(self, index: int) -> Path | None:
+        return None if self._phase_dir is None else self._phase_dir / f"outlet-{index}.phase"
+
+    def phase_of(self, index: int) -> str:
+        """What the DUT behind outlet ``index`` does now (a ``vivian.power.PHASES`` word)."""
+        if not self._on[index]:
+            return "off"
+        dut = self._duts.get(index)
+        if dut is None or dut.process.returncode is not None:  # nothing plugged in, or the DUT is gone
+            return "off"
+        path = self._phase_file(index)
+        if path is not None and self.dut == "sim":
+            try:
+                word = path.read_text(errors="replace")[:16].strip()
+            except OSError:
+                word = ""
+            if word in PHASES and word != "off":
+                return word
+        return phase_by_time(time.monotonic() - dut.started_at)
+
+    def power_report(self) -> str | None:
+        """The power report's text (see the module docstring), or None when this vPDU does not meter."""
+        if self.meter is None:
+            return None
+        return format_report(self.meter.read())
+
+    async def _meter_loop(self) -> None:
+        while True:
+            await asyncio.sleep(METER_TICK)
+            try:
+                self._meter_update()
+            except Exception:  # a meter must never take the vPDU down
+                log.exception("power meter update failed")
 
     def _check(self, index: int) -> None:
         if not 0 <= index < self.num_ports:
@@ -165,6 +247,13 @@ class VirtualPDU:
             self.console,
             *self.dut_args,
         ]
+        if self.metering and self.dut == "sim":  # the DUT tells its phase through a small file
+            if self._phase_dir is None:
+                self._phase_dir = Path(tempfile.mkdtemp(prefix="vpdu-phases-"))
+            phase_file = self._phase_file(index)
+            assert phase_file is not None
+            phase_file.unlink(missing_ok=True)
+            cmd += ["--phase-file", str(phase_file)]
         if self.dut == "qemu":  # qemu.py sets PDEATHSIG, then execs QEMU in the DUT's process group
             cmd[1:2] = [str(QEMU_SCRIPT), "--outlet", str(index)]
         log_path: Path | None = None
@@ -205,6 +294,9 @@ class VirtualPDU:
         if dut is None:
             return
         await _kill_group(dut.process)
+        path = self._phase_file(index)
+        if path is not None:
+            path.unlink(missing_ok=True)
         log.info("outlet %d OFF: DUT %s (pid %d) stopped", index, dut.mac, dut.pid)
 
     # -- server --------------------------------------------------------------------------------
@@ -214,6 +306,9 @@ class VirtualPDU:
         if self._server is not None:
             raise RuntimeError("this vPDU is already started")
         self._server = await asyncio.start_server(self._handle, host, port)
+        if self.meter is not None:
+            self._meter_update()
+            self._meter_task = asyncio.create_task(self._meter_loop())
         bound: int = self._server.sockets[0].getsockname()[1]
         log.info("vPDU listening on %s:%d with %d outlets", host, bound, self.num_ports)
         return bound
@@ -229,6 +324,11 @@ class VirtualPDU:
         await asyncio.gather(*(self.set_outlet(i, False) for i in range(self.num_ports) if self._on[i]))
         for task in list(self._watchers):
             task.cancel()
+        if self._meter_task is not None:
+            self._meter_task.cancel()
+        if self._phase_dir is not None:
+            shutil.rmtree(self._phase_dir, ignore_errors=True)
+            self._phase_dir = None
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -246,14 +346,18 @@ class VirtualPDU:
                 data = await asyncio.wait_for(reader.readexactly(4), READ_TIMEOUT)
             except asyncio.IncompleteReadError as exc:
                 log.warning("short read from %s: %d byte(s) %r", peer, len(exc.partial), exc.partial)
-                reply = REPLY_ERROR
+                answer = bytes([REPLY_ERROR])
             except TimeoutError:
                 log.warning("no complete command from %s within %.0f s", peer, READ_TIMEOUT)
-                reply = REPLY_ERROR
+                answer = bytes([REPLY_ERROR])
             else:
                 word = struct.unpack(">I", data)[0]
-                reply, shutdown = await self._execute(word, peer)
-            writer.write(bytes([reply]))
+                if word & POWER_FLAG:
+                    answer = self._power_answer(word, peer)
+                else:
+                    reply, shutdown = await self._execute(word, peer)
+                    answer = bytes([reply])
+            writer.write(answer)
             await writer.drain()
         except Exception:  # a client must never take the server down
             log.exception("error while serving %s", peer)
@@ -264,6 +368,17 @@ class VirtualPDU:
         if shutdown:
             log.info("remote shutdown requested by %s", peer)
             self._shutdown_task = asyncio.create_task(self.stop())
+
+    def _power_answer(self, word: int, peer: object) -> bytes:
+        """The answer to a power report request (the module docstring has the format)."""
+        if word != POWER_FLAG:
+            log.warning("bad word 0x%08x from %s: the power report is 0x%08x alone", word, peer, POWER_FLAG)
+            return bytes([REPLY_ERROR])
+        report = self.power_report()
+        if report is None:
+            return bytes([REPLY_NOT_METERED])
+        body = report.encode("ascii")
+        return bytes([REPLY_POWER]) + struct.pack(">I", len(body)) + body
 
     async def _execute(self, word: int, peer: object) -> tuple[int, bool]:
         """Run one command word; return the reply byte and whether to shut down afterwards."""
@@ -296,6 +411,7 @@ class VirtualPDU:
 
 SNMP_AGENT = Path(__file__).resolve().with_name("snmp_agent.py")
 APC_SUBTREE = ".1.3.6.1.4.1.318.1.1.4"
+APC_RPDU2_SUBTREE = ".1.3.6.1.4.1.318.1.1.26"  # metering (rPDU2 objects); empty when the vPDU does not meter
 SNMPD_START_TIMEOUT = 10.0
 
 
@@ -321,6 +437,8 @@ class SnmpFace:
             "rwcommunity private default\n"
             "dontLogTCPWrappersConnects yes\n"
             f"pass_persist {APC_SUBTREE} {sys.executable} {SNMP_AGENT} --vpdu {vpdu_host}:{self.vpdu_port}\n"
+            f"pass_persist {APC_RPDU2_SUBTREE} {sys.executable} {SNMP_AGENT} --vpdu {vpdu_host}:{self.vpdu_port}"
+            f" --subtree {APC_RPDU2_SUBTREE}\n"
         )
         log_path = self.dir / "snmpd.log"
         log_path.touch()
@@ -402,6 +520,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="P",
         help="also answer SNMP on UDP port P as an APC MasterSwitch (runs Debian's snmpd)",
     )
+    p.add_argument(
+        "--no-metering", action="store_true", help="do not meter power (the power report answers 'not metered')"
+    )
+    p.add_argument("--power-seed", type=int, metavar="S", help="deterministic meter noise from this seed (tests)")
+    p.add_argument(
+        "--empty-outlet",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="nothing is plugged into outlet N (repeatable): it switches, draws 0 W and is still metered",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level on stderr (default INFO)")
     return p
 
@@ -416,6 +546,9 @@ async def _serve(args: argparse.Namespace) -> int:
             args.dut_arg,
             args.log_dir,
             allow_remote_shutdown=args.allow_remote_shutdown,
+            metering=not args.no_metering,
+            power_seed=args.power_seed,
+            empty_outlets=args.empty_outlet,
         )
     except ValueError as exc:
         print(f"vpdu: {exc}", file=sys.stderr)

@@ -3,6 +3,11 @@
 One command per TCP connection: a 32-bit big-endian word ``(port << 2) | cmd`` goes out and one
 byte comes back. Commands: 0 port count, 1 ON, 2 OFF, 3 status (0x03 ON, 0x04 OFF, 0x05 unknown);
 ON/OFF answer 0x01 on success and 0x00 means the vPDU refused the command.
+
+Metering (Vivian's extension, documented in ``vivian/vpdu.py``): the word 0x00004000 asks for the power
+report; the answer is 0x06, a 32-bit big-endian length and that many bytes of text (``vpdu-power 1``, then
+``<outlet> <W> <A> <V> <Wh>`` lines and ``total <W> <Wh>``), or 0x07 "not metered". An older vPDU answers
+0x00: that is "not metered" too. Whatever else comes back is contained: listed in ``problems``, never raised.
 """
 
 from __future__ import annotations
@@ -15,13 +20,33 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from .base import BatchFallback, DriverConfig, DriverError, Outlet, PortState, parse_config
+from .base import (
+    MAX_AMPS,
+    MAX_OUTLET_WATTS,
+    MAX_PDU_WATTS,
+    MAX_VOLTS,
+    BatchFallback,
+    DriverConfig,
+    DriverError,
+    Outlet,
+    OutletPower,
+    PortState,
+    PowerReading,
+    checked_value,
+    parse_config,
+)
 
 CMD_COUNT, CMD_ON, CMD_OFF, CMD_STATUS = 0, 1, 2, 3
 MAX_PORT = 2047  # the port field is 11 bits wide
 REPLY_OK = 0x01
 STATUS_REPLIES = {0x03: PortState.ON, 0x04: PortState.OFF, 0x05: PortState.UNKNOWN}
 REBOOT_PAUSE = 1.0
+POWER_WORD = 0x4000  # the power report request (Vivian's metering extension)
+REPLY_POWER, REPLY_NOT_METERED, REPLY_REFUSED = 0x06, 0x07, 0x00
+MAX_REPORT = 1 << 20  # bytes: the vPDU promises at most 1 MiB
+REPORT_HEADER = "vpdu-power 1"
+MAX_ENERGY_WH = 1e12  # a counter beyond this is not believed
+MAX_PROBLEMS = 20
 
 
 def split_hostname(value: str) -> tuple[str, int]:
@@ -36,6 +61,7 @@ def split_hostname(value: str) -> tuple[str, int]:
 class VpduConfig(DriverConfig):
     hostname: str = Field(default="localhost:9191", description="the vPDU's address, HOST:PORT")
     timeout: float = Field(default=3.0, gt=0, le=60, description="seconds to wait for each answer")
+    metering: bool = Field(default=True, description="read the vPDU's power meters (Vivian's power report)")
 
     @field_validator("hostname")
     @classmethod
@@ -65,6 +91,7 @@ class VirtualPDU(BatchFallback):
         self.hostname = config.hostname
         self._host, self._port = split_hostname(config.hostname)
         self._timeout = config.timeout
+        self._metering = config.metering
         self._count: int | None = None
 
     @classmethod
@@ -75,6 +102,11 @@ class VirtualPDU(BatchFallback):
 
     async def _send(self, word: int, what: str) -> int:
         """Send one command word on a new connection and return the reply byte."""
+        return (await self._exchange(word, what))[0]
+
+    async def _exchange(self, word: int, what: str) -> tuple[int, bytes | None]:
+        """Send one command word on a new connection; return the reply byte and, after a power report's 0x06,
+        its body (None when the body could not be read whole: short, too long or late)."""
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(self._host, self._port), self._timeout)
         except TimeoutError:
@@ -87,6 +119,9 @@ class VirtualPDU(BatchFallback):
             writer.write(struct.pack(">I", word))
             await asyncio.wait_for(writer.drain(), self._timeout)
             reply = await asyncio.wait_for(reader.readexactly(1), self._timeout)
+            body: bytes | None = None
+            if word == POWER_WORD and reply[0] == REPLY_POWER:
+                body = await self._read_report(reader)
         except asyncio.IncompleteReadError:
             raise DriverError(f"vPDU at {self.hostname} closed the connection without answering ({what})") from None
         except TimeoutError:
@@ -97,7 +132,17 @@ class VirtualPDU(BatchFallback):
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), self._timeout)
-        return reply[0]
+        return reply[0], body
+
+    async def _read_report(self, reader: asyncio.StreamReader) -> bytes | None:
+        try:
+            header = await asyncio.wait_for(reader.readexactly(4), self._timeout)
+            (length,) = struct.unpack(">I", header)
+            if length > MAX_REPORT:
+                return None
+            return await asyncio.wait_for(reader.readexactly(length), self._timeout)
+        except (asyncio.IncompleteReadError, TimeoutError, OSError):
+            return None
 
     def _outlet(self, port_id: str) -> int:
         text = str(port_id).strip()
@@ -147,5 +192,85 @@ class VirtualPDU(BatchFallback):
         else:
             raise DriverError(f"cannot set outlet {index} to {state.value}: use ON, OFF or REBOOT")
 
+    # -- metering ------------------------------------------------------------------------------
+
+    async def read_power(self, port_ids: list[str]) -> PowerReading:
+        """The asked outlets' meters from one power report (one round trip). A vPDU that does not meter
+        (or a driver configured with ``metering: false``) gives empty outlets; a malformed report gives what
+        could be read, None elsewhere, and its problems in words."""
+        if not self._metering:
+            return PowerReading(outlets={})
+        reply, body = await self._exchange(POWER_WORD, "power report")
+        if reply in (REPLY_NOT_METERED, REPLY_REFUSED):
+            return PowerReading(outlets={})
+        problems: list[str] = []
+        if reply != REPLY_POWER:
+            problems.append(f"vPDU at {self.hostname} gave an unexpected answer 0x{reply:02x} to the power report")
+            return PowerReading(outlets={p: OutletPower() for p in port_ids}, problems=tuple(problems))
+        if body is None:
+            problems.append(f"vPDU at {self.hostname} sent a power report cut short or longer than {MAX_REPORT} bytes")
+            return PowerReading(outlets={p: OutletPower() for p in port_ids}, problems=tuple(problems))
+        rows, total = _parse_report(body, problems)
+        outlets: dict[str, OutletPower] = {}
+        for port_id in port_ids:
+            text = str(port_id).strip()
+            index = int(text) if text.isdigit() and int(text) <= MAX_PORT else None
+            row = rows.get(index) if index is not None else None
+            if row is None:
+                problems.append(f"outlet {port_id!r}: not in the vPDU's power report")
+                outlets[port_id] = OutletPower()
+                continue
+            if len(row) != 4:  # a line cut or shifted: no value of it can be trusted
+                problems.append(f"outlet {port_id}: {len(row)} values instead of 4 (W A V Wh)")
+                outlets[port_id] = OutletPower()
+                continue
+            words = row
+            where = f"outlet {port_id}"
+            outlets[port_id] = OutletPower(
+                watts=checked_value(f"{where} watts", words[0], 1.0, MAX_OUTLET_WATTS, problems),
+                amps=checked_value(f"{where} amps", words[1], 1.0, MAX_AMPS, problems),
+                volts=checked_value(f"{where} volts", words[2], 1.0, MAX_VOLTS, problems),
+                energy_wh=checked_value(f"{where} energy", words[3], 1.0, MAX_ENERGY_WH, problems),
+            )
+        total_watts = total_wh = None
+        if total is not None:
+            if len(total) == 2:
+                total_watts = checked_value("total watts", total[0], 1.0, MAX_PDU_WATTS, problems)
+                total_wh = checked_value("total energy", total[1], 1.0, MAX_ENERGY_WH, problems)
+            else:
+                problems.append(f"total: {len(total)} values instead of 2 (W Wh)")
+        if len(problems) > MAX_PROBLEMS:
+            problems[MAX_PROBLEMS:] = [f"... and {len(problems) - MAX_PROBLEMS} more problems"]
+        return PowerReading(outlets, total_watts, total_wh, tuple(problems))
+
     async def close(self) -> None:
         return None
+
+
+def _parse_report(body: bytes, problems: list[str]) -> tuple[dict[int, list[str]], list[str] | None]:
+    """A power report's outlet rows {outlet: [W, A, V, Wh] as text} and total row; what does not parse goes to
+    ``problems`` (the first few lines of it) and is left out."""
+    text = body.decode("ascii", "replace")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines or lines[0].strip() != REPORT_HEADER:
+        first = lines[0][:40] if lines else ""
+        problems.append(f"power report: starts with {first!r}, not {REPORT_HEADER!r}")
+        return {}, None
+    rows: dict[int, list[str]] = {}
+    total: list[str] | None = None
+    bad = 0
+    for line in lines[1:]:
+        words = line.split()
+        if words and words[0] == "total" and total is None:
+            total = words[1:]
+        elif words and words[0].isdigit() and len(words[0]) <= 4 and int(words[0]) not in rows:
+            rows[int(words[0])] = words[1:]
+        else:
+            bad += 1
+            if bad <= 3:
+                problems.append(f"power report: line {line[:60]!r} is not understood")
+    if bad > 3:
+        problems.append(f"power report: {bad - 3} more lines not understood")
+    return rows, total
