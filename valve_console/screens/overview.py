@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
-from ..console_data import Changes, FarmModel
+from ..console_data import Changes, FarmModel, farm_watts, format_watts, pdu_watts
 from ..contract import Gitlab
 from ..widgets.state_badge import outlet_badge, service_badge
 from .base import FarmScreen
@@ -44,6 +44,23 @@ def gitlab_summary(gitlab: Gitlab) -> Text:
             line.append(f" GitLab {version}")
         line.append(f" at {inst.url}, {inst.runners} runner{'s' if inst.runners != 1 else ''}, {inst.state}")
     return line
+
+
+def power_cells(model: FarmModel) -> tuple[str, Text]:
+    """The farm's load (the sum of its PDUs') and each metered PDU's load; 'not metered' without any."""
+    total = farm_watts(model.pdus)
+    if total is None:
+        return "-", Text("no PDU meters power", style="dim")
+    detail = Text()
+    for name, pdu in sorted(model.pdus.items()):
+        load = pdu_watts(pdu)
+        if load is None:
+            continue
+        if detail:
+            detail.append("  ")
+        detail.append(name, style="bold")
+        detail.append(f" {format_watts(load)}")
+    return format_watts(total), detail
 
 
 class OverviewScreen(FarmScreen):
@@ -166,6 +183,7 @@ class OverviewScreen(FarmScreen):
             detail.append(f" {outlets['other']}")
         table.add_row("outlets", str(sum(outlets.values())), detail)
         table.add_row("PDUs", str(counts["pdus"]), "")
+        table.add_row("power", *power_cells(model))
         typing = f", {counts['consoles_typing']} typed into" if counts["consoles_typing"] else ""
         table.add_row("consoles", str(counts["consoles"]), f"{counts['consoles_connected']} connected{typing}")
         queued = f", {counts['jobs_queued']} queued" if counts["jobs_queued"] else ""
