@@ -265,10 +265,11 @@ def with_power(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def power_events(count: int = 12) -> list[dict[str, Any]]:
-    """``outlet`` events of vpdu1/3 with readings 10 s apart up to POWER_AT (the sparkline's history)."""
+    """``outlet`` events of vpdu1/3 with readings 10 s apart after POWER_AT (the snapshot's reading):
+    the sparkline's history; the last one reads 143 W, as the snapshot."""
     events = []
     for i in range(count):
-        at = POWER_AT - 10.0 * (count - 1 - i)
+        at = POWER_AT + 10.0 * (i + 1)
         watts = [60.0, 95.0, 143.0, 120.0, 30.0, 143.0][i % 6]
         data = outlet_event("vpdu1", "3", "ON", label="outlet 3")
         data.update(reserved=False, changed_at=ts(9, 0, 0), metered=True, power=outlet_power(watts, at))
@@ -387,11 +388,13 @@ class FakeFarmClient(FarmClient):
     """Answers the API from ``data``; ``events()`` yields ``events`` then stays open, quiet."""
 
     def __init__(self, data: dict[str, Any] | None = None, events: list[dict[str, Any]] | None = None,
-                 down: bool = False) -> None:
+                 down: bool = False, later_events: list[dict[str, Any]] | None = None) -> None:
         super().__init__("http://gateway.test:8000", token="snapshot")
         self.data = data or farm_data()
         self.down = down
         self.event_list = list(events or [])
+        self.later_events = list(later_events or [])  # yielded once the PDUs were fetched (newer than them)
+        self._pdus_fetched = asyncio.Event()
         self._real_http = self._http
         self._http = httpx.AsyncClient(base_url=self.base_url, transport=httpx.MockTransport(self._answer))
 
@@ -422,6 +425,8 @@ class FakeFarmClient(FarmClient):
                 return patch_settings(settings, json.loads(request.content))
             return httpx.Response(200, json=copy.deepcopy(settings))
         if path in routes:
+            if path == "/api/v1/pdus":
+                self._pdus_fetched.set()
             return httpx.Response(200, json=copy.deepcopy(routes[path]))
         if path.startswith("/api/v1/pdu/") and path.endswith("/power"):
             parts = path.split("/")  # ['', 'api', 'v1', 'pdu', name, 'port', id, 'power']
@@ -459,4 +464,11 @@ class FakeFarmClient(FarmClient):
             event = parse_event(copy.deepcopy(data))
             if event is not None:
                 yield event
+        if self.later_events:
+            await self._pdus_fetched.wait()
+            await asyncio.sleep(0.2)  # the snapshot is applied first
+            for data in self.later_events:
+                event = parse_event(copy.deepcopy(data))
+                if event is not None:
+                    yield event
         await asyncio.Event().wait()

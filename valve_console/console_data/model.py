@@ -90,6 +90,8 @@ class FarmModel:
             pdu = self.pdus.get(name)
             if pdu is None:
                 continue
+            for seen in changes.outlet_events.get((name, port), [])[:-1]:  # the readings before the latest
+                self.power.add(name, port, Outlet.model_validate(seen.model_dump(exclude={"pdu", "port_id"})))
             pdu.ports[port] = Outlet.model_validate(outlet.model_dump(exclude={"pdu", "port_id"}))
             self.power.add(name, port, pdu.ports[port])
         if changes.health and self.health is not None:
