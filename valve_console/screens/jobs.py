@@ -342,7 +342,7 @@ class JobConsoleScreen(ModalScreen[None]):
             text.append(f"  {job.position or 0} job(s) ahead")
         text.append(f"  submitted {format_when(job.submitted_at)}  duration {format_duration(job)}")
         if energy := energy_words(job):
-            text.append(f"  energy {energy}")
+            text.append(f"\n energy drawn: {energy}")
         if job.result:
             text.append(f"\n {job.result}", style="dim")
         if note:

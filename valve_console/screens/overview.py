@@ -46,21 +46,18 @@ def gitlab_summary(gitlab: Gitlab) -> Text:
     return line
 
 
-def power_cells(model: FarmModel) -> tuple[str, Text]:
-    """The farm's load (the sum of its PDUs') and each metered PDU's load; 'not metered' without any."""
+def power_line(model: FarmModel) -> Text:
+    """The farm's load (the sum of its PDUs') then each metered PDU's load; in words when none meters."""
     total = farm_watts(model.pdus)
     if total is None:
-        return "-", Text("no PDU meters power", style="dim")
-    detail = Text()
+        return Text("no PDU meters power", style="dim")
+    line = Text()
+    line.append(format_watts(total), style="bold")
     for name, pdu in sorted(model.pdus.items()):
         load = pdu_watts(pdu)
-        if load is None:
-            continue
-        if detail:
-            detail.append("  ")
-        detail.append(name, style="bold")
-        detail.append(f" {format_watts(load)}")
-    return format_watts(total), detail
+        if load is not None:
+            line.append(f"  {name} {format_watts(load)}")
+    return line
 
 
 class OverviewScreen(FarmScreen):
@@ -183,7 +180,7 @@ class OverviewScreen(FarmScreen):
             detail.append(f" {outlets['other']}")
         table.add_row("outlets", str(sum(outlets.values())), detail)
         table.add_row("PDUs", str(counts["pdus"]), "")
-        table.add_row("power", *power_cells(model))
+        table.add_row("power", "", power_line(model))
         typing = f", {counts['consoles_typing']} typed into" if counts["consoles_typing"] else ""
         table.add_row("consoles", str(counts["consoles"]), f"{counts['consoles_connected']} connected{typing}")
         queued = f", {counts['jobs_queued']} queued" if counts["jobs_queued"] else ""
