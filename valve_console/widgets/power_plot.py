@@ -92,7 +92,7 @@ def columns_of(points: Sequence[tuple[float, float]], width: int, start: float, 
             last = (float(stamp[index] or 0.0), float(cols[index] or 0.0))
             continue
         column_start = start + index * step
-        if last is not None and column_start - last[0] <= max(max_gap, step):
+        if last is not None and column_start - last[0] < max(max_gap, step):
             cols[index] = last[1]
     return cols
 
@@ -164,11 +164,11 @@ def clock(stamp: float) -> str:
 def render_plot(points: Sequence[tuple[float, float]], width: int, height: int, start: float, end: float,
                 marks: PlotMarks | None = None, *, ascii: bool = False) -> list[str]:
     """The whole plot as lines of at most ``width`` characters: a watts axis on the left, the bars, the
-    marks line, the time axis, and a legend. Fewer than 20 columns: one line saying so."""
+    marks line, the time axis, and a legend. Too narrow (under 21 columns): one line saying so."""
     label_width = 8
     plot_width = width - label_width - 1
     if plot_width < 12 or height < 1:
-        return ["(too narrow for a plot)"[:max(0, width)]]
+        return ["too narrow"[:max(0, width)]]
     rows, peak = plot_rows(points, plot_width, height, start, end, ascii=ascii)
     lines = []
     for index, row in enumerate(rows):
@@ -182,7 +182,7 @@ def render_plot(points: Sequence[tuple[float, float]], width: int, height: int, 
     lines.append(f"{'':>{label_width}}└{axis}")
     lines.append(f"{'':>{label_width}} {BOOT} boot (outlet ON)  {JOB_START}{JOB_SPAN}{JOB_END} job"
                  f"  {ZERO} 0 W  blank: no reading")
-    return lines
+    return [line[:width] for line in lines]
 
 
 class PowerPlot(Widget):
