@@ -41,6 +41,7 @@ from .contract import (
     Machines,
     OutletsDiscovery,
     Pdu,
+    PowerSeries,
     Pdus,
     SerialDevice,
     UnboundStream,
@@ -182,6 +183,11 @@ class FarmClient:
 
     async def backend_log(self, lines: int = 500) -> list[LogEntry]:
         return (await self.answer(BackendLog, "GET", "/api/v1/log", params={"lines": lines})).entries
+
+    async def power_series(self, pdu: str, port_id: str, since: float | None = None) -> PowerSeries:
+        """An outlet's power readings (``[t, watts]``, oldest first) since ``since`` (Unix time; None: all kept)."""
+        params = {} if since is None else {"since": f"{float(since):.3f}"}
+        return await self.answer(PowerSeries, "GET", f"/api/v1/pdu/{pdu}/port/{port_id}/power", params=params)
 
     async def jobs(self) -> list[Job]:
         """Every job the backend keeps, newest first."""

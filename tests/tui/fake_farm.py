@@ -140,7 +140,7 @@ def farm_data() -> dict[str, Any]:
                   "reserved_ports": ["15"], "state": "reachable", "error": None,
                   "ports": outlets(16, {3, 5}, reserved={15})},
     }
-    return {
+    return with_power({
         "health": {
             "status": "degraded", "farm_name": "vivian", "version": "0.1.0", "api": "http://127.0.0.1:8000",
             "netconsole": "0.0.0.0:8100", "uptime": 3725.0,
@@ -204,7 +204,77 @@ def farm_data() -> dict[str, Any]:
         ],
         "job_consoles": {"job-20260314-090500-0f1e2d": JOB_CONSOLE},
         "gitlab": gitlab_data(),
-    }
+    })
+
+
+# ---------------------------------------------------------------- power (issue 18: meters, series, energy, flags)
+# vpdu1 meters its outlets and reports a total; outlet 7 is not metered (nothing shown, not "0 W"); bench
+# meters nothing. vivian-virtio-1 (outlet 3) draws 143 W in its running job; vivian-virtio-2 (outlet 5) is
+# ON drawing nothing, so it carries a "no_draw" flag. Two finished jobs and the running one have energy.
+POWER_AT = ts(9, 30, 0)
+OUTLET_WATTS = {"3": 143.0, "5": 0.0}
+UNMETERED_PORT = "7"
+JOB_ENERGY = {"job-20260314-092000-9a8b7c": 12_300.0, "job-20260314-090500-0f1e2d": 1476.0,
+              "nightly-42": 534_000.0}
+POWER_FLAG = {"kind": "no_draw", "reason": "on for 5 min, 0 W drawn: check its plug or PSU", "since": ts(9, 25, 0)}
+
+
+def outlet_power(watts: float, at: float = POWER_AT) -> dict[str, Any]:
+    return {"watts": watts, "amps": round(watts / 230.0, 3), "volts": 230.0, "energy_wh": None, "at": at}
+
+
+def series_watts(t: float) -> float:
+    """vivian-virtio-1's draw over the last hour: off, idle from 09:00, its two jobs (09:05-09:08:48 and
+    from 09:20:01), idle between; deterministic."""
+    if t < ts(9, 0, 0):
+        return 0.0
+    if ts(9, 5, 1) <= t <= ts(9, 8, 48):
+        return 150.0 + 10.0 * ((int(t) // 30) % 3)
+    if t >= ts(9, 20, 1):
+        return 120.0 + 8.0 * ((int(t) // 30) % 4)
+    return 45.0
+
+
+def power_series(pdu_name: str, port: str, since: float | None) -> dict[str, Any] | None:
+    """GET /api/v1/pdu/{name}/port/{id}/power of the fake farm: a point every 30 s over the last hour."""
+    if pdu_name != "vpdu1" or port not in OUTLET_WATTS:
+        return None
+    start = ts(8, 30, 0)
+    times = [start + 30.0 * i for i in range(int((POWER_AT - start) / 30) + 1)]
+    if since is not None:
+        times = [t for t in times if t >= since]
+    points = [[t, series_watts(t) if port == "3" else 0.0] for t in times]
+    machine_mac = {"3": "52:54:00:11:22:03", "5": "52:54:00:11:22:05"}[port]
+    return {"pdu": pdu_name, "port_id": port, "machine": machine_mac, "points": points, "interval": 30.0}
+
+
+def with_power(data: dict[str, Any]) -> dict[str, Any]:
+    """The fake farm's power data on top of ``data`` (metered vpdu1, its total, job energy, a flag)."""
+    vpdu1 = data["pdus"]["vpdu1"]
+    vpdu1.update(metered=True, total_watts=151.5, power_at=POWER_AT)
+    for port, outlet in vpdu1["ports"].items():
+        if port == UNMETERED_PORT:
+            continue
+        outlet["metered"] = True
+        outlet["power"] = outlet_power(OUTLET_WATTS.get(port, 0.0))
+    for entry in data["jobs"]:
+        if entry["id"] in JOB_ENERGY:
+            entry["energy_j"] = JOB_ENERGY[entry["id"]]
+    data["machines"]["52:54:00:11:22:05"]["power_flag"] = dict(POWER_FLAG)
+    return data
+
+
+def power_events(count: int = 12) -> list[dict[str, Any]]:
+    """``outlet`` events of vpdu1/3 with readings 10 s apart after POWER_AT (the snapshot's reading):
+    the sparkline's history; the last one reads 143 W, as the snapshot."""
+    events = []
+    for i in range(count):
+        at = POWER_AT + 10.0 * (i + 1)
+        watts = [60.0, 95.0, 143.0, 120.0, 30.0, 143.0][i % 6]
+        data = outlet_event("vpdu1", "3", "ON", label="outlet 3")
+        data.update(reserved=False, changed_at=ts(9, 0, 0), metered=True, power=outlet_power(watts, at))
+        events.append({"type": "outlet", "seq": 100 + i, "ts": at, "data": data})
+    return events
 
 
 # ---------------------------------------------------------------- GitLab (the GitLab screen, key 8)
@@ -318,11 +388,13 @@ class FakeFarmClient(FarmClient):
     """Answers the API from ``data``; ``events()`` yields ``events`` then stays open, quiet."""
 
     def __init__(self, data: dict[str, Any] | None = None, events: list[dict[str, Any]] | None = None,
-                 down: bool = False) -> None:
+                 down: bool = False, later_events: list[dict[str, Any]] | None = None) -> None:
         super().__init__("http://gateway.test:8000", token="snapshot")
         self.data = data or farm_data()
         self.down = down
         self.event_list = list(events or [])
+        self.later_events = list(later_events or [])  # yielded once the PDUs were fetched (newer than them)
+        self._pdus_fetched = asyncio.Event()
         self._real_http = self._http
         self._http = httpx.AsyncClient(base_url=self.base_url, transport=httpx.MockTransport(self._answer))
 
@@ -353,7 +425,16 @@ class FakeFarmClient(FarmClient):
                 return patch_settings(settings, json.loads(request.content))
             return httpx.Response(200, json=copy.deepcopy(settings))
         if path in routes:
+            if path == "/api/v1/pdus":
+                self._pdus_fetched.set()
             return httpx.Response(200, json=copy.deepcopy(routes[path]))
+        if path.startswith("/api/v1/pdu/") and path.endswith("/power"):
+            parts = path.split("/")  # ['', 'api', 'v1', 'pdu', name, 'port', id, 'power']
+            since = request.url.params.get("since")
+            series = power_series(parts[4], parts[6], float(since) if since else None)
+            if series is None:
+                return httpx.Response(404, json={"error": f"no readings for {parts[4]}/{parts[6]}"})
+            return httpx.Response(200, json=series)
         if path.startswith("/api/v1/console/") and path.endswith("/log"):
             mac = path.split("/")[4]
             if mac in d["console_logs"]:
@@ -383,4 +464,11 @@ class FakeFarmClient(FarmClient):
             event = parse_event(copy.deepcopy(data))
             if event is not None:
                 yield event
+        if self.later_events:
+            await self._pdus_fetched.wait()
+            await asyncio.sleep(0.2)  # the snapshot is applied first
+            for data in self.later_events:
+                event = parse_event(copy.deepcopy(data))
+                if event is not None:
+                    yield event
         await asyncio.Event().wait()

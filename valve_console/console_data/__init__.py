@@ -7,5 +7,17 @@ pyproject.toml), so the widgets and screens both build on it.
 from .changes import Changes, Snapshot
 from .feed import EventFeed
 from .model import FarmModel, outlet_of, placeholder_console, port_sort_key
+from .power import (
+    PowerHistory,
+    farm_watts,
+    finite,
+    format_joules,
+    format_watts,
+    format_wh,
+    outlet_watts,
+    pdu_watts,
+)
 
-__all__ = ["Changes", "EventFeed", "FarmModel", "Snapshot", "outlet_of", "placeholder_console", "port_sort_key"]
+__all__ = ["Changes", "EventFeed", "FarmModel", "PowerHistory", "Snapshot", "farm_watts", "finite", "format_joules",
+           "format_watts", "format_wh", "outlet_of", "outlet_watts", "pdu_watts", "placeholder_console",
+           "port_sort_key"]

@@ -37,6 +37,7 @@ from ..contract import (
 
 MAX_PENDING_CONSOLE = 1024 * 1024  # characters kept per console between two flushes
 MAX_PENDING_LINES = 5000  # log/journal entries kept between two flushes
+MAX_PENDING_OUTLET = 64  # outlet events kept per outlet between two flushes (readings and ON changes)
 
 
 @dataclass
@@ -63,6 +64,8 @@ class Changes:
     machines: dict[str, Machine] = field(default_factory=dict)
     pdus: dict[str, Pdu | None] = field(default_factory=dict)  # None: removed
     outlets: dict[tuple[str, str], OutletOf] = field(default_factory=dict)
+    # every outlet event in order (bounded per outlet): the readings and ON changes in between the latest
+    outlet_events: dict[tuple[str, str], list[OutletOf]] = field(default_factory=dict)
     health: dict[str, ServiceHealth] = field(default_factory=dict)
     console_text: dict[str, list[str]] = field(default_factory=dict)
     console_info: dict[str, Console | ConsoleRemoved] = field(default_factory=dict)
@@ -107,8 +110,15 @@ class Changes:
                 if removed:
                     for key in [k for k in self.outlets if k[0] == data.name]:
                         del self.outlets[key]
+                    for key in [k for k in self.outlet_events if k[0] == data.name]:
+                        del self.outlet_events[key]
         elif isinstance(data, OutletOf):
-            self.outlets[(data.pdu, data.port_id)] = data
+            key = (data.pdu, data.port_id)
+            self.outlets[key] = data
+            seen = self.outlet_events.setdefault(key, [])
+            seen.append(data)
+            if len(seen) > MAX_PENDING_OUTLET:
+                del seen[: len(seen) - MAX_PENDING_OUTLET]
         elif isinstance(data, ConsoleEvent):
             mac = data.mac
             if mac:

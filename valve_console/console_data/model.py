@@ -26,6 +26,7 @@ from ..contract import (
     SerialDevice,
 )
 from .changes import Changes
+from .power import PowerHistory
 
 
 def placeholder_console(mac: str) -> Console:
@@ -53,6 +54,7 @@ class FarmModel:
         self.jobs: dict[str, Job] = {}  # job id -> job (GET /api/v1/jobs, job events)
         self.settings: FarmSettings | None = None  # GET /api/v1/settings (the Settings view), settings events
         self.fetched_at = time.monotonic()
+        self.power = PowerHistory()  # recent watts per outlet (sparklines) and ON changes (boot marks)
 
     # ---------------------------------------------------------------- applying
     def apply(self, changes: Changes) -> None:
@@ -64,6 +66,8 @@ class FarmModel:
             self.gateway = list(snap.gateway)
             self.machines = dict(snap.machines)
             self.pdus = {name: pdu.model_copy(deep=True) for name, pdu in snap.pdus.items()}
+            for name, pdu in self.pdus.items():
+                self.power.add_pdu(name, pdu)
             self.consoles = dict(snap.consoles)
             self.devices = dict(snap.devices)
             if snap.discovery is not None:
@@ -78,13 +82,18 @@ class FarmModel:
         for name, pdu in changes.pdus.items():
             if pdu is None:
                 self.pdus.pop(name, None)
+                self.power.forget_pdu(name)
             else:
                 self.pdus[name] = pdu.model_copy(deep=True)
+                self.power.add_pdu(name, self.pdus[name])
         for (name, port), outlet in changes.outlets.items():
             pdu = self.pdus.get(name)
             if pdu is None:
                 continue
+            for seen in changes.outlet_events.get((name, port), [])[:-1]:  # the readings before the latest
+                self.power.add(name, port, Outlet.model_validate(seen.model_dump(exclude={"pdu", "port_id"})))
             pdu.ports[port] = Outlet.model_validate(outlet.model_dump(exclude={"pdu", "port_id"}))
+            self.power.add(name, port, pdu.ports[port])
         if changes.health and self.health is not None:
             self.health.services.update(changes.health)
         for mac, info in changes.console_info.items():

@@ -48,13 +48,13 @@ def training_text(training: Training | None) -> str:
     return TRAINING_WORDS.get(state, str(state))
 
 
-def machine_cells(machine: Machine) -> tuple[Any, ...]:
+def machine_cells(machine: Machine, linux_console: bool = False) -> tuple[Any, ...]:
     pdu = machine.pdu
     outlet = f"{pdu.name}/{pdu.port_id}" if pdu.name else "-"
     if pdu.name and pdu.port_id is None:
         outlet = f"{pdu.name}/?"
     return (
-        name_cell(machine),
+        name_cell(machine, linux_console),
         machine.mac_address,
         machine.ip_address or "-",
         machine_state(machine.state),
@@ -67,13 +67,30 @@ def machine_cells(machine: Machine) -> tuple[Any, ...]:
     )
 
 
-def name_cell(machine: Machine) -> Any:
-    """The Name cell: the name, and ``[held]`` in red while a registration of it waits for the operator."""
+POWER_FLAG_WORDS = {"no_draw": "no draw", "silent": "silent"}
+
+
+def power_flag_badge(kind: str | None, linux_console: bool = False) -> str:
+    """A power flag in a few words: ``⚡ no draw``, ``⚡ silent`` (``[no draw]`` on the Linux console, whose
+    font has no ⚡); '' without a flag."""
+    if not kind:
+        return ""
+    words = POWER_FLAG_WORDS.get(kind, kind.replace("_", " "))
+    return f"[{words}]" if linux_console else f"\u26a1 {words}"
+
+
+def name_cell(machine: Machine, linux_console: bool = False) -> Any:
+    """The Name cell: the name, ``[held]`` in red while a registration of it waits for the operator, and
+    its power flag (``⚡ no draw``/``⚡ silent``) in yellow while its power draw looks wrong."""
     name = machine.full_name or machine.base_name or "?"
-    if not machine.pending_registration:
+    flag = machine.power_flag
+    if not machine.pending_registration and flag is None:
         return name
     cell = Text(name)
-    cell.append(" [held]", style="bold red")
+    if machine.pending_registration:
+        cell.append(" [held]", style="bold red")
+    if flag is not None:
+        cell.append(f" {power_flag_badge(flag.kind, linux_console)}", style="bold yellow")
     return cell
 
 
@@ -167,7 +184,7 @@ class DutsScreen(FarmScreen):
         cursor = self.cursor_mac()
         resort = False
         for mac, machine in machines.items():
-            cells = machine_cells(machine)
+            cells = machine_cells(machine, self.console_app.linux_console)
             if machine.pending_registration:
                 self.held.add(mac)
             else:

@@ -20,7 +20,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
 from ..client import FarmClientError
-from ..console_data import Changes, FarmModel
+from ..console_data import Changes, FarmModel, format_joules, format_wh
 from ..contract import Job
 from ..widgets.console_view import ConsoleView
 from ..widgets.keyed_table import cursor_key, select_key
@@ -38,6 +38,7 @@ COLUMNS = (
     ("Queue", "position"),
     ("Submitted", "submitted"),
     ("Duration", "duration"),
+    ("Energy", "energy"),
 )
 COLUMN_KEYS = tuple(key for _, key in COLUMNS)
 
@@ -99,14 +100,27 @@ def job_cells(job: Job, model: FarmModel) -> tuple[Any, ...]:
         queue,
         format_when(job.submitted_at),
         format_duration(job),
+        energy_text(job),
     )
+
+
+def energy_text(job: Job) -> Text:
+    """The Energy cell: what the machine's outlet drew during the job (``12.3 kJ``), '-' when not metered."""
+    shown = format_joules(job.energy_j)
+    return Text(shown or "-", style="" if shown else "dim", justify="right")
+
+
+def energy_words(job: Job) -> str:
+    """The energy in the job's details: ``12.3 kJ (3.42 Wh)``, '' when not metered."""
+    joules = format_joules(job.energy_j)
+    return f"{joules} ({format_wh(job.energy_j)})" if joules else ""
 
 
 def unknown_job(job_id: str) -> Job:
     """A job the console has not heard of (yet): only its id."""
     return Job.model_construct(
         id=job_id, machine="", status=None, state="", position=0, submitted_at=0.0, started_at=None, ended_at=None,
-        target=None, result=None, console_start=None, console_end=None, training=None, job=None,
+        target=None, result=None, console_start=None, console_end=None, training=None, job=None, energy_j=None,
     )
 
 
@@ -327,6 +341,8 @@ class JobConsoleScreen(ModalScreen[None]):
         if job.status == "QUEUED":
             text.append(f"  {job.position or 0} job(s) ahead")
         text.append(f"  submitted {format_when(job.submitted_at)}  duration {format_duration(job)}")
+        if energy := energy_words(job):
+            text.append(f"\n energy drawn: {energy}")
         if job.result:
             text.append(f"\n {job.result}", style="dim")
         if note:

@@ -1,6 +1,9 @@
 """Machine detail: one machine's record and its Sgt. Hartman training (state, n/N, per-loop results,
 failures), opened with ``i`` on the DUT table or "details <machine>" in the command palette.
 
+Power (metered outlets): the outlet's watts now, the machine's power flag in words, and a plot of the last
+hour (``FarmClient.power_series``) with marks for boots (the outlet switched ON) and the machine's jobs.
+
 Keys: ``t`` start (or retrain), ``x`` stop, ``k`` skip the training (each asks first), ``e`` edit,
 ``escape`` closes. It follows the app's model, so progress shows as it happens.
 
@@ -21,7 +24,10 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
+from ..client import FarmClientError
+from ..console_data import format_watts, outlet_watts
 from ..contract import Machine, Training
+from ..widgets.power_plot import PlotMarks, PowerPlot
 
 if TYPE_CHECKING:
     from ..app import ConsoleApp
@@ -121,6 +127,43 @@ def training_action(app: "ConsoleApp", mac: str, action: str) -> None:
     )
 
 
+POWER_WINDOW = 3600.0  # the plot's window: the last hour
+POWER_REFETCH = 60.0  # seconds between two fetches of the series while the details are open
+FLAG_WORDS = {"no_draw": "no power draw", "silent": "powered but silent"}
+
+
+def now() -> float:
+    """The wall clock (the snapshot tests freeze it)."""
+    return time.time()
+
+
+def power_flag_words(machine: Machine) -> Text:
+    """The machine's power flag in words (what, since when, why), '' without one."""
+    flag = machine.power_flag
+    text = Text()
+    if flag is None:
+        return text
+    since = time.strftime("%H:%M:%S", time.localtime(float(flag.since or 0)))
+    text.append(f"Power warning: {FLAG_WORDS.get(flag.kind, flag.kind)}", style="bold yellow")
+    text.append(f" since {since}")
+    if flag.reason:
+        text.append(f": {flag.reason}")
+    return text
+
+
+def job_marks(app: "ConsoleApp", mac: str, start: float) -> list[tuple[float, float | None]]:
+    """The machine's jobs that ran in the window, as (started, ended or None while running)."""
+    marks = []
+    for job in app.model.jobs.values():
+        if job.machine != mac or not job.started_at:
+            continue
+        ended = float(job.ended_at) if job.ended_at else None
+        if ended is not None and ended < start:
+            continue
+        marks.append((float(job.started_at), ended))
+    return sorted(marks, key=lambda m: m[0])
+
+
 def open_details(app: "ConsoleApp", mac: str) -> None:
     app.push_screen(MachineDetailScreen(mac))
 
@@ -142,6 +185,8 @@ class MachineDetailScreen(ModalScreen[None]):
     #detail-dialog { width: 96%; height: 90%; border: thick $accent; background: $surface; padding: 0 1; }
     #detail-held { height: auto; }
     #detail-head { height: auto; }
+    #detail-power { height: auto; }
+    #detail-plot { margin: 0 0 1 0; }
     #detail-results { height: 1fr; }
     #detail-failures { height: auto; max-height: 8; }
     #detail-keys { height: 1; color: $text-muted; }
@@ -151,6 +196,9 @@ class MachineDetailScreen(ModalScreen[None]):
         super().__init__()
         self.mac = mac
         self._shown: Any = None
+        self._power_shown: Any = None
+        self._fetched_for: tuple[str, str] | None = None
+        self.plot = PowerPlot(id="detail-plot")
 
     @property
     def console_app(self) -> "ConsoleApp":
@@ -160,6 +208,8 @@ class MachineDetailScreen(ModalScreen[None]):
         with Vertical(id="detail-dialog"):
             yield Static("", id="detail-held")
             yield Static("", id="detail-head")
+            yield Static("", id="detail-power")
+            yield self.plot
             yield DataTable(id="detail-results", cursor_type="row", zebra_stripes=True)
             yield Static("", id="detail-failures")
             yield Static("t train  x stop training  k skip training  e edit  esc close", id="detail-keys")
@@ -170,9 +220,71 @@ class MachineDetailScreen(ModalScreen[None]):
             table.add_column(label, key=key)
         self.refresh_view()
         self.set_interval(0.25, self.refresh_view)
+        self.set_interval(POWER_REFETCH, self.fetch_power)
         table.focus()
 
+    # ---------------------------------------------------------------- power
+    def outlet_key(self) -> tuple[str, str] | None:
+        machine = self.console_app.model.machines.get(self.mac)
+        if machine is None or not machine.pdu.name or machine.pdu.port_id is None:
+            return None
+        return (machine.pdu.name, str(machine.pdu.port_id))
+
+    def show_power(self) -> None:
+        """The power line (watts now, the flag in words) and the plot's state; fetches the series when the
+        machine got a metered outlet."""
+        model = self.console_app.model
+        machine = model.machines.get(self.mac)
+        key = self.outlet_key()
+        outlet = model.outlet(*key) if key else None
+        memo = (id(machine), id(outlet))
+        if memo == self._power_shown:
+            return
+        self._power_shown = memo
+        text = Text()
+        if machine is not None:
+            text.append("Power: ", style="bold")
+            if key is None:
+                text.append("no outlet", style="dim")
+            elif outlet is None or not outlet.metered:
+                text.append(f"outlet {key[0]}/{key[1]} is not metered", style="dim")
+            else:
+                watts = outlet_watts(outlet)
+                text.append(f"{format_watts(watts)} now" if watts is not None else "no reading yet")
+                text.append(f" on {key[0]}/{key[1]}", style="dim")
+            flag = power_flag_words(machine)
+            if flag:
+                text.append("\n")
+                text.append_text(flag)
+        self.query_one("#detail-power", Static).update(text)
+        metered = outlet is not None and outlet.metered
+        self.plot.display = metered
+        if metered and key != self._fetched_for:
+            self.fetch_power()
+
+    def fetch_power(self) -> None:
+        key = self.outlet_key()
+        outlet = self.console_app.model.outlet(*key) if key else None
+        if key is None or outlet is None or not outlet.metered:
+            return
+        self._fetched_for = key
+        self.run_worker(self._read_power(key), group="detail-power", exclusive=True, exit_on_error=False)
+
+    async def _read_power(self, key: tuple[str, str]) -> None:
+        end = now()
+        start = end - POWER_WINDOW
+        try:
+            series = await self.console_app.client.power_series(key[0], key[1], since=start)
+        except FarmClientError as exc:
+            self.plot.set_note(f"cannot read the power of {key[0]}/{key[1]}: {exc}")
+            return
+        app = self.console_app
+        outlet = app.model.outlet(*key)
+        marks = PlotMarks(boots=app.model.power.boots(key[0], key[1], outlet), jobs=job_marks(app, self.mac, start))
+        self.plot.set_series([(float(t), float(w)) for t, w in series.points], start, end, marks)
+
     def refresh_view(self) -> None:
+        self.show_power()
         machine = self.console_app.model.machines.get(self.mac)
         cooling = machine is not None and machine.training is not None and machine.training.state == "cooldown"
         key = (id(machine), time.time() // 1 if cooling else 0)

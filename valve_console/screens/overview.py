@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
-from ..console_data import Changes, FarmModel
+from ..console_data import Changes, FarmModel, farm_watts, format_watts, pdu_watts
 from ..contract import Gitlab
 from ..widgets.state_badge import outlet_badge, service_badge
 from .base import FarmScreen
@@ -43,6 +43,20 @@ def gitlab_summary(gitlab: Gitlab) -> Text:
         elif version:
             line.append(f" GitLab {version}")
         line.append(f" at {inst.url}, {inst.runners} runner{'s' if inst.runners != 1 else ''}, {inst.state}")
+    return line
+
+
+def power_line(model: FarmModel) -> Text:
+    """The farm's load (the sum of its PDUs') then each metered PDU's load; in words when none meters."""
+    total = farm_watts(model.pdus)
+    if total is None:
+        return Text("no PDU meters power", style="dim")
+    line = Text()
+    line.append(format_watts(total), style="bold")
+    for name, pdu in sorted(model.pdus.items()):
+        load = pdu_watts(pdu)
+        if load is not None:
+            line.append(f"  {name} {format_watts(load)}")
     return line
 
 
@@ -166,6 +180,7 @@ class OverviewScreen(FarmScreen):
             detail.append(f" {outlets['other']}")
         table.add_row("outlets", str(sum(outlets.values())), detail)
         table.add_row("PDUs", str(counts["pdus"]), "")
+        table.add_row("power", "", power_line(model))
         typing = f", {counts['consoles_typing']} typed into" if counts["consoles_typing"] else ""
         table.add_row("consoles", str(counts["consoles"]), f"{counts['consoles_connected']} connected{typing}")
         queued = f", {counts['jobs_queued']} queued" if counts["jobs_queued"] else ""

@@ -16,14 +16,15 @@ from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static
 
-from ..console_data import Changes, FarmModel, outlet_of
+from ..console_data import Changes, FarmModel, format_watts, outlet_of, pdu_watts
 from ..contract import Pdu
 from ..widgets.outlet_grid import OutletGrid
 from .base import FarmScreen
 
 
 class PduSection(Vertical):
-    """Title line (name, driver, reachability, error) and the outlet grid of one PDU."""
+    """Title line (name, driver, reachability, error) and the outlet grid of one PDU; a metered PDU's
+    load (its own total, else the sum of its outlets) in its border title."""
 
     DEFAULT_CSS = """
     PduSection { height: auto; border: solid $primary; padding: 0 0; margin: 0 0 1 0; }
@@ -47,7 +48,13 @@ class PduSection(Vertical):
 
     def update_info(self, pdu: Pdu) -> None:
         state = pdu.state or "unknown"
-        self.border_title = f" {self.pdu_name} "
+        title = f" {self.pdu_name} "
+        if pdu.metered or any(o.metered for o in pdu.ports.values()):
+            load = pdu_watts(pdu)
+            dash = str(getattr(self.app, "dash", " - "))
+            title = f" {self.pdu_name}{dash}{format_watts(load) if load is not None else 'no reading'} "
+        if self.border_title != title:
+            self.border_title = title
         info = Text()
         info.append(f"driver {pdu.driver or pdu.pdu_model or '?'}  ")
         config = pdu.config
