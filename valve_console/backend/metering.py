@@ -283,7 +283,8 @@ class PowerMeter:
     def _account(self, pdu: str, port_id: str, meter: OutletMeter, power: OutletPower, at: float) -> None:
         """The reading into the latest, the series, the period and the energy."""
         step: Optional[float] = None  # joules since the last reading
-        if meter.last_t is not None and at > meter.last_t:
+        believable = power.watts is not None or power.energy_wh is not None
+        if believable and meter.last_t is not None and at > meter.last_t:  # else the next one spans the gap
             dt = at - meter.last_t
             if power.energy_wh is not None and meter.counter_wh is not None:
                 delta = (power.energy_wh - meter.counter_wh) * 3600.0
@@ -301,7 +302,7 @@ class PowerMeter:
                     step = sum(watts) / len(watts) * min(dt, MAX_GAP)
         if power.energy_wh is not None:
             meter.counter_wh = power.energy_wh
-        if power.watts is not None or power.energy_wh is not None:
+        if believable:
             meter.last_t = at
         if power.watts is not None:
             meter.last_watts = power.watts

@@ -387,11 +387,13 @@ class PowerService:
                 rt.sample = request
                 rt.wake.set()
                 try:
-                    reading = await request
+                    reading = await asyncio.shield(request)
                 except asyncio.CancelledError:
-                    if not request.cancelled():
-                        raise  # the sampler itself is cancelled
-                    reading = None
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        request.cancel()
+                        raise  # the sampler itself is cancelled (the PDU goes, or the service stops)
+                    reading = None  # the request was dropped
                 except Exception as exc:  # noqa: BLE001 - counted; the PDU's reachability is the polls' to say
                     meter.read_failed(rt.name, exc)
                     reading = None
