@@ -122,6 +122,15 @@ class Settings(BaseSettings):
     default_pdu_off_delay: float = Field(default=5.0, ge=0)  # seconds an outlet stays off before it may go on again
     outlet_poll_interval: float = 10.0  # seconds between outlet state polls of a reachable PDU
     pdu_timeout: float = 3.0  # seconds for one PDU command
+    # Power metering (PDUs whose driver meters; README "Power metering"). A PDU's config may carry its own
+    # ``power_sample_interval``.
+    power_sample_interval: float = Field(default=1.0, gt=0, le=3600)  # seconds between power reads of a PDU
+    power_recent_seconds: float = Field(default=3600.0, gt=0, le=86400)  # in-memory series per outlet
+    power_event_interval: float = Field(default=5.0, ge=0)  # at most one power-carrying outlet/pdu event per N s
+    power_history_days: float = Field(default=7.0, gt=0)  # downsampled history (one row per outlet per minute)
+    power_no_draw_watts: float = Field(default=2.0, ge=0)  # an ON outlet below this draws "nothing"
+    power_no_draw_seconds: float = Field(default=30.0, ge=0)  # ... for this long: flag no_draw
+    power_silent_seconds: float = Field(default=300.0, gt=0)  # powered with a silent console this long: flag silent
     console_ring_bytes: int = 4 * 1024 * 1024
     console_log_max_bytes: int = 16 * 1024 * 1024
     console_log_backups: int = 3

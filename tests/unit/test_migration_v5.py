@@ -46,8 +46,8 @@ async def test_a_version_4_database_is_upgraded_and_its_machines_keep_their_name
     store = Store.for_path(db)
     await store.open()
     try:
-        assert SCHEMA_VERSION == 5
-        assert await store.run(lambda s: s.get(models.SchemaVersion, 1).version) == 5
+        assert SCHEMA_VERSION >= 5
+        assert await store.run(lambda s: s.get(models.SchemaVersion, 1).version) == SCHEMA_VERSION
         row = await store.run(lambda s: s.get(models.Machine, OLD[0][0]))
         assert (row.base_name, row.comment, row.full_name, row.pending_registration) == ("b", "kept", None, None)
 

@@ -28,6 +28,7 @@ from .consoles import ConsoleHub, build_device_sources
 from .discovery import DiscoveryService
 from .events import EventBus
 from .jobs.executor import JobService
+from .metering import PowerMeter
 from .gitlab import RunnerService
 from .journal import JournalFollower
 from .power import PowerService
@@ -215,6 +216,7 @@ class Farm:
     store: Store
     machines: MachineService
     power: PowerService
+    meter: PowerMeter
     discovery: DiscoveryService
     consoles: ConsoleHub
     jobs: JobService
@@ -369,6 +371,19 @@ class Farm:
         the registry and discovery, the executor and training) and every service that changes what a
         machine shows tells the view, built last: those few links are late-bound lambdas, here."""
         settings = self.settings
+        self.meter = PowerMeter(
+            self.store,
+            recent_seconds=settings.power_recent_seconds,
+            event_interval=settings.power_event_interval,
+            history_days=settings.power_history_days,
+            no_draw_watts=settings.power_no_draw_watts,
+            no_draw_seconds=settings.power_no_draw_seconds,
+            silent_seconds=settings.power_silent_seconds,
+            machine_at=lambda pdu, port: getattr(self.machines.machine_on(pdu, port), "mac_address", None),
+            console_activity=lambda mac: getattr(self.consoles.consoles.get(mac), "last_activity", None),
+            changed=self._machine_changed,
+            training_note=lambda mac, flag: self.training.power_flagged(mac, flag),
+        )
         self.power = PowerService(
             self.store,
             self.bus,
@@ -377,6 +392,8 @@ class Farm:
             timeout=settings.pdu_timeout,
             off_delay_for=lambda pdu, port: self.machines.off_delay(pdu, port),
             on_health_change=self._sync_health,
+            meter=self.meter,
+            sample_interval=settings.power_sample_interval,
         )
         self.machines = machines = MachineService(
             self.store,
@@ -446,6 +463,7 @@ class Farm:
             jobs=self.jobs,
             training=self.training,
             runners=self.gitlab,
+            power=self.meter,
         )
 
     def _load_settings(self) -> None:
@@ -527,6 +545,8 @@ class Farm:
         self._compose()
         # A service's stop is queued before its start: one that fails halfway is still stopped.
         await self.machines.start()
+        self._stops.append(self.meter.stop)  # after power's: the last minutes are written
+        await self.meter.start()
         self._stops += [self.power.stop, self.discovery.stop]  # discovery starts nothing; its stop ends a scan
         await self.power.start()
         self._stops.append(self.consoles.stop)

@@ -236,6 +236,32 @@ def _pdus(exp: Exposition, farm: "Farm") -> None:
             exp.sample("valve_console_pdu_command_errors_total", n, {"pdu": pdu})
 
 
+def _power(exp: Exposition, farm: "Farm") -> None:
+    """Metered outlets: the latest watts, the joules drawn since the start (a counter); PDUs' own totals."""
+    meter = getattr(farm, "meter", None)
+    power = farm.power
+    if meter is None or power is None:
+        return
+    exp.family("valve_console_outlet_power_watts", "gauge", "An outlet's latest power reading (metered outlets).")
+    exp.family("valve_console_outlet_energy_joules_total", "counter",
+               "Energy an outlet drew since the backend started (the meter's counter, else W x dt).")
+    exp.family("valve_console_pdu_power_watts", "gauge", "A PDU's own total power reading, where it reports one.")
+    exp.family("valve_console_pdu_power_problems_total", "counter",
+               "Power readings refused or failed (garbage, negative, absurd, counter resets, failed reads).")
+    for (pdu, port), outlet in sorted(meter.outlets.items()):
+        owner = farm.machines.machine_on(pdu, port) if getattr(farm, "machines", None) is not None else None
+        labels = {"pdu": pdu, "port": port, "machine": owner.mac_address if owner is not None else ""}
+        watts = outlet.latest.watts if outlet.latest is not None else None
+        if watts is not None:
+            exp.sample("valve_console_outlet_power_watts", watts, labels)
+        exp.sample("valve_console_outlet_energy_joules_total", outlet.energy_j, labels)
+    for pdu, pm in sorted(meter.pdus.items()):
+        if pm.total_watts is not None and pdu in power.pdus:
+            exp.sample("valve_console_pdu_power_watts", pm.total_watts, {"pdu": pdu})
+    for pdu, n in sorted(meter.problem_counts().items()):
+        exp.sample("valve_console_pdu_power_problems_total", n, {"pdu": pdu})
+
+
 def _consoles(exp: Exposition, farm: "Farm") -> None:
     hub = farm.consoles
     if hub is None:
@@ -305,6 +331,7 @@ async def render(farm: "Farm") -> str:
         exp.sample("valve_console_service_ok", 1 if info["state"] == "ok" else 0, {"service": service})
     _machines(exp, farm.view.machines().items())
     _pdus(exp, farm)
+    _power(exp, farm)
     _consoles(exp, farm)
     await _jobs(exp, farm)
     await _gitlab(exp, farm)

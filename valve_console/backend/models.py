@@ -103,6 +103,24 @@ class JobRow(SQLModel, table=True):
     console_start: Optional[int] = None  # offsets in the machine's console stream
     console_end: Optional[int] = None
     position: int = 0  # jobs ahead of it when submitted
+    energy_j: Optional[float] = None  # v6: what the machine's outlet drew during the job (metered outlets)
+
+
+class PowerHistory(SQLModel, table=True):
+    """An outlet's power over one period (a minute), downsampled from the sampler's readings (v6); kept
+    ``power_history_days``. ``energy_j``: what it drew in the period (meter counter or W x dt)."""
+
+    __tablename__ = "power_history"
+    __table_args__ = (Index("ix_power_history_at", "at"),)
+
+    pdu: str = Field(primary_key=True)
+    port_id: str = Field(primary_key=True)
+    at: float = Field(primary_key=True)  # the period's start (Unix time)
+    avg_w: float
+    min_w: float
+    max_w: float
+    energy_j: float = 0.0
+    samples: int = 0
 
 
 class Training(SQLModel, table=True):

@@ -18,6 +18,15 @@ batch logs one line, not one per outlet. Callers are answered (and the outlet ev
 once their rows are committed, but the PDU's worker does not wait for that commit: it goes on
 with the next batch (a reboot's ON, queued by the worker itself as soon as the OFF reads back)
 while the store thread writes.
+
+Metering (issue 18): a PDU whose driver meters (``meters(driver)``) gets a third task, its sampler,
+which asks for a ``read_power`` every ``power_sample_interval`` s (the PDU config's own
+``power_sample_interval`` overrides it) and hands the reading to the ``PowerMeter`` (metering.py).
+Switching always goes first: the read is not a queue item but a request the worker takes only when its
+queue is empty; a sample falls due while switches wait is skipped; and a switch queued while a read is
+in flight preempts it (the read is cancelled, as a timeout would, and that sample skipped), so no
+switch ever waits for a slow meter. A failed or timed-out read is counted and said once per kind; it
+never marks the PDU unreachable (only its state polls and commands do).
 """
 
 from __future__ import annotations
@@ -29,15 +38,16 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, ClassVar, TypeVar
+from typing import Any, Awaitable, Callable, ClassVar, TypeVar, cast
 
 from sqlalchemy import Table, insert
 from sqlmodel import Session, col, delete, func, select
 
 from ..drivers.pdu import DriverConfigError, DriverError, Outlet, OutletError, PDUDriver, PortState, create_driver
-from ..drivers.pdu.base import get_many, set_many
+from ..drivers.pdu.base import MeteredPDU, PowerReading, get_many, meters, set_many
 from .errors import BadRequest, Conflict, FarmError, NotFound
 from .events import EventBus
+from .metering import PowerMeter
 from .metrics import PduCommandStats
 from .models import Machine, OutletLog, Pdu
 from .store import Store
@@ -56,6 +66,26 @@ _LogRow = tuple[str, str, str, float, str]  # an OutletLog row in _LOG_COLUMNS o
 _OUTLET_LOG: Table = OutletLog.__table__  # type: ignore[attr-defined]
 _LOG_INSERT = (f"INSERT INTO {_OUTLET_LOG.name} ({', '.join(_LOG_COLUMNS)}) "
                f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})")
+
+
+SAMPLE_KEY = "power_sample_interval"  # a PDU config's own sampling period: the farm's, not the driver's
+
+
+def driver_config(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A PDU's config as its driver takes it (without the farm's own keys)."""
+    if not isinstance(config, dict) or SAMPLE_KEY not in config:
+        return config
+    return {k: v for k, v in config.items() if k != SAMPLE_KEY}
+
+
+def sample_interval(config: dict[str, Any] | None, default: float) -> float:
+    """The PDU's ``power_sample_interval`` (a number of seconds, 0.1 to 3600), else ``default``."""
+    value = (config or {}).get(SAMPLE_KEY) if isinstance(config, dict) else None
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.1 <= float(value) <= 3600:
+        raise DriverConfigError(f"{SAMPLE_KEY} must be a number of seconds from 0.1 to 3600")
+    return float(value)
 
 
 SECRET_KEYS = {"community", "read_community", "auth_key", "priv_key", "password", "token"}
@@ -154,6 +184,9 @@ class PduRuntime:
     failures: int = 0
     locked_by: dict[str, str] = field(default_factory=dict)
     wake_poll: asyncio.Event = field(default_factory=asyncio.Event)
+    # Metering: the sampler's pending read (taken by the worker only when its queue is empty) and period.
+    sample: asyncio.Future[PowerReading | None] | None = None
+    sample_interval: float = 1.0
 
     def lock(self, port_id: str) -> asyncio.Lock:
         lock = self.port_locks.get(port_id)
@@ -173,8 +206,12 @@ class PowerService:
         timeout: float = 3.0,
         off_delay_for: Callable[[str, str], float | None] | None = None,
         on_health_change: Callable[[], None] = lambda: None,
+        meter: PowerMeter | None = None,
+        sample_interval: float = 1.0,
     ) -> None:
         self.store = store
+        self.meter = meter  # None: power is not sampled
+        self.sample_interval = sample_interval
         self.bus = bus
         self.default_off_delay = default_off_delay
         self.poll_interval = poll_interval
@@ -207,7 +244,7 @@ class PowerService:
         self._last_off = {(p, port): at for p, port, at in offs}
         for row in pdus:
             try:
-                driver: PDUDriver = create_driver(row.driver, row.config)
+                driver: PDUDriver = create_driver(row.driver, driver_config(row.config))
             except (DriverConfigError, DriverError) as exc:
                 # Keep it listed, unreachable with the reason, rather than hiding a stored PDU.
                 log.error("PDU %s cannot be loaded: %s", row.name, exc)
@@ -232,6 +269,13 @@ class PowerService:
             asyncio.create_task(self._worker(rt), name=f"pdu-{rt.name}-worker"),
             asyncio.create_task(self._poller(rt), name=f"pdu-{rt.name}-poll"),
         ]
+        if self.meter is not None and meters(rt.driver):
+            try:
+                rt.sample_interval = sample_interval(rt.config, self.sample_interval)
+            except DriverConfigError as exc:
+                log.error("PDU %s: %s; sampling every %g s", rt.name, exc, self.sample_interval)
+                rt.sample_interval = self.sample_interval
+            rt.tasks.append(asyncio.create_task(self._sampler(rt), name=f"pdu-{rt.name}-sampler"))
 
     async def _shutdown(self, rt: PduRuntime) -> None:
         # Cancel until they end: on Python 3.11, asyncio.wait_for swallows a cancel that arrives
@@ -245,6 +289,8 @@ class PowerService:
         for handle in rt.delayed:
             handle.cancel()
         waiting = [item.fut for item in (*rt.queue, *rt.delayed.values())]
+        if rt.sample is not None and not rt.sample.done():
+            rt.sample.cancel()
         rt.queue.clear()
         rt.delayed.clear()
         self._stopped(rt, waiting)
@@ -256,9 +302,12 @@ class PowerService:
     # ---------------------------------------------------------------- worker
     async def _worker(self, rt: PduRuntime) -> None:
         while True:
-            while not rt.queue:
+            while not rt.queue and rt.sample is None:
                 rt.wake.clear()
                 await rt.wake.wait()
+            if not rt.queue:  # nothing else to do: the sampler's read (it yields to any switch)
+                await self._run_sample(rt)
+                continue
             first = rt.queue.popleft()
             started = time.monotonic()  # for /metrics: one op, or one batch of switches
             if isinstance(first, _Op):
@@ -279,6 +328,112 @@ class PowerService:
             if batch:
                 await self._run_batch(rt, batch)
                 self.command_stats.observe(rt.name, time.monotonic() - started, rt.failures == 0)
+
+    # ---------------------------------------------------------------- metering
+    async def _run_sample(self, rt: PduRuntime) -> None:
+        """The sampler's read, in the worker (one command at a time per PDU), given up as soon as a
+        switch is queued: the read is cancelled (as its timeout would) and the sampler told None."""
+        request, rt.sample = rt.sample, None
+        if request is None or request.done():
+            return
+        ports = list(rt.outlets)
+
+        async def read() -> PowerReading:
+            async with asyncio.timeout(self.timeout * 2):
+                return await cast(MeteredPDU, rt.driver).read_power(ports)
+
+        task = asyncio.create_task(read(), name=f"pdu-{rt.name}-read-power")
+        try:
+            while not task.done():
+                rt.wake.clear()
+                if any(isinstance(item, _Switch) for item in rt.queue):
+                    break
+                woken = asyncio.ensure_future(rt.wake.wait())
+                try:
+                    await asyncio.wait({task, woken}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
+        finally:
+            if not task.done():  # a switch came (or the PDU is going): the read is abandoned
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                if not request.done():
+                    request.set_result(None)
+                if self.meter is not None:
+                    self.meter.pdu(rt.name).preempted += 1
+        if request.done():
+            return
+        if task.cancelled():
+            request.set_result(None)
+        elif task.exception() is not None:
+            request.set_exception(task.exception())  # type: ignore[arg-type]
+        else:
+            request.set_result(task.result())
+
+    async def _sampler(self, rt: PduRuntime) -> None:
+        """Every ``rt.sample_interval`` s, a power read through the worker (skipped while switches wait,
+        or before the outlets are known); the reading goes to the meter, outlet and pdu events follow."""
+        meter = self.meter
+        assert meter is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            if not rt.discovered or not rt.outlets or rt.reachable is False:
+                pass  # the poller finds the outlets (or the PDU) first
+            elif any(isinstance(item, _Switch) for item in rt.queue):
+                meter.pdu(rt.name).skipped += 1
+            else:
+                request: asyncio.Future[PowerReading | None] = loop.create_future()
+                rt.sample = request
+                rt.wake.set()
+                try:
+                    reading = await asyncio.shield(request)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        request.cancel()
+                        raise  # the sampler itself is cancelled (the PDU goes, or the service stops)
+                    reading = None  # the request was dropped
+                except Exception as exc:  # noqa: BLE001 - counted; the PDU's reachability is the polls' to say
+                    meter.read_failed(rt.name, exc)
+                    reading = None
+                if reading is not None:
+                    self._take_power(rt, reading)
+            await asyncio.sleep(max(0.0, rt.sample_interval - (loop.time() - started)))
+
+    def _take_power(self, rt: PduRuntime, reading: PowerReading) -> None:
+        assert self.meter is not None
+        if not isinstance(reading, PowerReading):
+            self.meter.problem(rt.name, f"read_power answered a {type(reading).__name__}, not a PowerReading")
+            return
+        states = {port_id: info.state for port_id, info in rt.outlets.items()}
+        try:
+            due, pdu_due = self.meter.take(rt.name, reading, time.time(), states, rt.sample_interval)
+        except Exception:  # noqa: BLE001 - a reading must never stop the sampler
+            log.exception("PDU %s: a power reading could not be taken", rt.name)
+            return
+        for port_id in due:
+            info = rt.outlets.get(port_id)
+            if info is not None:
+                self.bus.publish("outlet", self.outlet_json(rt, info))
+        if pdu_due:
+            self.bus.publish("pdu", {"action": "updated", "name": rt.name, "pdu": self.pdu_json(rt.name)})
+
+    def outlet_energy_j(self, pdu: str, port_id: str) -> float | None:
+        """Joules the outlet drew since the start (None: not metered): a job's energy is a difference."""
+        return self.meter.energy_j(pdu, port_id) if self.meter is not None else None
+
+    def is_metered(self, pdu: str, port_id: str | None = None) -> bool | None:
+        """Whether the PDU (or one of its outlets) meters: True, False, or None (a metering PDU not read yet)."""
+        rt = self._runtime(pdu)
+        if self.meter is None or not meters(rt.driver):
+            return False
+        pm = self.meter.pdus.get(pdu)
+        if pm is None or pm.metered is None:
+            return None
+        if port_id is None:
+            return pm.metered
+        return self.meter.outlet(pdu, port_id) is not None
 
     @staticmethod
     def _stopped(rt: PduRuntime, futs: list[asyncio.Future[Any]]) -> None:
@@ -695,7 +850,8 @@ class PowerService:
         if name in self.pdus:
             raise Conflict(f"a PDU named {name!r} already exists")
         try:
-            drv = create_driver(driver, config)
+            drv = create_driver(driver, driver_config(config))
+            sample_interval(config, self.sample_interval)
         except (DriverConfigError, DriverError) as exc:
             raise BadRequest(str(exc)) from None
         reserved_ids = sorted({str(p) for p in reserved or []})
@@ -722,7 +878,8 @@ class PowerService:
         """Give a PDU a new driver config (e.g. the vPDU's new port): stored, then its driver restarts."""
         rt = self._runtime(name)
         try:
-            drv = create_driver(rt.driver_name, config)
+            drv = create_driver(rt.driver_name, driver_config(config))
+            sample_interval(config, self.sample_interval)
         except (DriverConfigError, DriverError) as exc:
             raise BadRequest(str(exc)) from None
 
@@ -755,6 +912,8 @@ class PowerService:
         await self.store.run(remove)
         self.pdus.pop(name, None)
         await self._shutdown(rt)
+        if self.meter is not None:
+            self.meter.forget(name)
         self.bus.publish("pdu", {"action": "removed", "name": name, "pdu": None})
         log.info("PDU %s removed", name)
         self._update_health()
@@ -782,11 +941,14 @@ class PowerService:
             "locked_by": rt.locked_by.get(info.port_id),
             "min_off_time": self.min_off_time(rt.name, info.port_id),
             "changed_at": info.changed_at,
+            "metered": self.meter is not None and self.meter.outlet(rt.name, info.port_id) is not None,
+            "power": self.meter.outlet_power(rt.name, info.port_id) if self.meter is not None else None,
         }
 
     def pdu_json(self, name: str) -> dict[str, Any]:
         rt = self._runtime(name)
         state = "unknown" if rt.reachable is None else ("reachable" if rt.reachable else "unreachable")
+        pm = self.meter.pdus.get(name) if self.meter is not None and meters(rt.driver) else None
         return {
             "name": rt.name,
             "driver": rt.driver_name,
@@ -799,6 +961,10 @@ class PowerService:
                 pid: {k: v for k, v in self.outlet_json(rt, info).items() if k not in ("pdu", "port_id")}
                 for pid, info in rt.outlets.items()
             },
+            # A metering driver counts as metered until its first reading says otherwise.
+            "metered": self.meter is not None and meters(rt.driver) and (pm is None or pm.metered is not False),
+            "total_watts": pm.total_watts if pm is not None else None,
+            "power_at": pm.at if pm is not None else None,
         }
 
     def pdus_json(self) -> dict[str, Any]:

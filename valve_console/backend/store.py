@@ -32,7 +32,7 @@ from .errors import FarmError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # version -> function(connection) upgrading from version-1. Version 1 is create_all.
 
 
@@ -74,11 +74,20 @@ def _v5_machine_names(conn: Any) -> None:
     conn.exec_driver_sql("CREATE UNIQUE INDEX IF NOT EXISTS ix_machine_full_name ON machine (full_name)")
 
 
+def _v6_power(conn: Any) -> None:
+    """v6: power metering: the downsampled ``power_history`` table and each job's ``energy_j``."""
+    have = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(job)")}
+    if "energy_j" not in have:
+        conn.exec_driver_sql("ALTER TABLE job ADD COLUMN energy_j FLOAT")
+    cast(Any, models.PowerHistory).__table__.create(conn, checkfirst=True)  # SQLModel sets __table__
+
+
 MIGRATIONS: dict[int, Callable[[Any], None]] = {
     2: _v2_machine_console,
     3: _v3_jobs,
     4: _v4_training_gitlab,
     5: _v5_machine_names,
+    6: _v6_power,
 }
 
 FULL_BELOW = 64 * 1024  # bytes free on the data volume under which it counts as full

@@ -126,7 +126,7 @@ class TrainingService:
         row = self.rows.get(mac)
         if row is None:
             return None
-        loops = [r for r in row.results if r.get("loop", 0) > 0]
+        loops = [r for r in row.results if r.get("loop", 0) > 0 and "power_flag" not in r]
         statuses: dict[str, int] = {}
         for r in loops:
             statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
@@ -310,6 +310,16 @@ class TrainingService:
             if self.current_job.get(mac) == running.id:
                 del self.current_job[mac]
         return running.row.status, running.id, running.row.result
+
+    def power_flagged(self, mac: str, flag: dict[str, Any]) -> None:
+        """A power flag raised while the machine trains goes into its results (not counted as a loop)."""
+        row = self.rows.get(mac)
+        if row is None or self.machine_state(mac) is None:
+            return
+        entry = {"loop": row.loop, "job": self.current_job.get(mac), "status": "POWER", "why": flag["reason"],
+                 "at": flag["since"], "power_flag": flag["kind"]}
+        self._set(row, results=[*row.results, entry])
+        self._spawn_save(row)
 
     def _record(self, row: Training, loop: int, job_id: Optional[str], status: str, why: str) -> None:
         entry = {"loop": loop, "job": job_id, "status": status, "why": why, "at": time.time()}

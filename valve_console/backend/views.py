@@ -36,6 +36,11 @@ class RunnerView(Protocol):
         """The machine's GitLab runners."""
 
 
+class PowerHealth(Protocol):
+    def power_flag(self, mac: str) -> Optional[dict[str, Any]]:
+        """What the outlet's power draw says of the machine ({kind, reason, since}), or None."""
+
+
 class MachineView:
     def __init__(
         self,
@@ -46,6 +51,7 @@ class MachineView:
         jobs: JobActivity,
         training: TrainingView,
         runners: RunnerView,
+        power: Optional[PowerHealth] = None,
     ) -> None:
         self.registry = registry
         self.bus = bus
@@ -53,6 +59,7 @@ class MachineView:
         self.jobs = jobs
         self.training = training
         self.runners = runners
+        self.power = power
 
     def activity(self, mac: str) -> Optional[str]:
         """What keeps a machine busy (its jobs, else its training), or None."""
@@ -102,6 +109,7 @@ class MachineView:
             "pending_registration": dict(m.pending_registration) if m.pending_registration else None,
             "first_seen": m.first_seen,
             "last_seen": m.last_seen,
+            "power_flag": self.power.power_flag(m.mac_address) if self.power is not None else None,
         }
 
     def machine(self, mac: str) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 from fastapi import APIRouter
 
 from ...drivers.pdu import driver_names
-from ..errors import BadRequest, FarmError
+from ..errors import BadRequest, Conflict, FarmError
 from .deps import OPERATOR, FarmDep
 from .models import ERRORS, OutletCommand, PduCreate
 from ... import contract
@@ -99,3 +101,38 @@ async def get_port(name: str, port_id: str, farm: FarmDep) -> dict[str, Any]:
 async def set_port(name: str, port_id: str, cmd: OutletCommand, farm: FarmDep) -> dict[str, Any]:
     state = await farm.power.set_outlet(name, port_id, cmd.state, source="api")
     return {"pdu": name, "port_id": port_id, "state": state.value}
+
+
+@router.get(
+    "/api/v1/pdu/{name}/port/{port_id}/power",
+    responses=ERRORS,
+    tags=["pdus"],
+    response_model=contract.PowerSeries,
+    response_model_exclude_unset=True,
+)
+async def get_port_power(name: str, port_id: str, farm: FarmDep, since: str | None = None) -> dict[str, Any]:
+    """An outlet's power, ``[t, watts]`` oldest first since ``since`` (Unix time; default: an hour ago): the
+    recent readings as sampled (memory), older ones one per minute (their average) from the stored history.
+    404: unknown PDU or outlet; 400: a ``since`` that is not a time; 409: the outlet is not metered (a
+    metering PDU not read yet answers no points)."""
+    now = time.time()
+    start = now - 3600.0
+    if since is not None:
+        try:
+            start = float(since)
+        except ValueError:
+            raise BadRequest(f"since must be a Unix time in seconds, not {since[:40]!r}") from None
+        if not math.isfinite(start) or start < 0 or start > now + 86400:
+            raise BadRequest(f"since must be a Unix time in seconds between 0 and now, not {since[:40]!r}")
+    power = farm.power
+    pdu = power.pdu_json(name)  # 404 for an unknown PDU
+    if port_id not in pdu["ports"]:
+        raise FarmError(f"PDU {name} has no outlet {port_id!r}", 404)
+    metered = power.is_metered(name, port_id)
+    if metered is False:
+        raise Conflict(f"outlet {port_id} of PDU {name} is not metered: no power to show")
+    owner = farm.machines.machine_on(name, port_id)
+    points = await farm.meter.series(name, port_id, start) if metered else []
+    rt = power.pdus[name]
+    return {"pdu": name, "port_id": port_id, "machine": owner.mac_address if owner is not None else None,
+            "points": [[t, w] for t, w in points], "interval": rt.sample_interval}

@@ -154,6 +154,8 @@ class RunningJob:
     cancel_status: Optional[JobStatus] = None
     teardown: float = 600.0  # seconds a callback client has to close after session_end (infra_teardown)
     relay: Any = None  # the CallbackRelay of a valve-infra client (callback.py)
+    outlet: Optional[tuple[str, str]] = None  # (pdu, port) it locked
+    energy_start: Optional[float] = None  # the outlet's energy (J, PowerMeter) when the job took it
 
     @property
     def id(self) -> str:
@@ -300,6 +302,7 @@ class JobService:
             "console_start": row.console_start,
             "console_end": row.console_end,
             "training": self.training_jobs.get(row.id) or _training_kind(row.id),
+            "energy_j": row.energy_j if row.energy_j is not None else self._energy_so_far(job),
         }
         if with_text:
             data["job"] = row.job_text
@@ -717,8 +720,17 @@ class JobService:
             if once or time.monotonic() >= deadline:
                 return
 
+    def _energy_so_far(self, job: RunningJob) -> Optional[float]:
+        """Joules the job's outlet drew since the job took it (None: not metered, or not taken)."""
+        if job.outlet is None or job.energy_start is None:
+            return None
+        now = self.power.outlet_energy_j(*job.outlet)
+        return None if now is None else max(0.0, now - job.energy_start)
+
     async def _finish(self, job: RunningJob, status: JobStatus, state: str, why: str) -> None:
         row = job.row
+        if row.energy_j is None:
+            row.energy_j = self._energy_so_far(job)
         row.status, row.state, row.ended_at, row.result = status.name, state, time.time(), why
         self._log(job, f"The job ended: {status.name} ({why})")
         await self._save(job)

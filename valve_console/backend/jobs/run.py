@@ -117,6 +117,8 @@ class JobRun:
             service.power.lock(self.pdu, self.port, job.id)
         except FarmError as exc:
             return await self._setup_failed(exc.message, exc.message)
+        job.outlet = (self.pdu, self.port)  # its energy: the outlet's meter from here to the end
+        job.energy_start = service.power.outlet_energy_j(self.pdu, self.port)
         console = service.consoles.console(mac)
         self.sub = job.sub = service.consoles.subscribe(mac)
         job.row.console_start = console.mark()
