@@ -181,3 +181,42 @@ def test_power_plot_on_the_linux_console(snap_compare) -> None:
         await pilot.pause(0.2)
 
     assert snap_compare(power_app(linux_console=True), terminal_size=SIZE, run_before=run_before)
+
+
+# ------------------------------------------------------------------------------ a real backend
+async def test_a_real_farm_s_readings_reach_the_grid_and_the_details_plot(tmp_path) -> None:
+    """Not the fake: a farm sampling a metered PDU; its readings arrive in outlet events, fill the cell and
+    the sparkline, and the details' plot reads the real series endpoint."""
+    from tests.conftest import api_url, make_settings, running_farm
+    from valve_console.backend.registration import MachineUpdate, Registration
+    from valve_console.client import FarmClient
+    from valve_console.drivers.pdu.base import PortState
+
+    mac = "02:00:00:00:18:02"
+    settings = make_settings(tmp_path / "data", power_sample_interval=0.1, power_event_interval=0.1)
+    async with running_farm(settings) as farm:
+        await farm.power.add_pdu("vpdu1", "dummy", {"ports": 4, "meter": True, "initial_state": "OFF"})
+        await farm.machines.register(Registration(base_name="virtio", mac_address=mac, ip_address="10.42.18.2"))
+        await farm.machines.update(mac, MachineUpdate(pdu="vpdu1", pdu_port_id="2"))
+        driver = farm.power.pdus["vpdu1"].driver
+        driver.set_power("2", 87.0)
+        await farm.power.set_outlet("vpdu1", "2", PortState.ON)
+        client = FarmClient(api_url(farm), token=farm.token)
+        try:
+            app = make_app(client, linux_console=False)
+            async with app.run_test(size=SIZE) as pilot:
+                await wait_for(pilot, lambda: app.model.loaded and app.connected, 10, "the first fetch")
+                await goto(pilot, "3")
+                screen = app.screen
+                assert isinstance(screen, PdusScreen)
+                cells = screen.sections["vpdu1"].grid._cells
+                await wait_for(pilot, lambda: re.search(r"\b87(\.0)? W", cells["2"].plain), 10, "87 W in vpdu1/2")
+                await wait_for(pilot, lambda: len(app.model.power.recent_watts("vpdu1", "2")) >= 3, 10,
+                               "readings for the sparkline")
+                assert re.search(r"\b0 W", cells["1"].plain)  # off: metered, 0 W
+                assert "87" in screen_text(app).splitlines()[1]  # the PDU's total in its title
+                detail = await open_details(pilot, mac)
+                await wait_text(pilot, "87", 10)
+                assert detail is app.screen
+        finally:
+            await client.close()
