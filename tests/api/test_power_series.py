@@ -50,9 +50,11 @@ async def test_series_errors_metrics_and_history_across_a_restart(settings):
             # errors: unknown PDU or outlet 404, a bad since 400, an outlet without a meter 409
             assert (await http.get("/api/v1/pdu/nope/port/0/power")).status_code == 404
             assert (await http.get("/api/v1/pdu/m1/port/9/power")).status_code == 404
-            for bad in ("yesterday", "-5", "nan", "1e30"):
+            for bad in ("yesterday", "-5", "nan", "inf", ""):
                 r = await http.get("/api/v1/pdu/m1/port/0/power", params={"since": bad})
                 assert r.status_code == 400 and "since" in r.json()["error"], bad
+            r = await http.get("/api/v1/pdu/m1/port/0/power", params={"since": "1e30"})  # the future: no points yet
+            assert r.status_code == 200 and r.json()["points"] == [], r.text
             r = await http.get("/api/v1/pdu/m1/port/2/power")
             assert r.status_code == 409 and "not metered" in r.json()["error"]
             # /metrics, through prometheus-client's parser
