@@ -188,6 +188,7 @@ class PowerSeries(Answer):
     machine: Optional[str] = Field(default=None, description="the MAC of the machine on the outlet")
     points: list[tuple[float, float]]
     interval: float = Field(description="the sampler's period for this PDU (seconds)")
+    boots: list[float] = Field(default_factory=list, description="when the outlet went ON since `since`")
 
 
 class Pdus(Answer):

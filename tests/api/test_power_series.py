@@ -47,6 +47,15 @@ async def test_series_errors_metrics_and_history_across_a_restart(settings):
             assert body["pdu"] == "m1" and body["port_id"] == "0" and body["interval"] == 0.05
             assert len(body["points"]) >= 5 and {w for _, w in body["points"]} == {75.0}
             assert [t for t, _ in body["points"]] == sorted(t for t, _ in body["points"])
+            # the boots the plot marks: every time the outlet went ON since `since`, from the outlet log
+            for state in ("off", "on", "off", "on"):
+                r = await http.post("/api/v1/pdu/m1/port/1/state", json={"state": state})
+                assert r.status_code == 200, r.text
+            since = time.time() - 60
+            boots = (await http.get("/api/v1/pdu/m1/port/1/power", params={"since": since})).json()["boots"]
+            assert len(boots) >= 2 and boots == sorted(boots) and all(since <= t <= time.time() for t in boots)
+            late = (await http.get("/api/v1/pdu/m1/port/1/power", params={"since": boots[-1] + 0.001})).json()
+            assert late["boots"] == []
             # errors: unknown PDU or outlet 404, a bad since 400, an outlet without a meter 409
             assert (await http.get("/api/v1/pdu/nope/port/0/power")).status_code == 404
             assert (await http.get("/api/v1/pdu/m1/port/9/power")).status_code == 404

@@ -423,6 +423,22 @@ class PowerService:
         """Joules the outlet drew since the start (None: not metered): a job's energy is a difference."""
         return self.meter.energy_j(pdu, port_id) if self.meter is not None else None
 
+    async def switched_on(self, pdu: str, port_id: str, since: float, limit: int = 1000) -> list[float]:
+        """When the outlet went ON since ``since`` (the outlet log: commands and changes seen by polling),
+        oldest first, at most ``limit`` (the latest ones): the boots a power plot marks."""
+
+        def read(session: Session) -> list[float]:
+            rows = session.exec(
+                select(OutletLog.at)
+                .where(col(OutletLog.pdu) == pdu, col(OutletLog.port_id) == port_id,
+                       col(OutletLog.state) == PortState.ON.value, col(OutletLog.at) >= since)
+                .order_by(col(OutletLog.at).desc())
+                .limit(limit)
+            ).all()
+            return sorted(float(at) for at in rows)
+
+        return await self.store.run(read)
+
     def is_metered(self, pdu: str, port_id: str | None = None) -> bool | None:
         """Whether the PDU (or one of its outlets) meters: True, False, or None (a metering PDU not read yet)."""
         rt = self._runtime(pdu)

@@ -280,7 +280,9 @@ class MachineDetailScreen(ModalScreen[None]):
             return
         app = self.console_app
         outlet = app.model.outlet(*key)
-        marks = PlotMarks(boots=app.model.power.boots(key[0], key[1], outlet), jobs=job_marks(app, self.mac, start))
+        # boots: the backend's outlet log (before this console opened too) and the ON changes seen since
+        boots = sorted({*(float(t) for t in series.boots), *app.model.power.boots(key[0], key[1], outlet)})
+        marks = PlotMarks(boots=boots, jobs=job_marks(app, self.mac, start))
         self.plot.set_series([(float(t), float(w)) for t, w in series.points], start, end, marks)
 
     def refresh_view(self) -> None:

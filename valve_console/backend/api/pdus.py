@@ -132,5 +132,6 @@ async def get_port_power(
     owner = farm.machines.machine_on(name, port_id)
     points = await farm.meter.series(name, port_id, start) if metered else []
     rt = power.pdus[name]
+    boots = await power.switched_on(name, port_id, start)
     return {"pdu": name, "port_id": port_id, "machine": owner.mac_address if owner is not None else None,
-            "points": [[t, w] for t, w in points], "interval": rt.sample_interval}
+            "points": [[t, w] for t, w in points], "interval": rt.sample_interval, "boots": boots}
