@@ -3,20 +3,15 @@ fixed fake farm (its GitLab section), also under TERM=linux."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
-import httpx
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
-from tests.conftest import api_url, make_settings
-from tests.gitlab.conftest import add_instance, add_machine, mac_of
+from tests.gitlab.conftest import add_instance, add_machine, fake, farm, http, mac_of  # noqa: F401 - fixtures
 from tests.gitlab.fake_gitlab import ADMIN_TOKEN, FakeGitlab
 from valve_console.app import ConsoleApp, make_app
-from valve_console.backend.farm import Farm
-from valve_console.client import FarmClient
 from valve_console.screens.dialogs import ConfirmScreen
 from valve_console.screens.gitlab import GitlabFormScreen, GitlabScreen
 
@@ -27,42 +22,9 @@ SIZE = (160, 45)
 
 
 @pytest.fixture
-async def farm(tmp_path: Path) -> AsyncIterator[Farm]:
-    """GitLab retries capped at 0.4 s, no Sgt. Hartman (ready is set by hand), as tests/gitlab's farm."""
-    settings = make_settings(tmp_path / "data", gitlab_retry_max=0.4, gitlab_timeout=2.0, training=False,
-                             gitlab_allowed_users=["marge-bot"])
-    f = Farm(settings)
-    await f.start()
-    try:
-        yield f
-    finally:
-        await f.stop()
-
-
-@pytest.fixture
-def fake() -> Any:
-    server = FakeGitlab()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def http(farm: Farm) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=api_url(farm), timeout=10) as c:
-        c.headers["Authorization"] = f"Bearer {farm.token}"
-        yield c
-
-
-@pytest.fixture
-async def app(farm: Farm) -> AsyncIterator[ConsoleApp]:
-    client = FarmClient(api_url(farm), token=farm.token)
-    try:
-        yield make_app(client, linux_console=False)
-    finally:
-        await client.close()
+def farm_overrides() -> dict[str, Any]:
+    """tests/gitlab's farm (imported with its fake GitLab and http fixtures), with a pre-build filter to show."""
+    return {"gitlab_allowed_users": ["marge-bot"]}
 
 
 async def open_gitlab(pilot: Pilot[Any], app: ConsoleApp) -> GitlabScreen:
@@ -88,7 +50,7 @@ def fill(form: GitlabFormScreen, **values: str) -> None:
         form.query_one(f"#gl-{field.replace('_', '-')}", Input).value = value
 
 
-async def test_form_refuses_bad_input_and_a_wrong_token_then_adds_a_good_one(farm, fake, app) -> None:
+async def test_form_refuses_bad_input_and_a_wrong_token_then_adds_a_good_one(farm, fake, app) -> None:  # noqa: F811 - the fixtures imported above
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_gitlab(pilot, app)
         await wait_text(pilot, "none yet: press a to add one")
@@ -143,7 +105,7 @@ async def test_form_refuses_bad_input_and_a_wrong_token_then_adds_a_good_one(far
         await wait_text(pilot, "GitLab instance fdo removed")
 
 
-async def test_runners_renew_sync_and_expose(farm, fake, http, app) -> None:
+async def test_runners_renew_sync_and_expose(farm, fake, http, app) -> None:  # noqa: F811 - the fixtures imported above
     await add_instance(http, fake)
     await add_machine(http, 1)
     mac = mac_of(1)
@@ -183,7 +145,7 @@ async def test_runners_renew_sync_and_expose(farm, fake, http, app) -> None:
         assert farm.machines.machines[mac].gitlab_exposed is True and len(fake.runners) == 1
 
 
-async def _one_runner(pilot: Pilot[Any], fake: FakeGitlab, not_id: int) -> list[dict[str, Any]]:
+async def _one_runner(pilot: Pilot[Any], fake: FakeGitlab, not_id: int) -> list[dict[str, Any]]:  # noqa: F811 - the fixtures imported above
     await wait_for(pilot, lambda: [r["id"] for r in fake.runners.values()] not in ([], [not_id]), 5, "a new runner")
     return list(fake.runners.values())
 
