@@ -44,7 +44,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, cpu_seconds, percentile  # noqa: E402
+from bench.common import (  # noqa: E402
+    ROOT, SNMP_CLI_ENV, cpu_seconds, free_udp_port, percentile, start_snmpd, stop_process)
 
 SPDU = "1.3.6.1.4.1.318.1.1.4"  # APC PowerNet sPDU (MasterSwitch)
 CTL = SPDU + ".4.2.1.3"  # sPDUOutletCtl: on 1, off 2
@@ -55,15 +56,7 @@ TOTALS = (RPDU2 + ".4.3.1.5.1", RPDU2 + ".4.3.1.9.1")  # rPDU2DeviceStatusPower,
 COLUMNS = (METERED + ".7", METERED + ".6", METERED + ".11")
 SHM = Path("/dev/shm")
 DB_DIR = "/var/tmp" if Path("/var/tmp").is_dir() else None  # on disk, as on a gateway
-CLI_ENV = {**os.environ, "MIBS": ""}
-
-
-def free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+CLI_ENV = SNMP_CLI_ENV
 
 
 def metering_oids(outlets: int) -> list[str]:
@@ -77,8 +70,7 @@ class Agent:
     def __init__(self, workdir: Path, outlets: int) -> None:
         workdir.mkdir()
         self.port = free_udp_port()
-        lines = ["rwcommunity private 127.0.0.1", "dontLogTCPWrappersConnects yes",
-                 f"override {SPDU}.4.1.0 integer {outlets}",  # sPDUOutletControlTableSize
+        lines = [f"override {SPDU}.4.1.0 integer {outlets}",  # sPDUOutletControlTableSize
                  # the outlets' sum, in 0.01 kW; 0.1 kWh (the AP8853 recording)
                  f"override {TOTALS[0]} integer {round(sum(130 + n for n in range(1, outlets + 1)) / 10)}",
                  f"override {TOTALS[1]} integer 35128"]
@@ -90,31 +82,13 @@ class Agent:
                       f"override {METERED}.6.{n} integer 12",  # 0.1 A
                       f"override {METERED}.7.{n} integer {130 + n}",  # W
                       f"override {METERED}.11.{n} integer {35128 + n}"]  # 0.1 kWh
-        conf = workdir / "snmpd.conf"
-        conf.write_text("\n".join(lines) + "\n")
-        self.log = workdir / "snmpd.log"
-        self.process = subprocess.Popen(
-            [shutil.which("snmpd") or "/usr/sbin/snmpd", "-f", "-Lf", str(self.log), "-C", "-c", str(conf),
-             "-p", str(workdir / "pid"), f"udp:127.0.0.1:{self.port}"],
-            env={**CLI_ENV, "SNMP_PERSISTENT_DIR": str(workdir / "persist")},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while "NET-SNMP version" not in (self.log.read_text() if self.log.exists() else ""):
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError(f"snmpd did not start: {self.log.read_text() if self.log.exists() else ''}")
-            time.sleep(0.05)
+        self.process, self.log = start_snmpd(workdir, self.port, lines)
 
     def cpu(self) -> float:
         return cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_process(self.process)
 
 
 # ---------------------------------------------------------------------------- our side (a child process)

@@ -55,7 +55,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT  # noqa: E402
+from bench.common import ROOT, SNMP_CLI_ENV, free_udp_port, start_snmpd, stop_process  # noqa: E402
 from valve_console.backend.events import EventBus  # noqa: E402
 from valve_console.backend.power import PowerService  # noqa: E402
 from valve_console.backend.store import Store  # noqa: E402
@@ -71,15 +71,7 @@ PDUS = 3
 ROUNDS_A = 200
 ROUNDS_A_CLI = 60
 ROUNDS_B = 31
-CLI_ENV = {**os.environ, "MIBS": ""}
-
-
-def free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+CLI_ENV = SNMP_CLI_ENV
 
 
 SHM = Path("/dev/shm")
@@ -97,21 +89,7 @@ class Agent:
         workdir.mkdir()
         self.port = free_udp_port()
         self.counter_reads = 0
-        conf = workdir / "snmpd.conf"
-        conf.write_text("\n".join(["rwcommunity private 127.0.0.1", "dontLogTCPWrappersConnects yes",
-                                    *self.outlets(workdir)]) + "\n")
-        self.log = workdir / "snmpd.log"
-        self.process = subprocess.Popen(
-            [shutil.which("snmpd") or "/usr/sbin/snmpd", "-f", "-Lf", str(self.log), "-C", "-c", str(conf),
-             "-p", str(workdir / "pid"), f"udp:127.0.0.1:{self.port}"],
-            env={**CLI_ENV, "SNMP_PERSISTENT_DIR": str(workdir / "persist")},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while "NET-SNMP version" not in (self.log.read_text() if self.log.exists() else ""):
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError(f"snmpd did not start: {self.log.read_text() if self.log.exists() else ''}")
-            time.sleep(0.05)
+        self.process, self.log = start_snmpd(workdir, self.port, self.outlets(workdir))
 
     def outlets(self, workdir: Path) -> list[str]:
         """snmpd.conf lines that serve the outlet table."""
@@ -126,11 +104,7 @@ class Agent:
         return int(gets) - self.counter_reads, int(sets)  # minus the GETs that read the counters
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)
 
 
 class MemoryAgent(Agent):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +21,45 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+SNMP_CLI_ENV = {**os.environ, "MIBS": ""}  # net-snmp's programs without loading MIB files
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_snmpd(workdir: Path, port: int, conf_lines: Sequence[str]) -> tuple["subprocess.Popen[bytes]", Path]:
+    """net-snmp snmpd on 127.0.0.1:``port`` with ``conf_lines`` (after the private rwcommunity), in the
+    foreground, logging to ``workdir/snmpd.log``; returns once it said it is up (RuntimeError if not in 10 s)."""
+    conf = workdir / "snmpd.conf"
+    conf.write_text("\n".join(["rwcommunity private 127.0.0.1", "dontLogTCPWrappersConnects yes", *conf_lines])
+                    + "\n")
+    log = workdir / "snmpd.log"
+    process = subprocess.Popen(
+        [shutil.which("snmpd") or "/usr/sbin/snmpd", "-f", "-Lf", str(log), "-C", "-c", str(conf),
+         "-p", str(workdir / "pid"), f"udp:127.0.0.1:{port}"],
+        env={**SNMP_CLI_ENV, "SNMP_PERSISTENT_DIR": str(workdir / "persist")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while "NET-SNMP version" not in (log.read_text() if log.exists() else ""):
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError(f"snmpd did not start: {log.read_text() if log.exists() else ''}")
+        time.sleep(0.05)
+    return process, log
+
+
+def stop_process(process: "subprocess.Popen[bytes]") -> None:
+    process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
 
 
 def cpu_seconds(pid: int) -> float:
