@@ -45,44 +45,35 @@ def _trim(number: float) -> str:
     return f"{number:.2f}"
 
 
+def _si(number: float, unit: str, prefixes: tuple[tuple[float, str], ...]) -> str:
+    """``number`` in ``unit`` with the largest of ``prefixes`` (factor, prefix) it reaches, trimmed."""
+    for limit, prefix in prefixes:
+        if abs(number) >= limit * 0.9995:
+            return f"{_trim(number / limit)} {prefix}{unit}"
+    if number == 0:
+        return f"0 {unit}"
+    return f"{_trim(number)} {unit}"
+
+
+KILO_MEGA = ((1e6, "M"), (1e3, "k"))
+
+
 def format_watts(watts: object) -> str:
     """``143 W``, ``4.20 W``, ``1.25 kW``, ``3.10 MW``; '' when there is no (finite) reading."""
     number = finite(watts)
-    if number is None:
-        return ""
-    for limit, unit in ((1e6, "MW"), (1e3, "kW")):
-        if abs(number) >= limit * 0.9995:
-            return f"{_trim(number / limit)} {unit}"
-    if number == 0:
-        return "0 W"
-    return f"{_trim(number)} W"
+    return "" if number is None else _si(number, "W", KILO_MEGA)
 
 
 def format_joules(joules: object) -> str:
     """Energy in SI: ``850 J``, ``12.3 kJ``, ``4.50 MJ``, ``1.20 GJ``; '' when unknown."""
     number = finite(joules)
-    if number is None:
-        return ""
-    for limit, unit in ((1e9, "GJ"), (1e6, "MJ"), (1e3, "kJ")):
-        if abs(number) >= limit * 0.9995:
-            return f"{_trim(number / limit)} {unit}"
-    if number == 0:
-        return "0 J"
-    return f"{_trim(number)} J"
+    return "" if number is None else _si(number, "J", ((1e9, "G"), *KILO_MEGA))
 
 
 def format_wh(joules: object) -> str:
     """The same energy as a meter reads it: ``0.41 Wh``, ``3.42 kWh``; '' when unknown."""
     number = finite(joules)
-    if number is None:
-        return ""
-    wh = number / 3600.0
-    for limit, unit in ((1e6, "MWh"), (1e3, "kWh")):
-        if abs(wh) >= limit * 0.9995:
-            return f"{_trim(wh / limit)} {unit}"
-    if wh == 0:
-        return "0 Wh"
-    return f"{_trim(wh)} Wh"
+    return "" if number is None else _si(number / 3600.0, "Wh", KILO_MEGA)
 
 
 def outlet_watts(outlet: Outlet | None) -> float | None:
