@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import sqlite3
 
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlmodel import select
 
+from tests.unit.old_schema import old_database
 from valve_console.backend import models
 from valve_console.backend.registration import MachineService, Registration
 from valve_console.backend.store import SCHEMA_VERSION, Store
@@ -21,13 +22,7 @@ OLD = [("02:00:00:00:00:05", "b", 10.0), ("02:00:00:00:00:01", "b", 20.0), ("02:
 
 
 def make_v4_database(db) -> None:
-    engine = create_engine(f"sqlite:///{db}")
-    SQLModel.metadata.create_all(engine)
-    with Session(engine) as s:
-        s.add(models.SchemaVersion(id=1, version=4))
-        s.commit()
-    engine.dispose()
-    with sqlite3.connect(db) as conn:
+    def undo(conn: sqlite3.Connection) -> None:
         conn.execute("DROP INDEX ix_machine_full_name")
         for column in ("full_name", "pending_registration"):
             conn.execute(f"ALTER TABLE machine DROP COLUMN {column}")
@@ -38,6 +33,8 @@ def make_v4_database(db) -> None:
                 " VALUES (?, ?, '[]', '[]', ?, 1, 0, 'kept', ?, ?, 1)",
                 (mac, base, f"10.0.0.{n + 1}", first_seen, first_seen),
             )
+
+    old_database(db, 4, undo)
 
 
 async def test_a_version_4_database_is_upgraded_and_its_machines_keep_their_names(tmp_path):

@@ -5,24 +5,20 @@ from __future__ import annotations
 
 import sqlite3
 
-from sqlmodel import Session, SQLModel, create_engine
 
+from tests.unit.old_schema import old_database
 from valve_console.backend import models
 from valve_console.backend.store import SCHEMA_VERSION, Store
 
 
 def make_v5_database(db) -> None:
-    engine = create_engine(f"sqlite:///{db}")
-    SQLModel.metadata.create_all(engine)
-    with Session(engine) as s:
-        s.add(models.SchemaVersion(id=1, version=5))
-        s.commit()
-    engine.dispose()
-    with sqlite3.connect(db) as conn:
+    def undo(conn: sqlite3.Connection) -> None:
         conn.execute("DROP TABLE power_history")
         conn.execute("ALTER TABLE job DROP COLUMN energy_j")
         conn.execute("INSERT INTO job (id, status, state, submitted_at, job_text, target, result, position)"
                      " VALUES ('old', 'PASS', 'done', 1.0, '', '{}', 'kept', 0)")
+
+    old_database(db, 5, undo)
 
 
 async def test_a_version_5_database_gets_power_history_and_job_energy(tmp_path):
