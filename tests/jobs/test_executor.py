@@ -121,6 +121,32 @@ async def test_jobs_for_a_busy_machine_wait_in_a_fifo_queue(jobfarm):
     assert (await http.delete("/api/v1/job/nope")).status_code == 404
 
 
+async def test_a_job_whose_end_is_being_stored_cannot_be_cancelled(jobfarm):
+    """The status says PASS as soon as the job ends, before its row is stored: a cancel then is a 409,
+    not a second end written over the first (CI once met that window)."""
+    farm, http, macs, duts = jobfarm
+    store, held, release = farm.jobs.store, asyncio.Event(), asyncio.Event()
+    upsert = store.upsert
+
+    async def slow_upsert(model, values, *args, **kwargs):
+        if values.get("ended_at") is not None and not release.is_set():
+            held.set()
+            await release.wait()
+        return await upsert(model, values, *args, **kwargs)
+
+    store.upsert = slow_upsert
+    try:
+        job = (await submit(http, job_yaml("pass", target=f"id: '{macs[1]}'"))).json()
+        await asyncio.wait_for(held.wait(), 30)
+        assert (await http.get(f"/api/v1/job/{job['id']}")).json()["status"] == "PASS"
+        r = await http.delete(f"/api/v1/job/{job['id']}")
+        assert r.status_code == 409 and "over" in r.json()["error"]
+    finally:
+        release.set()
+        store.upsert = upsert
+    assert (await wait_job(http, job["id"]))["status"] == "PASS"
+
+
 async def test_tags_spread_jobs_over_idle_machines(jobfarm):
     farm, http, macs, duts = jobfarm
     answers = [(await submit(http, job_yaml("pass"))).json() for _ in range(4)]

@@ -549,7 +549,9 @@ class JobService:
         """
         job = self.get(job_id)
         row = job.row
-        if job.done.is_set():
+        # ``ended_at`` is set by _finish before it stores the row (an await): a job whose end is being
+        # written is over already, though ``done`` is set only once it is stored
+        if job.done.is_set() or row.ended_at is not None:
             raise Conflict(f"job {job_id} is over ({row.status})")
         job.cancel_reason = job.cancel_reason or reason
         job.cancel_status = job.cancel_status or status
