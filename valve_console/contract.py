@@ -119,6 +119,8 @@ class Machine(Answer):
     available: bool
     comment: str = ""
     state: str
+    state_since: Optional[float] = Field(
+        default=None, description="since when the machine is in `state` (Unix time; at most since the backend started)")
     training: Optional[Training] = None
     training_loops: Optional[int] = None
     training_qualify: Optional[int] = None
@@ -156,6 +158,8 @@ class Outlet(Answer):
     changed_at: Optional[float] = None
     metered: bool = Field(default=False, description="the PDU meters this outlet")
     power: Optional[OutletPower] = Field(default=None, description="the latest reading (metered outlets)")
+    mismatch: Optional[str] = Field(
+        default=None, description="the last switch read back another state (in words), until a switch reads back right")
 
 
 class OutletOf(Outlet):

@@ -201,8 +201,10 @@ async def test_read_back_mismatch_through_power_service(farm, snmpd, monkeypatch
     with pytest.raises(PowerError) as err:
         await farm.power.set_outlet("stuck", "1", "on")
     assert "outlet 1 of PDU stuck reads OFF after switching ON" in str(err.value)
+    assert farm.power.pdu_json("stuck")["ports"]["1"]["mismatch"] == "read back OFF after switching ON"
     snmpd.update("apc", frozen=False)
     assert await farm.power.set_outlet("stuck", "1", "on") == PortState.ON
+    assert farm.power.pdu_json("stuck")["ports"]["1"]["mismatch"] is None
 
 
 async def test_slow_pdu_is_marked_unreachable_while_another_keeps_working(farm, snmpd):

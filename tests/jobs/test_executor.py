@@ -36,6 +36,12 @@ async def test_a_passing_job_runs_and_ends_powered_off(jobfarm):
     events = sub.drain()
     states = [e.data["machine"]["state"] for e in events if e.type == "machine" and e.data["mac"] == macs[2]]
     assert "RUNNING" in states and states[-1] == "IDLE"
+    # each state counts from when the machine entered it
+    seen = [(e.data["machine"]["state"], e.data["machine"]["state_since"]) for e in events
+            if e.type == "machine" and e.data["mac"] == macs[2]]
+    running = [since for state, since in seen if state == "RUNNING"]
+    assert len(set(running)) == 1 and seen[-1][0] == "IDLE" and seen[-1][1] > running[0]
+    assert (await http.get(f"/api/v1/machine/{macs[2]}")).json()["state_since"] == seen[-1][1]
     statuses = [e.data["status"] for e in events if e.type == "job"]
     assert statuses[0] == "QUEUED" and "RUNNING" in statuses and statuses[-1] == "PASS"
     listed = (await http.get("/api/v1/jobs")).json()["jobs"]

@@ -131,6 +131,16 @@ async def test_a_read_back_mismatch_fails_only_that_caller(setup):
     gets = [arg for name, arg in driver.calls if name == "get_many"]
     assert gets[0] == ["0", "1", "2", "3"] and len(gets) > 1 and all(g == ["2"] for g in gets[1:])  # re-reads
     assert power.pdu_json("p")["state"] == "reachable"
+    # the outlet says so until a switch reads back right; the others never did
+    ports = power.pdu_json("p")["ports"]
+    assert ports["2"]["mismatch"] == "read back OFF after switching ON"
+    assert [p for p, info in ports.items() if info["mismatch"]] == ["2"]
+    driver.stuck = set()
+    sub = power.bus.subscribe(["outlet"])
+    assert await power.set_outlet("p", "2", "on") == PortState.ON
+    assert power.pdu_json("p")["ports"]["2"]["mismatch"] is None
+    assert [e.data["mismatch"] for e in sub.drain() if e.data["port_id"] == "2"] == [None]
+    assert power.pdus["p"].mismatches == {"2": 1}
 
 
 async def test_a_refused_outlet_fails_only_its_caller_and_the_rest_are_sent_again(setup):

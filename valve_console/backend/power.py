@@ -187,6 +187,10 @@ class PduRuntime:
     # Metering: the sampler's pending read (taken by the worker only when its queue is empty) and period.
     sample: asyncio.Future[PowerReading | None] | None = None
     sample_interval: float = 1.0
+    # Outlets whose last switch read back another state (port -> in words), until one reads back right;
+    # and how many switches read back wrong, per outlet, since the start (GET /metrics)
+    mismatch: dict[str, str] = field(default_factory=dict)
+    mismatches: dict[str, int] = field(default_factory=dict)
 
     def lock(self, port_id: str) -> asyncio.Lock:
         lock = self.port_locks.get(port_id)
@@ -534,8 +538,12 @@ class PowerService:
                 if not waiting or time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(READBACK_PAUSE)
+            flagged = self._note_mismatches(rt, {port_id: (cmd.target, got[port_id]) for port_id, cmd in sent.items()})
             changed, entries = self._take_readings(rt, [(port_id, got[port_id], cmd.source)
                                                         for port_id, cmd in sent.items()])
+            told = {data["port_id"] for data in changed}
+            changed += [self.outlet_json(rt, rt.outlets.get(port_id) or OutletInfo(port_id, ""))
+                        for port_id in flagged if port_id not in told]
             if entries:
                 written = self._hand_to_log(entries)
             if log.isEnabledFor(logging.INFO):
@@ -568,6 +576,22 @@ class PowerService:
             task = asyncio.create_task(self._answer_when_logged(rt, changed, answers, written))
             self._answering.add(task)
             task.add_done_callback(self._answering.discard)
+
+    @staticmethod
+    def _note_mismatches(rt: PduRuntime, results: dict[str, tuple[PortState, PortState]]) -> list[str]:
+        """Remember which outlets read back another state than they were switched to (and forget those
+        that now read back right); the outlets whose flag changed."""
+        flagged = []
+        for port_id, (target, got) in results.items():
+            before = rt.mismatch.get(port_id)
+            if got != target:
+                rt.mismatch[port_id] = f"read back {got.value} after switching {target.value}"
+                rt.mismatches[port_id] = rt.mismatches.get(port_id, 0) + 1
+            else:
+                rt.mismatch.pop(port_id, None)
+            if rt.mismatch.get(port_id) != before:
+                flagged.append(port_id)
+        return flagged
 
     async def _answer_when_logged(self, rt: PduRuntime, changed: list[dict[str, Any]],
                                   answers: list[_Answer], written: asyncio.Future[None]) -> None:
@@ -959,6 +983,7 @@ class PowerService:
             "changed_at": info.changed_at,
             "metered": self.meter is not None and self.meter.outlet(rt.name, info.port_id) is not None,
             "power": self.meter.outlet_power(rt.name, info.port_id) if self.meter is not None else None,
+            "mismatch": rt.mismatch.get(info.port_id),
         }
 
     def pdu_json(self, name: str) -> dict[str, Any]:

@@ -11,7 +11,8 @@ on the bus.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol
+import time
+from typing import Any, Callable, Optional, Protocol
 
 from .events import EventBus
 from .models import Machine
@@ -52,8 +53,13 @@ class MachineView:
         training: TrainingView,
         runners: RunnerView,
         power: Optional[PowerHealth] = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
+        self.clock = clock
+        # mac -> (state, since when): the first time this backend saw the machine in its state (a state
+        # from before the backend started counts from when it was first shown)
+        self._since: dict[str, tuple[str, float]] = {}
         self.bus = bus
         self.default_off_delay = default_off_delay
         self.jobs = jobs
@@ -77,6 +83,13 @@ class MachineView:
             return "TRAINING"
         return "IDLE" if m.ready_for_service else "NOT_READY"
 
+    def state_since(self, mac: str, state: str) -> float:
+        """Since when the machine has been in ``state`` (Unix time), as far as this backend saw."""
+        seen = self._since.get(mac)
+        if seen is None or seen[0] != state:
+            seen = self._since[mac] = (state, self.clock())
+        return seen[1]
+
     def json(self, m: Machine) -> dict[str, Any]:
         delay = m.pdu_off_delay if m.pdu_off_delay is not None else self.default_off_delay
         return {
@@ -99,7 +112,8 @@ class MachineView:
             "is_retired": m.is_retired,
             "available": m.ready_for_service and not m.is_retired,
             "comment": m.comment,
-            "state": self.state(m),
+            "state": (state := self.state(m)),
+            "state_since": self.state_since(m.mac_address, state),
             "training": self.training.to_json(m.mac_address),
             "training_loops": m.training_loops,
             "training_qualify": m.training_qualify,
@@ -124,4 +138,6 @@ class MachineView:
         m = self.registry.machines.get(mac)
         if m is None and action != "removed":
             return
+        if m is None:
+            self._since.pop(mac, None)
         self.bus.publish("machine", {"action": action, "mac": mac, "machine": None if m is None else self.json(m)})
