@@ -30,6 +30,7 @@ from textual.worker import Worker, WorkerState
 
 from .client import FarmClient, FarmClientError
 from .console_data import EventFeed, FarmModel, outlet_of
+from .console_data.attention import NOTIFIED, Attention, Target, attention
 from .contract import (
     DiscoveryEvent,
     DiscoveryStarted,
@@ -143,6 +144,8 @@ class ConsoleApp(App[int]):
         self._form_return = "duts"
         self._saved_bars: tuple[Any, Any] | None = None
         self._saved_gc: tuple[int, int, int] | None = None
+        self.attention: list[Attention] = []  # what needs the operator now (the Overview lists it)
+        self._attention_keys: set[str] | None = None  # None: not computed since the (re)connection
 
     # ---------------------------------------------------------------- lifecycle
     def on_mount(self) -> None:
@@ -152,6 +155,7 @@ class ConsoleApp(App[int]):
             ScrollBarRender.VERTICAL_BARS = [" "] * 8
             ScrollBarRender.HORIZONTAL_BARS = [" "] * 8
         self.set_interval(1 / self.flush_hz, self.flush)
+        self.set_interval(5, self._recheck_attention)  # silences grow without any event
         self.run_worker(self.feed.run(), name="events", group="events", exit_on_error=False)
 
     def on_unmount(self) -> None:
@@ -244,6 +248,9 @@ class ConsoleApp(App[int]):
                 except Exception as exc:  # noqa: BLE001 - one broken screen must not stop the others
                     log.exception("updating %s failed", type(view).__name__)
                     self.notify(f"internal error updating {type(view).__name__}: {exc}", severity="error")
+            if changes.snapshot is not None or changes.machines or changes.pdus or changes.outlets or changes.jobs \
+                    or changes.health or changes.console_info:
+                self.update_attention(notify=changes.snapshot is None)
         if changes.snapshot is not None and self._saved_gc is None:
             self.call_after_refresh(self._freeze_gc)
         self.recent_log_entries.extend(("log", e) for e in changes.logs)
@@ -252,6 +259,61 @@ class ConsoleApp(App[int]):
             self._report_discovery(event)
         if changes.discovery:
             self.feed.schedule_discovery_refresh()
+
+    # ---------------------------------------------------------------- attention
+    def _recheck_attention(self) -> None:
+        if self.model.loaded:
+            self.update_attention()
+
+    def update_attention(self, notify: bool = True) -> None:
+        """Work out what needs the operator; tell every screen when that changed, and raise a notification
+        for each new item of a kind that needs the operator now (``NOTIFIED``), wherever the operator is.
+        What is there at (re)connection is listed, not notified."""
+        items = attention(self.model, self.model.clock())
+        keys = {item.key for item in items}
+        if items == self.attention and self._attention_keys is not None:
+            return
+        before, self._attention_keys = self._attention_keys, keys
+        self.attention = items
+        if notify and before is not None:
+            for item in items:
+                if item.key not in before and item.kind in NOTIFIED:
+                    self.notify(item.message, title=f"{item.label}: needs you (Overview, key 1)",
+                                severity="error" if item.severity == "error" else "warning", timeout=10)
+        for view in list(self._views):
+            changed = getattr(view, "attention_changed", None)
+            if changed is not None:
+                changed(items)
+
+    def go_to(self, target: Target) -> None:
+        """Take the operator to an attention item: its screen, with its machine, outlet, job or runner selected."""
+        if target.mode == "consoles" and target.mac:
+            self.open_console(target.mac)
+            return
+        self.switch_mode(target.mode)
+        self._select_target(target, tries=20)
+
+    def _select_target(self, target: Target, tries: int) -> None:
+        for view in self._views:
+            if view.MODE != target.mode:
+                continue
+            if isinstance(view, DutsScreen) and target.mac:
+                if view.select_mac(target.mac):
+                    view.table.focus()
+                    return
+            elif isinstance(view, PdusScreen) and target.pdu:
+                if target.port is None or view.select_outlet(target.pdu, target.port):
+                    return
+            elif isinstance(view, JobsScreen) and target.job:
+                if view.select_job(target.job):
+                    return
+            elif isinstance(view, GitlabScreen) and target.instance and target.mac:
+                if view.select_runner(target.instance, target.mac):
+                    return
+            else:
+                return
+        if tries > 0:  # the screen is being mounted or its rows not filled yet
+            self.set_timer(0.05, lambda: self._select_target(target, tries - 1))
 
     def _report_discovery(self, event: DiscoveryEvent) -> None:
         state = event.state

@@ -24,7 +24,8 @@ def ts(hour: int, minute: int, second: int) -> float:
 
 
 def machine(mac: str, name: str, ip: str, state: str, pdu: str | None = None, port: str | None = None,
-            ready: bool = False, retired: bool = False, base: str = "virtio") -> dict[str, Any]:
+            ready: bool = False, retired: bool = False, base: str = "virtio",
+            since: float | None = None) -> dict[str, Any]:
     return {
         "mac_address": mac,
         "base_name": base,
@@ -44,6 +45,7 @@ def machine(mac: str, name: str, ip: str, state: str, pdu: str | None = None, po
         "available": ready and not retired,
         "comment": "",
         "state": state,
+        "state_since": ts(9, 0, 0) if since is None else since,
         "training": None,
         "gitlab_exposed": True,
         "runners": [],
@@ -124,7 +126,7 @@ JOB_CONSOLE = "".join(line + "\r\n" for line in [
 def farm_data() -> dict[str, Any]:
     machines = {
         "52:54:00:11:22:03": machine("52:54:00:11:22:03", "vivian-virtio-1", "10.42.0.13", "RUNNING", "vpdu1", "3",
-                                     ready=True),
+                                     ready=True, since=ts(9, 20, 1)),
         "52:54:00:11:22:05": machine("52:54:00:11:22:05", "vivian-virtio-2", "10.42.0.15", "NOT_READY", "vpdu1",
                                      "5"),
         "52:54:00:11:22:09": machine("52:54:00:11:22:09", "vivian-radeon-1", "10.42.0.19", "WAIT_FOR_CONFIG",

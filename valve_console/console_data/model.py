@@ -8,7 +8,9 @@ screen. Plain data: no Textual.
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from ..contract import (
     Console,
@@ -27,6 +29,19 @@ from ..contract import (
 )
 from .changes import Changes
 from .power import PowerHistory
+
+
+FEED_SIZE = 200
+TERMINAL = frozenset({"PASS", "WARN", "COMPLETE", "FAIL", "INCOMPLETE", "UNKNOWN", "SETUP_FAIL"})
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    """A line of the recent-events feed: when (wall clock), what, and how bad."""
+
+    at: float
+    text: str
+    severity: str = "information"  # information, warning, error
 
 
 def placeholder_console(mac: str) -> Console:
@@ -55,6 +70,9 @@ class FarmModel:
         self.settings: FarmSettings | None = None  # GET /api/v1/settings (the Settings view), settings events
         self.fetched_at = time.monotonic()
         self.power = PowerHistory()  # recent watts per outlet (sparklines) and ON changes (boot marks)
+        self.clock: Callable[[], float] = time.time  # the wall clock (tests freeze it)
+        self.console_seen: dict[str, float] = {}  # mac -> when its console last printed (wall clock)
+        self.recent: deque[FeedItem] = deque(maxlen=FEED_SIZE)  # what happened lately, oldest first
 
     # ---------------------------------------------------------------- applying
     def apply(self, changes: Changes) -> None:
@@ -75,6 +93,8 @@ class FarmModel:
             if snap.jobs is not None:
                 self.jobs = {j.id: j for j in snap.jobs if j.id}
             self.fetched_at = snap.fetched_at
+        if snap is None:
+            self._note_recent(changes)
         for mac, machine in changes.machines.items():
             old = self.machines.get(mac)
             changes.old_outlets.setdefault(mac, outlet_of(old) if old else (None, None))
@@ -101,6 +121,11 @@ class FarmModel:
                 self.consoles.pop(mac, None)
             else:
                 self.consoles[mac] = info
+        if changes.console_text:
+            now = self.clock()
+            for mac, texts in changes.console_text.items():
+                if any(texts):
+                    self.console_seen[mac] = now
         for mac in changes.console_text:
             if mac not in self.consoles:
                 self.consoles[mac] = placeholder_console(mac)
@@ -109,6 +134,43 @@ class FarmModel:
         self.jobs.update(changes.jobs)
         if changes.settings is not None:
             self.settings = changes.settings
+
+    def _note_recent(self, changes: Changes) -> None:
+        """The feed's lines for what this batch changes (before it is applied): machines that registered
+        or changed state, PDUs that were lost or came back, outlets switched, jobs that ended."""
+        now = self.clock()
+        add = self.recent.append
+        for mac, machine in changes.machines.items():
+            old = self.machines.get(mac)
+            name = machine.full_name or mac
+            if old is None:
+                add(FeedItem(now, f"{name} registered ({machine.state})"))
+            elif old.state != machine.state:
+                add(FeedItem(now, f"{name} {old.state} -> {machine.state}"))
+        for name, pdu in changes.pdus.items():
+            before = self.pdus.get(name)
+            if pdu is None:
+                add(FeedItem(now, f"PDU {name} removed"))
+            elif before is None:
+                add(FeedItem(now, f"PDU {name} added ({pdu.state})"))
+            elif before.state != pdu.state:
+                bad = pdu.state == "unreachable"
+                add(FeedItem(now, f"PDU {name} {pdu.state}" + (f": {pdu.error}" if bad and pdu.error else ""),
+                             "error" if bad else "information"))
+        for (name, port), outlet in changes.outlets.items():
+            before_outlet = self.outlet(name, port)
+            if before_outlet is not None and before_outlet.state != outlet.state:
+                machine = self.machine_on(name, port)
+                on = f" ({machine.full_name})" if machine is not None else ""
+                add(FeedItem(now, f"outlet {name}/{port}{on} {outlet.state}"))
+            if outlet.mismatch and (before_outlet is None or before_outlet.mismatch != outlet.mismatch):
+                add(FeedItem(now, f"outlet {name}/{port}: {outlet.mismatch}", "error"))
+        for job_id, job in changes.jobs.items():
+            before_job = self.jobs.get(job_id)
+            if job.status in TERMINAL and (before_job is None or before_job.status not in TERMINAL):
+                severity = "information" if job.status in ("PASS", "WARN", "COMPLETE") else "warning"
+                what = "training job" if job.training else "job"
+                add(FeedItem(now, f"{what} {job_id} on {self.job_machine_name(job)}: {job.status}", severity))
 
     # ---------------------------------------------------------------- discovery
     def set_discovery(self, status: DiscoveryStatus, at: float | None = None) -> None:

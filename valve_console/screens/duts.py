@@ -226,8 +226,8 @@ class DutsScreen(FarmScreen):
     def cursor_mac(self) -> str | None:
         return cursor_key(self.table)
 
-    def select_mac(self, mac: str) -> None:
-        select_key(self.table, mac)
+    def select_mac(self, mac: str) -> bool:
+        return select_key(self.table, mac)
 
     def _update_status(self) -> None:
         shown = self.table.row_count

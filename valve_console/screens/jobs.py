@@ -239,8 +239,8 @@ class JobsScreen(FarmScreen):
     def cursor_job(self) -> str | None:
         return cursor_key(self.table)
 
-    def select_job(self, job_id: str) -> None:
-        select_key(self.table, job_id)
+    def select_job(self, job_id: str) -> bool:
+        return select_key(self.table, job_id)
 
     # ---------------------------------------------------------------- actions
     def action_cancel_job(self) -> None:

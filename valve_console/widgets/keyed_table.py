@@ -15,7 +15,9 @@ def cursor_key(table: DataTable) -> str | None:
         return None
 
 
-def select_key(table: DataTable, key: str | None) -> None:
-    """Put the cursor on the row with this key, if the table has it."""
+def select_key(table: DataTable, key: str | None) -> bool:
+    """Put the cursor on the row with this key, if the table has it (False: it has not)."""
     if key is not None and key in table.rows:
         table.move_cursor(row=table.get_row_index(key), animate=False)
+        return True
+    return False
