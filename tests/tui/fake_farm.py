@@ -474,3 +474,84 @@ class FakeFarmClient(FarmClient):
                 if event is not None:
                     yield event
         await asyncio.Event().wait()
+
+
+# ---------------------------------------------------------------- the farm at a glance (the Overview, issue 19)
+def training(state: str, loop: int, loops: int = 20, qualify: int = 19, attempt: int = 1,
+             failures: list[dict[str, Any]] | None = None, reason: str | None = "a new machine",
+             next_attempt_at: float | None = None) -> dict[str, Any]:
+    """A machine's training as the API answers it."""
+    failures = failures or []
+    results = [{"loop": i, "status": "PASS", "job": f"train-{i}", "why": None, "at": ts(9, 0, i)}
+               for i in range(1, loop)] + failures
+    return {"is_active": state in ("registering", "looping", "cooldown"), "is_registered": True,
+            "boot_loop_counts": loops, "qualifying_rate": qualify, "current_loop_count": loop,
+            "statuses": {"PASS": loop - 1 - len(failures), "FAIL": len(failures)}, "state": state, "loop": loop,
+            "loops": loops, "qualify": qualify, "passes": loop - 1 - len(failures), "results": results,
+            "failures": failures, "attempt": attempt, "next_attempt_at": next_attempt_at, "reason": reason,
+            "job": None, "started_at": ts(9, 0, 0), "updated_at": ts(9, 29, 0)}
+
+
+GLANCE_MACS = {
+    "idle": "52:54:00:11:22:21", "queued": "52:54:00:11:22:22", "training": "52:54:00:11:22:23",
+    "backoff": "52:54:00:11:22:24", "unfit": "52:54:00:11:22:25", "runner": "52:54:00:11:22:26",
+    "silent": "52:54:00:11:22:27", "infra": "52:54:00:11:22:28", "mismatch": "52:54:00:11:22:29",
+}
+
+
+def glance_farm_data() -> dict[str, Any]:
+    """The fake farm with a DUT in every state and every kind of attention item: PDU unreachable (bench),
+    an outlet read back wrong, the data volume low, training failing (backing off), unfit for service, a
+    job failed for the farm's sake, a console silent on a running job, a power flag (vivian-virtio-2) and a
+    runner whose token GitLab refused."""
+    data = farm_data()
+    m = GLANCE_MACS
+    machines = data["machines"]
+    vpdu1 = data["pdus"]["vpdu1"]["ports"]
+
+    def add(key: str, name: str, state: str, port: str, since: float, **extra: Any) -> dict[str, Any]:
+        entry = machine(m[key], name, f"10.42.0.{30 + len(machines)}", state, "vpdu1", port,
+                        ready=state in ("IDLE", "RUNNING", "QUEUED"), since=since)
+        entry.update(extra)
+        machines[m[key]] = entry
+        vpdu1[port]["state"] = "ON" if state in ("RUNNING", "TRAINING", "QUEUED") else vpdu1[port]["state"]
+        return entry
+
+    add("idle", "vivian-amd-1", "IDLE", "0", ts(9, 28, 30))
+    add("queued", "vivian-amd-2", "QUEUED", "1", ts(9, 29, 10))
+    add("training", "vivian-intel-1", "TRAINING", "2", ts(9, 1, 0), training=training("looping", 7))
+    add("backoff", "vivian-intel-2", "TRAINING", "4", ts(9, 10, 0), training=training(
+        "cooldown", 3, attempt=2, next_attempt_at=ts(9, 32, 0),
+        failures=[{"loop": 2, "status": "FAIL", "job": "train-2", "why": "kernel panic", "at": ts(9, 9, 0)}]))
+    add("unfit", "vivian-intel-3", "TRAINING", "6", ts(9, 25, 0),
+        training=training("looping", 1, reason="unfit for service (job job-20260314-092400-5e6f70)"))
+    add("runner", "vivian-nvidia-1", "IDLE", "8", ts(9, 5, 0), runners=[
+        {"instance": "fdo", "runner_id": None, "state": "error",
+         "error": "GitLab refused its token (403 Forbidden on POST /runners/verify); creating a new one failed",
+         "verified_at": None, "verify": None, "token_expires_at": None}])
+    add("silent", "vivian-nvidia-2", "RUNNING", "9", ts(9, 10, 0))
+    add("infra", "vivian-qcom-1", "IDLE", "10", ts(9, 27, 0))
+    add("mismatch", "vivian-qcom-2", "IDLE", "11", ts(9, 15, 0))
+    vpdu1["11"]["mismatch"] = "read back OFF after switching ON"
+    data["consoles"][m["silent"]] = dict(data["consoles"]["52:54:00:11:22:03"], mac=m["silent"],
+                                         last_activity=ts(9, 18, 0), tcp_port=8209, writer=None, viewers=0)
+    data["jobs"] = [
+        job("job-20260314-091000-aa11bb", m["silent"], "RUNNING", "running", ts(9, 10, 0), started=ts(9, 10, 1)),
+        job("job-20260314-092900-cc22dd", m["queued"], "QUEUED", "queued", ts(9, 29, 0)),
+        job("job-20260314-092500-ee33ff", m["infra"], "INCOMPLETE", "done", ts(9, 20, 0), started=ts(9, 20, 2),
+            ended=ts(9, 27, 0), result="the DUT never booted: no console output in 300 s"),
+        job("job-20260314-082000-1a2b3c", m["idle"], "PASS", "done", ts(8, 20, 0), started=ts(8, 20, 1),
+            ended=ts(8, 40, 0), result="pass"),
+        job("job-20260314-072000-4d5e6f", m["idle"], "FAIL", "done", ts(7, 20, 0), started=ts(7, 20, 1),
+            ended=ts(7, 50, 0), result="fail"),
+        *data["jobs"],
+    ]
+    data["health"]["services"]["storage"] = {
+        "state": "degraded", "reason": "the data volume is full: 41 MiB free on /mnt/permanent"}
+    refused = machines[m["runner"]]["runners"][0]
+    data["gitlab"] = gitlab_data()
+    data["gitlab"]["runners"].append({"instance": "fdo", "mac_address": m["runner"], "gateway": False,
+                                      "runner_id": None, "description": "vivian-nvidia-1",
+                                      "tags": ["virtio:family:VIRTIO", "farm:vivian"], "error": refused["error"],
+                                      "verified_at": None, "verify": None, "token_expires_at": None})
+    return data

@@ -24,7 +24,9 @@ SIZE = (140, 45)
 
 
 def fake_app(linux_console: bool = False) -> ConsoleApp:
-    return make_app(FakeFarmClient(events=JOURNAL_EVENTS), linux_console=linux_console)
+    app = make_app(FakeFarmClient(events=JOURNAL_EVENTS), linux_console=linux_console)
+    app.model.clock = lambda: NOW  # the Overview's times in state and silences at the fixture's 09:30
+    return app
 
 
 async def settle(pilot: Pilot[Any]) -> None:

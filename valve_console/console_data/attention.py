@@ -117,8 +117,9 @@ def _machine_items(model: FarmModel, machine: Machine, last: Job | None, now: fl
     if training is not None and not machine.is_retired and not machine.ready_for_service:
         reason = (training.reason or "").strip()
         if reason.startswith("unfit for service") and machine.state == "TRAINING":
+            said = reason.removeprefix("unfit for service").strip(" ()") or "a job"
             items.append(Attention(f"{UNFIT}:{mac}", UNFIT, "error", f"{name} unfit for service",
-                                   f"{reason}; back in training", duts, mac))
+                                   f"said {said}; back in training", duts, mac))
         if training.state == "cooldown":
             wait = ""
             if training.next_attempt_at is not None:
@@ -177,7 +178,7 @@ def attention(model: FarmModel, now: float | None = None, silent_after: float = 
                                        machine.mac_address if machine is not None else None))
     storage = model.health.services.get("storage") if model.health else None
     if storage is not None and storage.state in ("degraded", "failed"):
-        items.append(Attention(f"{DISK_LOW}:storage", DISK_LOW, "error", "data volume",
+        items.append(Attention(f"{DISK_LOW}:storage", DISK_LOW, "error", "data volume low",
                                storage.reason or storage.state, Target("journal")))
     last = last_jobs(model)
     for machine in model.machines.values():
