@@ -250,7 +250,7 @@ class ConsoleApp(App[int]):
                     self.notify(f"internal error updating {type(view).__name__}: {exc}", severity="error")
             if changes.snapshot is not None or changes.machines or changes.pdus or changes.outlets or changes.jobs \
                     or changes.health or changes.console_info:
-                self.update_attention(notify=changes.snapshot is None)
+                self.update_attention()
         if changes.snapshot is not None and self._saved_gc is None:
             self.call_after_refresh(self._freeze_gc)
         self.recent_log_entries.extend(("log", e) for e in changes.logs)
@@ -265,17 +265,17 @@ class ConsoleApp(App[int]):
         if self.model.loaded:
             self.update_attention()
 
-    def update_attention(self, notify: bool = True) -> None:
+    def update_attention(self) -> None:
         """Work out what needs the operator; tell every screen when that changed, and raise a notification
         for each new item of a kind that needs the operator now (``NOTIFIED``), wherever the operator is.
-        What is there at (re)connection is listed, not notified."""
+        What is there when the console starts is listed, not notified (after a refetch, new items are)."""
         items = attention(self.model, self.model.clock())
         keys = {item.key for item in items}
         if items == self.attention and self._attention_keys is not None:
             return
         before, self._attention_keys = self._attention_keys, keys
         self.attention = items
-        if notify and before is not None:
+        if before is not None:
             for item in items:
                 if item.key not in before and item.kind in NOTIFIED:
                     self.notify(item.message, title=f"{item.label}: needs you (Overview, key 1)",

@@ -19,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,6 +200,90 @@ def test_demo_in_tmux_on_a_linux_console(tmp_path: Path) -> None:
         tmux.keys("C-q")
         tmux.wait("VALVE-EXIT=0", timeout=20)
     finally:
+        tmux.keys("C-q")
+        try:
+            tmux.wait("VALVE-EXIT=", timeout=15)
+        except AssertionError:
+            pass
+        tmux.kill()
+        stop_leftover_duts(tmp_path)
+        log = data / "valve-console.log"
+        if log.exists():
+            print(log.read_text()[-3000:], file=sys.stderr)
+
+
+def test_overview_follows_a_dut_and_a_lost_pdu_in_tmux(tmp_path: Path) -> None:
+    """The Overview (issue 19) on the real demo: a DUT discovered behind outlet 3 appears as a tile, trains
+    (the tile says ``train: register`` / ``train n/3``) and ends IDLE; then a second vPDU, added by the API
+    and killed, becomes an attention item and raises a notification on the screen the operator is on."""
+    assert PROGRAM.exists(), f"{PROGRAM} is missing: install the package in the venv"
+    tmux = Tmux(f"valve-e2e-{uuid.uuid4().hex[:8]}")
+    data = tmp_path / "data"
+    api = f"http://127.0.0.1:{free_port()}"
+    command = (f"cd {ROOT} && env -u COLUMNS -u LINES TERM=linux {PROGRAM} demo --data-dir {data} "
+               f"--vpdu-port {free_port()} --listen {api.removeprefix('http://')}; echo VALVE-EXIT=$?; sleep 30")
+    tmux.start(command)
+    vpdu2 = None
+    try:
+        tmux.wait("nothing needs you", timeout=30)
+        # outlet 3: discovered (powered on, given to the machine that registers next)
+        tmux.keys("3")
+        screen = tmux.wait("vpdu1")
+        deadline = time.monotonic() + 20
+        while screen.count("[off]") < 16 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            screen = tmux.screen()
+        tmux.keys("Right", "Right", "Right", "d")
+        tmux.wait("give it to the next machine")
+        tmux.keys("y")
+        tmux.keys("1")
+        tmux.wait("DUTs (1)", timeout=60)
+        seen: list[str] = []
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            screen = tmux.screen()
+            tiles = screen.split("DUTs (1)", 1)[1]  # below the summary: the tile itself
+            step = ("register" if "train: register" in tiles else
+                    (f"loop {m.group(1)}" if (m := re.search(r"train (\d)/3", tiles)) else
+                     ("IDLE" if re.search(r"^IDLE\s", tiles, re.M) else None)))
+            if step and (not seen or seen[-1] != step):
+                seen.append(step)
+            if step == "IDLE":
+                break
+            time.sleep(0.2)
+        assert seen and seen[-1] == "IDLE" and any(s.startswith(("register", "loop")) for s in seen), (seen, screen)
+        assert "DUTs 1 IDLE 1" in screen
+        # a second PDU, a vPDU of our own: added by the API, then stopped while the operator is on the journal
+        port = free_port()
+        vpdu2 = subprocess.Popen([sys.executable, str(ROOT / "vivian" / "vpdu.py"), "--port", str(port),
+                                  "--num-ports", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        token = (data / "token").read_text().strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        deadline = time.monotonic() + 20
+        while True:
+            r = httpx.post(f"{api}/api/v1/pdu/", headers=headers, timeout=10,
+                           json={"name": "vpdu2", "driver": "vpdu", "config": {"hostname": f"127.0.0.1:{port}"}})
+            if r.status_code == 201 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)  # the vPDU is still starting
+        assert r.status_code == 201, r.text
+        tmux.keys("2")
+        tmux.wait("priority ")
+        vpdu2.kill()
+        vpdu2.wait(timeout=10)
+        # the notification, where the operator is (the journal), then the item on the Overview
+        screen = tmux.wait("PDU vpdu2 unreachable", timeout=90)
+        assert "needs you" in screen, screen
+        tmux.keys("1")
+        screen = tmux.wait("Attention (1)", timeout=10)
+        assert re.search(r"A +PDU +PDU vpdu2 unreachable", screen), screen
+        tmux.keys("A")  # its key: the PDU screen, on vpdu2
+        tmux.wait("vpdu2", timeout=10)
+        tmux.keys("C-q")
+        tmux.wait("VALVE-EXIT=0", timeout=20)
+    finally:
+        if vpdu2 is not None and vpdu2.poll() is None:
+            vpdu2.kill()
         tmux.keys("C-q")
         try:
             tmux.wait("VALVE-EXIT=", timeout=15)
