@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages that tests use as real peers (installed only when missing).
 DEB_TEST_PACKAGES := tmux socat procps snmpd snmp ser2net dnsmasq-base chromium openssh-server \
-	qemu-system-x86 ipxe-qemu busybox-static podman mmdebstrap e2fsprogs
+	qemu-system-x86 ipxe-qemu busybox-static podman mmdebstrap e2fsprogs prometheus
 
 .PHONY: demo test venv deb-deps lint clean image-test vivian-image vivian vivian-connect vivian-stop vivian-status vivian-tty2
 

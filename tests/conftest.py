@@ -115,16 +115,24 @@ async def client(farm: Farm) -> AsyncIterator[FarmClient]:
         await c.close()
 
 
-@pytest.fixture
-async def vivian(farm: Farm, tmp_path: Path):
-    """The farm plus a real vPDU (16 outlets, all OFF) registered as PDU ``vpdu1``."""
+@contextlib.asynccontextmanager
+async def running_vpdu(farm: Farm, log_dir: Path, name: str = "vpdu1") -> AsyncIterator[Any]:
+    """A real vPDU (16 outlets, all OFF) on a free loopback port, registered in ``farm`` as PDU ``name``;
+    stopped on the way out (``stop()`` may be called before: it is idempotent)."""
     from vivian.vpdu import VirtualPDU
 
-    vpdu = VirtualPDU(num_ports=16, api=api_url(farm), console=netconsole_address(farm), log_dir=tmp_path / "vivian")
+    vpdu = VirtualPDU(num_ports=16, api=api_url(farm), console=netconsole_address(farm), log_dir=log_dir)
     port = await vpdu.start("127.0.0.1", 0)
     try:
-        await farm.power.add_pdu("vpdu1", "vpdu", {"hostname": f"127.0.0.1:{port}"})
+        await farm.power.add_pdu(name, "vpdu", {"hostname": f"127.0.0.1:{port}"})
         vpdu.port = port
         yield vpdu
     finally:
         await vpdu.stop()
+
+
+@pytest.fixture
+async def vivian(farm: Farm, tmp_path: Path):
+    """The farm plus a real vPDU (16 outlets, all OFF) registered as PDU ``vpdu1``."""
+    async with running_vpdu(farm, tmp_path / "vivian") as vpdu:
+        yield vpdu

@@ -4,20 +4,27 @@ figures move when the farm does (a real backend, the real vPDU and its simulated
 from __future__ import annotations
 
 
+import types
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session
 
 from tests.conftest import api_url, eventually
+from tests.gitlab import conftest as gitlab_conftest
+from tests.gitlab.conftest import add_instance, add_machine, mac_of
+from tests.gitlab.fake_gitlab import USER_TOKEN
 from tests.jobs import conftest as jobs_conftest
 from tests.jobs.conftest import job_yaml, wait_job
 from valve_console.backend import metrics as metrics_mod
+from valve_console.backend import power as power_mod
 from valve_console.backend.metrics import Exposition, PduCommandStats
 from valve_console.backend.models import GitlabRunner
 
 http = jobs_conftest.http  # the job tests' fixtures: 4 ready machines on a dummy PDU, played by fake DUTs
 jobfarm = jobs_conftest.jobfarm
+fake = gitlab_conftest.fake  # Vivian's GitLab stand-in
 
 
 async def scrape(farm) -> dict[str, dict[tuple, float]]:
@@ -154,6 +161,7 @@ async def test_training_progress_is_exported(tmp_path):
             assert (await c.post("/api/v1/machine/", json=reg)).status_code == 200
             s0 = await scrape(farm)
             assert "valve_console_training_loop" not in s0  # no training yet: nothing exported
+            assert "valve_console_training_failed_attempts" not in s0
             r = await c.patch(f"/api/v1/machine/{mac}/", json={"pdu": "d1", "pdu_port_id": "1"})
             assert r.status_code == 200, r.text
 
@@ -165,6 +173,8 @@ async def test_training_progress_is_exported(tmp_path):
         assert value(s1, "valve_console_training_loops", mac=mac) == 7
         assert value(s1, "valve_console_training_loop", mac=mac) == 0  # registering comes first
         assert value(s1, "valve_console_training_passes", mac=mac) == 0
+        assert value(s1, "valve_console_training_failed_attempts", mac=mac) == 0  # a first training
+        assert value(s1, "valve_console_training_state", mac=mac, state="registering") == 1
         assert value(s1, "valve_console_machines", state="TRAINING") == 1
     finally:
         await farm.stop()
@@ -180,7 +190,7 @@ async def test_training_progress_and_gitlab_runners_are_read_defensively(farm, m
             assert (await c.post("/api/v1/machine/", json=reg)).status_code == 200
 
     trainings = {
-        "02:00:00:00:02:00": {"loop": 2, "loops": 5, "passes": 1, "state": "looping"},
+        "02:00:00:00:02:00": {"loop": 2, "loops": 5, "passes": 1, "state": "cooldown", "attempt": 3},
         "02:00:00:00:02:01": {"loop": "two"},  # not a number: nothing exported
         "02:00:00:00:02:02": None,  # no training: nothing exported
     }
@@ -195,6 +205,8 @@ async def test_training_progress_and_gitlab_runners_are_read_defensively(farm, m
     assert s["valve_console_training_loop"] == {(("mac", "02:00:00:00:02:00"),): 2.0}
     assert s["valve_console_training_loops"] == {(("mac", "02:00:00:00:02:00"),): 5.0}
     assert s["valve_console_training_passes"] == {(("mac", "02:00:00:00:02:00"),): 1.0}
+    assert s["valve_console_training_failed_attempts"] == {(("mac", "02:00:00:00:02:00"),): 3.0}
+    assert s["valve_console_training_state"] == {(("mac", "02:00:00:00:02:00"), ("state", "cooldown")): 1.0}
 
     # No GitLab service: no runner metric. With one, runners are counted per instance from the database.
     if getattr(farm, "gitlab", None) is None:
@@ -208,6 +220,131 @@ async def test_training_progress_and_gitlab_runners_are_read_defensively(farm, m
     await farm.store.run(add)
     s = await scrape(farm)
     assert value(s, "valve_console_gitlab_runners", instance="fdo") == 3
+
+
+async def operator(farm):
+    return httpx.AsyncClient(base_url=api_url(farm), headers={"Authorization": f"Bearer {farm.token}"}, timeout=10)
+
+
+async def test_an_outlet_that_reads_back_wrong_is_flagged_until_a_switch_reads_back_right(farm, monkeypatch):
+    monkeypatch.setattr(power_mod, "READBACK_SETTLE", 0.3)  # the stuck relay never settles: fail fast
+    await farm.power.add_pdu("d1", "dummy", {"ports": 4, "initial_state": "OFF"})
+    driver = farm.power.pdus["d1"].driver
+    stuck = {"1"}
+    real_set = driver.set
+
+    async def set_outlet(port_id, state):  # a stuck relay: the PDU takes the command, nothing changes
+        if port_id not in stuck:
+            await real_set(port_id, state)
+
+    monkeypatch.setattr(driver, "set", set_outlet)
+    mac = "02:00:00:00:04:01"
+    async with await operator(farm) as c:
+        reg = {"base_name": "fake", "tags": [], "mac_address": mac, "ip_address": "10.0.4.1"}
+        assert (await c.post("/api/v1/machine/", json=reg)).status_code == 200
+        assert (await c.patch(f"/api/v1/machine/{mac}/", json={"pdu": "d1", "pdu_port_id": "1"})).status_code == 200
+        s0 = await scrape(farm)
+        assert value(s0, "valve_console_outlet_readback_mismatch", pdu="d1", port="1", machine=mac) == 0
+        assert value(s0, "valve_console_outlet_readback_mismatches_total", pdu="d1", port="1") == 0
+
+        r = await c.post("/api/v1/pdu/d1/port/1/state", json={"state": "on"})
+        assert r.status_code >= 400, r.text  # the read-back said OFF
+        assert (await c.post("/api/v1/pdu/d1/port/2/state", json={"state": "on"})).status_code == 200
+        s1 = await scrape(farm)
+        assert value(s1, "valve_console_outlet_readback_mismatch", pdu="d1", port="1", machine=mac) == 1
+        assert value(s1, "valve_console_outlet_readback_mismatches_total", pdu="d1", port="1") == 1
+        assert value(s1, "valve_console_outlet_readback_mismatch", pdu="d1", port="2", machine="") == 0
+        assert value(s1, "valve_console_outlet_readback_mismatches_total", pdu="d1", port="2") == 0
+
+        stuck.clear()  # repaired: the next switch reads back right, the flag goes, the count stays
+        assert (await c.post("/api/v1/pdu/d1/port/1/state", json={"state": "on"})).status_code == 200
+        s2 = await scrape(farm)
+        assert value(s2, "valve_console_outlet_readback_mismatch", pdu="d1", port="1", machine=mac) == 0
+        assert value(s2, "valve_console_outlet_readback_mismatches_total", pdu="d1", port="1") == 1
+
+
+async def test_a_machine_s_seconds_in_its_state_grow_and_start_again_with_a_new_state(farm, monkeypatch):
+    now = [1_000_000.0]
+    monkeypatch.setattr(farm.view, "clock", lambda: now[0])  # the view's clock: state_since and the seconds
+    await farm.power.add_pdu("d1", "dummy", {"ports": 2})
+    mac = "02:00:00:00:05:01"
+    async with await operator(farm) as c:
+        reg = {"base_name": "fake", "tags": [], "mac_address": mac, "ip_address": "10.0.5.1"}
+        r = await c.post("/api/v1/machine/", json=reg)
+        assert r.status_code == 200
+        name = r.json()["full_name"]
+        now[0] += 250
+        s0 = await scrape(farm)
+        assert s0["valve_console_machine_state_seconds"] == {
+            (("mac", mac), ("name", name), ("state", "WAIT_FOR_CONFIG")): 250.0}
+        now[0] += 50
+        s1 = await scrape(farm)
+        assert s1["valve_console_machine_state_seconds"] == {
+            (("mac", mac), ("name", name), ("state", "WAIT_FOR_CONFIG")): 300.0}
+        r = await c.patch(f"/api/v1/machine/{mac}/", json={"pdu": "d1", "pdu_port_id": "1"})
+        assert r.status_code == 200 and r.json()["state"] == "NOT_READY"
+    now[0] += 40
+    s2 = await scrape(farm)  # one series per machine: the state it is in, counted from when it entered it
+    assert s2["valve_console_machine_state_seconds"] == {(("mac", mac), ("name", name), ("state", "NOT_READY")): 40.0}
+
+
+async def test_console_silence_counts_from_the_last_byte_or_the_backend_s_start(farm, monkeypatch):
+    now = [farm.started_at + 500]
+    monkeypatch.setattr(metrics_mod, "time", types.SimpleNamespace(time=lambda: now[0]))
+    mac = "02:00:00:00:06:01"
+    console = farm.consoles.console(mac)
+    s0 = await scrape(farm)
+    assert value(s0, "valve_console_console_silent_seconds", mac=mac) == 500  # no byte since the start
+    assert value(s0, "valve_console_uptime_seconds") == 500
+    console.feed(b"login: ")
+    now[0] = console.last_activity + 42
+    s1 = await scrape(farm)
+    assert value(s1, "valve_console_console_silent_seconds", mac=mac) == 42
+    assert value(s1, "valve_console_console_bytes_total", mac=mac) == 7
+
+
+async def test_gitlab_refusals_are_exported_per_runner_and_per_instance(farm, fake):
+    async with await operator(farm) as http:
+        await add_instance(http, fake)  # the admin token: runners are created
+        await add_machine(http, 1)
+        await eventually(lambda: fake.by_description("test-virtio-1"), "the machine's runner")
+        s0 = await eventually(lambda: _gitlab_ok(farm), "instance fdo ok in the metrics")
+        assert value(s0, "valve_console_gitlab_runner_error", gitlab="fdo", mac=mac_of(1)) == 0
+        assert value(s0, "valve_console_gitlab_token_refused", gitlab="fdo") == 0
+        assert value(s0, "valve_console_gitlab_instance_state", gitlab="fdo", state="unreachable") == 0
+
+        # a second instance whose token may not create runners (and no registration token): the runner is refused
+        fake.user_runners_refused = True
+        await add_instance(http, fake, name="other", token=USER_TOKEN)
+
+        async def refused():
+            s = await scrape(farm)
+            return s if value(s, "valve_console_gitlab_runner_error", gitlab="other", mac=mac_of(1)) == 1 else None
+
+        s1 = await eventually(refused, "the refused runner in the metrics")
+        assert value(s1, "valve_console_gitlab_runner_error", gitlab="fdo", mac=mac_of(1)) == 0
+        assert value(s1, "valve_console_gitlab_token_refused", gitlab="other") == 0  # its token is taken
+
+        # GitLab no longer takes fdo's access token (HTTP 401): the instance is unreachable, its token refused
+        fake.admin_token = "glpat-rotated-0123456789abcdef"
+        assert (await http.post("/api/v1/gitlab/fdo/sync")).status_code == 200
+        s2 = await scrape(farm)
+        assert value(s2, "valve_console_gitlab_token_refused", gitlab="fdo") == 1
+        assert value(s2, "valve_console_gitlab_instance_state", gitlab="fdo", state="unreachable") == 1
+        assert value(s2, "valve_console_gitlab_instance_state", gitlab="fdo", state="ok") == 0
+        assert value(s2, "valve_console_gitlab_instance_failures", gitlab="fdo") >= 1
+        assert value(s2, "valve_console_gitlab_token_refused", gitlab="other") == 0
+
+        fake.down = True  # an outage is unreachable too, but no refused token
+        assert (await http.post("/api/v1/gitlab/other/sync")).status_code == 200
+        s3 = await scrape(farm)
+        assert value(s3, "valve_console_gitlab_instance_state", gitlab="other", state="unreachable") == 1
+        assert value(s3, "valve_console_gitlab_token_refused", gitlab="other") == 0
+
+
+async def _gitlab_ok(farm):
+    s = await scrape(farm)
+    return s if value(s, "valve_console_gitlab_instance_state", gitlab="fdo", state="ok") == 1 else None
 
 
 def test_label_values_are_escaped_and_round_trip():

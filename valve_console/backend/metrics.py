@@ -181,20 +181,35 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _machines(exp: Exposition, machines: Iterable[tuple[str, dict[str, Any]]]) -> None:
+def _machines(exp: Exposition, machines: Iterable[tuple[str, dict[str, Any]]], now: float) -> None:
     counts = dict.fromkeys(MACHINE_STATES, 0)
     training: list[tuple[str, float, float | None, float | None]] = []
+    attempts: list[tuple[str, float, str]] = []
+    in_state: list[tuple[dict[str, str], float]] = []
     for mac, data in machines:
         state = str(data.get("state") or "UNKNOWN")
         counts[state] = counts.get(state, 0) + 1
+        since = _number(data.get("state_since"))
+        if since is not None:
+            in_state.append(({"mac": mac, "name": str(data.get("full_name") or ""), "state": state},
+                             max(0.0, now - since)))
         info = data.get("training")
         if isinstance(info, dict):  # {loop, loops, passes, ...} when training.py fills it; else nothing
             loop = _number(info.get("loop"))
             if loop is not None:
                 training.append((mac, loop, _number(info.get("loops")), _number(info.get("passes"))))
+            attempt = _number(info.get("attempt"))
+            if attempt is not None:
+                attempts.append((mac, attempt, str(info.get("state") or "")))
     exp.family("valve_console_machines", "gauge", "Machines known to the farm, by state.")
     for state, n in counts.items():
         exp.sample("valve_console_machines", n, {"state": state})
+    # One series per machine, labelled with the state it is in: a "stuck" alert compares the seconds with
+    # a bound per state. Seconds (not the state_since timestamp) so that the gateway's clock is the only one.
+    exp.family("valve_console_machine_state_seconds", "gauge",
+               "Seconds a machine has been in its current state (as far as this backend saw: at most its uptime).")
+    for labels, seconds in in_state:
+        exp.sample("valve_console_machine_state_seconds", seconds, labels)
     if training:
         exp.family("valve_console_training_loop", "gauge", "The Sgt. Hartman training loop a machine is at.")
         exp.family("valve_console_training_loops", "gauge", "The training loops a machine must go through.")
@@ -205,6 +220,15 @@ def _machines(exp: Exposition, machines: Iterable[tuple[str, dict[str, Any]]]) -
                 exp.sample("valve_console_training_loops", loops, {"mac": mac})
             if passes is not None:
                 exp.sample("valve_console_training_passes", passes, {"mac": mac})
+    if attempts:
+        exp.family("valve_console_training_failed_attempts", "gauge",
+                   "Trainings of a machine that failed in a row (0 once it qualifies).")
+        exp.family("valve_console_training_state", "gauge",
+                   "1 for the state a machine's training is in (registering, looping, cooldown, qualified, ...).")
+        for mac, attempt, state in attempts:
+            exp.sample("valve_console_training_failed_attempts", attempt, {"mac": mac})
+            if state:
+                exp.sample("valve_console_training_state", 1, {"mac": mac, "state": state})
 
 
 def _pdus(exp: Exposition, farm: "Farm") -> None:
@@ -223,6 +247,7 @@ def _pdus(exp: Exposition, farm: "Farm") -> None:
             exp.sample("valve_console_pdu_outlets", n, {"pdu": name, "state": state})
         exp.sample("valve_console_pdu_reachable", 1 if rt.reachable else 0, {"pdu": name, "driver": rt.driver_name})
         exp.sample("valve_console_pdu_failures", rt.failures, {"pdu": name})
+    _mismatches(exp, farm)
     stats = getattr(power, "command_stats", None)
     if isinstance(stats, PduCommandStats):
         help_text = "Time a PDU took for one command (a set with its read-back, a poll of its outlets, a read)."
@@ -234,6 +259,31 @@ def _pdus(exp: Exposition, farm: "Farm") -> None:
         exp.family("valve_console_pdu_command_errors_total", "counter", "PDU commands that failed (no answer, error).")
         for pdu, n in sorted(stats.errors.items()):
             exp.sample("valve_console_pdu_command_errors_total", n, {"pdu": pdu})
+
+
+def _mismatches(exp: Exposition, farm: "Farm") -> None:
+    """Per outlet: 1 while its last switch read back another state (until a switch reads back right),
+    and how many switches read back wrong since the start (0 for those that never did, for ``increase``)."""
+    power = farm.power
+    machines = getattr(farm, "machines", None)
+    exp.family("valve_console_outlet_readback_mismatch", "gauge",
+               "1 while an outlet's last switch read back another state than it was switched to.")
+    exp.family("valve_console_outlet_readback_mismatches_total", "counter",
+               "Switches of an outlet that read back another state, since the backend started.")
+    for name, rt in sorted(power.pdus.items()):
+        ports = sorted({*rt.outlets, *rt.mismatch, *rt.mismatches}, key=_port_key)
+        for port in ports:
+            owner = machines.machine_on(name, port) if machines is not None else None
+            machine = owner.mac_address if owner is not None else ""
+            exp.sample("valve_console_outlet_readback_mismatch", 1 if port in rt.mismatch else 0,
+                       {"pdu": name, "port": port, "machine": machine})
+            exp.sample("valve_console_outlet_readback_mismatches_total", rt.mismatches.get(port, 0),
+                       {"pdu": name, "port": port})
+
+
+def _port_key(port: str) -> tuple[int, str]:
+    """Outlets in their numeric order (2 before 10), names after numbers."""
+    return (int(port), "") if port.isdigit() else (1 << 62, port)
 
 
 def _power(exp: Exposition, farm: "Farm") -> None:
@@ -262,7 +312,7 @@ def _power(exp: Exposition, farm: "Farm") -> None:
         exp.sample("valve_console_pdu_power_problems_total", n, {"pdu": pdu})
 
 
-def _consoles(exp: Exposition, farm: "Farm") -> None:
+def _consoles(exp: Exposition, farm: "Farm", now: float) -> None:
     hub = farm.consoles
     if hub is None:
         return
@@ -270,6 +320,8 @@ def _consoles(exp: Exposition, farm: "Farm") -> None:
     exp.family("valve_console_console_lines_total", "counter", "Lines received on a machine's console since start.")
     exp.family("valve_console_console_connected", "gauge", "1 if a byte source (netconsole, serial) feeds the console.")
     exp.family("valve_console_console_viewers", "gauge", "Viewers of a machine's console (API streams, TCP port).")
+    exp.family("valve_console_console_silent_seconds", "gauge",
+               "Seconds since a machine's console received a byte (since the backend started if none came since).")
     for mac, console in sorted(hub.consoles.items()):
         exp.sample("valve_console_console_bytes_total", console.total, {"mac": mac})
         lines = getattr(console, "lines", None)
@@ -277,6 +329,8 @@ def _consoles(exp: Exposition, farm: "Farm") -> None:
             exp.sample("valve_console_console_lines_total", lines, {"mac": mac})
         exp.sample("valve_console_console_connected", 1 if console.stream is not None else 0, {"mac": mac})
         exp.sample("valve_console_console_viewers", len(console.viewers) + len(console.subscribers), {"mac": mac})
+        last = console.last_activity if console.last_activity is not None else farm.started_at
+        exp.sample("valve_console_console_silent_seconds", max(0.0, now - last), {"mac": mac})
 
 
 async def _jobs(exp: Exposition, farm: "Farm") -> None:
@@ -307,13 +361,41 @@ async def _jobs(exp: Exposition, farm: "Farm") -> None:
         )
 
 
+GITLAB_STATES = ("starting", "ok", "not exposing", "unreachable")
+# GitlabApi.classify's words for a 401: the instance's access token itself was refused
+TOKEN_REFUSED = "token was refused"
+
+
 async def _gitlab(exp: Exposition, farm: "Farm") -> None:
-    if getattr(farm, "gitlab", None) is None or farm.store is None:
+    service = getattr(farm, "gitlab", None)
+    if service is None or farm.store is None:
         return
     rows = await farm.store.run(_gitlab_runners)
     exp.family("valve_console_gitlab_runners", "gauge", "GitLab runners registered (machines' and gateway).")
     for instance, n in sorted(rows):
         exp.sample("valve_console_gitlab_runners", n, {"instance": instance})
+    # The label is `gitlab`, not `instance`: Prometheus gives `instance` to the scraped target.
+    status: dict[str, dict[str, Any]] = getattr(service, "status", None) or {}
+    errors: dict[tuple[str, str], str] = getattr(service, "runner_errors", None) or {}
+    runners: dict[tuple[str, str], Any] = getattr(service, "runners", None) or {}
+    exp.family("valve_console_gitlab_instance_state", "gauge",
+               "1 for the state a GitLab instance is in (starting, ok, not exposing, unreachable), 0 for the others.")
+    exp.family("valve_console_gitlab_instance_failures", "gauge", "Consecutive failed syncs with a GitLab instance.")
+    exp.family("valve_console_gitlab_token_refused", "gauge",
+               "1 while a GitLab instance refuses the farm's access token (HTTP 401).")
+    for name, st in sorted(status.items()):
+        state = str(st.get("state") or "")
+        for known in dict.fromkeys((*GITLAB_STATES, state)):
+            exp.sample("valve_console_gitlab_instance_state", 1 if known == state else 0,
+                       {"gitlab": name, "state": known})
+        exp.sample("valve_console_gitlab_instance_failures", _number(st.get("failures")) or 0, {"gitlab": name})
+        refused = state == "unreachable" and TOKEN_REFUSED in str(st.get("reason") or "")
+        exp.sample("valve_console_gitlab_token_refused", 1 if refused else 0, {"gitlab": name})
+    exp.family("valve_console_gitlab_runner_error", "gauge",
+               "1 while GitLab refuses a runner (its token, creating or updating it); mac `gateway`: the gateway's.")
+    for instance, mac in sorted({*runners, *errors}):
+        exp.sample("valve_console_gitlab_runner_error", 1 if (instance, mac) in errors else 0,
+                   {"gitlab": instance, "mac": mac})
 
 
 async def render(farm: "Farm") -> str:
@@ -329,10 +411,11 @@ async def render(farm: "Farm") -> str:
     exp.family("valve_console_service_ok", "gauge", "1 if a backend service reports ok.")
     for service, info in sorted(health["services"].items()):
         exp.sample("valve_console_service_ok", 1 if info["state"] == "ok" else 0, {"service": service})
-    _machines(exp, farm.view.machines().items())
+    now = time.time()
+    _machines(exp, farm.view.machines().items(), farm.view.clock())
     _pdus(exp, farm)
     _power(exp, farm)
-    _consoles(exp, farm)
+    _consoles(exp, farm, now)
     await _jobs(exp, farm)
     await _gitlab(exp, farm)
     exp.add("valve_console_events_published_total", "counter", "Events published on the farm's event bus.",
