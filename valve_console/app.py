@@ -31,6 +31,7 @@ from textual.worker import Worker, WorkerState
 from .client import FarmClient, FarmClientError
 from .console_data import EventFeed, FarmModel, outlet_of
 from .console_data.attention import NOTIFIED, Attention, Target, attention
+from .console_data.fleet import Fleet, FleetSpec, Gateway, new_log_entry
 from .contract import (
     DiscoveryEvent,
     DiscoveryStarted,
@@ -47,6 +48,7 @@ from .screens.commands import FarmCommands
 from .screens.consoles import ConsolesScreen
 from .screens.dialogs import AddPduScreen, ConfirmScreen
 from .screens.duts import DutsScreen
+from .screens.fleet import FleetScreen
 from .screens.gitlab import GitlabScreen
 from .screens.jobs import JobsScreen
 from .screens.journal import JournalScreen
@@ -104,12 +106,14 @@ class ConsoleApp(App[int]):
         Binding("7", "go('jobs')", "Jobs", id="go-jobs"),
         Binding("8", "go('gitlab')", "GitLab", id="go-gitlab"),
         Binding("9", "go('settings')", "Settings", id="go-settings"),
+        Binding("0", "fleet", "Fleet", id="go-fleet"),  # only in a fleet (check_action)
         Binding("q", "quit_console", "Quit", id="quit"),
         Binding("ctrl+p", "command_palette", "Commands", show=False, priority=True, id="palette"),
         Binding("colon", "command_palette", "Commands", show=False, id="commands"),
     ]
 
     farm_name: reactive[str] = reactive("")
+    gateway_name: reactive[str] = reactive("")  # in a fleet: the gateway shown ("" without a fleet)
     backend_problem: reactive[str] = reactive("")
     last_status: reactive[tuple[str, str] | None] = reactive(None)
 
@@ -120,9 +124,13 @@ class ConsoleApp(App[int]):
         title: str | None = None,
         linux_console: bool | None = None,
         flush_hz: float = FLUSH_HZ,
+        fleet: Fleet | None = None,
     ) -> None:
         self.linux_console = is_linux_console() if linux_console is None else linux_console
         css = [str(APP_TCSS), str(VCONSOLE_TCSS)] if self.linux_console else [str(APP_TCSS)]
+        self.fleet = fleet
+        if fleet is not None:
+            self.DEFAULT_MODE = "fleet"  # read by App.__init__: a fleet opens on the Fleet screen
         super().__init__(css_path=css)
         self.client = client
         if title:
@@ -146,6 +154,12 @@ class ConsoleApp(App[int]):
         self._saved_gc: tuple[int, int, int] | None = None
         self.attention: list[Attention] = []  # what needs the operator now (the Overview lists it)
         self._attention_keys: set[str] | None = None  # None: not computed since the (re)connection
+        self.gateway: Gateway | None = None  # in a fleet: the gateway every farm screen shows
+        self.fleet_view: FleetScreen | None = None
+        if fleet is not None:
+            self.add_mode("fleet", FleetScreen)
+            fleet.listener = self
+            self._use_gateway(next(iter(fleet)))
 
     # ---------------------------------------------------------------- lifecycle
     def on_mount(self) -> None:
@@ -156,10 +170,16 @@ class ConsoleApp(App[int]):
             ScrollBarRender.HORIZONTAL_BARS = [" "] * 8
         self.set_interval(1 / self.flush_hz, self.flush)
         self.set_interval(5, self._recheck_attention)  # silences grow without any event
-        self.run_worker(self.feed.run(), name="events", group="events", exit_on_error=False)
+        if self.fleet is None:
+            self.run_worker(self.feed.run(), name="events", group="events", exit_on_error=False)
+        else:  # one stream per gateway, all the time: the Fleet screen's rows stay live
+            for gw in self.fleet:
+                self.run_worker(gw.feed.run(), name=f"events from {gw.name}", group="events", exit_on_error=False)
 
     def on_unmount(self) -> None:
         self.feed.close()
+        for gw in self.fleet or ():
+            gw.feed.close()
         if self._saved_bars is not None:
             ScrollBarRender.VERTICAL_BARS, ScrollBarRender.HORIZONTAL_BARS = self._saved_bars
             self._saved_bars = None
@@ -229,7 +249,12 @@ class ConsoleApp(App[int]):
 
     # ---------------------------------------------------------------- batching
     def flush(self) -> None:
-        """Apply the buffered changes to the model and to every screen, in one batch."""
+        """Apply the buffered changes to the model and to every screen, in one batch (in a fleet, the
+        other gateways' changes to their models only)."""
+        if self.fleet is not None:
+            for gw in self.fleet:
+                if gw is not self.gateway:
+                    self.fleet.apply(gw)
         changes = self.feed.take()
         if changes is None:
             return
@@ -237,6 +262,8 @@ class ConsoleApp(App[int]):
             changes.logs = changes.snapshot.backend_log + changes.logs
             if changes.snapshot.health.farm_name:
                 self.farm_name = changes.snapshot.health.farm_name
+        if self.gateway is not None:
+            self.gateway.dirty = True
         changes.logs = [e for e in changes.logs if self._new_log_entry(e)]
         self.model.apply(changes)
         with self.batch_update():
@@ -330,13 +357,82 @@ class ConsoleApp(App[int]):
             self.last_status = (f"discovering {outlet}: waiting for a machine to register...", "information")
 
     def _new_log_entry(self, entry: LogEntry) -> bool:
-        key = (entry.ts, entry.logger, entry.message)
-        if key in self._log_keys:
-            return False
-        self._log_keys[key] = None
-        while len(self._log_keys) > RECENT_LOG * 2:
-            self._log_keys.popitem(last=False)
-        return True
+        return new_log_entry(self._log_keys, entry, RECENT_LOG * 2)
+
+    # ---------------------------------------------------------------- fleet
+    def _use_gateway(self, gw: Gateway) -> None:
+        """Make ``gw`` the gateway every farm screen shows: its client, feed, model and logs."""
+        self.gateway = gw
+        self.client, self.feed, self.model = gw.client, gw.feed, gw.model
+        self.recent_log_entries, self._log_keys = gw.recent_log, gw.log_keys
+        self.form_target = self.console_target = None
+        self._form_return = "duts"
+        self.attention, self._attention_keys = [], None
+        self.gateway_name = gw.name
+        self.farm_name = gw.farm_name
+        self.connected = gw.state == "up"
+        self.backend_problem = ""
+        if gw.state == "lost":
+            self._set_lost(gw.feed.last_error and str(gw.feed.last_error) or gw.reason)
+        self.last_status = None
+
+    async def show_gateway(self, name: str, mode: str = "overview") -> None:
+        """Switch the whole console to the fleet's gateway ``name``: every farm screen is made anew on
+        its data (none keeps the previous gateway's machines, consoles, jobs or forms); then ``mode``."""
+        if self.fleet is None:
+            return
+        gw = self.fleet[name]
+        if gw is not self.gateway:
+            if self.current_mode != "fleet":
+                await self.switch_mode("fleet")
+            await self.release_writers()  # write access held on the previous gateway's consoles
+            for farm_mode, screen in type(self).MODES.items():
+                await self.remove_mode(farm_mode)
+                self.add_mode(farm_mode, screen)
+            self.fleet.apply(gw)  # what it buffered since the last flush
+            self._use_gateway(gw)
+            if self.model.loaded:
+                self.update_attention()
+        await self.switch_mode(mode)
+
+    def action_fleet(self) -> None:
+        if self.fleet is not None:
+            self.switch_mode("fleet")
+
+    def gateway_flush(self, gateway: Gateway) -> None:
+        if gateway is self.gateway:
+            self.flush()
+        elif self.fleet is not None:
+            self.fleet.apply(gateway)
+
+    def gateway_connected(self, gateway: Gateway) -> None:
+        if gateway is self.gateway:
+            self._set_connected()
+
+    def gateway_lost(self, gateway: Gateway, reason: str) -> None:
+        if gateway is self.gateway:
+            self._set_lost(reason)
+
+    def gateway_report(self, gateway: Gateway, message: str, severity: str) -> None:
+        if gateway is self.gateway:
+            self.report(message, severity)
+        else:
+            log.warning("%s: %s", gateway.name, message)
+
+    def gateway_discovery(self, gateway: Gateway, status: DiscoveryStatus) -> None:
+        if gateway is self.gateway:
+            self.set_discovery(status)
+        else:
+            gateway.model.set_discovery(status)
+
+    def too_old(self, screen: str, exc: FarmClientError) -> str | None:
+        """``"rack1 (version 1.2) is too old for the Settings screen"`` when ``exc`` says the gateway has
+        no such endpoint (404); None for any other error."""
+        if exc.status != 404:
+            return None
+        version = self.model.health.version if self.model.health else "unknown"
+        who = self.gateway_name or self.farm_name or "the backend"
+        return f"{who} (version {version}) is too old for the {screen} screen"
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """A worker that failed in an unexpected way is reported, never silent."""
@@ -373,6 +469,8 @@ class ConsoleApp(App[int]):
         self.exit(0)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "fleet":
+            return self.fleet is not None and self.current_mode != "machine"
         if action == "quit_console" and self.current_mode == "machine":
             return False  # 'q' belongs to the form's fields there; ctrl+q still quits
         return True
@@ -623,6 +721,13 @@ def make_app(client: FarmClient, *, title: str | None = None, linux_console: boo
     return ConsoleApp(client, title=title, linux_console=linux_console)
 
 
+def make_fleet_app(fleet: Fleet, *, linux_console: bool | None = None) -> ConsoleApp:
+    """The console on a fleet: it opens on the Fleet screen, showing the first gateway's screens."""
+    first = next(iter(fleet))
+    return ConsoleApp(first.client, title=f"valve-console fleet {fleet.name}", linux_console=linux_console,
+                      fleet=fleet)
+
+
 async def _run(app: ConsoleApp) -> int:
     """Run the app; SIGTERM (systemd) and SIGHUP (the terminal went away) end it cleanly, so the
     caller's cleanup (stopping the farm, the demo's vPDU and its DUTs) always runs."""
@@ -641,6 +746,8 @@ async def _run(app: ConsoleApp) -> int:
             loop.remove_signal_handler(sig)
         await app.release_writers()
         await app.client.close()
+        if app.fleet is not None:
+            await app.fleet.close()
     return int(result or 0) if isinstance(result, int) else 0
 
 
@@ -656,3 +763,8 @@ async def run_tui(api_url: str | None, socket_path: Path | None, token: str | No
 async def attach_main(url: str, token: str | None) -> int:
     """The TUI alone, as a client of a running backend over HTTP."""
     return await _run(make_app(FarmClient(url, token=token)))
+
+
+async def fleet_main(spec: FleetSpec) -> int:
+    """The TUI alone on a fleet of gateways (a fleet file, or ``--attach`` given several times)."""
+    return await _run(make_fleet_app(Fleet(spec)))

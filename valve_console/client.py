@@ -8,6 +8,7 @@ socket), with ``--attach URL``, over ssh and in the browser. Errors come back as
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import time
@@ -76,22 +77,57 @@ def contract_error(what: str, exc: ValidationError) -> str:
     return f"the answer to {what} does not fit the contract: {problems}{more}"
 
 
-def parse(model: type[M], data: Any, what: str) -> M:
-    """``data`` (decoded JSON) as ``model``; FarmClientError in words when it does not fit."""
+def without_extras(data: Any, exc: ValidationError) -> Any:
+    """``data`` without the keys ``exc`` found undeclared (``extra_forbidden``): a copy, or None when
+    the answer has another problem too (a missing or mistyped key is never tolerated)."""
+    errors = exc.errors()
+    if not errors or any(e["type"] != "extra_forbidden" for e in errors):
+        return None
+    pruned = copy.deepcopy(data)
+    for error in errors:
+        *path, key = error["loc"]
+        node = pruned
+        for step in path:
+            node = node[step]
+        if isinstance(node, dict):
+            node.pop(key, None)
+    return pruned
+
+
+def parse(model: type[M], data: Any, what: str, tolerant: bool = False) -> M:
+    """``data`` (decoded JSON) as ``model``; FarmClientError in words when it does not fit.
+
+    ``tolerant``: keys the contract does not declare are dropped instead of refused, even under the
+    strict contract (a fleet's newer gateways answer fields this console does not know)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
+        pruned = without_extras(data, exc) if tolerant else None
+        if pruned is not None:
+            return parse(model, pruned, what)
         raise FarmClientError(contract_error(what, exc)) from None
 
 
-def parse_event(data: Any) -> Event | None:
+def parse_event(data: Any, tolerant: bool = False) -> Event | None:
     """One event of the stream as an ``Event`` whose data fits its model (``Event.parsed``). An event
-    that does not fit raises FarmClientError under the strict contract, else is logged and skipped."""
+    that does not fit raises FarmClientError under the strict contract, else is logged and skipped.
+    ``tolerant`` (fleet clients): undeclared keys are dropped, the event kept (see ``parse``)."""
     try:
         event = Event.model_validate(data)
-        event.parsed()
+        try:
+            event.parsed()
+        except ValidationError as exc:
+            pruned = without_extras(event.data, exc) if tolerant else None
+            if pruned is None:
+                raise
+            event = Event(type=event.type, seq=event.seq, ts=event.ts, data=pruned)
+            event.parsed()
         return event
     except ValidationError as exc:
+        if tolerant and isinstance(data, dict):
+            pruned = without_extras(data, exc)
+            if pruned is not None:
+                return parse_event(pruned, tolerant)
         kind = data.get("type") if isinstance(data, dict) else None
         message = contract_error(f"a {kind or 'malformed'} event", exc)
         if STRICT:
@@ -109,7 +145,11 @@ class FarmClient:
         socket_path: str | Path | None = None,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        tolerant: bool = False,
     ) -> None:
+        """``tolerant``: answers and events with keys this console does not know are accepted (the
+        keys dropped), even under the strict contract; a fleet's clients are tolerant, since the
+        gateways of a fleet run different versions."""
         if url is None and socket_path is None:
             raise ValueError("give the API url or the unix socket path")
         headers = {**CLIENT_HEADERS, **({"Authorization": f"Bearer {token}"} if token else {})}
@@ -117,6 +157,7 @@ class FarmClient:
             transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
         self.base_url = (url or "http://valve-console").rstrip("/")
         self.describe = url or f"unix:{socket_path}"
+        self.tolerant = tolerant
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, transport=transport, timeout=timeout)
 
     async def close(self) -> None:
@@ -153,7 +194,7 @@ class FarmClient:
         """One API call whose JSON answer is parsed into its contract ``model``; an answer that does not
         fit (a key renamed or missing, or an undeclared one under the strict contract) raises
         FarmClientError naming the call and the keys."""
-        return parse(model, await self.request(method, path, **kwargs), f"{method} {path}")
+        return parse(model, await self.request(method, path, **kwargs), f"{method} {path}", self.tolerant)
 
     # ------------------------------------------------------------------ reads
     async def health(self) -> Health:
@@ -350,7 +391,7 @@ class FarmClient:
         lost = f"event stream from {self.describe} lost"
         async with aclosing(self._sse_json("/api/v1/events", params, lost)) as events:
             async for data in events:
-                event = parse_event(data)
+                event = parse_event(data, self.tolerant)
                 yield event if event is not None else Event(type="dropped", seq=-1, ts=time.time(), data={"count": 1})
 
     async def _sse_json(self, path: str, params: dict[str, str] | None, lost: str) -> AsyncIterator[dict[str, Any]]:

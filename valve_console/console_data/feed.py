@@ -52,6 +52,7 @@ class EventFeed:
         self._refetch_task: asyncio.Task[None] | None = None
         self._discovery_task: asyncio.Task[None] | None = None
         self._discovery_dirty = False
+        self.last_error: FarmClientError | None = None  # why the stream was last lost (its status: 401...)
 
     def take(self) -> Changes | None:
         """The changes buffered so far (a fresh buffer takes their place), or None when there are none."""
@@ -72,6 +73,7 @@ class EventFeed:
         while True:
             stream = asyncio.create_task(self._read_events(), name="valve-console-events")
             reason = ""
+            self.last_error = None
             try:
                 await asyncio.sleep(STREAM_SETTLE)
                 if stream.done():
@@ -79,7 +81,7 @@ class EventFeed:
                     raise FarmClientError("the event stream ended")
                 await self.refetch()
             except FarmClientError as exc:
-                reason = str(exc)
+                reason, self.last_error = str(exc), exc
             else:
                 self._connected()
                 delay = BACKOFF_START
@@ -87,7 +89,7 @@ class EventFeed:
                     await stream
                     reason = "the event stream ended"
                 except FarmClientError as exc:
-                    reason = str(exc)
+                    reason, self.last_error = str(exc), exc
             finally:
                 if not stream.done():
                     stream.cancel()

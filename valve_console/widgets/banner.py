@@ -18,8 +18,12 @@ SCREENS = (
 )
 
 
+FLEET_SCREEN = ("0", "fleet", "Fleet")
+
+
 class TopBar(Static):
-    """``valve-console  farm NAME   1 Overview  2 Journal ...`` with the current screen reversed."""
+    """``valve-console  farm NAME   1 Overview  2 Journal ...`` with the current screen reversed; in a
+    fleet ``valve-console  fleet F  gateway G  farm NAME   0 Fleet  1 Overview ...``."""
 
     DEFAULT_CSS = """
     TopBar { height: 1; background: $panel; color: $foreground; }
@@ -31,14 +35,23 @@ class TopBar(Static):
 
     def on_mount(self) -> None:
         self.watch(self.app, "farm_name", self._refresh_bar)
+        if getattr(self.app, "fleet", None) is not None:
+            self.watch(self.app, "gateway_name", self._refresh_bar)
 
     def _refresh_bar(self, _value: object = None) -> None:
         farm = getattr(self.app, "farm_name", "") or "?"
+        fleet = getattr(self.app, "fleet", None)
         text = Text()
         text.append(" valve-console ", style="bold")
+        screens = SCREENS
+        if fleet is not None:
+            screens = (FLEET_SCREEN, *SCREENS)
+            text.append(f" fleet {fleet.name} ")
+            gateway = getattr(self.app, "gateway_name", "") or "?"
+            text.append(f" gateway {gateway} ", style="bold" if self.current != "fleet" else "")
         text.append(f" farm {farm} ", style="")
         text.append("  ")
-        for key, mode, title in SCREENS:
+        for key, mode, title in screens:
             label = f" {key} {title} "
             if mode == self.current:
                 text.append(label, style="bold reverse")
