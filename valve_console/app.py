@@ -677,7 +677,7 @@ class ConsoleApp(App[int]):
             try:
                 settings = self.model.settings = await self.client.settings()
             except FarmClientError as exc:
-                self.report(f"cannot read the settings: {exc}", "error")
+                self.report(self.too_old("Settings", exc) or f"cannot read the settings: {exc}", "error")
                 return
 
         def saved(answer: FarmSettings | None) -> None:

@@ -3,6 +3,8 @@
 valve-console                      backend + API + TUI in one loop (the TUI uses the unix socket)
 valve-console --backend-only       backend + API, headless (never imports Textual)
 valve-console --attach URL         the TUI alone, as a client of a running backend
+valve-console --attach URL --attach URL2 ...   the fleet console on those backends (no fleet file)
+valve-console fleet FILE           the fleet console: one row per gateway of the fleet file (TOML)
 valve-console demo                 a Vivian virtual farm (vPDU + simulated DUTs) with the console
 valve-console doctor               checks this gateway against what the seed requires (doctor.py)
 valve-console serve                the TUI in a browser (textual-serve behind a login), see serve.py
@@ -178,41 +180,37 @@ async def _demo_gitlab(farm):
     return gitlab
 
 
-async def _demo_main(args: argparse.Namespace) -> int:
-    import tempfile
+class DemoFarm:
+    """One Vivian farm of the demo: the Farm, its vPDU (``vpdu1``) and, unless --no-gitlab, its GitLab stand-in."""
 
-    from .backend.farm import Farm, FarmStartError
+    def __init__(self, farm) -> None:
+        self.farm = farm
+        self.vpdu = None
+        self.vport = 0
+        self.gitlab = None
+        self.reopened: str | None = None
 
-    temp = None
-    if args.data_dir is None:
-        temp = tempfile.TemporaryDirectory(prefix="valve-console-demo-")
-        args.data_dir = Path(temp.name)
-    settings = _settings(
-        args,
-        listen=args.listen or "127.0.0.1:0",
-        netconsole=args.netconsole or "127.0.0.1:0",
-        farm_name=args.farm_name or "vivian",
-        # Sgt. Hartman with 3 boot loops (all needed) so the demo shows a training; the environment wins
-        **{k: v for k, v in (("training_loops", 3), ("training_qualify", 3))
-           if f"VALVE_CONSOLE_{k.upper()}" not in os.environ},
-    )
-    _setup_logging(settings, to_stderr=False)
-    from vivian.vpdu import VirtualPDU
+    @property
+    def api(self) -> str:
+        return "http://{}:{}".format(*self.farm.api_address)
 
-    farm = Farm(settings)
-    vpdu = None
-    gitlab = None
-    try:
+    async def start(self, args: argparse.Namespace, vpdu_port: int) -> None:
+        """Start the farm, its vPDU and GitLab; FarmStartError or OSError in words (the caller stops it)."""
+        from vivian.vpdu import VirtualPDU
+
+        from .backend.farm import FarmStartError
+
+        farm, settings = self.farm, self.farm.settings
         await farm.start()
-        api = "http://{}:{}".format(*farm.api_address)
         console = "{}:{}".format(*farm.netconsole_address)
-        vpdu = VirtualPDU(num_ports=args.duts, api=api, console=console, log_dir=settings.data_dir / "vivian")
+        self.vpdu = VirtualPDU(num_ports=args.duts, api=self.api, console=console,
+                               log_dir=settings.data_dir / "vivian")
         try:
-            vport = await vpdu.start("127.0.0.1", args.vpdu_port)
+            self.vport = await self.vpdu.start("127.0.0.1", vpdu_port)
         except OSError as exc:
-            raise FarmStartError(f"cannot start the vPDU on port {args.vpdu_port}: {exc.strerror or exc}") from None
-        reopened = _demo_reopen_note(farm, settings.data_dir)
-        config = {"hostname": f"127.0.0.1:{vport}"}
+            raise FarmStartError(f"cannot start the vPDU on port {vpdu_port}: {exc.strerror or exc}") from None
+        self.reopened = _demo_reopen_note(farm, settings.data_dir)
+        config = {"hostname": f"127.0.0.1:{self.vport}"}
         existing = farm.power.pdus.get("vpdu1")
         if existing is None:
             await farm.power.add_pdu("vpdu1", "vpdu", config)
@@ -223,42 +221,96 @@ async def _demo_main(args: argparse.Namespace) -> int:
             )
         else:  # the farm of an earlier demo: its vPDU listens on a new port now
             await farm.power.reconfigure_pdu("vpdu1", config)
-        if reopened:
-            logging.getLogger("valve_console.demo").info("%s", reopened)
+        if self.reopened:
+            logging.getLogger("valve_console.demo").info("%s", self.reopened)
         if not args.no_gitlab:
-            gitlab = await _demo_gitlab(farm)
+            self.gitlab = await _demo_gitlab(farm)
         elif DEMO_GITLAB in farm.gitlab.instances:  # a reopened demo's stand-in is gone: so is its instance
             await farm.gitlab.remove_instance(DEMO_GITLAB)
-    except (FarmStartError, OSError) as exc:
-        print(f"valve-console: {_start_failure(exc)}", file=sys.stderr)
-        if vpdu is not None:
-            await vpdu.stop()
-        if gitlab is not None:
-            await asyncio.to_thread(gitlab.stop)
-        await farm.stop()
-        return EXIT_START_FAILURE
+
+    def describe(self, args: argparse.Namespace, prefix: str = "valve-console demo:") -> None:
+        """What --headless prints: where the API, the vPDU and GitLab are."""
+        if self.reopened:
+            print(f"{prefix} {self.reopened}", flush=True)
+        print(f"{prefix} API {self.api}  token {self.farm.settings.token_path}", flush=True)
+        print(f"  vPDU vpdu1 on 127.0.0.1:{self.vport} with {args.duts} outlets, all OFF", flush=True)
+        print(f"  power a DUT on:  python vivian/client.py --port {self.vport} --outlet 3 --on", flush=True)
+        if self.gitlab is not None:
+            print(f"  GitLab {DEMO_GITLAB} (Vivian stand-in) on {self.gitlab.url}  admin token "
+                  f"{self.gitlab.admin_token}", flush=True)
+            print(f"  its runners:     python vivian/gitlab.py --list --url {self.gitlab.url} "
+                  f"--token {self.gitlab.admin_token}", flush=True)
+
+    async def stop(self) -> None:
+        if self.vpdu is not None:
+            await self.vpdu.stop()
+        await self.farm.stop()
+        if self.gitlab is not None:  # after the farm: its last calls to GitLab have ended
+            await asyncio.to_thread(self.gitlab.stop)  # shutdown() waits for the server thread: not on the loop
+
+
+def _demo_settings(args: argparse.Namespace, **overrides: Any):
+    return _settings(
+        args,
+        # Sgt. Hartman with 3 boot loops (all needed) so the demo shows a training; the environment wins
+        **{k: v for k, v in (("training_loops", 3), ("training_qualify", 3))
+           if f"VALVE_CONSOLE_{k.upper()}" not in os.environ},
+        **overrides,
+    )
+
+
+async def _demo_main(args: argparse.Namespace) -> int:
+    """``demo``: one Vivian farm (or ``--farms N``: N of them and the fleet console over them)."""
+    import tempfile
+
+    from .backend.farm import Farm, FarmStartError
+
+    temp = None
+    if args.data_dir is None:
+        temp = tempfile.TemporaryDirectory(prefix="valve-console-demo-")
+        args.data_dir = Path(temp.name)
+    base = args.data_dir
+    if args.farms == 1:
+        all_settings = [_demo_settings(args, listen=args.listen or "127.0.0.1:0",
+                                       netconsole=args.netconsole or "127.0.0.1:0",
+                                       farm_name=args.farm_name or "vivian")]
+    else:  # each farm its own data dir, API, netconsole and vPDU
+        prefix = args.farm_name or "vivian"
+        all_settings = [_demo_settings(args, data_dir=base / f"{prefix}-{i}", listen="127.0.0.1:0",
+                                       netconsole="127.0.0.1:0", farm_name=f"{prefix}-{i}")
+                        for i in range(1, args.farms + 1)]
+    _setup_logging(all_settings[0] if args.farms == 1 else _demo_settings(args, data_dir=base), to_stderr=False)
+    demos = [DemoFarm(Farm(settings)) for settings in all_settings]
+    started: list[DemoFarm] = []
     try:
+        try:
+            for i, demo in enumerate(demos):
+                started.append(demo)
+                await demo.start(args, args.vpdu_port + i if args.vpdu_port else 0)
+        except (FarmStartError, OSError) as exc:
+            which = f"farm {demo.farm.settings.farm_name}: " if args.farms > 1 else ""
+            print(f"valve-console: {which}{_start_failure(exc)}", file=sys.stderr)
+            return EXIT_START_FAILURE
         if args.headless:
-            if reopened:
-                print(f"valve-console demo: {reopened}", flush=True)
-            print(f"valve-console demo: API {api}  token {settings.token_path}", flush=True)
-            print(f"  vPDU vpdu1 on 127.0.0.1:{vport} with {args.duts} outlets, all OFF", flush=True)
-            print(f"  power a DUT on:  python vivian/client.py --port {vport} --outlet 3 --on", flush=True)
-            if gitlab is not None:
-                print(f"  GitLab {DEMO_GITLAB} (Vivian stand-in) on {gitlab.url}  admin token {gitlab.admin_token}",
-                      flush=True)
-                print(f"  its runners:     python vivian/gitlab.py --list --url {gitlab.url} "
-                      f"--token {gitlab.admin_token}", flush=True)
+            for demo in demos:
+                demo.describe(args, "valve-console demo:" if args.farms == 1
+                              else f"valve-console demo {demo.farm.settings.farm_name}:")
             await _run_until_signal(asyncio.Event())
-        else:
+        elif args.farms == 1:
             from .app import run_tui
 
-            await run_tui(api_url=None, socket_path=settings.socket_path, token=farm.token, farm=farm)
+            farm = demos[0].farm
+            await run_tui(api_url=None, socket_path=farm.settings.socket_path, token=farm.token, farm=farm)
+        else:
+            from .app import fleet_main
+            from .console_data.fleet import FleetSpec, GatewaySpec
+
+            spec = FleetSpec(args.farm_name or "vivian",
+                             tuple(GatewaySpec(d.farm.settings.farm_name, d.api, d.farm.token) for d in demos))
+            await fleet_main(spec)
     finally:
-        await vpdu.stop()
-        await farm.stop()
-        if gitlab is not None:  # after the farm: its last calls to GitLab have ended
-            await asyncio.to_thread(gitlab.stop)  # shutdown() waits for the server thread: not on the loop
+        for demo in reversed(started):
+            await demo.stop()
         if temp is not None:
             temp.cleanup()
     return 0
@@ -292,7 +344,7 @@ def _job_main(args: argparse.Namespace) -> int:
     url = args.api or os.environ.get("VALVE_CONSOLE_API") or os.environ.get("VALVE_CONSOLE_URL") or "http://127.0.0.1:8000"
     if args.machine_id is None and os.environ.get("VALVE_CONSOLE_MACHINE"):
         args.machine_id = os.environ["VALVE_CONSOLE_MACHINE"]  # set by the GitLab custom executor
-    token = args.job_token or args.token or os.environ.get("VALVE_CONSOLE_TOKEN")
+    token = args.job_token or (args.token[0] if args.token else None) or os.environ.get("VALVE_CONSOLE_TOKEN")
     data_dir = args.job_data_dir or args.data_dir
     if token is None and data_dir is not None:
         try:
@@ -307,7 +359,8 @@ def _job_main(args: argparse.Namespace) -> int:
 
 def _serve_main(args: argparse.Namespace) -> int:
     from .config import parse_hostport
-    from .serve import GuardedServer, ServeError, attach_command, read_new_password, run, store_password
+    from .serve import (GuardedServer, ServeError, attach_command, fleet_command, read_new_password, run,
+                        store_password)
 
     data_dir = args.serve_data_dir or args.data_dir
     try:
@@ -323,12 +376,22 @@ def _serve_main(args: argparse.Namespace) -> int:
             host, port = parse_hostport(f"{args.serve_host or host}:{wanted}")
         if args.max_sessions < 1:
             raise ServeError("--max-sessions must be at least 1")
-        token = args.serve_token or args.token or os.environ.get("VALVE_CONSOLE_TOKEN")
+        token = args.serve_token or (args.token[0] if args.token else None) or os.environ.get("VALVE_CONSOLE_TOKEN")
         if token:
             os.environ["VALVE_CONSOLE_TOKEN"] = token  # each tab's --attach reads it from there
-        api = args.api or os.environ.get("VALVE_CONSOLE_API") or "http://127.0.0.1:8000"
+        if args.serve_fleet is not None:
+            from .console_data.fleet import FleetError, read_fleet_file
+
+            try:
+                read_fleet_file(args.serve_fleet)  # checked now: a bad file is said once, not in every tab
+            except FleetError as exc:
+                raise ServeError(str(exc)) from None
+            command = fleet_command(args.serve_fleet)
+        else:
+            api = args.api or os.environ.get("VALVE_CONSOLE_API") or "http://127.0.0.1:8000"
+            command = attach_command(api, data_dir)
         server = GuardedServer(
-            attach_command(api, data_dir),
+            command,
             data_dir=data_dir,
             host=host,
             port=port,
@@ -347,8 +410,11 @@ def _serve_main(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="valve-console", description="Bare-metal CI gateway console and backend.")
     parser.add_argument("--backend-only", action="store_true", help="run the backend and API headless")
-    parser.add_argument("--attach", metavar="URL", help="run the TUI against a running backend")
-    parser.add_argument("--token", help="operator token for --attach (or env VALVE_CONSOLE_TOKEN)")
+    parser.add_argument("--attach", metavar="URL", action="append",
+                        help="run the TUI against a running backend; several times: a fleet of them")
+    parser.add_argument("--token", action="append",
+                        help="operator token for --attach (or env VALVE_CONSOLE_TOKEN); with several --attach: "
+                        "once for all, or once per --attach in the same order")
     parser.add_argument("--data-dir", type=Path, help="data directory (database, token, console logs)")
     parser.add_argument("--listen", help="API address HOST:PORT (default 127.0.0.1:8000)")
     parser.add_argument("--netconsole", help="netconsole address HOST:PORT (default: the private address "
@@ -369,8 +435,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--netconsole", help="netconsole address (default 127.0.0.1, any free port)")
     demo.add_argument("--farm-name", help="farm name (default vivian)")
     demo.add_argument("--headless", action="store_true", help="no TUI: print where the API is and wait")
+    demo.add_argument("--farms", type=int, default=1, metavar="N",
+                      help="N farms (vivian-1..N), each its own backend, vPDU, DUTs and data dir "
+                      "(<data-dir>/vivian-i), and the fleet console over them")
     demo.add_argument("--no-gitlab", action="store_true",
                       help="no GitLab (default: Vivian's GitLab stand-in, where ready DUTs get their runners)")
+    fleet = sub.add_parser(
+        "fleet", help="the console on a fleet of gateways (a fleet file)",
+        description="Reads FILE (TOML): an optional name = \"...\" and one [[gateway]] table per gateway with "
+        "url = \"http://host:8000\", an optional name (default host:port) and token = \"...\" or "
+        "token_file = \"path\" (relative to FILE). Opens the Fleet screen: one live row per gateway; enter "
+        "shows a gateway's screens, 0 comes back.",
+    )
+    fleet.add_argument("fleet_file", metavar="FILE", type=Path, help="the fleet file (TOML)")
     job = sub.add_parser("job", help="job client: submit a job and follow it")
     job_sub = job.add_subparsers(dest="job_command")
     run = job_sub.add_parser(
@@ -406,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--set-password (its scrypt hash is kept in <data>/web-password) or the operator token.",
     )
     serve.add_argument("--api", help="the backend API URL (or env VALVE_CONSOLE_API; default http://127.0.0.1:8000)")
+    serve.add_argument("--fleet", dest="serve_fleet", metavar="FILE", type=Path,
+                       help="each tab runs the fleet console on this fleet file instead of --attach API")
     serve.add_argument(
         "--listen", dest="serve_listen", metavar="HOST:PORT", default="127.0.0.1:8080",
         help="where to serve (default 127.0.0.1:8080)",
@@ -471,9 +550,41 @@ def _no_terminal() -> str | None:
     return "the console needs a terminal (over ssh: ssh -t; without a console: --backend-only)"
 
 
+def _fleet_spec(args: argparse.Namespace):
+    """The fleet asked for (a fleet file, or --attach given several times), None for no fleet; FleetError
+    in words for a bad one."""
+    from .console_data.fleet import fleet_of_urls, read_fleet_file
+
+    if args.command == "fleet":
+        return read_fleet_file(args.fleet_file)
+    if args.command is None and args.attach and len(args.attach) > 1:
+        tokens = list(args.token or [])
+        if not tokens and os.environ.get("VALVE_CONSOLE_TOKEN"):
+            tokens = [os.environ["VALVE_CONSOLE_TOKEN"]]
+        return fleet_of_urls(args.attach, tokens)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if (args.command is None and not args.backend_only) or (args.command == "demo" and not args.headless):
+    if args.command == "demo" and not 1 <= args.farms <= 50:
+        print("valve-console: --farms must be between 1 and 50", file=sys.stderr)
+        return EXIT_START_FAILURE
+    if args.command == "demo" and args.farms > 1 and (args.listen or args.netconsole):
+        print("valve-console: --listen and --netconsole name one farm's addresses: with --farms, each farm "
+              "takes free loopback ports", file=sys.stderr)
+        return EXIT_START_FAILURE
+    from .console_data.fleet import FleetError
+
+    try:
+        fleet = _fleet_spec(args)
+    except FleetError as exc:
+        print(f"valve-console: {exc}", file=sys.stderr)
+        return EXIT_START_FAILURE
+    if args.command is None and args.attach and len(args.attach) == 1 and args.token and len(args.token) > 1:
+        print("valve-console: one --attach URL takes one --token", file=sys.stderr)
+        return EXIT_START_FAILURE
+    if (args.command in (None, "fleet") and not args.backend_only) or (args.command == "demo" and not args.headless):
         problem = _no_terminal()
         if problem is not None:
             print(f"valve-console: {problem}", file=sys.stderr)
@@ -494,13 +605,17 @@ def main(argv: list[str] | None = None) -> int:
                 print("valve-console: --duts must be between 1 and 255", file=sys.stderr)
                 return EXIT_START_FAILURE
             return asyncio.run(_demo_main(args))
+        if fleet is not None:
+            from .app import fleet_main
+
+            return asyncio.run(fleet_main(fleet))
         if args.attach:
             from .app import attach_main
 
-            token = args.token or os.environ.get("VALVE_CONSOLE_TOKEN")
+            token = (args.token[0] if args.token else None) or os.environ.get("VALVE_CONSOLE_TOKEN")
             if token is None and args.data_dir is not None and (args.data_dir / "token").exists():
                 token = (args.data_dir / "token").read_text().strip()
-            return asyncio.run(attach_main(args.attach, token))
+            return asyncio.run(attach_main(args.attach[0], token))
         try:
             settings = _settings(args)
         except Exception as exc:  # noqa: BLE001 - pydantic's report, in one line

@@ -494,6 +494,12 @@ def attach_command(api_url: str, data_dir: Path) -> str:
     return shlex.join([sys.executable, "-m", "valve_console.cli", "--data-dir", str(data_dir), "--attach", api_url])
 
 
+def fleet_command(fleet_file: Path) -> str:
+    """The command each browser tab runs with ``serve --fleet FILE``: the fleet console on that file
+    (its absolute path: textual-serve starts the tab's process in its own working directory)."""
+    return shlex.join([sys.executable, "-m", "valve_console.cli", "fleet", str(Path(fleet_file).resolve())])
+
+
 async def run(server: GuardedServer, notify: Callable[[str], None] = lambda _state: None) -> int:
     """Serve until SIGINT/SIGTERM. Prints ``valve-console serve: http://HOST:PORT/`` once listening."""
     server.check_credentials()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 import tomllib
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 from urllib.parse import urlsplit
@@ -80,8 +80,12 @@ def check_url(url: object) -> str | None:
 
 
 def default_name(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port}" if parts.port else (parts.hostname or url)
+    """``host:port`` of ``url`` (the URL itself when it is not one)."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname}:{parts.port}" if parts.port else (parts.hostname or url)
+    except ValueError:
+        return url
 
 
 def check_gateways(gateways: list[GatewaySpec]) -> list[str]:
@@ -94,6 +98,8 @@ def check_gateways(gateways: list[GatewaySpec]) -> list[str]:
         bad = check_url(gw.url)
         if bad:
             problems.append(f"gateway {i} ({gw.name}) {bad}")
+        if bad and gw.name == gw.url:
+            continue  # named after its URL: said once, above
         if not gw.name or not set(gw.name) <= NAME_CHARS:
             problems.append(f"gateway {i} has a bad name {gw.name!r}: use letters, digits, - _ . :")
         elif gw.name in seen:
@@ -102,6 +108,13 @@ def check_gateways(gateways: list[GatewaySpec]) -> list[str]:
         else:
             seen[gw.name] = i
     return problems
+
+
+def said(where: str, problems: list[str]) -> str:
+    """``where: problem``, or ``where has N problems:`` and one per line."""
+    if len(problems) == 1:
+        return f"{where}: {problems[0]}"
+    return f"{where} has {len(problems)} problems:\n  " + "\n  ".join(problems)
 
 
 def _read_token_file(path: str, base: Path) -> tuple[str | None, str | None]:
@@ -167,7 +180,7 @@ def parse_fleet(data: dict[str, Any], base: Path, where: str = "the fleet file")
                                     token.strip() if isinstance(token, str) else None))
     problems.extend(check_gateways(gateways) if gateways or not problems else [])
     if problems:
-        raise FleetError(f"{where}: " + "\n  ".join(["", *problems]).lstrip())
+        raise FleetError(said(where, problems))
     return FleetSpec(name.strip(), tuple(gateways))
 
 
@@ -196,11 +209,10 @@ def fleet_of_urls(urls: list[str], tokens: list[str | None], name: str = "fleet"
         tokens = tokens * len(urls)
     elif not tokens:
         tokens = [None] * len(urls)
-    gateways = [GatewaySpec(default_name(u.strip()) if not check_url(u) else u, u.strip(), t)
-                for u, t in zip(urls, tokens)]
+    gateways = [GatewaySpec(default_name(u.strip()), u.strip(), t) for u, t in zip(urls, tokens, strict=True)]
     problems = check_gateways(gateways)
     if problems:
-        raise FleetError("\n  ".join(["", *problems]).lstrip())
+        raise FleetError(said("the --attach URLs", problems))
     return FleetSpec(name, tuple(gateways))
 
 

@@ -106,7 +106,7 @@ class FleetScreen(FarmScreen):
                 changed = True
                 cells = row_cells(row, dots)
                 if gw.name in table.rows:
-                    for (_label, key), cell in zip(COLUMNS, cells):
+                    for (_label, key), cell in zip(COLUMNS, cells, strict=True):
                         table.update_cell(gw.name, key, cell, update_width=True)
                 else:
                     table.add_row(*cells, key=gw.name)

@@ -165,7 +165,7 @@ class GitlabScreen(FarmScreen):
         try:
             gitlab = await self.console_app.client.gitlab()
         except FarmClientError as exc:
-            self.show_message(f"cannot read the GitLab state: {exc}")
+            self.show_message(self.console_app.too_old("GitLab", exc) or f"cannot read the GitLab state: {exc}")
             return
         self.show_message("")
         self.show(gitlab)

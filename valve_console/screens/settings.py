@@ -151,7 +151,8 @@ class SettingsScreen(FarmScreen):
         try:
             answer = await self.console_app.client.settings()
         except FarmClientError as exc:
-            self.query_one("#settings-status", Static).update(Text(f"cannot read the settings: {exc}", style="red"))
+            words = self.console_app.too_old("Settings", exc) or f"cannot read the settings: {exc}"
+            self.query_one("#settings-status", Static).update(Text(words, style="red"))
             return
         self.model.settings = answer
         self.show(answer)
