@@ -10,6 +10,7 @@ import contextlib
 from pathlib import Path
 from typing import AsyncIterator
 
+import httpx
 import pytest
 
 from tests.conftest import api_url, make_settings, running_farm, running_vpdu
@@ -17,6 +18,7 @@ from tests.tui.helpers import screen_text, wait_for, wait_text
 from tests.tui.test_screens import register
 from valve_console.app import ConsoleApp, make_fleet_app
 from valve_console.backend.farm import Farm
+from valve_console.client import FarmClient
 from valve_console.console_data.fleet import Fleet, FleetSpec, GatewaySpec
 from valve_console.screens.duts import DutsScreen
 from valve_console.screens.fleet import FleetScreen
@@ -138,3 +140,61 @@ async def test_switch_shows_the_new_gateways_machines(tmp_path: Path) -> None:
                 assert "farm bravo" in screen_text(app) and "gateway gw-bravo" in screen_text(app)
         finally:
             await fleet.close()
+
+
+async def test_wrong_token_and_unreachable_said_on_their_rows(farm: Farm) -> None:
+    """One gateway with a refused token, one nobody answers: each row says why; the good one is up."""
+    from tests.e2e.helpers import free_port
+
+    fleet = Fleet(FleetSpec("lab", (
+        GatewaySpec("good", api_url(farm), farm.token),
+        GatewaySpec("badtoken", api_url(farm), "not-the-token"),
+        GatewaySpec("gone", f"http://127.0.0.1:{free_port()}", "x"),
+    )))
+    app = make_fleet_app(fleet, linux_console=False)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: row(app, "good") and row(app, "good").ok, what="good up")
+            await wait_for(pilot, lambda: row(app, "badtoken").status == "token refused", what="token refused")
+            await wait_for(pilot, lambda: row(app, "gone").status.startswith("unreachable: "), what="gone")
+            text = screen_text(app)
+            assert "token refused" in text and "unreachable: " in text and "1 of 3 gateways up" in text
+            assert "Traceback" not in text
+            # enter on the refused one: its screens say it is lost and why, they do not crash
+            app.fleet_view.select_gateway("badtoken")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: app.gateway_name == "badtoken" and app.current_mode == "overview")
+            await wait_text(pilot, "backend lost at")
+    finally:
+        await fleet.close()
+
+
+class OlderGateway(httpx.AsyncHTTPTransport):
+    """A gateway of an older version: no /api/v1/settings nor /api/v1/gitlab (404, as FastAPI answers)."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path in ("/api/v1/settings", "/api/v1/gitlab"):
+            return httpx.Response(404, json={"detail": "Not Found"})
+        return await super().handle_async_request(request)
+
+
+async def test_a_gateway_too_old_for_a_screen(farm: Farm) -> None:
+    def make_client(gw: GatewaySpec) -> FarmClient:
+        return FarmClient(gw.url, token=gw.token, tolerant=True, transport=OlderGateway())
+
+    fleet = Fleet(FleetSpec("lab", (GatewaySpec("old", api_url(farm), farm.token),)), make_client=make_client)
+    app = make_fleet_app(fleet, linux_console=False)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: row(app, "old") and row(app, "old").ok, what="old up")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: app.current_mode == "overview")
+            version = fleet["old"].version
+            assert version
+            await pilot.press("9")
+            await wait_text(pilot, f"old (version {version}) is too old for the Settings screen")
+            await pilot.press("8")
+            await wait_text(pilot, f"old (version {version}) is too old for the GitLab screen")
+            assert "Not Found" not in screen_text(app)
+    finally:
+        await fleet.close()
