@@ -97,11 +97,10 @@ def test_demo_two_farms_headless(tmp_path: Path) -> None:
         assert set(apis) == {"vivian-1", "vivian-2"}
         for name, (url, token_path) in apis.items():
             assert token_path == data / name / "token"  # each farm its own data dir
-            health = httpx.get(f"{url}/api/v1/health", headers={"Authorization": f"Bearer {token_path.read_text().strip()}"},
-                               timeout=10).json()
+            auth = {"Authorization": f"Bearer {token_path.read_text().strip()}"}
+            health = httpx.get(f"{url}/api/v1/health", headers=auth, timeout=10).json()
             assert health["farm_name"] == name
-            pdus = httpx.get(f"{url}/api/v1/pdus", headers={"Authorization": f"Bearer {token_path.read_text().strip()}"},
-                             timeout=10).json()["pdus"]
+            pdus = httpx.get(f"{url}/api/v1/pdus", headers=auth, timeout=10).json()["pdus"]
             assert list(pdus) == ["vpdu1"] and len(pdus["vpdu1"]["ports"]) == 4
         assert apis["vivian-1"][0] != apis["vivian-2"][0]
     finally:

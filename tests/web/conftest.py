@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -55,16 +56,15 @@ def set_password(data_dir: Path, password: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture
-async def web(vivian, farm, tmp_path: Path) -> AsyncIterator[Web]:
-    """The farm (vpdu1 with 16 outlets), a web password, and ``valve-console serve`` on a free loopback port."""
+@contextlib.asynccontextmanager
+async def serving(farm, tmp_path: Path, *serve_args: str) -> AsyncIterator[Web]:
+    """``valve-console serve SERVE_ARGS`` (with the farm's data dir, a web password, a free loopback port)."""
     data_dir = farm.settings.data_dir
     store_password(data_dir, PASSWORD)
-    api = "http://{}:{}".format(*farm.api_address)
     log = tmp_path / "serve.log"
     with log.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            *VALVE, "serve", "--data-dir", str(data_dir), "--api", api, "--host", "127.0.0.1", "--port", "0",
+            *VALVE, "serve", "--data-dir", str(data_dir), *serve_args, "--host", "127.0.0.1", "--port", "0",
             cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=err, env={**os.environ, "TEXTUAL_ANIMATIONS": "none"},
         )
     try:
@@ -80,6 +80,13 @@ async def web(vivian, farm, tmp_path: Path) -> AsyncIterator[Web]:
             except asyncio.TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+@pytest.fixture
+async def web(vivian, farm, tmp_path: Path) -> AsyncIterator[Web]:
+    """The farm (vpdu1 with 16 outlets), a web password, and ``valve-console serve`` on a free loopback port."""
+    async with serving(farm, tmp_path, "--api", "http://{}:{}".format(*farm.api_address)) as web:
+        yield web
 
 
 def chromium_or_skip() -> None:
