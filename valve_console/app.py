@@ -156,6 +156,7 @@ class ConsoleApp(App[int]):
         self._attention_keys: set[str] | None = None  # None: not computed since the (re)connection
         self.gateway: Gateway | None = None  # in a fleet: the gateway every farm screen shows
         self.fleet_view: FleetScreen | None = None
+        self._switching = False
         if fleet is not None:
             self.add_mode("fleet", FleetScreen)
             fleet.listener = self
@@ -363,6 +364,8 @@ class ConsoleApp(App[int]):
     def _use_gateway(self, gw: Gateway) -> None:
         """Make ``gw`` the gateway every farm screen shows: its client, feed, model and logs."""
         self.gateway = gw
+        if self.fleet is not None:
+            self.fleet.show(gw)  # its stream carries everything now; the others' only what rows need
         self.client, self.feed, self.model = gw.client, gw.feed, gw.model
         self.recent_log_entries, self._log_keys = gw.recent_log, gw.log_keys
         self.form_target = self.console_target = None
@@ -379,21 +382,25 @@ class ConsoleApp(App[int]):
     async def show_gateway(self, name: str, mode: str = "overview") -> None:
         """Switch the whole console to the fleet's gateway ``name``: every farm screen is made anew on
         its data (none keeps the previous gateway's machines, consoles, jobs or forms); then ``mode``."""
-        if self.fleet is None:
-            return
+        if self.fleet is None or self._switching:
+            return  # a second enter while the first switch runs: the first one finishes
         gw = self.fleet[name]
-        if gw is not self.gateway:
-            if self.current_mode != "fleet":
-                await self.switch_mode("fleet")
-            await self.release_writers()  # write access held on the previous gateway's consoles
-            for farm_mode, screen in type(self).MODES.items():
-                await self.remove_mode(farm_mode)
-                self.add_mode(farm_mode, screen)
-            self.fleet.apply(gw)  # what it buffered since the last flush
-            self._use_gateway(gw)
-            if self.model.loaded:
-                self.update_attention()
-        await self.switch_mode(mode)
+        self._switching = True
+        try:
+            if gw is not self.gateway:
+                if self.current_mode != "fleet":
+                    await self.switch_mode("fleet")
+                await self.release_writers()  # write access held on the previous gateway's consoles
+                for farm_mode, screen in type(self).MODES.items():
+                    await self.remove_mode(farm_mode)
+                    self.add_mode(farm_mode, screen)
+                self.fleet.apply(gw)  # what it buffered since the last flush
+                self._use_gateway(gw)
+                if self.model.loaded:
+                    self.update_attention()
+            await self.switch_mode(mode)
+        finally:
+            self._switching = False
 
     def action_fleet(self) -> None:
         if self.fleet is not None:

@@ -19,7 +19,7 @@ from tests.tui.test_screens import register
 from valve_console.app import ConsoleApp, make_fleet_app
 from valve_console.backend.farm import Farm
 from valve_console.client import FarmClient
-from valve_console.console_data.fleet import Fleet, FleetSpec, GatewaySpec
+from valve_console.console_data.fleet import ROW_EVENTS, Fleet, FleetSpec, GatewaySpec
 from valve_console.screens.duts import DutsScreen
 from valve_console.screens.fleet import FleetScreen
 
@@ -99,6 +99,11 @@ async def test_rows_live_one_farm_down_and_switch(three: list[Farm]) -> None:
             await pilot.press("3")
             await wait_text(pilot, "vpdu1")
             assert app.model is fleet["gw-bravo"].model and app.client is fleet["gw-bravo"].client
+            # the shown gateway's stream carries every event; the others' only what their rows need
+            assert fleet["gw-bravo"].feed.types is None
+            assert fleet["gw-charlie"].feed.types == ROW_EVENTS
+            await charlie.power.set_outlet("vpdu1", "6", "on")  # rows stay live on the filtered streams
+            await wait_for(pilot, lambda: outlets_on(app, "gw-charlie") == 2, what="charlie's second outlet")
             # 0: back to the Fleet screen from any screen
             await pilot.press("0")
             await wait_for(pilot, lambda: isinstance(app.screen, FleetScreen), what="the Fleet screen")
@@ -175,20 +180,27 @@ class OlderGateway(httpx.AsyncHTTPTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.path in ("/api/v1/settings", "/api/v1/gitlab"):
             return httpx.Response(404, json={"detail": "Not Found"})
+        if request.url.path == "/api/v1/events" and "types" in request.url.params:
+            return httpx.Response(400, json={"error": "unknown event types: job"})  # an older list of types
         return await super().handle_async_request(request)
 
 
 async def test_a_gateway_too_old_for_a_screen(farm: Farm) -> None:
     def make_client(gw: GatewaySpec) -> FarmClient:
-        return FarmClient(gw.url, token=gw.token, tolerant=True, transport=OlderGateway())
+        older = OlderGateway() if gw.name == "old" else None
+        return FarmClient(gw.url, token=gw.token, tolerant=True, transport=older)
 
-    fleet = Fleet(FleetSpec("lab", (GatewaySpec("old", api_url(farm), farm.token),)), make_client=make_client)
+    fleet = Fleet(FleetSpec("lab", (GatewaySpec("new", api_url(farm), farm.token),
+                                    GatewaySpec("old", api_url(farm), farm.token))), make_client=make_client)
     app = make_fleet_app(fleet, linux_console=False)
     try:
         async with app.run_test(size=SIZE) as pilot:
+            # not shown, "old" is asked for the row's event types only; it refuses them: it gets them all
             await wait_for(pilot, lambda: row(app, "old") and row(app, "old").ok, what="old up")
+            assert fleet["old"].feed.types is None and fleet["new"].feed.types is None
+            app.fleet_view.select_gateway("old")
             await pilot.press("enter")
-            await wait_for(pilot, lambda: app.current_mode == "overview")
+            await wait_for(pilot, lambda: app.current_mode == "overview" and app.gateway_name == "old")
             version = fleet["old"].version
             assert version
             await pilot.press("9")

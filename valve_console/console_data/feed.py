@@ -53,6 +53,9 @@ class EventFeed:
         self._discovery_task: asyncio.Task[None] | None = None
         self._discovery_dirty = False
         self.last_error: FarmClientError | None = None  # why the stream was last lost (its status: 401...)
+        self.types: tuple[str, ...] | None = None  # the event types read (None: all)
+        self._filter_refused = False
+        self._resubscribe = asyncio.Event()
 
     def take(self) -> Changes | None:
         """The changes buffered so far (a fresh buffer takes their place), or None when there are none."""
@@ -68,9 +71,19 @@ class EventFeed:
                 task.cancel()
 
     # ---------------------------------------------------------------- connection
+    def set_types(self, types: tuple[str, ...] | None) -> None:
+        """Read only these event types from now on (None: all): the stream is opened again with them,
+        quietly (no ``lost``), and everything refetched, since what was filtered out is not known."""
+        wanted = None if types is None or self._filter_refused else tuple(types)
+        if wanted == self.types:
+            return
+        self.types = wanted
+        self._resubscribe.set()
+
     async def run(self) -> None:
         delay = BACKOFF_START
         while True:
+            self._resubscribe.clear()
             stream = asyncio.create_task(self._read_events(), name="valve-console-events")
             reason = ""
             self.last_error = None
@@ -85,21 +98,33 @@ class EventFeed:
             else:
                 self._connected()
                 delay = BACKOFF_START
+                resubscribe = asyncio.create_task(self._resubscribe.wait())
                 try:
-                    await stream
-                    reason = "the event stream ended"
+                    await asyncio.wait({stream, resubscribe}, return_when=asyncio.FIRST_COMPLETED)
+                    if stream.done():
+                        stream.result()
+                        reason = "the event stream ended"
                 except FarmClientError as exc:
                     reason, self.last_error = str(exc), exc
+                finally:
+                    resubscribe.cancel()
             finally:
                 if not stream.done():
                     stream.cancel()
                 await asyncio.gather(stream, return_exceptions=True)  # its error is retrieved, never leaked
+            if not reason:
+                continue  # other types asked for (set_types): subscribe again now
+            error = self.last_error
+            if error is not None and error.status == 400 and self.types is not None:
+                self._filter_refused = True  # a gateway that does not know one of the types: read them all
+                self.types = None
+                continue
             self._lost(reason)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
 
     async def _read_events(self) -> None:
-        async for event in self.client.events():
+        async for event in self.client.events(list(self.types) if self.types is not None else None):
             if self.pending.add_event(event):
                 self.schedule_refetch()
 

@@ -40,6 +40,9 @@ RECENT_LOG = 5000
 GATEWAY_KEYS = frozenset({"name", "url", "token", "token_file"})
 FLEET_KEYS = frozenset({"name", "gateway"})
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+ROW_EVENTS = ("machine", "pdu", "outlet", "health", "job", "discovery")
+"""What a gateway's row needs: the event types read from a gateway that is not the one shown (console
+text and logs are most of a farm's events, and nothing in a row)."""
 DUT_STATES = ("IDLE", "RUNNING", "TRAINING", "QUEUED", "RETIRED", "OFFLINE")
 """The order DUT states are listed in a row (others follow, by name)."""
 
@@ -343,6 +346,11 @@ class Fleet:
         self.gateways: dict[str, Gateway] = {}
         for gw in spec.gateways:
             self.gateways[gw.name] = Gateway(gw, make(gw), self)
+
+    def show(self, shown: Gateway) -> None:
+        """``shown`` reads every event type; the others only what their rows need (ROW_EVENTS)."""
+        for gw in self:
+            gw.feed.set_types(None if gw is shown else ROW_EVENTS)
 
     def __iter__(self) -> Iterator[Gateway]:
         return iter(self.gateways.values())

@@ -148,8 +148,9 @@ class FleetScreen(FarmScreen):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         name = event.row_key.value
         if name:
+            # not exclusive: a switch cancelled half-way would leave the farm screens' modes removed
             self.console_app.run_worker(self.console_app.show_gateway(name), group="fleet-switch",
-                                        exclusive=True, exit_on_error=False)
+                                        exit_on_error=False)
 
     def cursor_gateway(self) -> str | None:
         return cursor_key(self.table)
