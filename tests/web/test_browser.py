@@ -91,12 +91,12 @@ async def test_login_required_then_the_console_renders_and_reacts_to_keys(web: W
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert "valve_console_session" not in await page.evaluate("document.cookie")  # scripts cannot read it
 
-    # the TUI attached to the farm: the header names the farm, the overview lists the backend's services
-    await screen_with(page, "farm test", "1 Overview", "registration")
+    # the TUI attached to the farm: the header names the farm, the overview sums up the backend's services
+    await screen_with(page, "farm test", "1 Overview", "services ", "Attention")
     await page.focus("textarea.xterm-helper-textarea")  # keys go where xterm.js listens
     await page.keyboard.press("3")
     screen = await screen_with(page, "vpdu1", "driver vpdu", "16 outlets")
-    assert "registration" not in screen  # the PDUs screen replaced the overview
+    assert "Attention" not in screen  # the PDUs screen replaced the overview
     await context.close()
 
 
