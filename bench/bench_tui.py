@@ -345,8 +345,6 @@ def measure(farm: BenchFarm, label: str) -> dict[str, object]:
         res["data_paint"] = None if seen is None else seen - tui.started
         time.sleep(2)  # let the first fetch settle
         # first visits build the DUT table (100 rows) and the Consoles screen (100 tabs)
-        res["overview_cpu"], res["overview_lat"], res["overview_misses"], res["arrow_lat"], res["arrow_misses"] = \
-            measure_overview(farm, tui)
         res["first_duts"] = tui.press(b"4", DUTS_TEXT, 10)
         time.sleep(1)
         res["first_consoles"] = tui.press(b"5", CONSOLE_TEXT, 10)
@@ -364,6 +362,8 @@ def measure(farm: BenchFarm, label: str) -> dict[str, object]:
         res["lat"], res["misses"] = key_series(tui, [(b"4", DUTS_TEXT), (b"5", CONSOLE_TEXT)], KEYS)
         # back on the DUT's console: previous tab, next tab (in B both stream)
         res["tab_lat"], res["tab_misses"] = key_series(tui, [(b"[", CONSOLE_TEXT), (b"]", CONSOLE_TEXT)], TAB_KEYS)
+        res["overview_cpu"], res["overview_lat"], res["overview_misses"], res["arrow_lat"], res["arrow_misses"] = \
+            measure_overview(farm, tui)
         if tui.proc.poll() is not None:
             raise RuntimeError(f"{label}: the TUI exited with code {tui.proc.returncode}")
     finally:
