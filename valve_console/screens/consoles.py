@@ -172,6 +172,7 @@ class ConsolesScreen(FarmScreen):
         self._blocked: dict[str, str] = {}  # mac -> who holds write access (after a 409)
         self._refused: dict[str, str] = {}  # mac -> what was typed but refused meanwhile
         self._takeover: set[str] = set()  # macs whose next input takes write access over
+        self._wraps: dict[str, bool] = {}  # mac -> wrap chosen (w) in a console since closed, kept for its next tab
         # Only the consoles shown so far are mounted (DESIGN.md §6): a hidden tab that was never
         # shown is an empty pane, its ConsoleView (not in the DOM) keeps its bounded scrollback.
         self._mounted: set[str] = set()
@@ -243,6 +244,7 @@ class ConsolesScreen(FarmScreen):
             return
         view = ConsoleView(mac, max_lines=20000)
         view.dash = self.console_app.dash
+        view.wrap = self._wraps.get(mac, False)
         self.views[mac] = view
         self.order.append(mac)
         self._loading[mac] = []
@@ -574,6 +576,7 @@ class ConsolesScreen(FarmScreen):
         if keep_tab:
             self._update_info()
             return
+        self._wraps[mac] = view.wrap
         del self.views[mac]
         self._loading.pop(mac, None)
         if mac in self.order:
