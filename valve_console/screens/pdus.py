@@ -5,7 +5,7 @@ that registers, ``D`` does that for every free outlet of the PDU in turn ("find 
 ``esc`` cancels (all confirmed first). A status line shows the outlet being discovered, the time
 left and how many outlets are queued, kept up to date from ``discovery`` events.
 
-The detail line under it says the selected outlet in words: its PDU and id, label, state, the machine on
+The detail line under the grids says the selected outlet in words: its PDU and id, label, state, the machine on
 it and that machine's state (or free / reserved), who holds its lock, and a read-back mismatch
 (``! mismatch: read back OFF after switching ON``; the cell only has room for the ``!``).
 """
@@ -98,13 +98,14 @@ class PdusScreen(FarmScreen):
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="discovery-status", classes="status-line")
-        yield Static("", id="outlet-detail", classes="status-line")
         with VerticalScroll(id="pdu-list", can_focus=False):
             yield Static("No PDU yet: press [b]a[/b] to add one.", id="no-pdus")
+        yield Static("", id="outlet-detail", classes="status-line")
 
     def on_mount(self) -> None:
         super().on_mount()
         self.show_discovery(self.model)
+        self.show_detail()
         self.set_interval(1, self._tick_discovery)
 
     # ---------------------------------------------------------------- discovery

@@ -752,7 +752,7 @@ class ConsoleView(Widget, can_focus=True):
             priority=True,
         ),
         Binding("p", "toggle_pause", "Pause"),
-        Binding("w", "toggle_wrap", "Wrap/scroll"),
+        Binding("w", "toggle_wrap", "Wrap"),
         Binding("slash", "open_search", "Search"),
         Binding("n", "search_next", "Next match", show=False),
         Binding("N", "search_previous", "Previous match", show=False),

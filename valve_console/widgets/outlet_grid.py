@@ -4,9 +4,10 @@ Each cell shows three lines:
 
 1. the outlet id and its state as text and colour (``[ON ]``, ``[off]``, ``[ ? ]``), a ``!`` when its
    last switch read back another state (``Outlet.mismatch``), ``res`` when a machine sits on a reserved
-   outlet, and the outlet's label;
+   outlet;
 2. the machine on it, its name in its state's colour, or ``free`` / ``reserved``;
-3. the machine's state as a word (colour is never the only signal), then the mismatch in words.
+3. the machine's state as a word (colour is never the only signal), the mismatch in words, the outlet's
+   label, as much as fits.
 
 On a metered PDU a fourth line: the outlet's recent watts as a sparkline and its latest reading (``143 W``;
 nothing on an unmetered outlet). Cells are updated in place.
@@ -109,10 +110,6 @@ class OutletGrid(DataTable[Text]):
             used += 2
         if info and info.reserved and machine is not None:
             text.append(" res", style=RESERVED_STYLE)
-            used += 4
-        label = (info.label if info else None) or ""
-        if label and width - used > 2:
-            text.append(" " + fit(label, width - used - 1, ascii), style="dim")
         text.append("\n")
         # 2: who is on it
         if machine is not None:
@@ -123,15 +120,23 @@ class OutletGrid(DataTable[Text]):
         else:
             text.append("free", style=FREE_STYLE)
         text.append("\n")
-        # 3: the machine's state in words, the mismatch in words
-        used = 0
+        # 3: the machine's state in words, the mismatch in words, the label: as much as fits
+        parts: list[tuple[str, str]] = []
         if machine is not None:
-            state = fit(machine.state, width, ascii)
-            text.append(state, style=MACHINE_STYLES.get(machine.state, ""))
-            used = len(state)
-        if mismatch and width - used > 3:
-            gap = " " if used else ""
-            text.append(fit(f"{gap}! {mismatch}", width - used, ascii), style=MISMATCH_STYLE)
+            parts.append((machine.state, MACHINE_STYLES.get(machine.state, "")))
+        if mismatch:
+            parts.append((f"! {mismatch}", MISMATCH_STYLE))
+        label = (info.label if info else None) or ""
+        if label:
+            parts.append((label, "dim"))
+        used = 0
+        for word, style in parts:
+            gap = 1 if used else 0
+            if width - used - gap < 4:
+                break
+            shown = fit(word, width - used - gap, ascii)
+            text.append(" " * gap + shown, style=style)
+            used += gap + len(shown)
         if metered:
             text.append("\n")
             if info is not None and info.metered:
