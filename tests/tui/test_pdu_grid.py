@@ -184,3 +184,19 @@ async def test_the_grid_on_the_linux_console_stays_ascii() -> None:
         text = "".join(cell(screen, p).plain for p in grid(screen).ports)
         assert text.isascii(), [c for c in text if not c.isascii()]
         assert "~" in text  # a label cut short says so in ASCII
+
+
+async def test_a_long_name_widens_the_cells_when_the_screen_has_room() -> None:
+    name = "gpu-radeon-rx7900-bench-02"  # 26 cells
+    renamed = copy.deepcopy(farm_data()["machines"][VIRTIO_1])
+    renamed["full_name"] = name
+    events = [{"type": "machine", "seq": 100, "ts": 0.0,
+               "data": {"action": "updated", "mac": VIRTIO_1, "machine": renamed}}]
+    app = grid_app(later_events=events)
+    async with app.run_test(size=(140, 45)) as pilot:
+        screen = await open_grid(pilot)
+        g = grid(screen)
+        await wait_for(pilot, lambda: name in cell(screen, "3").plain, 5, "the whole long name")
+        short_names = grid_layout(g.scrollable_content_region.width, 16)[0]
+        assert g.cell_width >= len(name) and g.per_row < short_names
+        assert cell(screen, "3").plain.splitlines()[1] == name

@@ -24,7 +24,7 @@ from textual import events
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
-from ..console_data import FarmModel, format_watts, outlet_watts, port_sort_key
+from ..console_data import FarmModel, format_watts, outlet_of, outlet_watts, port_sort_key
 from ..contract import Machine, Outlet, Pdu
 from .power_plot import sparkline
 from .state_badge import MACHINE_STYLES, outlet_badge
@@ -84,6 +84,7 @@ class OutletGrid(DataTable[Text]):
         self._metered = False
         self.per_row = 8
         self.cell_width = MIN_CELL
+        self._longest = 0  # the longest machine name the layout made room for
 
     def on_mount(self) -> None:
         self._ready = True
@@ -167,9 +168,11 @@ class OutletGrid(DataTable[Text]):
         width = self.scrollable_content_region.width or self.size.width
         if width <= 0:
             width = (self.per_row * (self.cell_width + GAP)) if self.ports else 8 * (MIN_CELL + GAP)
-        names = (model.machine_on(self.pdu, port) for port in pdu.ports)
-        longest = max((len(m.full_name or m.mac_address) for m in names if m is not None), default=0)
-        return grid_layout(width, len(pdu.ports), longest)
+        return grid_layout(width, len(pdu.ports), self._longest_name(model))
+
+    def _longest_name(self, model: FarmModel) -> int:
+        return max((len(m.full_name or m.mac_address) for m in model.machines.values()
+                    if outlet_of(m)[0] == self.pdu), default=0)
 
     def sync(self, pdu: Pdu, model: FarmModel) -> None:
         """Show ``pdu``'s outlets: rebuild only when the set of outlets or the layout changed, else update
@@ -192,6 +195,7 @@ class OutletGrid(DataTable[Text]):
         cursor = self.selected_port
         self._metered = is_metered(pdu)
         self.per_row, self.cell_width = self._layout_for(pdu, model)
+        self._longest = self._longest_name(model)
         self.clear(columns=True)
         for col in range(self.per_row):
             self.add_column("", key=f"c{col}", width=self.cell_width)
@@ -220,10 +224,12 @@ class OutletGrid(DataTable[Text]):
         if self._last is not None and model.pdus.get(self.pdu) is not None:
             self._last = (model.pdus[self.pdu], model)
             machine = model.machine_on(self.pdu, port)
-            if machine is not None and len(machine.full_name) > self.cell_width and (
-                    self._layout_for(*self._last) != (self.per_row, self.cell_width)):
-                self._rebuild(*self._last)  # a longer name than the cells hold: wider cells if they fit
-                return
+            name = len(machine.full_name or machine.mac_address) if machine is not None else 0
+            if name > max(self.cell_width, self._longest):
+                self._longest = name  # once per longer name, not at every reading of its outlet
+                if self._layout_for(*self._last) != (self.per_row, self.cell_width):
+                    self._rebuild(*self._last)  # a longer name than the cells hold: wider cells if they fit
+                    return
         coordinate = self.coordinate_of(port)
         if coordinate is None:
             return
