@@ -7,6 +7,8 @@ types in a ConsoleView's type mode arrives as ``ConsoleView.Input`` and is sent,
 One writer at a time: when someone else holds the console, "X is typing in this console" is shown
 and ctrl+t resends what was refused with ``takeover``; leaving type mode gives write access back.
 The header line shows the console's source, its TCP port (``nc HOST PORT``), writer and viewers.
+``w`` (a ConsoleView key) wraps long lines or lets them scroll; each console keeps its choice, also when
+its tab goes and comes back.
 
 Streams bound to no machine (a DUT whose binding the hub did not grant: wrong source address, another
 stream live on that console, a machine not registered yet) are counted under the header; ``u`` lists

@@ -160,8 +160,10 @@ class PdusScreen(FarmScreen):
             text.append(f"{pdu}/{port}", style="bold")
             if info and info.label:
                 text.append(f" ({info.label})")
-            text.append("  ")
-            text.append_text(outlet_badge(info.state if info else None))
+            # the state in words (the cells have the badges; one [off] per outlet on screen)
+            state = str(info.state if info else "").upper()
+            text.append(f"  power {state if state in ('ON', 'OFF', 'REBOOT') else '?'}",
+                        style=outlet_badge(state).style)
             text.append("  ")
             if machine is not None:
                 text.append(machine.full_name or machine.mac_address, style="bold")
