@@ -46,7 +46,8 @@ def test_training_is_failing_only_once_it_can_no_longer_qualify() -> None:
     assert TRAINING_FAILING not in kinds_of(model_of(data), mac)  # 19 of 20 can still pass
     data["machines"][mac]["training"] = training("looping", 7, loops=20, qualify=19, failures=[fail, fail])
     items = [i for i in attention(model_of(data), NOW) if i.mac == mac]
-    assert [i.kind for i in items] == [TRAINING_FAILING] and "2 of 20 loops failed (last: no console)" in items[0].reason
+    assert [i.kind for i in items] == [TRAINING_FAILING]
+    assert "2 of 20 loops failed (last: no console)" in items[0].reason
     backoff = [i for i in attention(model_of(data), NOW) if i.mac == GLANCE_MACS["backoff"]]
     assert backoff[0].reason == "backing off: attempt 2 failed (kernel panic), next try in 2m"
 

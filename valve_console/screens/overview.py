@@ -4,8 +4,8 @@ From top to bottom: a summary (the farm, its services, DUTs by state, outlets, p
 trend over the last hours as sparklines), a tile per DUT (widgets/dut_tiles.py), the attention list (each
 item with a letter: shift+letter goes to it), and the recent events. On a wide screen the attention list
 and the events sit beside the tiles, with the gateway's details (the farm, each service, the network
-interfaces) under them when the screen is tall enough. Compact (80x24, tty2): everything stacked, the gateway's details summed up in
-the first line.
+interfaces) under them when the screen is tall enough. Compact (80x24, tty2): everything stacked, the
+gateway's details summed up in the first line.
 """
 
 from __future__ import annotations
