@@ -13,6 +13,10 @@ A. idle farm: the same 100 machines, every outlet off, nothing streams;
 B. loaded farm: the 16 outlets on, 16 consoles streaming at 115200 baud.
 
 In each: first paint (spawn → first output with "Overview", and → the farm name from the API);
+the Overview with its 100 DUT tiles (issue 19): the TUI's CPU over the same window while the operator
+watches it, keypress → repaint for keys 4/1 (DUT table ↔ Overview: wait for "Training" / "Attention")
+and for the arrow key moving the tile cursor (wait for the next tile's name, repainted under the
+cursor);
 the Consoles screen (key 5) showing a DUT's console (in B a streaming one); the TUI's CPU over a
 20 s window from /proc/<pid>/stat (all its threads); then keypress → repaint latency: keys 4 (DUT
 table, wait for its "Training" column header) and 5 (consoles, wait for the console's
@@ -56,6 +60,9 @@ TAB_KEYS = 20
 TARGET_PAINT, TARGET_CPU, TARGET_P95 = 1.5, 25.0, 100.0
 
 FIRST_PAINT = b"Overview"  # the top bar, on the first frame
+OVERVIEW_TEXT = b"Attention"  # the Overview's attention list title
+ARROW_KEYS = 30
+RIGHT = b"\x1b[C"
 DUTS_TEXT = b"Training"  # the DUT table's column header
 CONSOLE_TEXT = b"read-only"  # the console view's title: "<mac> | read-only - t to type"
 DUT_MAC_PREFIX = "52:54:00:11:22:"  # vivian's outlet MACs
@@ -294,6 +301,37 @@ def measure_peer() -> dict[str, object]:
     return {"lat": lat, "misses": misses}
 
 
+def tile_names(farm: BenchFarm) -> list[str]:
+    """The Overview's tiles in order (by name, then MAC), as the TUI sorts them."""
+    machines = farm.http.get("/api/v1/machines").json()["machines"].values()
+    return [m["full_name"] or m["mac_address"]
+            for m in sorted(machines, key=lambda m: (m["full_name"] or m["mac_address"], m["mac_address"]))]
+
+
+def measure_overview(farm: BenchFarm, tui: PtyTui) -> tuple[float, list[float], int, list[float], int]:
+    """On the Overview (100 tiles): CPU over CPU_WINDOW, keys 4/1 → repaint, the tile cursor → repaint."""
+    if tui.press(b"1", OVERVIEW_TEXT, 10) is None:
+        raise RuntimeError("the Overview did not show")
+    time.sleep(2)
+    c0, t0 = cpu_seconds(tui.proc.pid), time.monotonic()
+    time.sleep(CPU_WINDOW)
+    cpu = (cpu_seconds(tui.proc.pid) - c0) / (time.monotonic() - t0) * 100
+    lat, misses = key_series(tui, [(b"4", DUTS_TEXT), (b"1", OVERVIEW_TEXT)], KEYS)
+    time.sleep(0.5)
+    names = tile_names(farm)
+    arrows: list[float] = []
+    arrow_misses = 0
+    for i in range(1, ARROW_KEYS + 1):  # the cursor starts on the first tile: right moves it to tile i
+        start = time.monotonic()
+        dt = tui.press(RIGHT, names[i].encode())
+        if dt is None:
+            arrow_misses += 1
+        else:
+            arrows.append(dt * 1000)
+        time.sleep(max(0.0, start + KEY_GAP - time.monotonic()))
+    return cpu, lat, misses, arrows, arrow_misses
+
+
 def measure(farm: BenchFarm, label: str) -> dict[str, object]:
     """One condition: a fresh TUI; first paint, CPU over CPU_WINDOW on the Consoles screen, key latency."""
     res: dict[str, object] = {"label": label}
@@ -324,6 +362,8 @@ def measure(farm: BenchFarm, label: str) -> dict[str, object]:
         res["lat"], res["misses"] = key_series(tui, [(b"4", DUTS_TEXT), (b"5", CONSOLE_TEXT)], KEYS)
         # back on the DUT's console: previous tab, next tab (in B both stream)
         res["tab_lat"], res["tab_misses"] = key_series(tui, [(b"[", CONSOLE_TEXT), (b"]", CONSOLE_TEXT)], TAB_KEYS)
+        res["overview_cpu"], res["overview_lat"], res["overview_misses"], res["arrow_lat"], res["arrow_misses"] = \
+            measure_overview(farm, tui)
         if tui.proc.poll() is not None:
             raise RuntimeError(f"{label}: the TUI exited with code {tui.proc.returncode}")
     finally:
@@ -370,6 +410,20 @@ def report(a: dict[str, object], b: dict[str, object], peer: dict[str, object]) 
             f"{pb / max(pa, 1e-3):.1f}x")
     row("key [/] → repaint, max; not seen", f"{max(ta, default=float('nan')):.0f} ms; {a['tab_misses']}",
         f"{max(tb, default=float('nan')):.0f} ms; {b['tab_misses']}")
+    oa, ob = float(a["overview_cpu"]), float(b["overview_cpu"])  # type: ignore[arg-type]
+    row(f"TUI CPU on the Overview (100 tiles), {CPU_WINDOW:.0f} s", f"{oa:.2f} %", f"{ob:.2f} %",
+        f"{ob / max(oa, 1e-3):.1f}x")
+    oal, obl = list(a["overview_lat"]), list(b["overview_lat"])  # type: ignore[call-overload]
+    for p in (50, 95):
+        pa, pb = percentile(oal, p), percentile(obl, p)
+        row(f"key 4/1 (DUTs/Overview) → repaint, p{p}", f"{pa:.1f} ms", f"{pb:.1f} ms", f"{pb / max(pa, 1e-3):.1f}x")
+    row("key 4/1 → repaint, not seen", str(a["overview_misses"]), str(b["overview_misses"]))
+    aal, abl = list(a["arrow_lat"]), list(b["arrow_lat"])  # type: ignore[call-overload]
+    for p in (50, 95):
+        pa, pb = percentile(aal, p), percentile(abl, p)
+        row(f"arrow (tile cursor) → repaint, p{p} ({ARROW_KEYS})", f"{pa:.1f} ms", f"{pb:.1f} ms",
+            f"{pb / max(pa, 1e-3):.1f}x")
+    row("arrow → repaint, not seen", str(a["arrow_misses"]), str(b["arrow_misses"]))
     lp = list(peer["lat"])  # type: ignore[call-overload]
     print()
     print(f"peer, same pty and keys 4/5 ({KEYS}): a minimal Textual app, a 100-row DataTable screen and a one-line "
@@ -380,6 +434,11 @@ def report(a: dict[str, object], b: dict[str, object], peer: dict[str, object]) 
     print()
     p95b = percentile(lb, 95)
     paint = float(a["first_paint"])  # type: ignore[arg-type]
+    po = max(percentile(obl, 95), percentile(abl, 95))
+    verdict = "met" if ob <= cb * 1.1 and po <= p95b * 1.1 else "MISSED"
+    print(f"Overview (issue 19), loaded, against the DUT table in the same run: CPU {ob:.1f} % vs {cb:.1f} % "
+          f"({ob / max(cb, 1e-3):.2f}x), p95 {po:.1f} ms vs {p95b:.1f} ms ({po / max(p95b, 1e-3):.2f}x): "
+          f"{verdict} (no worse, 10 % noise allowed)")
     print(f"targets: first paint (idle) {paint:.2f} s < {TARGET_PAINT} s: {'met' if paint < TARGET_PAINT else 'MISSED'}"
           f"; CPU (loaded) {cb:.1f} % < {TARGET_CPU:.0f} %: {'met' if cb < TARGET_CPU else 'MISSED'}"
           f"; p95 latency (loaded) {p95b:.1f} ms < {TARGET_P95:.0f} ms: {'met' if p95b < TARGET_P95 else 'MISSED'}")

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,7 @@ import pytest
 
 from tests.conftest import poll_until
 from tests.e2e.helpers import VALVE, free_port
-from tests.e2e.test_tui_tmux import PROGRAM, ROOT, Tmux, stop_leftover_duts
+from tests.e2e.test_tui_tmux import ROOT, demo_in_tmux, stop_leftover_duts
 from valve_console.serve import fleet_command
 
 
@@ -115,16 +114,11 @@ def test_demo_two_farms_headless(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_demo_two_farms_opens_the_fleet_console(tmp_path: Path) -> None:
-    tmux = Tmux(f"valve-fleet-{uuid.uuid4().hex[:8]}")
-    data = tmp_path / "data"
-    command = (f"cd {ROOT} && env -u COLUMNS -u LINES TERM=linux {PROGRAM} demo --farms 2 --no-gitlab --duts 4 "
-               f"--data-dir {data} --vpdu-port 0; echo VALVE-EXIT=$?; sleep 30")
-    tmux.start(command)
-    try:
+    with demo_in_tmux(tmp_path, "--farms", "2", "--no-gitlab", "--duts", "4") as (tmux, _data):
         screen = tmux.wait("2 of 2 gateways up", timeout=40)
         assert "vivian-1" in screen and "vivian-2" in screen and "fleet vivian" in screen
         tmux.keys("Down", "Enter")
-        screen = tmux.wait("gateway vivian-2", timeout=20)
+        tmux.wait("gateway vivian-2", timeout=20)
         tmux.keys("3")
         tmux.wait("vpdu1")
         tmux.keys("0")
@@ -132,6 +126,3 @@ def test_demo_two_farms_opens_the_fleet_console(tmp_path: Path) -> None:
         tmux.keys("q")
         screen = poll_until(lambda: "VALVE-EXIT=" in (s := tmux.screen()) and s, "the demo to end", 30)
         assert "VALVE-EXIT=0" in screen and "Traceback" not in screen
-    finally:
-        tmux.kill()
-        stop_leftover_duts(tmp_path)

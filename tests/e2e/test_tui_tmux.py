@@ -8,6 +8,7 @@ retiring the DUT takes the runner away.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -114,24 +116,49 @@ def wait_row(tmux: Tmux, good, timeout: float = 60.0) -> str:
         time.sleep(0.2)
 
 
-def test_demo_in_tmux_on_a_linux_console(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def demo_in_tmux(tmp_path: Path, *args: str) -> Iterator[tuple[Tmux, Path]]:
+    """``valve-console demo`` (extra ``args``) in a private tmux (160x50, TERM=linux); quit with ctrl+q at the
+    end, the simulated DUTs stopped and the demo's log printed, whatever happened."""
     assert PROGRAM.exists(), f"{PROGRAM} is missing: install the package in the venv"
     tmux = Tmux(f"valve-e2e-{uuid.uuid4().hex[:8]}")
     data = tmp_path / "data"
     # Textual draws on stderr: leave it on the pane. The demo's own log goes to <data>/valve-console.log.
     # COLUMNS/LINES (set in pytest's environment) would override the pane's real size.
     command = (f"cd {ROOT} && env -u COLUMNS -u LINES TERM=linux {PROGRAM} demo --data-dir {data} "
-               f"--vpdu-port {free_port()}; echo VALVE-EXIT=$?; sleep 30")
+               f"--vpdu-port {free_port()} {' '.join(args)}; echo VALVE-EXIT=$?; sleep 30")
     tmux.start(command)
     try:
+        yield tmux, data
+    finally:
+        tmux.keys("C-q")
+        try:
+            tmux.wait("VALVE-EXIT=", timeout=15)
+        except AssertionError:
+            pass
+        tmux.kill()
+        stop_leftover_duts(tmp_path)
+        log = data / "valve-console.log"
+        if log.exists():
+            print(log.read_text()[-3000:], file=sys.stderr)
+
+
+def wait_all_off(tmux: Tmux) -> str:
+    """On the PDU screen: wait until vpdu1's 16 outlets read off."""
+    screen = tmux.wait("vpdu1")
+    deadline = time.monotonic() + 20
+    while screen.count("[off]") < 16 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        screen = tmux.screen()
+    return screen
+
+
+def test_demo_in_tmux_on_a_linux_console(tmp_path: Path) -> None:
+    with demo_in_tmux(tmp_path) as (tmux, data):
         tmux.wait("Backend services", timeout=30)
         # PDU screen: 16 outlets off; select outlet 3 and switch it on (confirmed)
         tmux.keys("3")
-        screen = tmux.wait("vpdu1")
-        deadline = time.monotonic() + 20
-        while screen.count("[off]") < 16 and time.monotonic() < deadline:
-            time.sleep(0.2)
-            screen = tmux.screen()
+        screen = wait_all_off(tmux)
         assert screen.count("[off]") == 16, screen
         tmux.keys("Right", "Right", "Right", "o")
         tmux.wait("Switch outlet vpdu1/3")
@@ -199,40 +226,19 @@ def test_demo_in_tmux_on_a_linux_console(tmp_path: Path) -> None:
         # ctrl+q quits; the demo then stops its vPDU, which powers the simulated DUTs off
         tmux.keys("C-q")
         tmux.wait("VALVE-EXIT=0", timeout=20)
-    finally:
-        tmux.keys("C-q")
-        try:
-            tmux.wait("VALVE-EXIT=", timeout=15)
-        except AssertionError:
-            pass
-        tmux.kill()
-        stop_leftover_duts(tmp_path)
-        log = data / "valve-console.log"
-        if log.exists():
-            print(log.read_text()[-3000:], file=sys.stderr)
 
 
 def test_overview_follows_a_dut_and_a_lost_pdu_in_tmux(tmp_path: Path) -> None:
     """The Overview (issue 19) on the real demo: a DUT discovered behind outlet 3 appears as a tile, trains
     (the tile says ``train: register`` / ``train n/3``) and ends IDLE; then a second vPDU, added by the API
     and killed, becomes an attention item and raises a notification on the screen the operator is on."""
-    assert PROGRAM.exists(), f"{PROGRAM} is missing: install the package in the venv"
-    tmux = Tmux(f"valve-e2e-{uuid.uuid4().hex[:8]}")
-    data = tmp_path / "data"
     api = f"http://127.0.0.1:{free_port()}"
-    command = (f"cd {ROOT} && env -u COLUMNS -u LINES TERM=linux {PROGRAM} demo --data-dir {data} "
-               f"--vpdu-port {free_port()} --listen {api.removeprefix('http://')}; echo VALVE-EXIT=$?; sleep 30")
-    tmux.start(command)
-    vpdu2 = None
-    try:
+    with demo_in_tmux(tmp_path, "--listen", api.removeprefix("http://")) as (tmux, data), \
+            contextlib.ExitStack() as stack:
         tmux.wait("nothing needs you", timeout=30)
         # outlet 3: discovered (powered on, given to the machine that registers next)
         tmux.keys("3")
-        screen = tmux.wait("vpdu1")
-        deadline = time.monotonic() + 20
-        while screen.count("[off]") < 16 and time.monotonic() < deadline:
-            time.sleep(0.2)
-            screen = tmux.screen()
+        wait_all_off(tmux)
         tmux.keys("Right", "Right", "Right", "d")
         tmux.wait("give it to the next machine")
         tmux.keys("y")
@@ -257,16 +263,16 @@ def test_overview_follows_a_dut_and_a_lost_pdu_in_tmux(tmp_path: Path) -> None:
         port = free_port()
         vpdu2 = subprocess.Popen([sys.executable, str(ROOT / "vivian" / "vpdu.py"), "--port", str(port),
                                   "--num-ports", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stack.callback(vpdu2.kill)  # a no-op once it was killed and reaped below
         token = (data / "token").read_text().strip()
         headers = {"Authorization": f"Bearer {token}"}
-        deadline = time.monotonic() + 20
-        while True:
-            r = httpx.post(f"{api}/api/v1/pdu/", headers=headers, timeout=10,
-                           json={"name": "vpdu2", "driver": "vpdu", "config": {"hostname": f"127.0.0.1:{port}"}})
-            if r.status_code == 201 or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)  # the vPDU is still starting
+        r = httpx.post(f"{api}/api/v1/pdu/", headers=headers, timeout=10,
+                       json={"name": "vpdu2", "driver": "vpdu", "config": {"hostname": f"127.0.0.1:{port}"}})
         assert r.status_code == 201, r.text
+        deadline = time.monotonic() + 30  # reachable first (the vPDU may still be starting): then it is lost
+        while httpx.get(f"{api}/api/v1/pdu/vpdu2", headers=headers, timeout=10).json()["state"] != "reachable":
+            assert time.monotonic() < deadline, "vpdu2 never became reachable"
+            time.sleep(0.3)
         tmux.keys("2")
         tmux.wait("priority ")
         vpdu2.kill()
@@ -281,16 +287,3 @@ def test_overview_follows_a_dut_and_a_lost_pdu_in_tmux(tmp_path: Path) -> None:
         tmux.wait("vpdu2", timeout=10)
         tmux.keys("C-q")
         tmux.wait("VALVE-EXIT=0", timeout=20)
-    finally:
-        if vpdu2 is not None and vpdu2.poll() is None:
-            vpdu2.kill()
-        tmux.keys("C-q")
-        try:
-            tmux.wait("VALVE-EXIT=", timeout=15)
-        except AssertionError:
-            pass
-        tmux.kill()
-        stop_leftover_duts(tmp_path)
-        log = data / "valve-console.log"
-        if log.exists():
-            print(log.read_text()[-3000:], file=sys.stderr)

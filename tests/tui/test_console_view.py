@@ -331,3 +331,150 @@ def test_key_to_bytes() -> None:
     assert key_to_bytes("ctrl+right_square_bracket", None) is None
     assert key_to_bytes("ctrl+]", None) is None
     assert key_to_bytes("ctrl+f5", None) is None
+
+
+# -------------------------------------------------------------- issue 19 item 4: background, wrap, scrollbar
+def compositor_rows(app: App[None]) -> list[str]:
+    """What the terminal shows, row by row (scrollbars included, unlike ``screen_rows``)."""
+    return [strip.text for strip in app.screen._compositor.render_strips()]
+
+
+LONG = "".join(f"{i:03d}-" for i in range(60)) + "END"  # 243 cells
+
+
+async def test_lines_are_drawn_on_the_panel_s_background_not_the_terminal_s() -> None:
+    """Rich gives a Text without spans unstyled segments, which the terminal paints in its default colours
+    (black in the browser); a DUT's SGR 0/39/49 mean "the default" too. All must be the panel's."""
+    app = ConsoleApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        view = app.view
+        view.write("plain line\r\n")
+        view.write("\x1b[31mred\x1b[0m after reset \x1b[42mgreen bg\x1b[49m default bg \x1b[39mdefault fg\r\n")
+        view.write("tab\there\r\n")
+        view.flush()
+        await pilot.pause()
+        lines = view.lines_view
+        panel = lines.rich_style
+        assert panel.bgcolor is not None and panel.color is not None
+        assert panel.bgcolor.triplet != (0, 0, 0)  # the test means something: the panel is not black
+        rows = screen_rows(view)
+        checked = 0
+        for y, row in enumerate(rows):
+            if not row:
+                continue
+            for seg in lines.render_line(y):
+                assert seg.style is not None, (row, seg)
+                if seg.text.strip() in ("green bg", ""):
+                    continue
+                assert seg.style.bgcolor == panel.bgcolor, (row, seg)
+                if seg.text.strip() != "red":
+                    assert seg.style.color == panel.color, (row, seg)
+                checked += 1
+        assert checked >= 6
+        green = next(seg for y, row in enumerate(rows) if "green bg" in row for seg in lines.render_line(y)
+                     if seg.text == "green bg")
+        assert green.style is not None and green.style.bgcolor is not None and green.style.bgcolor.number == 2
+
+
+async def test_w_wraps_long_lines_and_toggles_back_to_horizontal_scrolling() -> None:
+    app = ConsoleApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        view = app.view
+        lines = view.lines_view
+        view.write(f"before\r\n{LONG}\r\nafter\r\n")
+        view.flush()
+        await pilot.pause()
+        assert not view.wrap
+        rows = [r for r in screen_rows(view) if r]
+        assert rows == ["before", LONG[: len(rows[1])], "after"]  # one row, cut at the edge
+        assert lines.show_horizontal_scrollbar
+
+        await pilot.press("w")
+        await pilot.pause()
+        assert view.wrap and "wrap" in str(view.border_subtitle)
+        width = lines.scrollable_content_region.width
+        rows = [r for r in screen_rows(view) if r]
+        assert rows[0] == "before" and rows[-1] == "after"
+        assert len(rows) == 2 + -(-len(LONG) // width)  # several rows
+        assert "".join(rows[1:-1]) == LONG  # nothing lost or repeated
+        assert all(len(r) <= width for r in rows)
+        assert not lines.show_horizontal_scrollbar and lines.virtual_size.width <= width
+
+        await pilot.press("w")
+        await pilot.pause()
+        assert not view.wrap and len([r for r in screen_rows(view) if r]) == 3
+
+
+async def test_wrapped_lines_are_wrapped_again_on_a_resize() -> None:
+    app = ConsoleApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        view = app.view
+        view.wrap = True
+        view.write(f"{LONG}\r\nlast\r\n")
+        view.flush()
+        await pilot.pause()
+        wide = len([r for r in screen_rows(view) if r])
+        await pilot.resize_terminal(50, 30)
+        await pilot.pause(0.3)
+        rows = [r for r in screen_rows(view) if r]
+        width = view.lines_view.scrollable_content_region.width
+        assert len(rows) == 1 + -(-len(LONG) // width) > wide
+        assert "".join(rows[:-1]) == LONG and rows[-1] == "last"
+
+
+async def test_no_text_sits_under_the_horizontal_scrollbar() -> None:
+    """Scroll mode, a view full of lines and one too long: the scrollbar takes its own row; the last line
+    is still shown above it (also after the long line arrived in a later flush)."""
+    app = ConsoleApp()
+    async with app.run_test(size=(60, 16)) as pilot:
+        view = app.view
+        write_lines(view, 0, 40)
+        view.flush()
+        await pilot.pause()
+        view.write(f"{LONG}\r\nthe last line\r\n")
+        view.flush()
+        await pilot.pause(0.2)
+        lines = view.lines_view
+        assert lines.show_horizontal_scrollbar
+        shown = compositor_rows(app)
+        text_area = lines.scrollable_content_region  # the widget less its scrollbars, on the screen
+        last_text_row = max(i for i, row in enumerate(shown) if "the last line" in row)
+        assert text_area.y <= last_text_row < text_area.bottom  # not on the scrollbar's row
+        assert last_text_row == text_area.bottom - 1  # following: right above the scrollbar
+        await pilot.press("w")
+        await pilot.pause(0.2)
+        shown = compositor_rows(app)
+        assert not lines.show_horizontal_scrollbar
+        assert any("the last line" in row for row in shown)
+        assert any(row.strip().strip("│").rstrip().endswith("END") for row in shown)
+
+
+async def test_search_pause_and_type_mode_work_while_wrapping() -> None:
+    app = ConsoleApp()
+    async with app.run_test(size=(60, 12)) as pilot:
+        view = app.view
+        await pilot.press("w")
+        for i in range(30):
+            view.write(f"{LONG}\r\nline {i}\r\n")
+        view.write("Kernel panic - not syncing\r\n")
+        view.write(f"{LONG}\r\n" * 30)
+        view.flush()
+        await pilot.pause()
+        assert view.search("kernel panic")
+        await pilot.pause()
+        assert "Kernel panic - not syncing" in screen_rows(view)  # the wrapped rows before it are counted
+        assert view.search("line 3")
+        await pilot.pause()
+        assert "line 3" in screen_rows(view)
+
+        await pilot.press("G", "p")
+        before = screen_rows(view)
+        view.write(f"{LONG}\r\n" * 20)
+        await pilot.pause(0.3)
+        assert screen_rows(view) == before  # paused: the wrapped view holds still
+        await pilot.press("p")
+        await pilot.pause()
+        assert screen_rows(view)[-1].endswith("END")
+
+        await pilot.press("t", "w")  # type mode: w is a key for the DUT, not the wrap toggle
+        assert view.wrap and [m.data for m in app.sent] == ["w"]

@@ -21,7 +21,7 @@ from valve_console.screens.overview import OverviewScreen
 from valve_console.screens.pdus import PdusScreen
 from valve_console.widgets.dut_tiles import DutTiles
 
-from .fake_farm import GLANCE_MACS, JOURNAL_EVENTS, NOW, FakeFarmClient, event, farm_data, glance_farm_data, pdu
+from .fake_farm import GLANCE_MACS, JOURNAL_EVENTS, NOW, FakeFarmClient, farm_data, glance_farm_data, pdu
 from .helpers import screen_text, wait_for
 
 VIRTIO_2 = "52:54:00:11:22:05"
@@ -102,8 +102,11 @@ async def test_each_attention_key_lands_on_its_screen_and_machine() -> None:
             assert f"{letter} " in screen_text(app)
             await pilot.press(letter)
             mode, selected = EXPECTED[item.kind]
-            await wait_for(pilot, lambda: app.current_mode == mode and selection(app) == selected, 5,
-                           f"{item.kind}: {mode} with {selected} selected (got {app.current_mode}, {selection(app)})")
+
+            def landed(mode: str = mode, selected: object = selected) -> bool:
+                return app.current_mode == mode and selection(app) == selected
+
+            await wait_for(pilot, landed, 5, f"{item.kind}: {mode} with {selected} selected")
 
 
 async def test_tiles_move_with_the_arrows_enter_opens_the_console_and_e_the_form() -> None:

@@ -7,6 +7,8 @@ types in a ConsoleView's type mode arrives as ``ConsoleView.Input`` and is sent,
 One writer at a time: when someone else holds the console, "X is typing in this console" is shown
 and ctrl+t resends what was refused with ``takeover``; leaving type mode gives write access back.
 The header line shows the console's source, its TCP port (``nc HOST PORT``), writer and viewers.
+``w`` (a ConsoleView key) wraps long lines or lets them scroll; each console keeps its choice, also when
+its tab goes and comes back.
 
 Streams bound to no machine (a DUT whose binding the hub did not grant: wrong source address, another
 stream live on that console, a machine not registered yet) are counted under the header; ``u`` lists
@@ -172,6 +174,7 @@ class ConsolesScreen(FarmScreen):
         self._blocked: dict[str, str] = {}  # mac -> who holds write access (after a 409)
         self._refused: dict[str, str] = {}  # mac -> what was typed but refused meanwhile
         self._takeover: set[str] = set()  # macs whose next input takes write access over
+        self._wraps: dict[str, bool] = {}  # mac -> wrap chosen (w) in a console since closed, kept for its next tab
         # Only the consoles shown so far are mounted (DESIGN.md §6): a hidden tab that was never
         # shown is an empty pane, its ConsoleView (not in the DOM) keeps its bounded scrollback.
         self._mounted: set[str] = set()
@@ -243,6 +246,7 @@ class ConsolesScreen(FarmScreen):
             return
         view = ConsoleView(mac, max_lines=20000)
         view.dash = self.console_app.dash
+        view.wrap = self._wraps.get(mac, False)
         self.views[mac] = view
         self.order.append(mac)
         self._loading[mac] = []
@@ -574,6 +578,7 @@ class ConsolesScreen(FarmScreen):
         if keep_tab:
             self._update_info()
             return
+        self._wraps[mac] = view.wrap
         del self.views[mac]
         self._loading.pop(mac, None)
         if mac in self.order:

@@ -4,8 +4,8 @@ From top to bottom: a summary (the farm, its services, DUTs by state, outlets, p
 trend over the last hours as sparklines), a tile per DUT (widgets/dut_tiles.py), the attention list (each
 item with a letter: shift+letter goes to it), and the recent events. On a wide screen the attention list
 and the events sit beside the tiles, with the gateway's details (the farm, each service, the network
-interfaces) under them when the screen is tall enough. Compact (80x24, tty2): everything stacked, the gateway's details summed up in
-the first line.
+interfaces) under them when the screen is tall enough. Compact (80x24, tty2): everything stacked, the
+gateway's details summed up in the first line.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class OverviewScreen(FarmScreen):
             with Vertical(id="tiles-box", classes="glance-section"):
                 yield DutTiles(id="tiles", clock=lambda: self.model.clock())
             with Vertical(id="glance-side"):
-                with VerticalScroll(id="attention-box", classes="glance-section"):
+                with VerticalScroll(id="attention-box", classes="glance-section", can_focus=False):
                     yield Static("", id="attention")
                 with Vertical(id="events-box", classes="glance-section"):
                     yield Static("", id="events")
@@ -187,21 +187,36 @@ class OverviewScreen(FarmScreen):
         self._show_services(model)
         self._show_interfaces(model)
 
+    _stale = False  # changes came while another screen was shown: redrawn when this one is again
+
     def farm_changes(self, changes: Changes, model: FarmModel) -> None:
-        if changes.health:
-            self._show_services(model)
-            if "gitlab" in changes.health:  # an instance synced, was added, removed or went down
-                self._fetch_gitlab()
+        if "gitlab" in changes.health:  # an instance synced, was added, removed or went down
+            self._fetch_gitlab()
         if changes.machines or changes.outlets or changes.pdus or changes.jobs or changes.health:
+            if not self.is_current:  # nobody sees it: the work waits for the screen to come back
+                self._stale = True
+                return
+            if changes.health:
+                self._show_services(model)
             self._show_summary(model)
             self._show_tiles(model)
             self._show_events(model)
 
     def attention_changed(self, items: list[Attention]) -> None:
         """The app's attention list changed (it computes it for every screen's notifications)."""
+        if not self.is_current:
+            self._stale = True
+            return
         self._show_attention(items)
         if self.model.loaded:
             self._show_tiles(self.model)
+
+    def on_screen_resume(self) -> None:
+        if self._stale and self.model.loaded:
+            self._stale = False
+            self._show_all(self.model)
+        if self.focused is None:
+            self.tiles.focus()
 
     # ---------------------------------------------------------------- the glance
     def _show_summary(self, model: FarmModel) -> None:

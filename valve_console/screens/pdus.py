@@ -4,6 +4,10 @@ Outlet discovery: ``d`` powers the selected (free, off) outlet on and gives it t
 that registers, ``D`` does that for every free outlet of the PDU in turn ("find outlets"), ``C`` or
 ``esc`` cancels (all confirmed first). A status line shows the outlet being discovered, the time
 left and how many outlets are queued, kept up to date from ``discovery`` events.
+
+The detail line under the grids says the selected outlet in words: its PDU and id, label, state, the machine on
+it and that machine's state (or free / reserved), who holds its lock, and a read-back mismatch
+(``! mismatch: read back OFF after switching ON``; the cell only has room for the ``!``).
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.widgets import Static
+from textual.widgets import DataTable, Static
 
 from ..console_data import Changes, FarmModel, format_watts, outlet_of, pdu_watts
 from ..contract import Pdu
-from ..widgets.outlet_grid import OutletGrid
+from ..widgets.outlet_grid import FREE_STYLE, MISMATCH_STYLE, RESERVED_STYLE, OutletGrid
+from ..widgets.state_badge import machine_state, outlet_badge
 from .base import FarmScreen
 
 
@@ -95,10 +100,12 @@ class PdusScreen(FarmScreen):
         yield Static("", id="discovery-status", classes="status-line")
         with VerticalScroll(id="pdu-list", can_focus=False):
             yield Static("No PDU yet: press [b]a[/b] to add one.", id="no-pdus")
+        yield Static("", id="outlet-detail", classes="status-line")
 
     def on_mount(self) -> None:
         super().on_mount()
         self.show_discovery(self.model)
+        self.show_detail()
         self.set_interval(1, self._tick_discovery)
 
     # ---------------------------------------------------------------- discovery
@@ -139,6 +146,47 @@ class PdusScreen(FarmScreen):
             return self._discovering()
         return True
 
+    # ---------------------------------------------------------------- the selected outlet
+    def show_detail(self) -> None:
+        """The detail line: the selected outlet in words (the mismatch too, which its cell only marks)."""
+        detail = self.query_one("#outlet-detail", Static)
+        selected = self.selected_outlet()
+        text = Text()
+        if selected is not None:
+            pdu, port = selected
+            model = self.model
+            info = model.outlet(pdu, port)
+            machine = model.machine_on(pdu, port)
+            text.append(f"{pdu}/{port}", style="bold")
+            if info and info.label:
+                text.append(f" ({info.label})")
+            # the state in words (the cells have the badges; one [off] per outlet on screen)
+            state = str(info.state if info else "").upper()
+            text.append(f"  power {state if state in ('ON', 'OFF', 'REBOOT') else '?'}",
+                        style=outlet_badge(state).style)
+            text.append("  ")
+            if machine is not None:
+                text.append(machine.full_name or machine.mac_address, style="bold")
+                text.append(" ")
+                text.append_text(machine_state(machine.state))
+                if info and info.reserved:
+                    text.append("  reserved outlet", style=RESERVED_STYLE)
+            elif info and info.reserved:
+                text.append("reserved", style=RESERVED_STYLE)
+            else:
+                text.append("free", style=FREE_STYLE)
+            if info and info.locked_by:
+                text.append(f"  locked by {info.locked_by}")
+            if info and info.mismatch:
+                text.append(f"  ! mismatch: {info.mismatch}", style=MISMATCH_STYLE)
+        detail.update(text)
+        detail.display = selected is not None
+
+    def on_data_table_cell_highlighted(self, event: DataTable.CellHighlighted) -> None:
+        if isinstance(event.data_table, OutletGrid):
+            self._current = event.data_table.pdu
+            self.show_detail()
+
     # ---------------------------------------------------------------- sync
     def farm_reset(self, model: FarmModel) -> None:
         self.show_discovery(model)
@@ -148,6 +196,7 @@ class PdusScreen(FarmScreen):
             self._sync_pdu(name, pdu, model)
         self._update_empty()
         self._focus_grid()
+        self.show_detail()
 
     def on_screen_resume(self) -> None:
         self._focus_grid()
@@ -188,6 +237,8 @@ class PdusScreen(FarmScreen):
         if changes.pdus:
             self._update_empty()
             self._focus_grid()
+        if dirty or changes.pdus:
+            self.show_detail()
 
     def _sync_pdu(self, name: str, pdu: Pdu, model: FarmModel) -> None:
         section = self.sections.get(name)
@@ -216,6 +267,7 @@ class PdusScreen(FarmScreen):
         widget = event.widget if hasattr(event, "widget") else None
         if isinstance(widget, OutletGrid):
             self._current = widget.pdu
+            self.show_detail()
 
     def current_section(self) -> PduSection | None:
         focused = self.focused

@@ -16,17 +16,27 @@ the deque (a row whose line was dropped in between renders blank until the next 
 also keeps a reference copy of the lines in view, so a paused view stays readable however much
 output arrives meanwhile.
 
+Long lines either scroll horizontally or wrap at the widget's width (``wrap``, toggled by ``w``):
+wrapped, every stored line keeps its place in a list of cumulative row counts (extended at each
+flush for the new lines only, recomputed on a resize or a toggle), so a row maps to its line
+and the line's slice by bisection.  Lines are drawn on the widget's own background: every
+segment gets the widget's style underneath, and a DUT's "default colour" codes mean the panel's
+colours, not the terminal's (in the browser the terminal default is black).
+
 ``write`` must be called from the UI's event loop (use ``App.call_from_thread`` from a thread).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
 from itertools import islice
 from typing import ClassVar
 
 from rich.cells import cell_len
+from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual import events, on
@@ -133,6 +143,7 @@ class ConsoleLines(ScrollView, can_focus=False):
         color: $foreground;
         overflow: auto auto;
         height: 1fr;
+        &.-wrap { overflow: hidden scroll; }
     }
     """
 
@@ -168,6 +179,13 @@ class ConsoleLines(ScrollView, can_focus=False):
         self._frozen: list[str] | None = None  # the lines in view while paused
         self._frozen_first = 0
         self._strips: LRUCache[int, Strip] = LRUCache(STRIP_CACHE_SIZE)
+        # Wrap mode: for the view's lines (from _view_first), the cumulative row count at each
+        # line's end, counted from _wrap_base (the rows of lines dropped since are in the base).
+        self._wrap = False
+        self._wrap_width = 0
+        self._wrap_ends: list[int] = []
+        self._wrap_base = 0
+        self._wrap_partial = 0  # rows of the incomplete last line
         self.on_change: Callable[[], None] | None = None
         """Called (without arguments) when follow/pause/line counts shown to the operator change."""
 
@@ -226,6 +244,9 @@ class ConsoleLines(ScrollView, can_focus=False):
         self._held = 0
         self._highlight = None
         self._dirty = False
+        self._wrap_ends = []
+        self._wrap_base = 0
+        self._wrap_partial = 0
         if self.is_mounted:
             self.virtual_size = Size(0, 0)
             self._scroll_programmatic(0)
@@ -271,8 +292,9 @@ class ConsoleLines(ScrollView, can_focus=False):
         if self._highlight is not None and self._highlight < first:
             self._highlight = None
         self._measure()
-        height = self._view_count + (1 if self._view_partial else 0)
-        self._set_virtual_size(Size(self._width, height))
+        if self._wrap:
+            dropped = self._wrap_extend(dropped)
+        self._set_virtual_size(self._extent())
         if self._follow:
             self._scroll_programmatic(self.max_scroll_y)
         elif dropped > 0:
@@ -281,6 +303,12 @@ class ConsoleLines(ScrollView, can_focus=False):
         self.refresh()
         self._changed()
         return True
+
+    def _extent(self) -> Size:
+        """The virtual size of the view's snapshot (wrapped: as wide as the view, one row per slice)."""
+        if self._wrap:
+            return Size(self._wrap_width, self._wrap_rows())
+        return Size(self._width, self._view_count + (1 if self._view_partial else 0))
 
     def _set_virtual_size(self, size: Size) -> None:
         """Set the scroll extent; without a screen layout when only the extent changes.
@@ -309,16 +337,16 @@ class ConsoleLines(ScrollView, can_focus=False):
                 self.call_after_refresh(self._keep_following)
 
     def _scrollbars_for(self, size: Size) -> tuple[bool, bool]:
-        """(horizontal, vertical) scrollbars shown for a virtual size (``overflow: auto auto``)."""
+        """(horizontal, vertical) scrollbars shown for a virtual size (overflow ``auto``, ``scroll`` or
+        ``hidden`` on each axis)."""
         styles = self.styles
-        if styles.overflow_x != "auto" or styles.overflow_y != "auto":
-            return (not self.show_horizontal_scrollbar, self.show_vertical_scrollbar)  # never the fast path
+        x_auto, y_auto = styles.overflow_x == "auto", styles.overflow_y == "auto"
         width, height = self.container_size
-        horizontal = size.width > width
-        vertical = size.height > height
-        if vertical and not horizontal:
+        horizontal = styles.overflow_x == "scroll" or (x_auto and size.width > width)
+        vertical = styles.overflow_y == "scroll" or (y_auto and size.height > height)
+        if x_auto and vertical and not horizontal:
             horizontal = size.width > width - styles.scrollbar_size_vertical
-        if horizontal and not vertical:
+        if y_auto and horizontal and not vertical:
             vertical = size.height > height - styles.scrollbar_size_horizontal
         return horizontal, vertical
 
@@ -334,6 +362,107 @@ class ConsoleLines(ScrollView, can_focus=False):
             width = max(width, _cell_width(self._view_partial))
         self._measured = self._total
         self._width = width
+
+    # -- wrapping --------------------------------------------------------------------------
+
+    @property
+    def wrap(self) -> bool:
+        """Long lines wrap at the view's width (else they scroll horizontally)."""
+        return self._wrap
+
+    @wrap.setter
+    def wrap(self, value: bool) -> None:
+        if value == self._wrap:
+            return
+        top = self._line_at_row(round(self.scroll_y)) if self.is_mounted else None
+        self._wrap = value
+        self.set_class(value, "-wrap")
+        if value:
+            self._rewrap()
+        self._changed()
+        if not self.is_mounted:
+            return
+        self.virtual_size = self._extent()  # the scrollbars change: a layout
+        if value:
+            self.scroll_to(x=0, animate=False, force=True)
+        self.refresh()
+        self.call_after_refresh(self._after_rewrap, top)
+
+    def _after_rewrap(self, top: int | None) -> None:
+        if self._wrap and self._wrap_width != self._content_width():
+            self._rewrap()
+            self.virtual_size = self._extent()
+        if self._follow or top is None:
+            self._keep_following()
+        else:
+            self._scroll_programmatic(self._row_of(top))
+        self.refresh()
+
+    def _content_width(self) -> int:
+        """The width lines wrap at: the view's, less its (always shown, when wrapping) vertical scrollbar."""
+        return max(1, self.size.width - (self.styles.scrollbar_size_vertical if self._wrap else 0))
+
+    def _rows_of(self, line: str) -> int:
+        return max(1, -(-_cell_width(line) // self._wrap_width))
+
+    def _rewrap(self) -> None:
+        """Count the rows of every line in the view at the current width."""
+        self._wrap_width = width = self._content_width()
+        source, first = self._source()
+        start = self._view_first - first
+        stored = list(source)
+        total = 0
+        ends = []
+        for index in range(start, start + self._view_count):
+            line = stored[index] if 0 <= index < len(stored) else ""
+            total += max(1, -(-_cell_width(line) // width))
+            ends.append(total)
+        self._wrap_base = 0
+        self._wrap_ends = ends
+        self._wrap_partial = self._rows_of(self._view_partial) if self._view_partial else 0
+
+    def _wrap_extend(self, dropped: int) -> int:
+        """At a flush: forget the rows of the lines dropped (``dropped`` lines), count the new lines'
+        rows.  Returns the rows dropped from the front."""
+        ends = self._wrap_ends
+        old_base = self._wrap_base
+        if dropped > 0:
+            if dropped >= len(ends):
+                self._wrap_base = ends[-1] if ends else old_base
+                ends.clear()
+            else:
+                self._wrap_base = ends[dropped - 1]
+                del ends[:dropped]
+        new = self._view_count - len(ends)
+        total = ends[-1] if ends else self._wrap_base
+        if new > 0:
+            fresh = list(islice(reversed(self._lines), new))
+            fresh.reverse()
+            for line in fresh:
+                total += self._rows_of(line)
+                ends.append(total)
+        self._wrap_partial = self._rows_of(self._view_partial) if self._view_partial else 0
+        return self._wrap_base - old_base
+
+    def _wrap_rows(self) -> int:
+        ends = self._wrap_ends
+        return (ends[-1] - self._wrap_base if ends else 0) + self._wrap_partial
+
+    def _row_of(self, absolute: int) -> int:
+        """The first virtual row of line ``absolute`` of the view."""
+        index = absolute - self._view_first
+        if not self._wrap:
+            return index
+        ends = self._wrap_ends
+        if index <= 0 or not ends:
+            return 0
+        return ends[min(index, len(ends)) - 1] - self._wrap_base
+
+    def _line_at_row(self, row: int) -> int:
+        """The absolute number of the line drawn on virtual row ``row``."""
+        if not self._wrap:
+            return self._view_first + row
+        return self._view_first + bisect_right(self._wrap_ends, row + self._wrap_base)
 
     # -- follow / pause --------------------------------------------------------------------
 
@@ -401,6 +530,13 @@ class ConsoleLines(ScrollView, can_focus=False):
         self._set_follow(round(new_value) >= self.max_scroll_y)
 
     def on_resize(self, event: events.Resize) -> None:
+        if self._wrap and self._wrap_width != self._content_width():
+            top = self._line_at_row(round(self.scroll_y))
+            self._rewrap()
+            self.virtual_size = self._extent()
+            self.refresh()
+            self.call_after_refresh(self._after_rewrap, top)
+            return
         self.call_after_refresh(self._keep_following)
 
     def _keep_following(self) -> None:
@@ -409,7 +545,7 @@ class ConsoleLines(ScrollView, can_focus=False):
 
     def scroll_to_line(self, absolute: int) -> None:
         """Show line ``absolute`` in the middle of the view; follow turns off."""
-        row = absolute - self._view_first
+        row = self._row_of(absolute)
         self._set_follow(False)
         self._scroll_programmatic(max(0, row - self.scrollable_content_region.height // 2))
         self.refresh()
@@ -480,8 +616,22 @@ class ConsoleLines(ScrollView, can_focus=False):
         scroll_x, scroll_y = self.scroll_offset
         width = self.size.width
         style = self.rich_style
+        if self._wrap:
+            return self._wrapped_row(scroll_y + y, style)
         strip = self._row_strip(scroll_y + y, style)
         return strip.crop_extend(scroll_x, scroll_x + width, style)
+
+    def _wrapped_row(self, row: int, style: Style) -> Strip:
+        """Virtual row ``row`` in wrap mode: the slice of its line that falls on it."""
+        ends = self._wrap_ends
+        at = row + self._wrap_base
+        index = bisect_right(ends, at)
+        start = ends[index - 1] if index else self._wrap_base
+        if index >= len(ends) and not (self._view_partial and at - start < self._wrap_partial):
+            return Strip([], 0).extend_cell_length(self._wrap_width, style)
+        width = self._wrap_width
+        offset = (at - start) * width
+        return self._row_strip(index, style).crop_extend(offset, offset + width, style)
 
     def _row_strip(self, row: int, style: Style) -> Strip:
         """The uncropped strip of virtual row ``row``."""
@@ -506,14 +656,36 @@ class ConsoleLines(ScrollView, can_focus=False):
 
     def _render_text(self, line: str, style: Style, highlight: bool = False) -> Strip:
         if "\x1b" in line:
-            text = Text.from_ansi(line, style=style, no_wrap=True, end="")
+            text = Text.from_ansi(line, no_wrap=True, end="")
         else:
-            text = Text(line, style=style, no_wrap=True, end="")
+            text = Text(line, no_wrap=True, end="")
         if "\t" in line:
             text.expand_tabs(TAB_SIZE)
         if highlight:
             text.stylize(Style(reverse=True))
-        return Strip(list(text.render(self.app.console)), text.cell_len)
+        return Strip(on_panel(text.render(self.app.console), style), text.cell_len)
+
+
+def on_panel(segments: Iterable[Segment], base: Style) -> list[Segment]:
+    """``segments`` drawn on the panel: ``base`` (the widget's colours) under every segment's style.
+
+    Rich renders a Text without spans as segments with no style at all, which a terminal draws in
+    its own default colours (black in the browser's xterm.js), not the panel's.
+    """
+    return [Segment(text, _panel_style(base, style)) for text, style, _ in segments]
+
+
+@lru_cache(maxsize=1024)
+def _panel_style(base: Style, style: Style | None) -> Style:
+    """``base`` + ``style``, where the DUT's "default colour" (SGR 39/49, or a reset) means ``base``'s."""
+    if not style:
+        return base
+    combined = base + style
+    fix = Style(
+        color=base.color if style.color is not None and style.color.is_default else None,
+        bgcolor=base.bgcolor if style.bgcolor is not None and style.bgcolor.is_default else None,
+    )
+    return combined + fix if fix else combined
 
 
 def _cell_width(line: str) -> int:
@@ -580,6 +752,7 @@ class ConsoleView(Widget, can_focus=True):
             priority=True,
         ),
         Binding("p", "toggle_pause", "Pause"),
+        Binding("w", "toggle_wrap", "Wrap"),
         Binding("slash", "open_search", "Search"),
         Binding("n", "search_next", "Next match", show=False),
         Binding("N", "search_previous", "Previous match", show=False),
@@ -723,6 +896,15 @@ class ConsoleView(Widget, can_focus=True):
         self._log.paused = value
 
     @property
+    def wrap(self) -> bool:
+        """Long lines wrap at the view's width; else they run on and scroll horizontally (``w`` toggles)."""
+        return self._log.wrap
+
+    @wrap.setter
+    def wrap(self, value: bool) -> None:
+        self._log.wrap = value
+
+    @property
     def follow(self) -> bool:
         """The view scrolls with new output."""
         return self._log.follow
@@ -814,6 +996,8 @@ class ConsoleView(Widget, can_focus=True):
             shown = self._search_term if len(self._search_term) <= 20 else self._search_term[:19] + "~"
             note = f" {self._search_note}" if self._search_note else ""
             status = f"/{shown}{note} | {status}"
+        if log.wrap:
+            status = f"wrap | {status}"
         if self.border_title != title:
             self.border_title = title
         if self.border_subtitle != status:
@@ -864,6 +1048,9 @@ class ConsoleView(Widget, can_focus=True):
 
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
+
+    def action_toggle_wrap(self) -> None:
+        self.wrap = not self.wrap
 
     def action_open_search(self) -> None:
         bar = self.query_one("#search-bar")
