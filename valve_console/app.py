@@ -386,6 +386,7 @@ class ConsoleApp(App[int]):
             return  # a second enter while the first switch runs: the first one finishes
         gw = self.fleet[name]
         self._switching = True
+        self.refresh_bindings()
         try:
             if gw is not self.gateway:
                 if self.current_mode != "fleet":
@@ -398,9 +399,16 @@ class ConsoleApp(App[int]):
                 self._use_gateway(gw)
                 if self.model.loaded:
                     self.update_attention()
-            await self.switch_mode(mode)
+            if self.current_mode == "fleet":
+                await self.switch_mode(mode)
         finally:
             self._switching = False
+            self.refresh_bindings()
+
+    @property
+    def switching(self) -> bool:
+        """A gateway switch (show_gateway) is on its way: the screen keys wait for it."""
+        return self._switching
 
     def action_fleet(self) -> None:
         if self.fleet is not None:
@@ -477,7 +485,9 @@ class ConsoleApp(App[int]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "fleet":
-            return self.fleet is not None and self.current_mode != "machine"
+            return self.fleet is not None and self.current_mode != "machine" and not self._switching
+        if action == "go" and self._switching:
+            return False  # the farm screens' modes are being made anew (show_gateway)
         if action == "quit_console" and self.current_mode == "machine":
             return False  # 'q' belongs to the form's fields there; ctrl+q still quits
         return True

@@ -118,9 +118,10 @@ def test_demo_two_farms_opens_the_fleet_console(tmp_path: Path) -> None:
         screen = tmux.wait("2 of 2 gateways up", timeout=40)
         assert "vivian-1" in screen and "vivian-2" in screen and "fleet vivian" in screen
         tmux.keys("Down", "Enter")
-        tmux.wait("gateway vivian-2", timeout=20)
+        screen = tmux.wait("Backend services", timeout=20)  # vivian-2's Overview
+        assert "gateway vivian-2" in screen and "farm vivian-2" in screen
         tmux.keys("3")
-        tmux.wait("vpdu1")
+        tmux.wait("driver vpdu")
         tmux.keys("0")
         tmux.wait("the screens 1-9 show vivian-2")
         tmux.keys("q")

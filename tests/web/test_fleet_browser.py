@@ -26,7 +26,7 @@ async def test_serve_fleet_shows_the_fleet_screen(vivian, farm, tmp_path: Path, 
         await screen_with(page, "fleet lab", "0 Fleet", "rack1", "rack2", "1 of 2 gateways up", "unreachable")
         await page.focus("textarea.xterm-helper-textarea")
         await page.keyboard.press("Enter")  # the cursor is on rack1
-        await screen_with(page, "gateway rack1", "farm test")
+        await screen_with(page, "gateway rack1", "farm test", "Backend services")  # its Overview
         await page.keyboard.press("3")
         await screen_with(page, "vpdu1", "16 outlets")
         await context.close()
