@@ -48,6 +48,12 @@ def row(app: ConsoleApp, gateway: str):
     return view.rows.get(gateway) if view is not None else None
 
 
+def showing(app: ConsoleApp, gateway: str | None = None) -> bool:
+    """The switch is over: the Overview of ``gateway`` (of the one shown when None)."""
+    done = app.current_mode == "overview" and not app.switching
+    return done and (gateway is None or app.gateway_name == gateway)
+
+
 def outlets_on(app: ConsoleApp, gateway: str) -> int:
     model = app.fleet[gateway].model
     return sum(1 for p in model.pdus.values() for o in p.ports.values() if str(o.state).upper() == "ON")
@@ -92,7 +98,7 @@ async def test_rows_live_one_farm_down_and_switch(three: list[Farm]) -> None:
             view = app.fleet_view
             assert view is not None and view.select_gateway("gw-bravo")
             await pilot.press("enter")
-            await wait_for(pilot, lambda: app.current_mode == "overview" and not app.switching and app.gateway_name == "gw-bravo",
+            await wait_for(pilot, lambda: showing(app, "gw-bravo"),
                            what="bravo's overview")
             await wait_text(pilot, "gateway gw-bravo")
             assert "farm bravo" in screen_text(app)
@@ -125,7 +131,7 @@ async def test_switch_shows_the_new_gateways_machines(tmp_path: Path) -> None:
                                what="every row up")
                 app.fleet_view.select_gateway("gw-alpha")
                 await pilot.press("enter")
-                await wait_for(pilot, lambda: app.gateway_name == "gw-alpha" and app.current_mode == "overview" and not app.switching)
+                await wait_for(pilot, lambda: showing(app, "gw-alpha"))
                 await pilot.press("4")
                 await wait_for(pilot, lambda: isinstance(app.screen, DutsScreen))
                 first = app.screen
@@ -135,7 +141,7 @@ async def test_switch_shows_the_new_gateways_machines(tmp_path: Path) -> None:
                 await wait_for(pilot, lambda: isinstance(app.screen, FleetScreen))
                 app.fleet_view.select_gateway("gw-bravo")
                 await pilot.press("enter")
-                await wait_for(pilot, lambda: app.gateway_name == "gw-bravo" and app.current_mode == "overview" and not app.switching)
+                await wait_for(pilot, lambda: showing(app, "gw-bravo"))
                 await pilot.press("4")
                 await wait_for(pilot, lambda: isinstance(app.screen, DutsScreen))
                 assert app.screen is not first  # made anew, on bravo's model
@@ -168,7 +174,7 @@ async def test_wrong_token_and_unreachable_said_on_their_rows(farm: Farm) -> Non
             # enter on the refused one: its screens say it is lost and why, they do not crash
             app.fleet_view.select_gateway("badtoken")
             await pilot.press("enter")
-            await wait_for(pilot, lambda: app.gateway_name == "badtoken" and app.current_mode == "overview" and not app.switching)
+            await wait_for(pilot, lambda: showing(app, "badtoken"))
             await wait_text(pilot, "backend lost at")
     finally:
         await fleet.close()
@@ -200,7 +206,7 @@ async def test_a_gateway_too_old_for_a_screen(farm: Farm) -> None:
             assert fleet["old"].feed.types is None and fleet["new"].feed.types is None
             app.fleet_view.select_gateway("old")
             await pilot.press("enter")
-            await wait_for(pilot, lambda: app.current_mode == "overview" and not app.switching and app.gateway_name == "old")
+            await wait_for(pilot, lambda: showing(app, "old"))
             version = fleet["old"].version
             assert version
             await pilot.press("9")
