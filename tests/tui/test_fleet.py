@@ -121,7 +121,7 @@ async def test_rows_live_one_farm_down_and_switch(three: list[Farm]) -> None:
 async def test_switch_shows_the_new_gateways_machines(tmp_path: Path) -> None:
     """The DUT table of gateway A is not shown after switching to B: the screens are made anew on B."""
     async with vivian_farms(tmp_path, ["alpha", "bravo"]) as farms:
-        (alpha, _), (bravo, _) = farms
+        (alpha, _), (bravo, bravo_vpdu) = farms
         alpha_mac = await register(alpha, 1, "onlyalpha")
         fleet = fleet_of([alpha, bravo])
         app = make_fleet_app(fleet, linux_console=False)
@@ -129,6 +129,17 @@ async def test_switch_shows_the_new_gateways_machines(tmp_path: Path) -> None:
             async with app.run_test(size=SIZE) as pilot:
                 await wait_for(pilot, lambda: all(row(app, g) and row(app, g).ok for g in fleet.gateways),
                                what="every row up")
+                # the rows' contents: alpha's machine by state; bravo's PDU lost → PDUs down and an alarm
+                assert row(app, "gw-alpha").duts.startswith("1: ") and row(app, "gw-bravo").duts == "none"
+                assert row(app, "gw-alpha").jobs == "0 running, 0 queued"
+                await bravo_vpdu.stop()
+                await wait_for(pilot, lambda: row(app, "gw-bravo").pdus_unreachable == 1, what="bravo's PDU down")
+                await wait_for(pilot, lambda: "PDU vpdu1 unreachable" in row(app, "gw-bravo").alarm_text,
+                               what="bravo's alarm")
+                assert row(app, "gw-bravo").alarms >= 1 and row(app, "gw-bravo").ok  # the gateway itself is up
+                assert row(app, "gw-alpha").pdus_unreachable == 0
+                app.fleet_view.select_gateway("gw-bravo")
+                await wait_text(pilot, "first alarm: PDU vpdu1 unreachable")
                 app.fleet_view.select_gateway("gw-alpha")
                 await pilot.press("enter")
                 await wait_for(pilot, lambda: showing(app, "gw-alpha"))
