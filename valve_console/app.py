@@ -31,7 +31,7 @@ from textual.worker import Worker, WorkerState
 from .client import FarmClient, FarmClientError
 from .console_data import EventFeed, FarmModel, outlet_of
 from .console_data.attention import NOTIFIED, Attention, Target, attention
-from .console_data.fleet import Fleet, FleetSpec, Gateway, new_log_entry
+from .console_data.fleet import CONSOLES_EVERY, Fleet, FleetSpec, Gateway, new_log_entry
 from .contract import (
     DiscoveryEvent,
     DiscoveryStarted,
@@ -176,6 +176,12 @@ class ConsoleApp(App[int]):
         else:  # one stream per gateway, all the time: the Fleet screen's rows stay live
             for gw in self.fleet:
                 self.run_worker(gw.feed.run(), name=f"events from {gw.name}", group="events", exit_on_error=False)
+            self.set_interval(CONSOLES_EVERY, self._refresh_fleet_consoles)
+
+    def _refresh_fleet_consoles(self) -> None:
+        if self.fleet is not None:
+            self.run_worker(self.fleet.refresh_consoles(self.gateway), group="fleet-consoles", exclusive=True,
+                            exit_on_error=False)
 
     def on_unmount(self) -> None:
         self.feed.close()

@@ -13,7 +13,7 @@ from typing import AsyncIterator
 import httpx
 import pytest
 
-from tests.conftest import api_url, make_settings, running_farm, running_vpdu
+from tests.conftest import api_url, eventually, make_settings, running_farm, running_vpdu
 from tests.tui.helpers import screen_text, wait_for, wait_text
 from tests.tui.test_screens import register
 from valve_console.app import ConsoleApp, make_fleet_app
@@ -110,6 +110,14 @@ async def test_rows_live_one_farm_down_and_switch(three: list[Farm]) -> None:
             assert fleet["gw-charlie"].feed.types == ROW_EVENTS
             await charlie.power.set_outlet("vpdu1", "6", "on")  # rows stay live on the filtered streams
             await wait_for(pilot, lambda: outlets_on(app, "gw-charlie") == 2, what="charlie's second outlet")
+            # charlie's console events are not read (not shown): its consoles are fetched now and then
+            # (CONSOLES_EVERY), so a silent console is still an alarm on its row
+            consoles = await eventually(fleet["gw-charlie"].client.consoles, "a console on charlie (outlet 5's DUT)",
+                                        timeout=20)
+            fleet["gw-charlie"].model.consoles.clear()
+            await app.fleet.refresh_consoles(app.gateway)
+            await wait_for(pilot, lambda: set(consoles) <= set(fleet["gw-charlie"].model.consoles),
+                           what="charlie's consoles fetched")
             # 0: back to the Fleet screen from any screen
             await pilot.press("0")
             await wait_for(pilot, lambda: isinstance(app.screen, FleetScreen), what="the Fleet screen")

@@ -19,6 +19,7 @@ are dropped, never refused. No Textual here.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import tomllib
 from collections import OrderedDict, deque
@@ -43,6 +44,9 @@ NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 ROW_EVENTS = ("machine", "pdu", "outlet", "health", "job", "discovery")
 """What a gateway's row needs: the event types read from a gateway that is not the one shown (console
 text and logs are most of a farm's events, and nothing in a row)."""
+CONSOLES_EVERY = 60.0
+"""Seconds between fetches of the consoles of the gateways not shown: their console events are not read,
+and the alarm "console silent" (attention.SILENT_AFTER, 300 s) needs each console's last activity."""
 DUT_STATES = ("IDLE", "RUNNING", "TRAINING", "QUEUED", "RETIRED", "OFFLINE")
 """The order DUT states are listed in a row (others follow, by name)."""
 
@@ -378,6 +382,18 @@ class Fleet:
         gw.state, gw.reason, gw.dirty = "lost", words, True
         self.listener.gateway_lost(gw, reason)
 
+    async def refresh_consoles(self, shown: Gateway | None) -> None:
+        """Fetch the consoles of every reachable gateway but ``shown`` (whose stream carries them), into
+        their feeds' buffers (applied at the next flush). A failure is the stream's to say."""
+        async def one(gw: Gateway) -> None:
+            try:
+                consoles = await gw.client.consoles()
+            except FarmClientError:
+                return
+            gw.feed.pending.console_info.update(consoles)
+
+        await asyncio.gather(*(one(gw) for gw in self if gw is not shown and gw.state == "up"))
+
     # ---------------------------------------------------------------- changes
     def apply(self, gw: Gateway) -> Changes | None:
         """Take what ``gw``'s feed buffered and apply it to its model (logs de-duplicated and kept);
@@ -424,7 +440,3 @@ class Fleet:
             alarm_text=items[0].message if items else "",
             power=format_watts(watts) if watts is not None else "",
         )
-
-    def rows(self) -> list[FleetRow]:
-        now = time.time()
-        return [self.row(gw, now) for gw in self]

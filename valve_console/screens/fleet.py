@@ -137,7 +137,7 @@ class FleetScreen(FarmScreen):
             return
         text = Text()
         text.append(f" {row.name}: ", style="bold")
-        text.append(row.status if row.ok else row.status, style="green" if row.ok else "bold red")
+        text.append(row.status, style="green" if row.ok else "bold red")
         if row.alarm_text:
             text.append(f"  first alarm: {row.alarm_text}", style="yellow")
         self.query_one("#fleet-detail", Static).update(text)
