@@ -772,8 +772,9 @@ def read_vt(cfg: RunConfig, state: StateDir, vt: int = 2, timeout: float = 30) -
 
 
 def tty2_drawn(screen: str | None) -> bool:
-    """The console on tty2 shows the backend's services (it is connected, not "connecting to the backend")."""
-    return bool(screen) and "Backend services" in screen and "[   OK   ]  api" in screen  # type: ignore[operator]
+    """The console on tty2 shows the farm (it is connected, not "connecting to the backend"): the Overview's
+    DUT tiles are titled with their count (``DUTs (0)``) and its first line sums up the services."""
+    return bool(screen) and "DUTs (" in screen and "services " in screen  # type: ignore[operator]
 
 
 def vt_text(data: bytes) -> str | None:

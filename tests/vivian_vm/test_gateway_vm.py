@@ -407,8 +407,8 @@ def test_the_seed_walkthrough_in_the_vm_farm(image: str, tmp_path: Path) -> None
             assert no_tty.returncode != 0 and "the console needs a terminal" in no_tty.stderr, no_tty
             term = Tmux(op_ssh)
             try:
-                screen = poll_until(lambda: (s := term.screen()) and "Backend services" in s
-                                    and "[   OK   ]  api" in s and s, "the console over ssh", timeout=120, every=1)
+                screen = poll_until(lambda: (s := term.screen()) and gvm.tty2_drawn(s) and s,
+                                    "the console over ssh", timeout=120, every=1)
                 assert "farm vivian" in screen or "vivian" in screen.splitlines()[0]
                 term.keys("4")
                 poll_until(lambda: machine["full_name"] in term.screen(), "the DUT in the ssh console", timeout=60)

@@ -115,8 +115,9 @@ def test_a_virtual_terminal_is_read_as_text() -> None:
     cells = "ab─c OK   ".encode("utf-32-le")
     assert gvm.vt_text(header + cells) == "ab─c\nOK"
     assert gvm.vt_text(header + cells[:8]) is None  # short read
-    drawn = "\n".join(["┌─ Backend services ─┐", "│ [   OK   ]  api     │"])
-    assert gvm.tty2_drawn(drawn) and not gvm.tty2_drawn("connecting to the backend...") and not gvm.tty2_drawn(None)
+    drawn = "\n".join([" vivian 0.1.0  up 0h 01m  services boot STARTING", "─DUTs (0)──────────"])
+    assert gvm.tty2_drawn(drawn) and not gvm.tty2_drawn("connecting to the backend...\n─DUTs──")
+    assert not gvm.tty2_drawn(None)
     assert struct.calcsize("<I") == 4  # vcsu cells are 32-bit
 
 

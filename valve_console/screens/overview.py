@@ -329,7 +329,9 @@ class OverviewScreen(FarmScreen):
         self.query_one("#farm-info", Static).update(table)
 
     def _fetch_gitlab(self) -> None:
-        self.run_worker(self._read_gitlab(), group="overview-gitlab", exclusive=True, exit_on_error=False)
+        # the method, not a coroutine made now: a screen removed before the worker starts leaves no
+        # coroutine never awaited behind (a fleet gateway switch removes every screen)
+        self.run_worker(self._read_gitlab, group="overview-gitlab", exclusive=True, exit_on_error=False)
 
     async def _read_gitlab(self) -> None:
         try:
