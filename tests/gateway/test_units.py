@@ -190,7 +190,7 @@ def test_sshd_snippet_is_valid_and_forces_operators_into_the_console(tmp_path: P
     assert check.returncode == 0, check.stderr
     settings = _effective(operators)
     argv = shlex.split(settings["forcecommand"])
-    assert argv[0] == INSTALLED and build_parser().parse_args(argv[1:]).attach == "http://127.0.0.1:8000"
+    assert argv[0] == INSTALLED and build_parser().parse_args(argv[1:]).attach == ["http://127.0.0.1:8000"]
     assert settings["allowtcpforwarding"] == "no" and settings["permittunnel"] == "no"
     assert settings["x11forwarding"] == "no" and settings["allowagentforwarding"] == "no"
     # a user outside the group keeps the normal sshd behaviour
