@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.bench_tui import KEY_GAP, BenchFarm, PtyTui  # noqa: E402
+from bench.bench_tui import BenchFarm, PtyTui, key_series  # noqa: E402
 from bench.common import ROOT, cpu_seconds, free_port, percentile  # noqa: E402
 
 GATEWAYS = 20
@@ -163,21 +163,6 @@ async def serve_recordings(recording: Path, ports: list[int]) -> None:
 
 
 # ------------------------------------------------------------------------------ measuring
-def series(tui: PtyTui, keys: list[tuple[bytes, bytes]], count: int, gap: float = KEY_GAP) -> tuple[list[float], int]:
-    lat: list[float] = []
-    misses = 0
-    for i in range(count):
-        key, text = keys[i % len(keys)]
-        start = time.monotonic()
-        dt = tui.press(key, text)
-        if dt is None:
-            misses += 1
-        else:
-            lat.append(dt * 1000)
-        time.sleep(max(0.0, start + gap - time.monotonic()))
-    return lat, misses
-
-
 def ms(values: list[float], p: float) -> str:
     return f"{percentile(values, p):.0f} ms" if values else "-"
 
@@ -195,7 +180,7 @@ def measure(fleet_file: Path, names: list[str]) -> dict[str, object]:
         time.sleep(CPU_WINDOW)
         res["cpu"] = (cpu_seconds(tui.proc.pid) - c0) / (time.monotonic() - t0) * 100
         # (a) the cursor: the line under the table names the selected gateway (" NAME: up")
-        res["cursor"] = series(tui, [(DOWN, f" {names[1]}: ".encode()), (UP, f" {names[0]}: ".encode())],
+        res["cursor"] = key_series(tui, [(DOWN, f" {names[1]}: ".encode()), (UP, f" {names[0]}: ".encode())],
                                CURSOR_KEYS)
         # (c) enter on a gateway: the whole console switched; 0 back. Real and recorded gateways in turn.
         switch: list[float] = []
@@ -212,7 +197,7 @@ def measure(fleet_file: Path, names: list[str]) -> dict[str, object]:
                 switch.append(dt * 1000)
             time.sleep(1.0)
             if i == 0:  # (b) screen switches on the shown gateway: 4 (its DUT table), 0 (Fleet)
-                res["screens"] = series(tui, [(b"4", b"sorted by"), (b"0", b"gateways up")], SCREEN_KEYS)
+                res["screens"] = key_series(tui, [(b"4", b"sorted by"), (b"0", b"gateways up")], SCREEN_KEYS)
             tui.press(b"0", b"gateways up", 5)
             time.sleep(0.5)
             for _ in range(target):

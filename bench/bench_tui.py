@@ -268,8 +268,9 @@ def show_dut_console(tui: PtyTui) -> bool:
     return False
 
 
-def key_series(tui: PtyTui, keys: list[tuple[bytes, bytes]], count: int) -> tuple[list[float], int]:
-    """Press the keys in turn, KEY_GAP apart; latencies in ms of the repaints seen, and the misses."""
+def key_series(tui: PtyTui, keys: list[tuple[bytes, bytes]], count: int,
+               gap: float = KEY_GAP) -> tuple[list[float], int]:
+    """Press the keys in turn, ``gap`` seconds apart; latencies in ms of the repaints seen, and the misses."""
     lat: list[float] = []
     misses = 0
     for i in range(count):
@@ -280,7 +281,7 @@ def key_series(tui: PtyTui, keys: list[tuple[bytes, bytes]], count: int) -> tupl
             misses += 1
         else:
             lat.append(dt * 1000)
-        time.sleep(max(0.0, start + KEY_GAP - time.monotonic()))
+        time.sleep(max(0.0, start + gap - time.monotonic()))
     return lat, misses
 
 
