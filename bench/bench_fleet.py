@@ -181,7 +181,7 @@ def measure(fleet_file: Path, names: list[str]) -> dict[str, object]:
         res["cpu"] = (cpu_seconds(tui.proc.pid) - c0) / (time.monotonic() - t0) * 100
         # (a) the cursor: the line under the table names the selected gateway (" NAME: up")
         res["cursor"] = key_series(tui, [(DOWN, f" {names[1]}: ".encode()), (UP, f" {names[0]}: ".encode())],
-                               CURSOR_KEYS)
+                                   CURSOR_KEYS)
         # (c) enter on a gateway: the whole console switched; 0 back. Real and recorded gateways in turn.
         switch: list[float] = []
         misses = 0
