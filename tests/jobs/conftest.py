@@ -138,3 +138,25 @@ async def wait_job(http: httpx.AsyncClient, job_id: str, done: Callable[[dict], 
             return job
         assert loop.time() < deadline, f"job {job_id} still {job['status']}"
         await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def end_being_stored(farm) -> AsyncIterator[asyncio.Event]:
+    """Hold the store's write of the next job end (a row with ``ended_at``) until the block exits: the window
+    in which the job's status already says how it ended but its row is not stored yet. Yields the event set
+    once a write is held."""
+    store, held, release = farm.jobs.store, asyncio.Event(), asyncio.Event()
+    upsert = store.upsert
+
+    async def slow_upsert(model, values, *args, **kwargs):
+        if values.get("ended_at") is not None and not release.is_set():
+            held.set()
+            await release.wait()
+        return await upsert(model, values, *args, **kwargs)
+
+    store.upsert = slow_upsert
+    try:
+        yield held
+    finally:
+        release.set()
+        store.upsert = upsert

@@ -9,7 +9,7 @@ import json
 import httpx
 
 from tests.conftest import api_url, make_settings
-from tests.jobs.conftest import job_yaml, wait_job
+from tests.jobs.conftest import end_being_stored, job_yaml, wait_job
 from valve_console.backend.farm import Farm
 from valve_console.drivers.pdu.base import PortState
 
@@ -131,25 +131,12 @@ async def test_a_job_whose_end_is_being_stored_cannot_be_cancelled(jobfarm):
     """The status says PASS as soon as the job ends, before its row is stored: a cancel then is a 409,
     not a second end written over the first (CI once met that window)."""
     farm, http, macs, duts = jobfarm
-    store, held, release = farm.jobs.store, asyncio.Event(), asyncio.Event()
-    upsert = store.upsert
-
-    async def slow_upsert(model, values, *args, **kwargs):
-        if values.get("ended_at") is not None and not release.is_set():
-            held.set()
-            await release.wait()
-        return await upsert(model, values, *args, **kwargs)
-
-    store.upsert = slow_upsert
-    try:
+    async with end_being_stored(farm) as held:
         job = (await submit(http, job_yaml("pass", target=f"id: '{macs[1]}'"))).json()
         await asyncio.wait_for(held.wait(), 30)
         assert (await http.get(f"/api/v1/job/{job['id']}")).json()["status"] == "PASS"
         r = await http.delete(f"/api/v1/job/{job['id']}")
         assert r.status_code == 409 and "over" in r.json()["error"]
-    finally:
-        release.set()
-        store.upsert = upsert
     assert (await wait_job(http, job["id"]))["status"] == "PASS"
 
 

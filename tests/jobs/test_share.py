@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.jobs.conftest import job_yaml, wait_job
+from tests.jobs.conftest import end_being_stored, job_yaml, wait_job
 from valve_console.backend.share import ShareError, ShareStore, pack_dir, safe_extract
 
 
@@ -226,6 +226,20 @@ async def boot_config(farm, mac: str):
 
 def api_base(farm) -> str:
     return "http://{}:{}".format(*farm.api_address)
+
+
+async def test_a_job_whose_end_is_being_stored_gives_its_share_back(jobfarm):
+    """Once the status says PASS the share is given back, also while the job's row is being stored (CI met
+    a 409 'its share is given back when it ends' in that window)."""
+    farm, http, macs, duts = jobfarm
+    async with end_being_stored(farm) as held:
+        r = await submit_with_share(http, share_job("pass"), tarball(("input.txt", "file", b"in")))
+        assert r.status_code == 200, r.text
+        await asyncio.wait_for(held.wait(), 30)
+        job_id = r.json()["id"]
+        assert (await http.get(f"/api/v1/job/{job_id}")).json()["status"] == "PASS"
+        back = await http.get(f"/api/v1/job/{job_id}/share")
+        assert back.status_code == 200, back.text
 
 
 async def test_completed_job_gives_its_share_back_and_bad_uploads_are_refused(jobfarm, tmp_path):

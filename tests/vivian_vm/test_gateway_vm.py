@@ -377,10 +377,12 @@ def test_the_seed_walkthrough_in_the_vm_farm(image: str, tmp_path: Path) -> None
             farm.key("ctrl-alt-f2")
             poll_until(lambda: farm.guest("cat /sys/class/tty/tty0/active").strip() == "tty2", "tty2 in front")
             farm.key("3")
-            pdu_screen = poll_until(lambda: (s := farm.tty2()) and "vpdu1" in s and s, "vpdu1 on tty2", timeout=60)
+            # (each screen waited for by its own words: the Overview names vpdu1 and the DUT too)
+            pdu_screen = poll_until(lambda: (s := farm.tty2()) and "driver vpdu" in s and s, "vpdu1 on tty2",
+                                    timeout=60)
             farm.key("4")
-            dut_screen = poll_until(lambda: (s := farm.tty2()) and machine["full_name"] in s and s,
-                                    "the new DUT on tty2", timeout=60)
+            dut_screen = poll_until(lambda: (s := farm.tty2()) and "sorted by" in s and machine["full_name"] in s
+                                    and s, "the new DUT on tty2", timeout=60)
             assert MAC in dut_screen or ip in dut_screen, dut_screen
             assert "valve-console" in pdu_screen
             farm.key("2")  # the Journal screen: the system journal (our root ssh logins are in it)

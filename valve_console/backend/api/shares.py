@@ -50,7 +50,7 @@ async def job_share_tarball(job_id: str, farm: FarmDep) -> Response:
     """The job's share as a tar.gz, once the job is over (not when it was cancelled, like valve-infra)."""
     service = farm.jobs
     job = service.get(job_id)
-    if not job.done.is_set():
+    if not job.over:
         raise FarmError(f"job {job_id} is {job.row.status}: its share is given back when it ends", 409)
     if job.row.state == "cancelled":
         raise FarmError(f"job {job_id} was cancelled: its share is not given back", 409)

@@ -161,6 +161,13 @@ class RunningJob:
     def id(self) -> str:
         return self.row.id
 
+    @property
+    def over(self) -> bool:
+        """The job has ended. ``_finish`` sets the end (status, ``ended_at``) before it stores the row (an
+        await) and ``done`` after: a job whose end is being written is over already for everyone who asks
+        (cancel, its share), who may see its final status in that window."""
+        return self.done.is_set() or self.row.ended_at is not None
+
 
 class JobService:
     def __init__(
@@ -549,9 +556,7 @@ class JobService:
         """
         job = self.get(job_id)
         row = job.row
-        # ``ended_at`` is set by _finish before it stores the row (an await): a job whose end is being
-        # written is over already, though ``done`` is set only once it is stored
-        if job.done.is_set() or row.ended_at is not None:
+        if job.over:
             raise Conflict(f"job {job_id} is over ({row.status})")
         job.cancel_reason = job.cancel_reason or reason
         job.cancel_status = job.cancel_status or status
